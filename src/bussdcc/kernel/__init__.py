@@ -1,0 +1,35 @@
+"""The typed contracts both sides of the process boundary share."""
+
+from ._boundary import SlotTable, WorkerSpec
+from ._bus import EventBus, Subscription
+from ._clock import ClockProtocol, ManualClock, SystemClock
+from ._components import Device, Interface, Process, Service, Supervised, handles_events
+from ._context import Context, RuntimeView
+from ._event import RUNTIME_SOURCE, Event
+from ._message import Message, Severity, message_class, message_names
+from ._state import StateStore
+
+__all__ = [
+    "RUNTIME_SOURCE",
+    "ClockProtocol",
+    "Context",
+    "Device",
+    "Event",
+    "EventBus",
+    "Interface",
+    "ManualClock",
+    "Message",
+    "Process",
+    "RuntimeView",
+    "Service",
+    "Severity",
+    "SlotTable",
+    "StateStore",
+    "Subscription",
+    "Supervised",
+    "SystemClock",
+    "WorkerSpec",
+    "handles_events",
+    "message_class",
+    "message_names",
+]

@@ -1,0 +1,276 @@
+"""The messages the kernel itself emits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ._event import Event
+from ._message import Message, Severity
+
+# ---- runtime lifecycle ----------------------------------------------------
+
+
+@dataclass(slots=True, frozen=True)
+class RuntimeBooting(Message):
+    """The runtime started booting."""
+
+    name = "runtime.booting"
+    version: str
+
+
+@dataclass(slots=True, frozen=True)
+class RuntimeBooted(Message):
+    """Devices, processes and interfaces are up; services start next."""
+
+    name = "runtime.booted"
+    version: str
+
+
+@dataclass(slots=True, frozen=True)
+class RuntimeShuttingDown(Message):
+    """The runtime started shutting down."""
+
+    name = "runtime.shutting_down"
+    reason: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class RuntimeShutdown(Message):
+    """Every component is stopped; the runtime is down."""
+
+    name = "runtime.shutdown"
+    reason: str | None = None
+
+
+# ---- devices ----------------------------------------------------------------
+
+
+@dataclass(slots=True, frozen=True)
+class DeviceAttached(Message):
+    """A device's worker connected it."""
+
+    name = "device.attached"
+    device: str
+    kind: str
+
+
+@dataclass(slots=True, frozen=True)
+class DeviceDetached(Message):
+    """A device was disconnected and its worker ended."""
+
+    name = "device.detached"
+    device: str
+    kind: str
+
+
+@dataclass(slots=True, frozen=True)
+class DeviceOnline(Message):
+    """A device reports it is reachable."""
+
+    name = "device.online"
+    device: str
+    kind: str
+
+
+@dataclass(slots=True, frozen=True)
+class DeviceOffline(Message):
+    """A device reports it is not reachable."""
+
+    name = "device.offline"
+    device: str
+    kind: str
+
+
+@dataclass(slots=True, frozen=True)
+class DeviceFailed(Message):
+    """A device failed to connect or disconnect, or its worker died."""
+
+    name = "device.failed"
+    severity = Severity.ERROR
+    device: str
+    kind: str
+    error: str
+    traceback: str | None = None
+
+
+# ---- processes and interfaces ---------------------------------------------
+
+
+@dataclass(slots=True, frozen=True)
+class ProcessStarted(Message):
+    """A process attached and started."""
+
+    name = "process.started"
+    process: str
+
+
+@dataclass(slots=True, frozen=True)
+class ProcessStopped(Message):
+    """A process stopped and detached."""
+
+    name = "process.stopped"
+    process: str
+
+
+@dataclass(slots=True, frozen=True)
+class ProcessError(Message):
+    """A process raised; ``evt`` is the event it was handling, if any."""
+
+    name = "process.error"
+    severity = Severity.ERROR
+    process: str
+    error: str
+    evt: Event[Message] | None = None
+    traceback: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class InterfaceStarted(Message):
+    """An interface attached and started."""
+
+    name = "interface.started"
+    interface: str
+
+
+@dataclass(slots=True, frozen=True)
+class InterfaceStopped(Message):
+    """An interface stopped and detached."""
+
+    name = "interface.stopped"
+    interface: str
+
+
+@dataclass(slots=True, frozen=True)
+class InterfaceError(Message):
+    """An interface raised; ``evt`` is the event it was handling, if any."""
+
+    name = "interface.error"
+    severity = Severity.ERROR
+    interface: str
+    error: str
+    evt: Event[Message] | None = None
+    traceback: str | None = None
+
+
+# ---- services ---------------------------------------------------------------
+
+
+@dataclass(slots=True, frozen=True)
+class ServiceStarted(Message):
+    """A service's worker ran ``start`` and begins ticking."""
+
+    name = "service.started"
+    service: str
+
+
+@dataclass(slots=True, frozen=True)
+class ServiceStopped(Message):
+    """A service ran ``stop`` and its worker ended."""
+
+    name = "service.stopped"
+    service: str
+
+
+@dataclass(slots=True, frozen=True)
+class ServiceError(Message):
+    """A service raised in ``tick``/``handle_event``, or its worker died."""
+
+    name = "service.error"
+    severity = Severity.ERROR
+    service: str
+    error: str
+    evt: Event[Message] | None = None
+    traceback: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class ServiceRestart(Message):
+    """A service is being started again in a new worker process."""
+
+    name = "service.restart"
+    service: str
+
+
+@dataclass(slots=True, frozen=True)
+class ServiceFailure(Message):
+    """A service stopped for good because of an error."""
+
+    name = "service.failure"
+    severity = Severity.CRITICAL
+    service: str
+    error: str
+    traceback: str | None = None
+
+
+# ---- system -------------------------------------------------------------------
+
+
+@dataclass(slots=True, frozen=True)
+class SystemSignal(Message):
+    """A signal or user action, as a typed message."""
+
+    name = "system.signal"
+    signal: int
+    action: str
+
+
+@dataclass(slots=True, frozen=True)
+class SystemReload(Message):
+    """Configuration should be reloaded (SIGHUP)."""
+
+    name = "system.reload"
+
+
+@dataclass(slots=True, frozen=True)
+class EventSubscriberError(Message):
+    """An EventBus subscriber raised while handling ``event``."""
+
+    name = "event.subscriber_error"
+    severity = Severity.ERROR
+    event: str
+    handler: str
+    error: str
+    traceback: str | None = None
+
+
+# ---- workers (the process boundary) -------------------------------------------
+
+
+@dataclass(slots=True, frozen=True)
+class WorkerStarted(Message):
+    """A worker process reported ready."""
+
+    name = "worker.started"
+    worker: str
+    role: str
+    pid: int
+    incarnation: int
+
+
+@dataclass(slots=True, frozen=True)
+class WorkerExited(Message):
+    """A worker process ended; ``lost`` counts what it emitted that never arrived."""
+
+    name = "worker.exited"
+    severity = Severity.WARNING
+    worker: str
+    role: str
+    pid: int
+    incarnation: int
+    reason: str
+    exit_code: int | None
+    signal: str | None
+    abnormal: bool
+    emitted: int
+    dispatched: int
+    lost: int
+
+
+@dataclass(slots=True, frozen=True)
+class FrameRejected(Message):
+    """A frame from a worker was malformed, oversized or named an unknown message."""
+
+    name = "worker.frame_rejected"
+    severity = Severity.WARNING
+    worker: str
+    error: str

@@ -1,0 +1,141 @@
+"""The four kinds of component and their lifecycles."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from ._builtin import DeviceOffline, DeviceOnline
+from ._context import Context
+from ._event import Event
+from ._message import Message
+
+__all__ = ["Device", "Process", "Interface", "Service", "Supervised"]
+
+
+class Supervised:
+    """Supervision settings shared by Devices and Services (each runs in its own process)."""
+
+    #: Start a new worker process when this one dies or fails.
+    restart: bool = True
+    #: A failure that will not be restarted shuts the whole runtime down.
+    critical: bool = False
+    #: Seconds the worker has to report ready (after connect/start).
+    start_timeout: float = 10.0
+    #: Seconds a graceful stop may take before SIGTERM.
+    stop_timeout: float = 5.0
+    #: Seconds after SIGTERM before SIGKILL.
+    kill_timeout: float = 2.0
+    #: At most this many respawns within ``restart_window`` seconds, then give up.
+    max_restarts: int = 5
+    restart_window: float = 60.0
+
+
+class Device(Supervised):
+    """A boundary to hardware or an external resource; runs in its own worker process.
+
+    Lifecycle: ``attach(ctx)`` → ``connect()``; ``detach()`` → ``disconnect()``.
+    """
+
+    kind: ClassVar[str] = "device"
+
+    def __init__(self, *, id: str, config: Any = None) -> None:
+        self.id = id
+        self.config = config
+        self.ctx: Context | None = None
+        self.online = False
+
+    @property
+    def name(self) -> str:
+        """A device's worker is named after its ``id``."""
+        return self.id
+
+    def attach(self, ctx: Context) -> None:
+        """Bind the context and connect."""
+        self.ctx = ctx
+        self.connect()
+        self.online = True
+
+    def detach(self) -> None:
+        """Disconnect and drop the context."""
+        try:
+            self.disconnect()
+        finally:
+            self.online = False
+            self.ctx = None
+
+    def set_online(self, online: bool) -> None:
+        """Report a change of link state as ``device.online`` / ``device.offline``."""
+        self.online = online
+        if self.ctx is not None:
+            cls = DeviceOnline if online else DeviceOffline
+            self.ctx.emit(cls(device=self.id, kind=self.kind))
+
+    def connect(self) -> None:
+        """Open the hardware or resource."""
+
+    def disconnect(self) -> None:
+        """Close the hardware or resource."""
+
+
+class Process:
+    """Synchronous, event-driven logic that runs in the parent and sees every message."""
+
+    name: str = "process"
+
+    def attach(self, ctx: Context) -> None:
+        """Bind the context (boot, before ``start``)."""
+        self.ctx = ctx
+
+    def start(self, ctx: Context) -> None:
+        """Called once during boot, after ``attach``."""
+
+    def handle_event(self, ctx: Context, evt: Event[Message]) -> None:
+        """React to one dispatched message; never called concurrently with itself."""
+
+    def stop(self, ctx: Context) -> None:
+        """Called once during shutdown."""
+
+    def detach(self) -> None:
+        """Release the context (shutdown, after ``stop``)."""
+
+
+class Interface(Process):
+    """A Process by role: an adapter between the outside world and messages."""
+
+    name: str = "interface"
+
+
+class Service(Supervised):
+    """A time-driven worker: ``start``, then ``tick`` every ``interval`` seconds, then ``stop``.
+
+    Runs in its own worker process. Override ``handle_event`` to receive every
+    dispatched message there as well; services that do not are sent nothing.
+    """
+
+    name: str = "service"
+    interval: float = 1.0
+    enabled: bool = True
+
+    def attach(self, ctx: Context) -> None:
+        """Bind the context (in the worker, before ``start``)."""
+        self.ctx = ctx
+
+    def start(self, ctx: Context) -> None:
+        """Called once when the service starts."""
+
+    def tick(self, ctx: Context) -> None:
+        """Called every ``interval`` seconds while the service runs."""
+
+    def handle_event(self, ctx: Context, evt: Event[Message]) -> None:
+        """React to one dispatched message (only if overridden)."""
+
+    def stop(self, ctx: Context) -> None:
+        """Called once when the service stops."""
+
+    def detach(self) -> None:
+        """Release the context (in the worker, after ``stop``)."""
+
+
+def handles_events(component: object) -> bool:
+    """Whether a Service's class overrides ``handle_event`` (only those are sent events)."""
+    return type(component).handle_event is not Service.handle_event  # type: ignore[attr-defined]

@@ -1,0 +1,284 @@
+"""The wire: every frame exchanged between the parent and its workers, and their codec.
+
+Three channels use it:
+
+* worker → parent over ZeroMQ: :data:`WorkerFrame`
+* parent → worker over ZeroMQ: :data:`ParentFrame`
+* parent ↔ fork server over a local socket pair: :data:`ForkRequest` / :data:`ForkReport`
+
+User messages travel as their registered ``name`` plus the msgspec-encoded
+dataclass (``msgspec.Raw``), and are decoded into their class where they land.
+Emitted messages and state writes share one ordered, sequence-numbered item
+stream per worker incarnation, batched into :class:`Batch` frames.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import struct
+from typing import Any, Final, TypeAlias
+
+import msgspec
+
+from ..errors import FrameTooLarge, MalformedFrame
+from ._event import Event
+from ._message import Message, message_class
+
+#: Largest frame either side accepts (and the parent's ZMQ_MAXMSGSIZE).
+MAX_FRAME: Final = 16 * 1024 * 1024
+#: A worker flushes a batch once its encoded items reach this many bytes.
+BATCH_BYTES: Final = 256 * 1024
+
+
+class _Frame(msgspec.Struct, frozen=True, forbid_unknown_fields=True, array_like=True, tag_field="k"):
+    pass
+
+
+# ---- worker → parent ----------------------------------------------------------
+
+
+class Hello(_Frame, tag="hello"):
+    """First frame of every worker incarnation."""
+
+    pid: int
+
+
+class Ready(_Frame, tag="ready"):
+    """The component connected (device) or started (service)."""
+
+
+class StartFailed(_Frame, tag="start_failed"):
+    """``connect``/``start`` raised; the worker exits after sending this."""
+
+    error: str
+    traceback: str | None = None
+
+
+class Batch(_Frame, tag="batch"):
+    """Items ``first_seq .. first_seq+len(items)-1`` of this incarnation's stream."""
+
+    first_seq: int
+    items: list[msgspec.Raw]
+
+
+class Bye(_Frame, tag="bye"):
+    """Last frame of a worker: ``last_seq`` items were sent; ``error`` if it gave up."""
+
+    last_seq: int
+    error: str | None = None
+    traceback: str | None = None
+
+
+WorkerFrame: TypeAlias = Hello | Ready | StartFailed | Batch | Bye
+
+# ---- parent → worker ----------------------------------------------------------
+
+
+class Deliver(_Frame, tag="deliver"):
+    """Events for a Service's ``handle_event``, each an encoded :class:`Envelope`."""
+
+    items: list[msgspec.Raw]
+
+
+class Stop(_Frame, tag="stop"):
+    """Stop gracefully: run ``stop``/``disconnect``, flush, say :class:`Bye`."""
+
+
+class ByeAck(_Frame, tag="bye_ack"):
+    """Everything up to the worker's ``Bye.last_seq`` has been dispatched: it may exit."""
+
+
+ParentFrame: TypeAlias = Deliver | Stop | ByeAck
+
+# ---- items of the stream ----------------------------------------------------------
+
+
+class Envelope(_Frame, tag="m"):
+    """One message: its name, encoded body, UNIX time of emission, and source."""
+
+    name: str
+    body: msgspec.Raw
+    ts: float
+    source: str = ""
+
+
+class StateSet(_Frame, tag="s"):
+    """A worker wrote ``value`` at ``path`` in its state."""
+
+    path: str
+    value: msgspec.Raw
+
+
+Item: TypeAlias = Envelope | StateSet
+
+# ---- parent ↔ fork server -----------------------------------------------------
+
+
+class Spawn(_Frame, tag="spawn"):
+    """Fork a worker for the component ``worker`` (``pickled`` if registered after boot)."""
+
+    worker: str
+    incarnation: int
+    slot: int
+    pickled: bytes | None = None
+
+
+class Quit(_Frame, tag="quit"):
+    """The fork server should exit."""
+
+
+class Spawned(_Frame, tag="spawned"):
+    """A worker process exists."""
+
+    worker: str
+    incarnation: int
+    pid: int
+
+
+class SpawnFailed(_Frame, tag="spawn_failed"):
+    """The fork server could not create the worker."""
+
+    worker: str
+    incarnation: int
+    error: str
+
+
+class Reaped(_Frame, tag="reaped"):
+    """A worker ended; ``exit_code`` as :func:`os.waitstatus_to_exitcode` (negative: signal)."""
+
+    pid: int
+    exit_code: int
+
+
+ForkRequest: TypeAlias = Spawn | Quit
+ForkReport: TypeAlias = Spawned | SpawnFailed | Reaped
+
+# ---- codec ----------------------------------------------------------------------
+
+
+def _enc_hook(obj: Any) -> Any:
+    if isinstance(obj, Event):
+        return {"name": obj.payload.name, "payload": obj.payload, "time": obj.time, "source": obj.source}
+    raise NotImplementedError(f"cannot encode {type(obj).__name__}")
+
+
+def _dec_hook(kind: type, obj: Any) -> Any:
+    if getattr(kind, "__origin__", kind) is Event and isinstance(obj, dict):
+        try:
+            payload = msgspec.convert(obj["payload"], message_class(obj["name"]), dec_hook=_dec_hook)
+            return Event(payload, obj["time"], obj["source"])
+        except (KeyError, TypeError) as exc:
+            raise msgspec.ValidationError(f"malformed event: {exc}") from None
+    raise NotImplementedError(f"cannot decode {kind!r}")
+
+
+_encoder: Final = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
+_worker_frames: Final = msgspec.msgpack.Decoder(WorkerFrame)  # type: ignore[var-annotated]
+_parent_frames: Final = msgspec.msgpack.Decoder(ParentFrame)  # type: ignore[var-annotated]
+_items: Final = msgspec.msgpack.Decoder(Item)  # type: ignore[var-annotated]
+_fork_requests: Final = msgspec.msgpack.Decoder(ForkRequest)  # type: ignore[var-annotated]
+_fork_reports: Final = msgspec.msgpack.Decoder(ForkReport)  # type: ignore[var-annotated]
+_any: Final = msgspec.msgpack.Decoder()
+_message_decoders: dict[type[Message], msgspec.msgpack.Decoder[Any]] = {}
+
+_LEN: Final = struct.Struct("!I")
+
+
+def encode(obj: Any) -> bytes:
+    """Encode a frame, an item, a message or a plain value."""
+    try:
+        return _encoder.encode(obj)
+    except (TypeError, msgspec.EncodeError) as exc:
+        raise MalformedFrame(f"cannot encode {type(obj).__name__}: {exc}") from exc
+
+
+def _checked(data: bytes | memoryview, decoder: msgspec.msgpack.Decoder[Any]) -> Any:
+    if len(data) > MAX_FRAME:
+        raise FrameTooLarge(f"frame of {len(data)} bytes exceeds the {MAX_FRAME}-byte limit")
+    try:
+        return decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise MalformedFrame(str(exc)) from None
+
+
+def decode_worker_frame(data: bytes | memoryview) -> WorkerFrame:
+    """Decode a frame sent by a worker (raises :class:`ProtocolError`)."""
+    frame: WorkerFrame = _checked(data, _worker_frames)
+    return frame
+
+
+def decode_parent_frame(data: bytes | memoryview) -> ParentFrame:
+    """Decode a frame sent by the parent (raises :class:`ProtocolError`)."""
+    frame: ParentFrame = _checked(data, _parent_frames)
+    return frame
+
+
+def decode_item(data: bytes | memoryview) -> Item:
+    """Decode one item of a stream."""
+    item: Item = _checked(data, _items)
+    return item
+
+
+def decode_fork_request(data: bytes) -> ForkRequest:
+    """Decode a request to the fork server."""
+    req: ForkRequest = _checked(data, _fork_requests)
+    return req
+
+
+def decode_fork_report(data: bytes) -> ForkReport:
+    """Decode a report from the fork server."""
+    rep: ForkReport = _checked(data, _fork_reports)
+    return rep
+
+
+def decode_value(data: bytes | memoryview) -> Any:
+    """Decode a plain value (state writes)."""
+    return _checked(data, _any)
+
+
+def encode_envelope(message: Message, ts: float, source: str = "") -> bytes:
+    """Encode ``message`` as an :class:`Envelope` item."""
+    return encode(Envelope(message.name, msgspec.Raw(encode(message)), ts, source))
+
+
+def decode_message(name: str, body: bytes | memoryview) -> Message:
+    """Decode the body of the message registered under ``name`` into its class."""
+    cls = message_class(name)
+    decoder = _message_decoders.get(cls)
+    if decoder is None:
+        decoder = _message_decoders[cls] = msgspec.msgpack.Decoder(cls, dec_hook=_dec_hook)
+    try:
+        msg: Message = decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise MalformedFrame(f"{name}: {exc}") from None
+    return msg
+
+
+def envelope_event(env: Envelope, source: str | None = None) -> Event[Message]:
+    """Turn a decoded envelope into the Event it carries."""
+    ts = _dt.datetime.fromtimestamp(env.ts, tz=_dt.timezone.utc)
+    return Event(decode_message(env.name, env.body), ts, source if source is not None else env.source)
+
+
+# ---- length-prefixed framing for the fork server's stream socket ---------------
+
+
+def pack_stream(frame: _Frame) -> bytes:
+    """Frame ``frame`` for a stream socket: 4-byte big-endian length, then the encoding."""
+    body = encode(frame)
+    return _LEN.pack(len(body)) + body
+
+
+def unpack_stream(buffer: bytearray) -> list[bytes]:
+    """Take every complete frame off the front of ``buffer``."""
+    out: list[bytes] = []
+    while len(buffer) >= _LEN.size:
+        (size,) = _LEN.unpack_from(buffer)
+        if size > MAX_FRAME:
+            raise FrameTooLarge(f"stream frame of {size} bytes exceeds the limit")
+        end = _LEN.size + size
+        if len(buffer) < end:
+            break
+        out.append(bytes(buffer[_LEN.size : end]))
+        del buffer[:end]
+    return out

@@ -1,0 +1,236 @@
+"""The fork server: a single-threaded child, made at boot, that forks every worker.
+
+It is forked before the runtime creates any thread or ZeroMQ context, so each
+worker starts as a clean copy of the program as it was at boot (with the
+user's classes, even those of a ``__main__`` without a main guard) in about a
+millisecond. It reaps its children through pidfds and reports their exits.
+It exits, killing its workers, when the parent closes the socket pair or dies.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import os
+import pickle
+import select
+import signal
+import socket
+import sys
+import threading
+import traceback
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any, NoReturn
+
+from ..errors import BootError
+from ..kernel import SlotTable, WorkerSpec
+from ..kernel import protocol as p
+
+_PR_SET_PDEATHSIG = 1
+_Entry = Callable[[WorkerSpec, object], NoReturn]
+
+
+def _resolve(entry: str) -> _Entry:
+    module, _, attr = entry.partition(":")
+    fn: _Entry = getattr(importlib.import_module(module), attr)
+    return fn
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    # The parent may have died before prctl() took effect.
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+class ForkServer:
+    """The parent's handle on the fork server process."""
+
+    def __init__(
+        self,
+        components: Mapping[str, tuple[str, object]],
+        *,
+        endpoint: str,
+        slots: SlotTable,
+        entry: str,
+    ) -> None:
+        fn = _resolve(entry)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()  # or the children would print the parent's buffered output again
+        with warnings.catch_warnings():
+            # Forking a threaded host is safe here: the child only runs this module's loop.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            try:
+                ours.close()
+                _Zygote(theirs, dict(components), endpoint, slots, fn).run()
+            finally:
+                os._exit(0)
+        theirs.close()
+        self.pid = pid
+        self._sock = ours
+        self._sock.setblocking(False)
+        self._buffer = bytearray()
+        self._write_lock = threading.Lock()
+
+    def fileno(self) -> int:
+        """The socket to poll for reports."""
+        return self._sock.fileno()
+
+    def spawn(self, worker: str, incarnation: int, slot: int, pickled: bytes | None = None) -> None:
+        """Ask for a new worker process; the answer arrives as a report."""
+        self._send(p.Spawn(worker, incarnation, slot, pickled))
+
+    def _send(self, frame: p.Spawn | p.Quit) -> None:
+        data = p.pack_stream(frame)
+        with self._write_lock:
+            self._sock.setblocking(True)
+            try:
+                self._sock.sendall(data)
+            finally:
+                self._sock.setblocking(False)
+
+    def reports(self) -> list[p.ForkReport]:
+        """Read every report available now (never blocks)."""
+        while True:
+            try:
+                chunk = self._sock.recv(65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                raise BootError("the fork server exited")
+            self._buffer += chunk
+        return [p.decode_fork_report(f) for f in p.unpack_stream(self._buffer)]
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Ask the fork server to exit and reap it."""
+        try:
+            self._send(p.Quit())
+        except OSError:
+            pass
+        self._sock.close()
+        _reap(self.pid, timeout)
+
+
+def _reap(pid: int, timeout: float) -> None:
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        if not select.select([fd], [], [], timeout)[0]:
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class _Zygote:  # pragma: no cover - runs in the child
+    def __init__(
+        self,
+        sock: socket.socket,
+        components: dict[str, tuple[str, object]],
+        endpoint: str,
+        slots: SlotTable,
+        entry: _Entry,
+    ) -> None:
+        self.sock = sock
+        self.components = components
+        self.endpoint = endpoint
+        self.slots = slots
+        self.entry = entry
+        self.parent = os.getppid()
+        self.children: dict[int, int] = {}  # pidfd -> pid
+        self.buffer = bytearray()
+
+    def run(self) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+            signal.signal(sig, signal.SIG_DFL)
+        try:
+            signal.set_wakeup_fd(-1)
+        except ValueError:
+            pass
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
+        while True:
+            for fd, _ in poller.poll():
+                if fd == self.sock.fileno():
+                    if not self._read_requests(poller):
+                        self._kill_all()
+                        return
+                else:
+                    self._reaped(fd, poller)
+
+    def _read_requests(self, poller: select.poll) -> bool:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            return False
+        self.buffer += chunk
+        for data in p.unpack_stream(self.buffer):
+            req = p.decode_fork_request(data)
+            if isinstance(req, p.Quit):
+                return False
+            self._spawn(req, poller)
+        return True
+
+    def _spawn(self, req: p.Spawn, poller: select.poll) -> None:
+        try:
+            role, component = self.components[req.worker] if req.pickled is None else pickle.loads(req.pickled)
+        except Exception as exc:
+            self._report(p.SpawnFailed(req.worker, req.incarnation, repr(exc)))
+            return
+        spec = WorkerSpec(req.worker, role, req.incarnation, self.endpoint, req.slot, self.slots, self.parent)
+        me = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setpgid(0, 0)
+                _die_with_parent(me)
+                self.sock.close()
+                for fd in self.children:
+                    os.close(fd)
+                self.entry(spec, component)
+            except BaseException:
+                traceback.print_exc()
+            os._exit(1)
+        try:
+            os.setpgid(pid, pid)  # also here, so the group exists before anyone signals it
+        except OSError:
+            pass
+        fd = os.pidfd_open(pid)
+        self.children[fd] = pid
+        poller.register(fd, select.POLLIN)
+        self._report(p.Spawned(req.worker, req.incarnation, pid))
+
+    def _reaped(self, fd: int, poller: select.poll) -> None:
+        pid = self.children.pop(fd)
+        poller.unregister(fd)
+        os.close(fd)
+        _, status = os.waitpid(pid, 0)
+        self._report(p.Reaped(pid, os.waitstatus_to_exitcode(status)))
+
+    def _report(self, frame: Any) -> None:
+        try:
+            self.sock.sendall(p.pack_stream(frame))
+        except OSError:
+            pass
+
+    def _kill_all(self) -> None:
+        for fd, pid in list(self.children.items()):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+            os.close(fd)
+        self.children.clear()

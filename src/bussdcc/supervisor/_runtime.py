@@ -1,0 +1,434 @@
+"""The Runtime: registration, boot and shutdown order, and the authoritative dispatch."""
+
+from __future__ import annotations
+
+import atexit
+import math
+import threading
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Literal, Self
+
+from .._version import __version__
+from ..errors import BootError, RegistrationError, RuntimeStateError
+from ..kernel import (
+    RUNTIME_SOURCE,
+    ClockProtocol,
+    Context,
+    Device,
+    Event,
+    EventBus,
+    Interface,
+    Message,
+    Process,
+    Service,
+    Severity,
+    SlotTable,
+    StateStore,
+    SystemClock,
+)
+from ..kernel import _builtin as m
+from ..kernel import protocol as p
+from ._forkserver import ForkServer
+from ._hub import Hub
+from ._rundir import default_name, make_run_dir, remove_run_dir
+from ._supervisor import Supervisor
+from ._workers import Worker, WorkerStatus
+
+#: The worker entry point, named rather than imported: supervisor and worker stay apart.
+WORKER_ENTRY = "bussdcc.worker._main:run"
+_BOOT_GRACE = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeStats:
+    """Counters of a runtime since boot."""
+
+    dispatched: int
+    rejected: int
+    lost: int
+    restarts: dict[str, int]
+
+
+class _Receiver:
+    __slots__ = ("name", "component", "ctx", "interface")
+
+    def __init__(self, name: str, component: Process, ctx: Context) -> None:
+        self.name = name
+        self.component = component
+        self.ctx = ctx
+        self.interface = isinstance(component, Interface)
+
+
+def _check_supervised(component: Service | Device) -> None:
+    for attr in ("start_timeout", "stop_timeout", "kill_timeout", "restart_window"):
+        value = getattr(component, attr)
+        if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+            raise RegistrationError(f"{component.name!r}: {attr} must be a positive number, not {value!r}")
+    if not isinstance(component.max_restarts, int) or component.max_restarts < 0:
+        raise RegistrationError(f"{component.name!r}: max_restarts must be an int >= 0")
+
+
+class Runtime:
+    """The coordination authority: owns the context, boots, dispatches, supervises, shuts down.
+
+    Every Service and Device runs in its own worker process; Processes and
+    Interfaces run here. Every message, from here or from any worker, is
+    dispatched by this object.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: ClockProtocol | None = None,
+        events: EventBus | None = None,
+        state: StateStore | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.name = name or default_name()
+        self.clock: ClockProtocol = clock or SystemClock()
+        self.events = events or EventBus()
+        self.events.set_error_sink(self.emit)
+        self.state = state or StateStore()
+        self.version = __version__
+        self.ctx = self._context(RUNTIME_SOURCE)
+        self.halt_reason: str | None = None
+        self._devices: dict[str, Device] = {}
+        self._processes: dict[str, Process] = {}
+        self._interfaces: dict[str, Interface] = {}
+        self._services: dict[str, Service] = {}
+        self._receivers: tuple[_Receiver, ...] = ()
+        self._dispatch_lock = threading.RLock()
+        self._lifecycle = threading.Lock()
+        self._dispatched = 0
+        self._booted = False
+        self._up = False  # resources exist (between boot start and shutdown end)
+        self._down = threading.Event()
+        self._run_dir: Path | None = None
+        self._endpoint: str | None = None
+        self._slots: SlotTable | None = None
+        self._fork: ForkServer | None = None
+        self._hub: Hub | None = None
+        self._sup: Supervisor | None = None
+
+    # ---- the context ------------------------------------------------------------
+
+    def _context(self, source: str) -> Context:
+        def emit(message: Message) -> None:
+            self._dispatch(Event(message, self.clock.now_utc(), source))
+
+        return Context(clock=self.clock, events=self.events, state=self.state, runtime=self, emit=emit)
+
+    @property
+    def booted(self) -> bool:
+        """Whether boot completed and shutdown has not started."""
+        return self._booted
+
+    @property
+    def endpoint(self) -> str:
+        """The ``ipc://`` endpoint workers connect to (only while up)."""
+        if self._endpoint is None:
+            raise RuntimeStateError("the runtime has no endpoint until it boots")
+        return self._endpoint
+
+    @property
+    def run_dir(self) -> Path | None:
+        """The private run directory while the runtime is up."""
+        return self._run_dir
+
+    # ---- registration -----------------------------------------------------------------
+
+    def _check_name(self, name: object, what: str, taken: dict[str, object]) -> str:
+        if not isinstance(name, str) or not name:
+            raise RegistrationError(f"a {what} needs a non-empty string name, not {name!r}")
+        if name in taken:
+            raise RegistrationError(f"a {what} named {name!r} is registered already")
+        return name
+
+    def _worker_names(self) -> dict[str, object]:
+        return {**self._devices, **self._services}
+
+    def attach_device(self, device: Device) -> None:
+        """Register a device; it connects in its own process at boot (or now, if booted)."""
+        if not isinstance(device, Device):
+            raise RegistrationError(f"attach_device() takes a Device, not {type(device).__name__}")
+        self._check_name(device.id, "device", self._worker_names())
+        _check_supervised(device)
+        self._add_worker(device)
+        self._devices[device.id] = device
+
+    def register_service(self, service: Service) -> None:
+        """Register a service; it starts in its own process at boot (or now, if booted)."""
+        if not isinstance(service, Service):
+            raise RegistrationError(f"register_service() takes a Service, not {type(service).__name__}")
+        self._check_name(service.name, "service", self._worker_names())
+        _check_supervised(service)
+        if not isinstance(service.interval, int | float) or not math.isfinite(service.interval) or service.interval < 0:
+            raise RegistrationError(f"{service.name!r}: interval must be a number >= 0")
+        self._add_worker(service)
+        self._services[service.name] = service
+
+    def _add_worker(self, component: Service | Device) -> None:
+        with self._lifecycle:
+            if self._sup is None:
+                return
+            sup, hub = self._sup, self._hub
+        assert hub is not None
+        worker = hub.call(lambda: sup.add(component, forked=False))
+        if isinstance(component, Service) and not component.enabled:
+            return
+        self._start_worker(worker)
+
+    def register_process(self, process: Process) -> None:
+        """Register a process (before boot); it runs in this process."""
+        if not isinstance(process, Process) or isinstance(process, Interface):
+            raise RegistrationError(f"register_process() takes a Process, not {type(process).__name__}")
+        self._register_receiver(process, self._processes, "process")
+
+    def register_interface(self, interface: Interface) -> None:
+        """Register an interface (before boot); it runs in this process."""
+        if not isinstance(interface, Interface):
+            raise RegistrationError(f"register_interface() takes an Interface, not {type(interface).__name__}")
+        self._register_receiver(interface, self._interfaces, "interface")
+
+    def _register_receiver(self, component: Process, table: dict[str, object], what: str) -> None:
+        if self._up:
+            raise RegistrationError(f"cannot register a {what} after boot")
+        self._check_name(component.name, what, {**self._processes, **self._interfaces})
+        table[component.name] = component
+
+    # ---- dispatch ---------------------------------------------------------------------
+
+    def emit(self, message: Message) -> None:
+        """Dispatch ``message`` (source ``"runtime"``)."""
+        self.ctx.emit(message)
+
+    def _dispatch(self, evt: Event[Message], item: bytes | None = None) -> None:
+        sup = self._sup
+        if sup is not None and sup.targets and item is None:
+            # Encode first: an unencodable message is refused before anyone sees it.
+            item = p.encode_envelope(evt.payload, evt.time.timestamp(), evt.source)
+        with self._dispatch_lock:
+            self._dispatched += 1
+            self.events.publish(evt)
+            for rec in self._receivers:
+                try:
+                    rec.component.handle_event(rec.ctx, evt)
+                except Exception as exc:
+                    if evt.payload.severity >= Severity.ERROR:
+                        continue
+                    tb = traceback.format_exc()
+                    err: Message
+                    if rec.interface:
+                        err = m.InterfaceError(interface=rec.name, error=repr(exc), evt=evt, traceback=tb)
+                    else:
+                        err = m.ProcessError(process=rec.name, error=repr(exc), evt=evt, traceback=tb)
+                    self._dispatch(Event(err, self.clock.now_utc(), RUNTIME_SOURCE))
+            if sup is not None and sup.targets and item is not None:
+                sup.outbox.append(item)
+        hub = self._hub
+        if hub is not None and sup is not None and sup.outbox and not hub.in_hub:
+            hub.wake()
+
+    def _dispatch_item(self, env: p.Envelope, item: bytes, worker: str) -> None:
+        evt = p.envelope_event(env, worker)
+        if env.source != worker:  # the routing id, not the frame, says who sent it
+            item = p.encode_envelope(evt.payload, env.ts, worker)
+        self._dispatch(evt, item)
+
+    # ---- lifecycle -----------------------------------------------------------------
+
+    def __enter__(self) -> Self:
+        self.boot()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> Literal[False]:
+        self.shutdown(f"{exc_type.__name__}: {exc}" if exc_type is not None else None)
+        return False
+
+    def boot(self) -> None:
+        """Start everything in the seed's order; return once every worker is ready or failed."""
+        with self._lifecycle:
+            if self._up:
+                return
+            self._up = True
+            self._down.clear()
+            self.halt_reason = None
+            self._receivers = tuple(
+                _Receiver(name, comp, self._context(name))
+                for name, comp in [*self._processes.items(), *self._interfaces.items()]
+            )
+            try:
+                self._start_infrastructure()
+            except BaseException:
+                self._stop_infrastructure()
+                self._up = False
+                self._receivers = ()
+                raise
+        self.emit(m.RuntimeBooting(version=self.version))
+        for device in self._devices.values():
+            self._start_worker(self._worker(device.id))
+        for rec in self._receivers:
+            self._start_receiver(rec)
+        self._booted = True
+        self.emit(m.RuntimeBooted(version=self.version))
+        for service in self._services.values():
+            if service.enabled:
+                self._start_worker(self._worker(service.name))
+
+    def _start_infrastructure(self) -> None:
+        self._run_dir = make_run_dir(self.name)
+        self._endpoint = f"ipc://{self._run_dir}/workers.sock"
+        self._slots = SlotTable()
+        components = {d.id: ("device", d) for d in self._devices.values()}
+        components.update({s.name: ("service", s) for s in self._services.values()})
+        try:
+            self._fork = ForkServer(components, endpoint=self._endpoint, slots=self._slots, entry=WORKER_ENTRY)
+        except OSError as exc:
+            raise BootError(f"cannot start the fork server: {exc}") from exc
+        sup = Supervisor(
+            fork=self._fork,
+            slots=self._slots,
+            state=self.state,
+            clock=self.clock,
+            emit=self.emit,
+            dispatch_item=self._dispatch_item,
+            halt=self._halt,
+        )
+        for comp in [*self._devices.values(), *self._services.values()]:
+            sup.add(comp, forked=True)
+        hub = Hub(self._endpoint, self._fork.fileno(), sup)
+        sup.hub = hub
+        hub.start()
+        self._sup, self._hub = sup, hub
+        atexit.register(self._at_exit)
+
+    def _worker(self, name: str) -> Worker:
+        assert self._sup is not None
+        return self._sup.workers[name]
+
+    def _start_worker(self, worker: Worker) -> None:
+        sup, hub = self._sup, self._hub
+        assert sup is not None and hub is not None
+        inc = hub.call(lambda: sup.start(worker.name))
+        if not inc.outcome.wait(worker.component.start_timeout + _BOOT_GRACE):
+            raise BootError(f"worker {worker.name!r} neither became ready nor failed in time")
+
+    def _start_receiver(self, rec: _Receiver) -> None:
+        try:
+            rec.component.attach(rec.ctx)
+            rec.component.start(rec.ctx)
+        except Exception as exc:
+            self._receiver_error(rec, exc)
+            return
+        if rec.interface:
+            self.emit(m.InterfaceStarted(interface=rec.name))
+        else:
+            self.emit(m.ProcessStarted(process=rec.name))
+
+    def _stop_receiver(self, rec: _Receiver) -> None:
+        try:
+            rec.component.stop(rec.ctx)
+            rec.component.detach()
+        except Exception as exc:
+            self._receiver_error(rec, exc)
+        if rec.interface:
+            self.emit(m.InterfaceStopped(interface=rec.name))
+        else:
+            self.emit(m.ProcessStopped(process=rec.name))
+
+    def _receiver_error(self, rec: _Receiver, exc: Exception) -> None:
+        tb = traceback.format_exc()
+        if rec.interface:
+            self.emit(m.InterfaceError(interface=rec.name, error=repr(exc), traceback=tb))
+        else:
+            self.emit(m.ProcessError(process=rec.name, error=repr(exc), traceback=tb))
+
+    def _stop_worker(self, name: str) -> None:
+        sup, hub = self._sup, self._hub
+        assert sup is not None and hub is not None
+        worker = hub.call(lambda: sup.stop(name))
+        comp = worker.component
+        worker.done.wait(comp.stop_timeout + comp.kill_timeout + _BOOT_GRACE)
+
+    def shutdown(self, reason: str | None = None) -> None:
+        """Stop everything in reverse boot order: graceful, then SIGTERM, then SIGKILL."""
+        hub = self._hub
+        if hub is not None and hub.in_hub:
+            # Called from a handler on the hub thread, which shutdown needs: do it beside it.
+            self._halt(reason or "shutdown requested")
+            return
+        with self._lifecycle:
+            if not self._up:
+                return
+            self._booted = False
+            self.emit(m.RuntimeShuttingDown(reason=reason))
+            for name in reversed(self._services):
+                self._stop_worker(name)
+            for rec in reversed(self._receivers):
+                self._stop_receiver(rec)
+            for name in reversed(self._devices):
+                self._stop_worker(name)
+            self.emit(m.RuntimeShutdown(reason=reason))
+            self._stop_infrastructure()
+            self._receivers = ()
+            self._up = False
+            self._down.set()
+
+    def _stop_infrastructure(self) -> None:
+        atexit.unregister(self._at_exit)
+        if self._hub is not None:
+            self._hub.stop()
+        if self._fork is not None:
+            self._fork.close()
+        if self._slots is not None:
+            self._slots.close()
+        if self._run_dir is not None:
+            remove_run_dir(self._run_dir)
+        self._hub = self._sup = self._fork = self._slots = None
+        self._run_dir = self._endpoint = None
+
+    def _halt(self, reason: str) -> None:
+        self.halt_reason = reason
+        threading.Thread(target=self.shutdown, args=(reason,), name="bussdcc-halt", daemon=True).start()
+
+    def _at_exit(self) -> None:
+        self.shutdown("interpreter exit")
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the runtime has shut down; return False on timeout."""
+        return self._down.wait(timeout)
+
+    def run(self) -> None:
+        """Boot (if needed) and block until shutdown; Ctrl-C shuts down."""
+        self.boot()
+        try:
+            self._down.wait()
+        except KeyboardInterrupt:
+            self.shutdown("KeyboardInterrupt")
+
+    # ---- inspection -----------------------------------------------------------------
+
+    def workers(self) -> list[WorkerStatus]:
+        """A status snapshot of every Service and Device worker."""
+        sup, hub = self._sup, self._hub
+        if sup is None or hub is None:
+            return []
+        return hub.call(sup.statuses)
+
+    def stats(self) -> RuntimeStats:
+        """Counters since boot."""
+        sup = self._sup
+        return RuntimeStats(
+            dispatched=self._dispatched,
+            rejected=sup.rejected if sup else 0,
+            lost=sup.lost if sup else 0,
+            restarts={w.name: w.restarts for w in sup.workers.values()} if sup else {},
+        )
+
+
+__all__ = ["Runtime", "RuntimeStats"]

@@ -1,0 +1,110 @@
+"""Runtime variants: a background thread for embedding, and POSIX signal supervision."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+from typing import Any
+
+from ..errors import RuntimeStateError
+from ..kernel import _builtin as m
+from ._runtime import Runtime
+
+
+class ThreadedRuntime(Runtime):
+    """A Runtime that can run in a background thread of a host application.
+
+    ``run()`` blocks until shutdown; ``start()`` runs it in a thread and returns
+    once booted; ``shutdown()`` (or ``stop()``) ends it from any thread.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._thread: threading.Thread | None = None
+        self._boot_error: BaseException | None = None
+        self._boot_done = threading.Event()
+
+    def start(self, timeout: float | None = None) -> None:
+        """Boot and run in a background thread; return once booted (re-raises a boot error)."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._boot_done.clear()
+        self._boot_error = None
+        self._thread = threading.Thread(target=self._thread_main, name="bussdcc-runtime", daemon=True)
+        self._thread.start()
+        if not self._boot_done.wait(timeout):
+            raise RuntimeStateError("the runtime did not boot in time")
+        if self._boot_error is not None:
+            raise self._boot_error
+
+    def _thread_main(self) -> None:
+        try:
+            self.boot()
+        except BaseException as exc:
+            self._boot_error = exc
+            return
+        finally:
+            self._boot_done.set()
+        self.wait()
+
+    def stop(self, reason: str | None = None, timeout: float | None = None) -> None:
+        """Shut down and join the background thread."""
+        self.shutdown(reason)
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+
+class SignalRuntime(ThreadedRuntime):
+    """A ThreadedRuntime driven by POSIX signals while booted.
+
+    SIGINT and SIGTERM shut down; SIGHUP emits ``system.reload``; SIGUSR1 and
+    SIGUSR2 emit ``system.signal`` with action ``user1`` / ``user2``. Boot it
+    from the main thread (only that thread may install signal handlers).
+    """
+
+    SIGNAL_ACTIONS: dict[int, str] = {
+        int(signal.SIGINT): "shutdown",
+        int(signal.SIGTERM): "shutdown",
+        int(signal.SIGHUP): "reload",
+        int(signal.SIGUSR1): "user1",
+        int(signal.SIGUSR2): "user2",
+    }
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._previous: dict[int, Any] = {}
+
+    def boot(self) -> None:
+        """Boot, then route the signals to the runtime."""
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeStateError("SignalRuntime must boot in the main thread")
+        super().boot()
+        for signum in self.SIGNAL_ACTIONS:
+            self._previous.setdefault(signum, signal.signal(signum, self._on_signal))
+
+    def shutdown(self, reason: str | None = None) -> None:
+        """Shut down, then give the signals back to their previous handlers."""
+        try:
+            super().shutdown(reason)
+        finally:
+            if threading.current_thread() is threading.main_thread():
+                for signum, handler in self._previous.items():
+                    signal.signal(signum, handler)
+                self._previous.clear()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        # A handler interrupts whatever the main thread was doing (maybe a
+        # dispatch): never block here, hand the work to other threads.
+        action = self.SIGNAL_ACTIONS.get(signum)
+        if action == "shutdown":
+            self._halt(signal.strsignal(signum) or f"signal {signum}")
+        elif action == "reload":
+            self._emit_later(m.SystemReload())
+        elif action is not None:
+            self._emit_later(m.SystemSignal(signal=signum, action=action))
+
+    def _emit_later(self, message: m.Message) -> None:
+        hub = self._hub
+        if hub is not None:
+            hub.call_soon(lambda: self.emit(message))

@@ -1,0 +1,108 @@
+"""Worker records: the public status type and the hub thread's private bookkeeping."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import enum
+import threading
+from collections import deque
+from dataclasses import dataclass
+
+from ..kernel import Device, Service, handles_events
+from ..kernel import protocol as p
+from ._hub import Timer
+
+
+class WorkerState(enum.StrEnum):
+    """Where a worker is in its life."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    BACKOFF = "backoff"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStatus:
+    """A snapshot of one worker, as returned by ``Runtime.workers()``."""
+
+    name: str
+    role: str
+    pid: int | None
+    state: WorkerState
+    restarts: int
+    started_at: _dt.datetime | None
+    incarnation: int
+    last_exit: str | None
+
+
+class Incarnation:
+    """One process of a worker: what it sent, what it said, how it ended."""
+
+    def __init__(self, number: int, identity: bytes, slot: int) -> None:
+        self.number = number
+        self.identity = identity
+        self.slot = slot
+        self.pid: int | None = None
+        self.received = 0
+        self.controls = 0
+        self.hello = False
+        self.ready = False
+        self.timed_out = False
+        self.draining = False
+        self.start_failed: p.StartFailed | None = None
+        self.spawn_error: str | None = None
+        self.bye: p.Bye | None = None
+        self.exit_code: int | None = None
+        self.exited = False
+        self.finalized = False
+        self.timers: list[Timer] = []
+        #: Set once the incarnation is ready or has ended.
+        self.outcome = threading.Event()
+
+    def cancel_timers(self) -> None:
+        for timer in self.timers:
+            timer.cancel()
+        self.timers.clear()
+
+
+class Worker:
+    """A supervised Service or Device and its successive incarnations."""
+
+    def __init__(self, component: Service | Device, *, forked: bool) -> None:
+        self.component = component
+        self.name = component.name
+        self.role = "service" if isinstance(component, Service) else "device"
+        self.kind = component.kind if isinstance(component, Device) else ""
+        self.wants_events = isinstance(component, Service) and handles_events(component)
+        #: Whether the fork server has this component in memory (registered before boot).
+        self.forked = forked
+        #: The component, pickled, for a fork server that never saw it.
+        self.pickled: bytes | None = None
+        self.state = WorkerState.STOPPED
+        self.current: Incarnation | None = None
+        self.incarnations = 0
+        self.restarts = 0
+        self.restart_times: deque[float] = deque()
+        self.started_at: _dt.datetime | None = None
+        self.last_exit: str | None = None
+        self.stop_requested = False
+        self.backoff_timer: Timer | None = None
+        #: Set when the worker reaches ``stopped`` or ``failed``.
+        self.done = threading.Event()
+        self.done.set()
+
+    def status(self) -> WorkerStatus:
+        inc = self.current
+        return WorkerStatus(
+            name=self.name,
+            role=self.role,
+            pid=inc.pid if inc is not None and not inc.exited else None,
+            state=self.state,
+            restarts=self.restarts,
+            started_at=self.started_at,
+            incarnation=self.incarnations,
+            last_exit=self.last_exit,
+        )

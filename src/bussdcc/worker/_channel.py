@@ -1,0 +1,193 @@
+"""A worker's one connection to its parent: ordered, counted, batched, back-pressured."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import msgspec
+import zmq
+
+from ..errors import FrameTooLarge
+from ..kernel import Message, WorkerSpec
+from ..kernel import protocol as p
+
+_MAX_PENDING = 1024
+# Small high-water marks make a flooding worker block early (bounded memory on
+# both sides) and make its items pile into large batches instead of frames.
+_HWM = 32
+
+
+class Channel:
+    """Owns the worker's DEALER socket; must be driven from the worker's main thread.
+
+    ``push`` may be called from any thread: items from other threads are queued
+    and sent by the main thread, in the order their sequence numbers say.
+    """
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        self.zctx = zmq.Context(io_threads=1)
+        self.sock = self.zctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.ROUTING_ID, spec.identity)
+        self.sock.setsockopt(zmq.SNDHWM, _HWM)
+        self.sock.setsockopt(zmq.RCVHWM, _HWM)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(spec.endpoint)
+        self._owner = threading.get_ident()
+        self._lock = threading.Lock()
+        self._seq = 0  # items numbered so far
+        self._controls = 0
+        self._first_pending = 1
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._foreign: list[bytes] = []
+        self._congested = False
+        self._inbox: deque[p.ParentFrame] = deque()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._poller = zmq.Poller()
+        self._poller.register(self.sock, zmq.POLLIN)
+        self._poller.register(self._wake_r, zmq.POLLIN)
+
+    # ---- outgoing --------------------------------------------------------------
+
+    def emit(self, message: Message) -> None:
+        """Queue ``message`` for the parent."""
+        self.push(p.encode_envelope(message, time.time(), self.spec.name))
+
+    def set_state(self, path: str, value: Any) -> None:
+        """Queue a state write for the parent."""
+        self.push(p.encode(p.StateSet(path, msgspec.Raw(p.encode(value)))))
+
+    def push(self, item: bytes) -> None:
+        """Number and queue one encoded item; send it now if the pipe has room."""
+        if len(item) > p.BATCH_BYTES * 8:
+            raise FrameTooLarge(f"item of {len(item)} bytes is over the {p.BATCH_BYTES * 8}-byte limit")
+        if threading.get_ident() != self._owner:
+            with self._lock:
+                self._seq += 1
+                self.spec.slots.write(self.spec.slot, self._seq, self._controls)
+                self._foreign.append(item)
+            os.write(self._wake_w, b"\0")
+            return
+        with self._lock:
+            if self._foreign:
+                self._take_foreign()
+            self._seq += 1
+            self.spec.slots.write(self.spec.slot, self._seq, self._controls)
+        self._pending.append(item)
+        self._pending_bytes += len(item)
+        if len(self._pending) >= _MAX_PENDING or self._pending_bytes >= p.BATCH_BYTES:
+            self.flush(block=True)
+        elif not self._congested:
+            self.flush(block=False)
+
+    def _take_foreign(self) -> None:
+        for item in self._foreign:
+            self._pending.append(item)
+            self._pending_bytes += len(item)
+        self._foreign.clear()
+
+    def flush(self, block: bool = True) -> bool:
+        """Send the pending items as one batch; return False if it would block."""
+        with self._lock:
+            if self._foreign:
+                self._take_foreign()
+        if not self._pending:
+            return True
+        frame = p.encode(p.Batch(self._first_pending, [msgspec.Raw(i) for i in self._pending]))
+        if not self._send(frame, block):
+            self._congested = True
+            return False
+        self._first_pending += len(self._pending)
+        self._pending.clear()
+        self._pending_bytes = 0
+        self._congested = False
+        return True
+
+    def send_control(self, frame: p.WorkerFrame) -> None:
+        """Send a control frame after everything queued before it."""
+        self.flush(block=True)
+        self._controls += 1
+        with self._lock:
+            self.spec.slots.write(self.spec.slot, self._seq, self._controls)
+        self._send(p.encode(frame), block=True)
+
+    def _send(self, data: bytes, block: bool) -> bool:
+        try:
+            self.sock.send(data, zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            if not block:
+                return False
+        # Keep reading while we wait: the parent may itself be blocked sending
+        # to us, and neither side may wait on the other with its input closed.
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN | zmq.POLLOUT)
+        while True:
+            events = dict(poller.poll())
+            if events.get(self.sock, 0) & zmq.POLLIN:
+                self._read_available()
+            if events.get(self.sock, 0) & zmq.POLLOUT:
+                try:
+                    self.sock.send(data, zmq.NOBLOCK)
+                    return True
+                except zmq.Again:
+                    continue
+
+    @property
+    def sent(self) -> int:
+        """Items numbered so far (the ``last_seq`` of a Bye)."""
+        return self._seq
+
+    # ---- incoming --------------------------------------------------------------
+
+    def _read_available(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            self._inbox.append(p.decode_parent_frame(data))
+
+    def wait(self, timeout: float | None) -> list[p.ParentFrame]:
+        """Flush, then wait up to ``timeout`` seconds for frames from the parent."""
+        if self._inbox:
+            timeout = 0
+        self.flush(block=True)
+        ms = None if timeout is None else max(0, int(timeout * 1000))
+        events = dict(self._poller.poll(ms))
+        if self._wake_r in events:
+            try:
+                while os.read(self._wake_r, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+            self.flush(block=True)
+        if self.sock in events:
+            self._read_available()
+        frames = list(self._inbox)
+        self._inbox.clear()
+        return frames
+
+    def bye(self, error: str | None = None, traceback: str | None = None, timeout: float = 30.0) -> bool:
+        """Say goodbye after everything queued; wait until the parent has dispatched it all."""
+        self.send_control(p.Bye(self.sent, error, traceback))
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            for frame in self.wait(left):
+                if isinstance(frame, p.ByeAck):
+                    return True
+        return False
+
+    def close(self) -> None:
+        """Close the socket and its context."""
+        self.sock.close(linger=0)
+        self.zctx.term()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+

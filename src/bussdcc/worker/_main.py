@@ -1,0 +1,51 @@
+"""The entry point of a worker process, called by the fork server right after fork()."""
+
+from __future__ import annotations
+
+import faulthandler
+import io
+import os
+import signal
+import sys
+import traceback
+from typing import NoReturn
+
+from ..kernel import WorkerSpec
+from ..kernel.protocol import Hello
+from ._channel import Channel
+from ._context import make_context
+from ._host import run_component
+
+
+def _reset_process() -> None:
+    # The terminal's Ctrl-C goes to the parent, which stops workers in order.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_DFL)
+    faulthandler.enable()
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(line_buffering=True)
+
+
+def run(spec: WorkerSpec, component: object) -> NoReturn:
+    """Host ``component`` until it stops, then exit the process (never returns)."""
+    code = 1
+    try:
+        _reset_process()
+        channel = Channel(spec)
+        try:
+            channel.send_control(Hello(os.getpid()))
+            code = run_component(component, make_context(spec, channel), channel)
+        finally:
+            channel.close()
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(code)
+
