@@ -1,4 +1,5 @@
-from bussdcc import Runtime, Device, Process, Service, message
+from bussdcc import Device, Process, Runtime, Service, message
+
 
 class MySensor(Device):
     kind = "sensor"

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 __all__ = [
+    "BootError",
     "BussdccError",
     "DuplicateMessageName",
-    "UnknownMessage",
-    "ProtocolError",
     "FrameTooLarge",
     "MalformedFrame",
-    "StatePathError",
+    "ProtocolError",
     "RegistrationError",
-    "BootError",
-    "WorkerStartError",
     "RuntimeStateError",
+    "StatePathError",
+    "UnknownMessage",
+    "WorkerStartError",
 ]
 
 

@@ -20,7 +20,7 @@ Handler = Callable[[Event[M]], None]
 class Subscription(Generic[M]):
     """A handle returned by :meth:`EventBus.subscribe`; ``cancel()`` removes it."""
 
-    __slots__ = ("_bus", "kind", "handler")
+    __slots__ = ("_bus", "handler", "kind")
 
     def __init__(self, bus: EventBus, kind: type[M], handler: Handler[M]) -> None:
         self._bus = bus

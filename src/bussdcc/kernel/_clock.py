@@ -7,7 +7,7 @@ import threading
 import time
 from typing import Protocol, runtime_checkable
 
-__all__ = ["ClockProtocol", "SystemClock", "ManualClock"]
+__all__ = ["ClockProtocol", "ManualClock", "SystemClock"]
 
 
 @runtime_checkable
@@ -39,7 +39,7 @@ class SystemClock:
 
     def now_utc(self) -> _dt.datetime:
         """Wall-clock time, timezone-aware UTC."""
-        return _dt.datetime.now(_dt.timezone.utc)
+        return _dt.datetime.now(_dt.UTC)
 
     def monotonic(self) -> float:
         """``time.monotonic()``."""
@@ -61,7 +61,7 @@ class ManualClock:
     """A clock that moves only when told to: ``advance()`` wakes sleepers whose time has come."""
 
     def __init__(self, start: _dt.datetime | None = None) -> None:
-        self._wall = start or _dt.datetime(2000, 1, 1, tzinfo=_dt.timezone.utc)
+        self._wall = start or _dt.datetime(2000, 1, 1, tzinfo=_dt.UTC)
         self._now = 0.0
         self._cond = threading.Condition()
 

@@ -9,7 +9,7 @@ from ._context import Context
 from ._event import Event
 from ._message import Message
 
-__all__ = ["Device", "Process", "Interface", "Service", "Supervised"]
+__all__ = ["Device", "Interface", "Process", "Service", "Supervised"]
 
 
 class Supervised:

@@ -30,7 +30,7 @@ class RuntimeView(Protocol):
 class Context:
     """Clock, event bus, state, runtime access, and ``emit`` — nothing more."""
 
-    __slots__ = ("clock", "events", "state", "runtime", "_emit")
+    __slots__ = ("_emit", "clock", "events", "runtime", "state")
 
     def __init__(
         self,

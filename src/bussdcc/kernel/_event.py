@@ -18,7 +18,7 @@ RUNTIME_SOURCE = "runtime"
 class Event(Generic[M_co]):
     """A message as dispatched: ``payload``, UTC ``time`` and the ``source`` that emitted it."""
 
-    __slots__ = ("payload", "time", "source")
+    __slots__ = ("payload", "source", "time")
 
     payload: M_co
     time: _dt.datetime

@@ -29,12 +29,13 @@ _registry_lock = threading.Lock()
 def _register(cls: type[Message]) -> None:
     with _registry_lock:
         known = _registry.get(cls.name)
-        # @dataclass(slots=True) rebuilds the class, so the same definition
-        # arrives twice: the rebuilt class replaces its draft.
-        if known is not None and (known.__module__, known.__qualname__) != (
-            cls.__module__,
-            cls.__qualname__,
-        ):
+        # @dataclass(slots=True) rebuilds the class from the draft's namespace,
+        # so the same definition arrives twice; the rebuilt one shares the
+        # draft's very __dataclass_fields__ dict, and replaces it.
+        rebuilt = known is not None and cls.__dict__.get("__dataclass_fields__") is known.__dict__.get(
+            "__dataclass_fields__", False
+        )
+        if known is not None and not rebuilt:
             raise DuplicateMessageName(
                 f"message name {cls.name!r} of {cls.__module__}.{cls.__qualname__} "
                 f"is already used by {known.__module__}.{known.__qualname__}"

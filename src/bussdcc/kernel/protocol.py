@@ -37,31 +37,31 @@ class _Frame(msgspec.Struct, frozen=True, forbid_unknown_fields=True, array_like
 # ---- worker → parent ----------------------------------------------------------
 
 
-class Hello(_Frame, tag="hello"):
+class Hello(_Frame, tag="hello", frozen=True):
     """First frame of every worker incarnation."""
 
     pid: int
 
 
-class Ready(_Frame, tag="ready"):
+class Ready(_Frame, tag="ready", frozen=True):
     """The component connected (device) or started (service)."""
 
 
-class StartFailed(_Frame, tag="start_failed"):
+class StartFailed(_Frame, tag="start_failed", frozen=True):
     """``connect``/``start`` raised; the worker exits after sending this."""
 
     error: str
     traceback: str | None = None
 
 
-class Batch(_Frame, tag="batch"):
+class Batch(_Frame, tag="batch", frozen=True):
     """Items ``first_seq .. first_seq+len(items)-1`` of this incarnation's stream."""
 
     first_seq: int
     items: list[msgspec.Raw]
 
 
-class Bye(_Frame, tag="bye"):
+class Bye(_Frame, tag="bye", frozen=True):
     """Last frame of a worker: ``last_seq`` items were sent; ``error`` if it gave up."""
 
     last_seq: int
@@ -74,17 +74,17 @@ WorkerFrame: TypeAlias = Hello | Ready | StartFailed | Batch | Bye
 # ---- parent → worker ----------------------------------------------------------
 
 
-class Deliver(_Frame, tag="deliver"):
+class Deliver(_Frame, tag="deliver", frozen=True):
     """Events for a Service's ``handle_event``, each an encoded :class:`Envelope`."""
 
     items: list[msgspec.Raw]
 
 
-class Stop(_Frame, tag="stop"):
+class Stop(_Frame, tag="stop", frozen=True):
     """Stop gracefully: run ``stop``/``disconnect``, flush, say :class:`Bye`."""
 
 
-class ByeAck(_Frame, tag="bye_ack"):
+class ByeAck(_Frame, tag="bye_ack", frozen=True):
     """Everything up to the worker's ``Bye.last_seq`` has been dispatched: it may exit."""
 
 
@@ -93,7 +93,7 @@ ParentFrame: TypeAlias = Deliver | Stop | ByeAck
 # ---- items of the stream ----------------------------------------------------------
 
 
-class Envelope(_Frame, tag="m"):
+class Envelope(_Frame, tag="m", frozen=True):
     """One message: its name, encoded body, UNIX time of emission, and source."""
 
     name: str
@@ -102,7 +102,7 @@ class Envelope(_Frame, tag="m"):
     source: str = ""
 
 
-class StateSet(_Frame, tag="s"):
+class StateSet(_Frame, tag="s", frozen=True):
     """A worker wrote ``value`` at ``path`` in its state."""
 
     path: str
@@ -114,7 +114,7 @@ Item: TypeAlias = Envelope | StateSet
 # ---- parent ↔ fork server -----------------------------------------------------
 
 
-class Spawn(_Frame, tag="spawn"):
+class Spawn(_Frame, tag="spawn", frozen=True):
     """Fork a worker for the component ``worker`` (``pickled`` if registered after boot)."""
 
     worker: str
@@ -123,11 +123,11 @@ class Spawn(_Frame, tag="spawn"):
     pickled: bytes | None = None
 
 
-class Quit(_Frame, tag="quit"):
+class Quit(_Frame, tag="quit", frozen=True):
     """The fork server should exit."""
 
 
-class Spawned(_Frame, tag="spawned"):
+class Spawned(_Frame, tag="spawned", frozen=True):
     """A worker process exists."""
 
     worker: str
@@ -135,7 +135,7 @@ class Spawned(_Frame, tag="spawned"):
     pid: int
 
 
-class SpawnFailed(_Frame, tag="spawn_failed"):
+class SpawnFailed(_Frame, tag="spawn_failed", frozen=True):
     """The fork server could not create the worker."""
 
     worker: str
@@ -143,7 +143,7 @@ class SpawnFailed(_Frame, tag="spawn_failed"):
     error: str
 
 
-class Reaped(_Frame, tag="reaped"):
+class Reaped(_Frame, tag="reaped", frozen=True):
     """A worker ended; ``exit_code`` as :func:`os.waitstatus_to_exitcode` (negative: signal)."""
 
     pid: int
@@ -173,11 +173,11 @@ def _dec_hook(kind: type, obj: Any) -> Any:
 
 
 _encoder: Final = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
-_worker_frames: Final = msgspec.msgpack.Decoder(WorkerFrame)  # type: ignore[var-annotated]
-_parent_frames: Final = msgspec.msgpack.Decoder(ParentFrame)  # type: ignore[var-annotated]
-_items: Final = msgspec.msgpack.Decoder(Item)  # type: ignore[var-annotated]
-_fork_requests: Final = msgspec.msgpack.Decoder(ForkRequest)  # type: ignore[var-annotated]
-_fork_reports: Final = msgspec.msgpack.Decoder(ForkReport)  # type: ignore[var-annotated]
+_worker_frames: Final = msgspec.msgpack.Decoder(WorkerFrame)
+_parent_frames: Final = msgspec.msgpack.Decoder(ParentFrame)
+_items: Final = msgspec.msgpack.Decoder(Item)
+_fork_requests: Final = msgspec.msgpack.Decoder(ForkRequest)
+_fork_reports: Final = msgspec.msgpack.Decoder(ForkReport)
 _any: Final = msgspec.msgpack.Decoder()
 _message_decoders: dict[type[Message], msgspec.msgpack.Decoder[Any]] = {}
 
@@ -188,7 +188,7 @@ def encode(obj: Any) -> bytes:
     """Encode a frame, an item, a message or a plain value."""
     try:
         return _encoder.encode(obj)
-    except (TypeError, msgspec.EncodeError) as exc:
+    except (TypeError, NotImplementedError, msgspec.EncodeError) as exc:
         raise MalformedFrame(f"cannot encode {type(obj).__name__}: {exc}") from exc
 
 
@@ -256,7 +256,7 @@ def decode_message(name: str, body: bytes | memoryview) -> Message:
 
 def envelope_event(env: Envelope, source: str | None = None) -> Event[Message]:
     """Turn a decoded envelope into the Event it carries."""
-    ts = _dt.datetime.fromtimestamp(env.ts, tz=_dt.timezone.utc)
+    ts = _dt.datetime.fromtimestamp(env.ts, tz=_dt.UTC)
     return Event(decode_message(env.name, env.body), ts, source if source is not None else env.source)
 
 

@@ -44,7 +44,7 @@ class HubClient(Protocol):
 class Timer:
     """A cancellable callback scheduled on the hub thread."""
 
-    __slots__ = ("when", "fn", "cancelled")
+    __slots__ = ("cancelled", "fn", "when")
 
     def __init__(self, when: float, fn: Callable[[], None]) -> None:
         self.when = when
@@ -265,7 +265,10 @@ class Hub:
         if chunk:
             frames.append(p.encode(p.Deliver([msgspec.Raw(i) for i in chunk])))
         for identity in targets:
-            for frame in frames:
-                if not self.send(identity, frame, lambda ident=identity: ident in self._client.delivery_targets()):
-                    break
 
+            def alive(identity: bytes = identity) -> bool:
+                return identity in self._client.delivery_targets()
+
+            for frame in frames:
+                if not self.send(identity, frame, alive):
+                    break

@@ -9,7 +9,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 from .._version import __version__
 from ..errors import BootError, RegistrationError, RuntimeStateError
@@ -53,7 +53,7 @@ class RuntimeStats:
 
 
 class _Receiver:
-    __slots__ = ("name", "component", "ctx", "interface")
+    __slots__ = ("component", "ctx", "interface", "name")
 
     def __init__(self, name: str, component: Process, ctx: Context) -> None:
         self.name = name
@@ -193,7 +193,7 @@ class Runtime:
             raise RegistrationError(f"register_interface() takes an Interface, not {type(interface).__name__}")
         self._register_receiver(interface, self._interfaces, "interface")
 
-    def _register_receiver(self, component: Process, table: dict[str, object], what: str) -> None:
+    def _register_receiver(self, component: Process, table: dict[str, Any], what: str) -> None:
         if self._up:
             raise RegistrationError(f"cannot register a {what} after boot")
         self._check_name(component.name, what, {**self._processes, **self._interfaces})
@@ -284,7 +284,7 @@ class Runtime:
         self._run_dir = make_run_dir(self.name)
         self._endpoint = f"ipc://{self._run_dir}/workers.sock"
         self._slots = SlotTable()
-        components = {d.id: ("device", d) for d in self._devices.values()}
+        components: dict[str, tuple[str, object]] = {d.id: ("device", d) for d in self._devices.values()}
         components.update({s.name: ("service", s) for s in self._services.values()})
         try:
             self._fork = ForkServer(components, endpoint=self._endpoint, slots=self._slots, entry=WORKER_ENTRY)
@@ -299,7 +299,8 @@ class Runtime:
             dispatch_item=self._dispatch_item,
             halt=self._halt,
         )
-        for comp in [*self._devices.values(), *self._services.values()]:
+        supervised: list[Service | Device] = [*self._devices.values(), *self._services.values()]
+        for comp in supervised:
             sup.add(comp, forked=True)
         hub = Hub(self._endpoint, self._fork.fileno(), sup)
         sup.hub = hub

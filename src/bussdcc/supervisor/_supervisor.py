@@ -384,4 +384,3 @@ class Supervisor:
 
     def delivery_targets(self) -> list[bytes]:
         return list(self.targets)
-

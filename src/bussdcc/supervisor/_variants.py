@@ -8,6 +8,7 @@ from types import FrameType
 from typing import Any
 
 from ..errors import RuntimeStateError
+from ..kernel import Message
 from ..kernel import _builtin as m
 from ._runtime import Runtime
 
@@ -104,7 +105,7 @@ class SignalRuntime(ThreadedRuntime):
         elif action is not None:
             self._emit_later(m.SystemSignal(signal=signum, action=action))
 
-    def _emit_later(self, message: m.Message) -> None:
+    def _emit_later(self, message: Message) -> None:
         hub = self._hub
         if hub is not None:
             hub.call_soon(lambda: self.emit(message))

@@ -189,5 +189,3 @@ class Channel:
         self.zctx.term()
         os.close(self._wake_r)
         os.close(self._wake_w)
-
-

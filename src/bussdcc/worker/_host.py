@@ -80,7 +80,9 @@ def run_service(svc: Service, ctx: Context, channel: Channel) -> int:
     except Exception as exc:
         ctx.emit(m.ServiceError(service=svc.name, error=repr(exc), traceback=traceback.format_exc()))
     svc.detach()
-    channel.bye(*(failure or (None, None)), timeout=svc.stop_timeout + svc.kill_timeout)
+    error: str | None = failure[0] if failure else None
+    trace: str | None = failure[1] if failure else None
+    channel.bye(error, trace, timeout=svc.stop_timeout + svc.kill_timeout)
     return 0
 
 
@@ -116,4 +118,3 @@ def run_component(component: object, ctx: Context, channel: Channel) -> int:
     if isinstance(component, Device):
         return run_device(component, ctx, channel)
     raise TypeError(f"a worker hosts a Service or a Device, not {type(component).__name__}")
-

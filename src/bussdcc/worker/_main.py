@@ -48,4 +48,3 @@ def run(spec: WorkerSpec, component: object) -> NoReturn:
             except Exception:
                 pass
         os._exit(code)
-

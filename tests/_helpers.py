@@ -1,0 +1,107 @@
+"""Components and waits shared by the tests: react to events, never sleep and hope."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from bussdcc import Context, Event, Message, Process
+
+T = TypeVar("T")
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
+    """Return the first truthy value of ``predicate`` within ``timeout`` or fail."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.005)
+
+
+class Recorder(Process):
+    """A Process that records every event and lets a test wait for one."""
+
+    name = "recorder"
+
+    def __init__(self, name: str = "recorder") -> None:
+        self.name = name
+        self.events: list[Event[Message]] = []
+        self._cond = threading.Condition()
+
+    def handle_event(self, ctx: Context, evt: Event[Message]) -> None:
+        with self._cond:
+            self.events.append(evt)
+            self._cond.notify_all()
+
+    def names(self) -> list[str]:
+        with self._cond:
+            return [e.payload.name for e in self.events]
+
+    def of(self, name: str) -> list[Event[Message]]:
+        with self._cond:
+            return [e for e in self.events if e.payload.name == name]
+
+    def wait_for(
+        self, name: str, where: Callable[[Event[Message]], bool] = lambda e: True, count: int = 1, timeout: float = 10.0
+    ) -> list[Event[Message]]:
+        """Block until ``count`` events named ``name`` matching ``where`` were recorded."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                found = [e for e in self.events if e.payload.name == name and where(e)]
+                if len(found) >= count:
+                    return found
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"timed out waiting for {count} x {name}; saw {self.names_locked()}")
+                self._cond.wait(left)
+
+    def names_locked(self) -> list[str]:
+        return [e.payload.name for e in self.events][-40:]
+
+
+# ---- messages the test components exchange ------------------------------------------
+
+from dataclasses import dataclass  # noqa: E402
+
+
+@dataclass(slots=True, frozen=True)
+class Where(Message):
+    """Reports the pid a component's code ran in."""
+
+    name = "test.where"
+    who: str
+    step: str
+    pid: int
+
+
+@dataclass(slots=True, frozen=True)
+class Ping(Message):
+    """A numbered request."""
+
+    name = "test.ping"
+    n: int
+
+
+@dataclass(slots=True, frozen=True)
+class Pong(Message):
+    """A numbered answer, with the pid that answered."""
+
+    name = "test.pong"
+    n: int
+    pid: int
+
+
+@dataclass(slots=True, frozen=True)
+class Seq(Message):
+    """One item of a numbered stream."""
+
+    name = "test.seq"
+    i: int
+    pad: str = ""

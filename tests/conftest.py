@@ -1,0 +1,51 @@
+"""Session rules: every test has a timeout, and no test may leave a process or run directory."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+_BASE = Path(tempfile.mkdtemp(prefix="bdt-", dir="/tmp"))
+os.environ["BUSSDCC_RUN_BASE"] = str(_BASE)  # short, so ipc:// paths fit in sun_path
+
+
+def _descendants() -> list[psutil.Process]:
+    try:
+        return [c for c in psutil.Process().children(recursive=True) if c.status() != psutil.STATUS_ZOMBIE]
+    except psutil.NoSuchProcess:
+        return []
+
+
+@pytest.fixture(autouse=True)
+def no_leaks() -> Iterator[None]:
+    """Fail a test that leaves a child process or a run directory behind."""
+    before = {p.pid for p in _descendants()}
+    yield
+    # Children being reaped right now get a bounded moment to go.
+    _, alive = psutil.wait_procs([p for p in _descendants() if p.pid not in before], timeout=3)
+    leftovers = sorted(_BASE.iterdir()) if _BASE.exists() else []
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    for path in leftovers:
+        shutil.rmtree(path, ignore_errors=True)
+    assert not alive, f"test left processes behind: {[(p.pid, p.name()) for p in alive]}"
+    assert not leftovers, f"test left run directories behind: {leftovers}"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(_BASE, ignore_errors=True)
+
+
+@pytest.fixture
+def run_base() -> Path:
+    """The base directory this session's runtimes make their run directories in."""
+    return _BASE

@@ -1,0 +1,332 @@
+"""The runtime with real worker processes: order, dispatch both ways, state, isolation."""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+
+import pytest
+
+from bussdcc import Context, Device, Event, Interface, Message, Process, Runtime, Service, WorkerState, message
+from bussdcc.errors import RegistrationError, RuntimeStateError
+
+from ._helpers import Ping, Pong, Recorder, Seq, Where, wait_until
+
+
+class Sensor(Device):
+    kind = "sensor"
+
+    def connect(self) -> None:
+        assert self.ctx is not None
+        self.ctx.emit(Where(who=self.id, step="connect", pid=os.getpid()))
+
+    def disconnect(self) -> None:
+        assert self.ctx is not None
+        self.ctx.emit(Where(who=self.id, step="disconnect", pid=os.getpid()))
+
+
+class Ticker(Service):
+    interval = 0.05
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def start(self, ctx: Context) -> None:
+        ctx.emit(Where(who=self.name, step="start", pid=os.getpid()))
+
+    def tick(self, ctx: Context) -> None:
+        ctx.emit(Where(who=self.name, step="tick", pid=os.getpid()))
+
+    def stop(self, ctx: Context) -> None:
+        ctx.emit(Where(who=self.name, step="stop", pid=os.getpid()))
+
+
+class Echo(Service):
+    """Answers every Ping from its own process."""
+
+    name = "echo"
+    interval = 60.0
+
+    def handle_event(self, ctx: Context, evt: Event[Message]) -> None:
+        if isinstance(evt.payload, Ping):
+            ctx.emit(Pong(n=evt.payload.n, pid=os.getpid()))
+
+
+class Panel(Interface):
+    name = "panel"
+
+
+def _order(rec: Recorder) -> list[str]:
+    keep = {
+        "runtime.booting", "runtime.booted", "runtime.shutting_down", "runtime.shutdown",
+        "device.attached", "device.detached", "process.started", "process.stopped",
+        "interface.started", "interface.stopped", "service.started", "service.stopped",
+    }  # fmt: skip
+    out = []
+    for e in rec.events:
+        if e.payload.name in keep:
+            who = next(iter(e.payload.to_dict().values()), None) if e.payload.to_dict() else None
+            tag = who if e.payload.name.split(".")[0] in {"device", "process", "interface", "service"} else None
+            out.append(f"{e.payload.name}:{tag}" if tag else e.payload.name)
+    return out
+
+
+def test_boot_and_shutdown_follow_the_seed_order_in_separate_processes() -> None:
+    rec = Recorder()
+    rt = Runtime(name="order")
+    rt.attach_device(Sensor(id="d1"))
+    rt.attach_device(Sensor(id="d2"))
+    rt.register_process(rec)
+    rt.register_interface(Panel())
+    rt.register_service(Ticker("s1"))
+    rt.register_service(Ticker("s2"))
+    rt.boot()
+    assert rt.booted
+    rt.shutdown()
+    assert not rt.booted
+    assert _order(rec) == [
+        "runtime.booting",
+        "device.attached:d1", "device.attached:d2",
+        "process.started:recorder", "interface.started:panel",
+        "runtime.booted",
+        "service.started:s1", "service.started:s2",
+        "runtime.shutting_down",
+        "service.stopped:s2", "service.stopped:s1",
+        "interface.stopped:panel", "process.stopped:recorder",
+        "device.detached:d2", "device.detached:d1",
+        "runtime.shutdown",
+    ]  # fmt: skip
+    pids = {}
+    for e in rec.of("test.where"):
+        assert isinstance(e.payload, Where)
+        pids.setdefault(e.payload.who, set()).add(e.payload.pid)
+        assert e.source == e.payload.who  # the source is the worker that emitted it
+    assert set(pids) == {"d1", "d2", "s1", "s2"}
+    assert all(len(p) == 1 for p in pids.values()), "each component's code runs in one process"
+    all_pids = [next(iter(p)) for p in pids.values()]
+    assert os.getpid() not in all_pids and len(set(all_pids)) == 4
+    steps = [(e.payload.who, e.payload.step) for e in rec.of("test.where") if isinstance(e.payload, Where)]
+    assert ("d1", "disconnect") in steps and ("s1", "stop") in steps
+
+
+def test_boot_and_shutdown_are_idempotent_and_reboot_works() -> None:
+    rec = Recorder()
+    rt = Runtime(name="idem")
+    rt.register_process(rec)
+    rt.register_service(Ticker("t"))
+    with rt:
+        rt.boot()
+        assert rt.booted
+    rt.shutdown()
+    assert rec.names().count("runtime.booting") == 1 and rec.names().count("runtime.shutdown") == 1
+    rt.boot()
+    rec.wait_for("test.where", lambda e: e.payload.to_dict()["step"] == "tick", count=2)
+    rt.shutdown()
+    assert rec.names().count("runtime.shutdown") == 2
+
+
+def test_run_dir_is_private_and_removed(run_base: object) -> None:
+    rt = Runtime(name="rundir")
+    with pytest.raises(RuntimeStateError):
+        _ = rt.endpoint
+    rt.register_service(Ticker("t"))
+    rt.boot()
+    try:
+        run_dir = rt.run_dir
+        assert run_dir is not None
+        assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
+        assert rt.endpoint == f"ipc://{run_dir}/workers.sock"
+        assert (run_dir / "workers.sock").exists()
+    finally:
+        rt.shutdown()
+    assert not run_dir.exists()
+
+
+def test_dispatch_goes_both_ways_through_the_parent() -> None:
+    rec = Recorder()
+    rt = Runtime(name="both")
+    rt.register_process(rec)
+    rt.register_service(Echo())
+    rt.register_service(Ticker("quiet"))
+    with rt:
+        for n in range(5):
+            rt.emit(Ping(n=n))
+        pongs = rec.wait_for("test.pong", count=5)
+        assert [p.payload.to_dict()["n"] for p in pongs] == [0, 1, 2, 3, 4]
+        assert {p.payload.to_dict()["pid"] for p in pongs} != {os.getpid()}
+        assert all(p.source == "echo" for p in pongs)
+        # Only workers whose class handles events are sent anything.
+        assert rt._sup is not None
+        assert [w.name for w in rt._sup.targets.values()] == ["echo"]
+
+
+class Counter(Service):
+    """Writes state from its process and reports what it reads back."""
+
+    name = "counter"
+    interval = 0.01
+
+    def start(self, ctx: Context) -> None:
+        self.n = 0
+
+    def tick(self, ctx: Context) -> None:
+        if self.n < 20:
+            self.n += 1
+            ctx.state.set("counter.value", self.n)
+            ctx.state.update("counter.total", lambda v: v + self.n, default=0)
+            ctx.emit(Seq(i=ctx.state.get("counter.value")))
+
+
+def test_state_written_in_a_worker_reaches_the_parent_in_order() -> None:
+    rec = Recorder()
+    rt = Runtime(name="state")
+    rt.register_process(rec)
+    rt.register_service(Counter())
+    with rt:
+        seqs = rec.wait_for("test.seq", count=20)
+        assert [s.payload.to_dict()["i"] for s in seqs] == list(range(1, 21))  # the worker reads its own writes
+        # State writes travel in order with the messages: once the last
+        # message arrived, its state write has too.
+        assert rt.state.get("counter.value") == 20
+        assert rt.state.get("counter.total") == sum(range(1, 21))
+
+
+class Burst(Service):
+    name = "burst"
+    interval = 3600
+
+    def tick(self, ctx: Context) -> None:
+        for i in range(5000):
+            ctx.emit(Seq(i=i))
+
+
+def test_messages_from_one_worker_arrive_in_emission_order() -> None:
+    rec = Recorder()
+    rt = Runtime(name="fifo")
+    rt.register_process(rec)
+    rt.register_service(Burst())
+    with rt:
+        seqs = rec.wait_for("test.seq", count=5000)
+    assert [s.payload.to_dict()["i"] for s in seqs] == list(range(5000))
+
+
+class Fragile(Process):
+    name = "fragile"
+
+    def handle_event(self, ctx: Context, evt: Event[Message]) -> None:
+        if isinstance(evt.payload, Ping) or evt.payload.name == "process.error":
+            raise ValueError(f"cannot handle {evt.payload.name}")
+
+
+def test_process_errors_are_isolated_without_recursion() -> None:
+    rec = Recorder()
+    rt = Runtime(name="perr")
+    rt.register_process(Fragile())
+    rt.register_process(rec)
+    with rt:
+        rt.emit(Ping(n=1))
+        (err,) = rec.of("process.error")
+        assert isinstance(err.payload, message.ProcessError)
+        assert err.payload.process == "fragile" and "cannot handle test.ping" in err.payload.error
+        assert err.payload.evt is not None and err.payload.evt.payload == Ping(n=1)
+        assert err.payload.traceback and "ValueError" in err.payload.traceback
+        assert rec.of("test.ping"), "the other process still got the message"
+
+
+class Moody(Service):
+    name = "moody"
+    interval = 3600
+
+    def handle_event(self, ctx: Context, evt: Event[Message]) -> None:
+        if isinstance(evt.payload, Ping):
+            raise RuntimeError(f"moody about {evt.payload.n}")
+        if evt.payload.name == "service.error":
+            raise RuntimeError("would recurse")
+
+
+def test_service_handle_event_errors_become_service_error_in_the_worker() -> None:
+    rec = Recorder()
+    rt = Runtime(name="serr")
+    rt.register_process(rec)
+    rt.register_service(Moody())
+    with rt:
+        rt.emit(Ping(n=7))
+        (err,) = rec.wait_for("service.error")
+        assert isinstance(err.payload, message.ServiceError)
+        assert err.source == "moody" and "moody about 7" in err.payload.error
+        assert err.payload.evt is not None and err.payload.evt.payload == Ping(n=7)
+        rt.emit(Ping(n=8))
+        rec.wait_for("service.error", count=2)
+    assert len(rec.of("service.error")) == 2
+
+
+class Exclusive(Process):
+    """Fails loudly if its handler is ever entered twice at once."""
+
+    name = "exclusive"
+
+    def __init__(self) -> None:
+        self.inside = threading.Lock()
+        self.overlaps = 0
+        self.seen = 0
+
+    def handle_event(self, ctx: Context, evt: Event[Message]) -> None:
+        if not self.inside.acquire(blocking=False):
+            self.overlaps += 1
+            return
+        try:
+            self.seen += 1
+        finally:
+            self.inside.release()
+
+
+def test_a_process_is_never_called_concurrently_with_itself() -> None:
+    proc = Exclusive()
+    rt = Runtime(name="excl")
+    rt.register_process(proc)
+    rt.register_service(Burst())
+    with rt:
+        threads = [threading.Thread(target=lambda: [rt.emit(Ping(n=i)) for i in range(2000)]) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wait_until(lambda: proc.seen >= 5000 + 6000, what="all events")
+    assert proc.overlaps == 0
+
+
+def test_registration_is_validated() -> None:
+    rt = Runtime(name="reg")
+    rt.attach_device(Sensor(id="x"))
+    with pytest.raises(RegistrationError, match="already"):
+        rt.attach_device(Sensor(id="x"))
+    with pytest.raises(RegistrationError, match="already"):
+        rt.register_service(Ticker("x"))  # worker names are shared by services and devices
+    with pytest.raises(RegistrationError, match="takes a Device"):
+        rt.attach_device(Ticker("y"))  # type: ignore[arg-type]
+    bad = Ticker("bad")
+    bad.stop_timeout = -1
+    with pytest.raises(RegistrationError, match="stop_timeout"):
+        rt.register_service(bad)
+    with pytest.raises(RegistrationError, match="non-empty"):
+        rt.register_service(Ticker(""))
+    rt.register_process(Recorder())
+    with pytest.raises(RegistrationError, match="already"):
+        rt.register_process(Recorder())
+    with pytest.raises(RegistrationError, match="takes an Interface"):
+        rt.register_interface(Recorder())  # type: ignore[arg-type]
+
+
+def test_workers_report_typed_status() -> None:
+    rt = Runtime(name="status")
+    rt.attach_device(Sensor(id="dev"))
+    rt.register_service(Ticker("svc"))
+    assert rt.workers() == []
+    with rt:
+        status = {w.name: w for w in rt.workers()}
+        assert set(status) == {"dev", "svc"}
+        assert status["dev"].role == "device" and status["svc"].role == "service"
+        for w in status.values():
+            assert w.state is WorkerState.RUNNING and w.pid and w.pid != os.getpid()
+            assert w.restarts == 0 and w.started_at is not None and w.incarnation == 1
