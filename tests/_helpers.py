@@ -63,7 +63,8 @@ class Recorder(Process):
                 self._cond.wait(left)
 
     def names_locked(self) -> list[str]:
-        return [e.payload.name for e in self.events][-40:]
+        names = [e.payload.name for e in self.events]
+        return [n for i, n in enumerate(names) if i == 0 or names[i - 1] != n]
 
 
 # ---- messages the test components exchange ------------------------------------------

@@ -183,9 +183,9 @@ class Channel:
                     return True
         return False
 
-    def close(self) -> None:
-        """Close the socket and its context."""
-        self.sock.close(linger=0)
+    def close(self, linger_ms: int = 0) -> None:
+        """Close the socket (waiting up to ``linger_ms`` to send what is queued) and its context."""
+        self.sock.close(linger=linger_ms)
         self.zctx.term()
         os.close(self._wake_r)
         os.close(self._wake_w)

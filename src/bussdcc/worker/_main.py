@@ -16,6 +16,10 @@ from ._channel import Channel
 from ._context import make_context
 from ._host import run_component
 
+# When an exception ends the worker, what it emitted before is still queued in
+# ZeroMQ's I/O thread: give it a moment to leave rather than dropping it.
+_LINGER_MS = 2000
+
 
 def _reset_process() -> None:
     # The terminal's Ctrl-C goes to the parent, which stops workers in order.
@@ -34,11 +38,13 @@ def run(spec: WorkerSpec, component: object) -> NoReturn:
     try:
         _reset_process()
         channel = Channel(spec)
+        linger = _LINGER_MS
         try:
             channel.send_control(Hello(os.getpid()))
             code = run_component(component, make_context(spec, channel), channel)
+            linger = 0  # a clean end was acknowledged: nothing is left to send
         finally:
-            channel.close()
+            channel.close(linger)
     except BaseException:
         traceback.print_exc()
     finally:

@@ -1,0 +1,261 @@
+"""Crash containment: every way a worker dies is reported, and it is respawned as a new process."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+from typing import ClassVar
+
+import pytest
+
+from bussdcc import Context, Device, Runtime, Service, WorkerState, message
+
+from ._helpers import Recorder, Seq, Where, wait_until
+
+
+def _die(how: str) -> None:
+    if how == "exception":
+        raise KeyboardInterrupt("escapes every `except Exception`")
+    if how == "os._exit":
+        os._exit(13)
+    if how == "segfault":
+        ctypes.string_at(0)
+    if how == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if how == "abort":
+        os.abort()
+
+
+class Doomed(Service):
+    """Dies on its first tick in its first incarnation only (the file says which)."""
+
+    name = "doomed"
+    interval = 0.02
+    how: ClassVar[str] = "os._exit"
+    marker: ClassVar[str] = ""
+
+    def tick(self, ctx: Context) -> None:
+        ctx.emit(Where(who=self.name, step="tick", pid=os.getpid()))
+        if not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            _die(self.how)
+
+
+EXPECTED = {
+    "exception": ("exit code 1", None),
+    "os._exit": ("exit code 13", None),
+    "segfault": ("killed by SIGSEGV", "SIGSEGV"),
+    "sigkill": ("killed by SIGKILL", "SIGKILL"),
+    "abort": ("killed by SIGABRT", "SIGABRT"),
+}
+
+
+@pytest.mark.parametrize("how", list(EXPECTED))
+def test_each_kind_of_death_is_reported_and_respawned(how: str, tmp_path: object) -> None:
+    rec = Recorder()
+    svc = Doomed()
+    svc.how = how
+    svc.marker = f"{tmp_path}/died"
+    rt = Runtime(name=f"crash-{how.strip('_.')}")
+    rt.register_process(rec)
+    rt.register_service(svc)
+    with rt:
+        (exited,) = rec.wait_for("worker.exited")
+        ex = exited.payload
+        assert isinstance(ex, message.WorkerExited)
+        reason, signame = EXPECTED[how]
+        assert ex.reason == reason and ex.signal == signame and ex.abnormal
+        assert ex.worker == "doomed" and ex.incarnation == 1
+        (err,) = rec.wait_for("service.error")
+        assert isinstance(err.payload, message.ServiceError) and reason in err.payload.error
+        rec.wait_for("service.restart")
+        # The first incarnation may die before its `ready` leaves its socket;
+        # the exit report is what always arrives.
+        (second,) = rec.wait_for("worker.started", lambda e: e.payload.to_dict()["incarnation"] == 2)
+        new_pid = second.payload.to_dict()["pid"]
+        assert new_pid != ex.pid and new_pid != os.getpid(), "respawned as a new process"
+        rec.wait_for("test.where", lambda e: e.payload.to_dict()["pid"] == new_pid)
+        assert ex.dispatched + ex.lost == ex.emitted
+        (status,) = rt.workers()
+        assert status.restarts == 1 and status.incarnation == 2 and status.state is WorkerState.RUNNING
+    assert not rt.halt_reason
+
+
+class FlakyDevice(Device):
+    kind = "flaky"
+    marker: ClassVar[str] = ""
+
+    def connect(self) -> None:
+        assert self.ctx is not None
+        self.ctx.emit(Where(who=self.id, step="connect", pid=os.getpid()))
+
+    def crash(self) -> None:
+        os._exit(9)
+
+
+def test_a_crashed_device_is_reconnected_in_a_new_process() -> None:
+    rec = Recorder()
+    rt = Runtime(name="devcrash")
+    rt.register_process(rec)
+    rt.attach_device(FlakyDevice(id="dev"))
+    with rt:
+        (first,) = rt.workers()
+        assert first.pid is not None
+        os.kill(first.pid, signal.SIGKILL)
+        failed = rec.wait_for("device.failed")
+        assert "killed by SIGKILL" in failed[0].payload.to_dict()["error"]
+        attached = rec.wait_for("device.attached", count=2)
+        assert len(attached) == 2
+        connects = rec.wait_for("test.where", count=2)
+        assert connects[0].payload.to_dict()["pid"] == first.pid
+        assert connects[1].payload.to_dict()["pid"] != first.pid
+
+
+class Raiser(Service):
+    name = "raiser"
+    interval = 0.01
+    restart = True
+
+    def tick(self, ctx: Context) -> None:
+        self.n = getattr(self, "n", 0) + 1
+        ctx.emit(Seq(i=self.n))
+        if self.n == 2:
+            raise ValueError("tick two fails")
+
+
+def test_tick_exception_with_restart_continues_in_the_same_process() -> None:
+    rec = Recorder()
+    rt = Runtime(name="tickerr")
+    rt.register_process(rec)
+    rt.register_service(Raiser())
+    with rt:
+        (err,) = rec.wait_for("service.error")
+        assert isinstance(err.payload, message.ServiceError)
+        assert "tick two fails" in err.payload.error and err.payload.traceback
+        rec.wait_for("test.seq", lambda e: e.payload.to_dict()["i"] == 5)
+        assert not rec.of("worker.exited") and rt.workers()[0].incarnation == 1
+
+
+class GiveUp(Raiser):
+    name = "giveup"
+    restart = False
+
+
+def test_tick_exception_without_restart_stops_the_service_as_a_failure() -> None:
+    rec = Recorder()
+    rt = Runtime(name="giveup")
+    rt.register_process(rec)
+    rt.register_service(GiveUp())
+    with rt:
+        (fail,) = rec.wait_for("service.failure")
+        assert "tick two fails" in fail.payload.to_dict()["error"]
+        names = rec.names()
+        assert names.index("service.error") < names.index("service.stopped") < names.index("service.failure")
+        wait_until(lambda: rt.workers()[0].state is WorkerState.FAILED, what="failed state")
+        assert (
+            not rec.of(
+                "test.seq",
+            )
+            or max(e.payload.to_dict()["i"] for e in rec.of("test.seq")) == 2
+        )
+    assert rt.halt_reason is None
+
+
+class CriticalCrash(Service):
+    name = "vital"
+    interval = 0.01
+    critical = True
+    restart = False
+
+    def tick(self, ctx: Context) -> None:
+        os._exit(3)
+
+
+def test_a_failing_critical_service_halts_the_runtime() -> None:
+    rec = Recorder()
+    rt = Runtime(name="critical")
+    rt.register_process(rec)
+    rt.register_service(CriticalCrash())
+    rt.boot()
+    assert rt.wait(timeout=20), "the runtime halted by itself"
+    assert rt.halt_reason is not None and "vital" in rt.halt_reason
+    names = rec.names()
+    assert names.index("service.failure") < names.index("runtime.shutting_down") < names.index("runtime.shutdown")
+    shut = rec.of("runtime.shutdown")[0].payload.to_dict()
+    assert "vital" in (shut["reason"] or "")
+
+
+class CrashLoop(Service):
+    name = "loop"
+    interval = 0.01
+    max_restarts = 3
+    restart_window = 60.0
+
+    def tick(self, ctx: Context) -> None:
+        os._exit(1)
+
+
+def test_a_crash_loop_is_bounded_and_ends_in_failure() -> None:
+    rec = Recorder()
+    rt = Runtime(name="loop")
+    rt.register_process(rec)
+    rt.register_service(CrashLoop())
+    rt.register_service(Raiser())
+    with rt:
+        rec.wait_for("service.failure", lambda e: e.payload.to_dict()["service"] == "loop", timeout=20)
+        assert len(rec.of("service.restart")) == 3
+        assert len([e for e in rec.of("worker.exited") if e.payload.to_dict()["worker"] == "loop"]) == 4
+        status = {w.name: w for w in rt.workers()}
+        assert status["loop"].state is WorkerState.FAILED and status["loop"].restarts == 3
+        # The rest of the runtime kept working.
+        assert status["raiser"].state is WorkerState.RUNNING
+
+
+class BadConnect(Device):
+    kind = "bad"
+    restart = False
+
+    def connect(self) -> None:
+        raise OSError("no such port /dev/ttyX")
+
+
+def test_a_connect_failure_is_reported_with_its_traceback() -> None:
+    rec = Recorder()
+    rt = Runtime(name="badconnect")
+    rt.register_process(rec)
+    rt.attach_device(BadConnect(id="port"))
+    with rt:
+        (failed,) = rec.of("device.failed")
+        payload = failed.payload
+        assert isinstance(payload, message.DeviceFailed)
+        assert "no such port" in payload.error and payload.traceback and "OSError" in payload.traceback
+        assert rt.workers()[0].state is WorkerState.FAILED
+        assert rec.names().index("device.failed") < rec.names().index("runtime.booted"), "boot waited for it"
+
+
+class EmitThenDie(Service):
+    name = "emitdie"
+    interval = 3600
+    restart = False
+
+    def tick(self, ctx: Context) -> None:
+        for i in range(20000):
+            ctx.emit(Seq(i=i, pad="x" * 100))
+        os._exit(4)
+
+
+def test_messages_of_a_crashed_worker_are_dispatched_or_counted_lost() -> None:
+    rec = Recorder()
+    rt = Runtime(name="lost")
+    rt.register_process(rec)
+    rt.register_service(EmitThenDie())
+    with rt:
+        (exited,) = rec.wait_for("worker.exited", timeout=20)
+        ex = exited.payload
+        assert isinstance(ex, message.WorkerExited)
+        assert ex.emitted == 20000
+        assert ex.dispatched + ex.lost == 20000
+        seqs = [e.payload.to_dict()["i"] for e in rec.of("test.seq")]
+        assert seqs == list(range(ex.dispatched)), "what arrived is a gap-free prefix"
+        assert rt.stats().lost == ex.lost
