@@ -5,7 +5,6 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
-from typing import ClassVar
 
 import pytest
 
@@ -32,8 +31,8 @@ class Doomed(Service):
 
     name = "doomed"
     interval = 0.02
-    how: ClassVar[str] = "os._exit"
-    marker: ClassVar[str] = ""
+    how = "os._exit"
+    marker = ""
 
     def tick(self, ctx: Context) -> None:
         ctx.emit(Where(who=self.name, step="tick", pid=os.getpid()))
@@ -84,7 +83,6 @@ def test_each_kind_of_death_is_reported_and_respawned(how: str, tmp_path: object
 
 class FlakyDevice(Device):
     kind = "flaky"
-    marker: ClassVar[str] = ""
 
     def connect(self) -> None:
         assert self.ctx is not None

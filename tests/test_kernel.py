@@ -121,7 +121,7 @@ class TestStateStore:
     def test_conflicts_are_clear_errors(self) -> None:
         s = StateStore()
         s.set("a.b", 1)
-        with pytest.raises(StatePathError, match="crosses the leaf value at 'a.b'"):
+        with pytest.raises(StatePathError, match=r"crosses the leaf value at 'a\.b'"):
             s.set("a.b.c", 2)
         with pytest.raises(StatePathError, match="holds a subtree"):
             s.set("a", 5)

@@ -46,7 +46,7 @@ def test_default_name_is_module_and_qualname() -> None:
 
 
 def test_duplicate_name_is_an_error_at_definition() -> None:
-    with pytest.raises(DuplicateMessageName, match="test.reading"):
+    with pytest.raises(DuplicateMessageName, match=r"test\.reading"):
 
         @dataclass(slots=True, frozen=True)
         class Clash(Message):

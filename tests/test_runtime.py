@@ -287,7 +287,12 @@ def test_a_process_is_never_called_concurrently_with_itself() -> None:
     rt.register_process(proc)
     rt.register_service(Burst())
     with rt:
-        threads = [threading.Thread(target=lambda: [rt.emit(Ping(n=i)) for i in range(2000)]) for _ in range(3)]
+
+        def pinger() -> None:
+            for i in range(2000):
+                rt.emit(Ping(n=i))
+
+        threads = [threading.Thread(target=pinger) for _ in range(3)]
         for t in threads:
             t.start()
         for t in threads:

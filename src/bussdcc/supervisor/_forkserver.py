@@ -14,6 +14,7 @@ import importlib
 import os
 import pickle
 import select
+import shutil
 import signal
 import socket
 import sys
@@ -21,6 +22,7 @@ import threading
 import traceback
 import warnings
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, NoReturn
 
 from ..errors import BootError
@@ -55,6 +57,7 @@ class ForkServer:
         endpoint: str,
         slots: SlotTable,
         entry: str,
+        run_dir: Path,
     ) -> None:
         fn = _resolve(entry)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -67,7 +70,7 @@ class ForkServer:
         if pid == 0:  # pragma: no cover - runs in the child
             try:
                 ours.close()
-                _Zygote(theirs, dict(components), endpoint, slots, fn).run()
+                _Zygote(theirs, dict(components), endpoint, slots, fn, run_dir).run()
             finally:
                 os._exit(0)
         theirs.close()
@@ -132,14 +135,16 @@ def _reap(pid: int, timeout: float) -> None:
 
 
 class _Zygote:  # pragma: no cover - runs in the child
-    def __init__(
+    def __init__(  # noqa: PLR0917 - one private call site
         self,
         sock: socket.socket,
         components: dict[str, tuple[str, object]],
         endpoint: str,
         slots: SlotTable,
         entry: _Entry,
+        run_dir: Path,
     ) -> None:
+        self.run_dir = run_dir
         self.sock = sock
         self.components = components
         self.endpoint = endpoint
@@ -162,23 +167,30 @@ class _Zygote:  # pragma: no cover - runs in the child
         while True:
             for fd, _ in poller.poll():
                 if fd == self.sock.fileno():
-                    if not self._read_requests(poller):
+                    outcome = self._read_requests(poller)
+                    if outcome != "more":
                         self._kill_all()
+                        if outcome == "orphaned":
+                            # Nobody else is left to remove the sockets.
+                            shutil.rmtree(self.run_dir, ignore_errors=True)
                         return
                 else:
                     self._reaped(fd, poller)
 
-    def _read_requests(self, poller: select.poll) -> bool:
-        chunk = self.sock.recv(65536)
+    def _read_requests(self, poller: select.poll) -> str:
+        try:
+            chunk = self.sock.recv(65536)
+        except OSError:
+            chunk = b""
         if not chunk:
-            return False
+            return "orphaned"
         self.buffer += chunk
         for data in p.unpack_stream(self.buffer):
             req = p.decode_fork_request(data)
             if isinstance(req, p.Quit):
-                return False
+                return "quit"
             self._spawn(req, poller)
-        return True
+        return "more"
 
     def _spawn(self, req: p.Spawn, poller: select.poll) -> None:
         try:

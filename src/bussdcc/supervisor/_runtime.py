@@ -287,7 +287,9 @@ class Runtime:
         components: dict[str, tuple[str, object]] = {d.id: ("device", d) for d in self._devices.values()}
         components.update({s.name: ("service", s) for s in self._services.values()})
         try:
-            self._fork = ForkServer(components, endpoint=self._endpoint, slots=self._slots, entry=WORKER_ENTRY)
+            self._fork = ForkServer(
+                components, endpoint=self._endpoint, slots=self._slots, entry=WORKER_ENTRY, run_dir=self._run_dir
+            )
         except OSError as exc:
             raise BootError(f"cannot start the fork server: {exc}") from exc
         sup = Supervisor(

@@ -71,7 +71,10 @@ class Channel:
                 self._seq += 1
                 self.spec.slots.write(self.spec.slot, self._seq, self._controls)
                 self._foreign.append(item)
-            os.write(self._wake_w, b"\0")
+            try:
+                os.write(self._wake_w, b"\0")
+            except BlockingIOError:
+                pass  # the pipe is full of wake-ups already
             return
         with self._lock:
             if self._foreign:

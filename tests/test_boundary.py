@@ -1,0 +1,133 @@
+"""Bad input at the process boundary: typed reports, never a crashed parent."""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+
+import msgspec
+import zmq
+
+from bussdcc import Context, Message, Runtime, Service, message
+from bussdcc.kernel import protocol as p
+
+from ._helpers import Recorder, Seq, wait_until
+
+
+class Smuggler(Service):
+    """Emits, from its own process, a message class the parent has never seen."""
+
+    name = "smuggler"
+    interval = 3600
+
+    def tick(self, ctx: Context) -> None:
+        @dataclass(slots=True, frozen=True)
+        class Secret(Message):
+            name = "only.in.the.worker"
+            x: int
+
+        ctx.emit(Secret(x=1))
+        ctx.emit(Seq(i=1))
+
+
+def test_an_unknown_message_name_is_rejected_and_the_stream_goes_on() -> None:
+    rec = Recorder()
+    rt = Runtime(name="unknown")
+    rt.register_process(rec)
+    rt.register_service(Smuggler())
+    with rt:
+        (rej,) = rec.wait_for("worker.frame_rejected")
+        assert isinstance(rej.payload, message.FrameRejected)
+        assert rej.payload.worker == "smuggler" and "UnknownMessage" in rej.payload.error
+        assert "only.in.the.worker" in rej.payload.error
+        rec.wait_for("test.seq")
+        assert rt.stats().rejected == 1
+
+
+class Garbler(Service):
+    """Writes raw garbage on its own socket, then carries on normally."""
+
+    name = "garbler"
+    interval = 3600
+
+    def tick(self, ctx: Context) -> None:
+        channel = ctx._emit.__self__  # type: ignore[attr-defined]
+        channel.sock.send(b"\xc1 not msgpack")
+        channel.sock.send(p.encode(p.Batch(1, [msgspec.Raw(b"\x93\x01\x02\x03")])))
+        ctx.emit(Seq(i=7))
+
+
+def test_malformed_frames_are_rejected_with_typed_errors() -> None:
+    rec = Recorder()
+    rt = Runtime(name="garble")
+    rt.register_process(rec)
+    rt.register_service(Garbler())
+    with rt:
+        rejected = rec.wait_for("worker.frame_rejected", count=2)
+        errors = [r.payload.to_dict()["error"] for r in rejected]
+        assert errors[0].startswith("MalformedFrame") and errors[1].startswith("MalformedFrame")
+        # The bad batch used item number 1; the real message is numbered 2 and still arrives.
+        (seq,) = rec.wait_for("test.seq")
+        assert seq.payload.to_dict()["i"] == 7
+
+
+def test_a_stranger_on_the_socket_is_ignored_and_counted() -> None:
+    rec = Recorder()
+    rt = Runtime(name="stranger")
+    rt.register_process(rec)
+    rt.register_service(Smuggler())
+    with rt:
+        rec.wait_for("test.seq")
+        before = rt.stats().rejected
+        zctx = zmq.Context()
+        sock = zctx.socket(zmq.DEALER)
+        try:
+            sock.setsockopt(zmq.ROUTING_ID, b"smuggler#1")  # even a real worker's name
+            sock.connect(rt.endpoint)
+            sock.send(b"junk")
+            sock.setsockopt(zmq.ROUTING_ID, b"x")
+            other = zctx.socket(zmq.DEALER)
+            other.connect(rt.endpoint)
+            other.send_multipart([b"a", b"b", b"c"])
+            other.send(b"\x00" * 1024)
+            wait_until(lambda: rt.stats().rejected >= before + 1, what="the stranger's frames to be dropped")
+            other.close(0)
+        finally:
+            sock.close(0)
+            zctx.term()
+        rt.emit(Seq(i=99))
+        assert rec.of("test.seq")[-1].payload.to_dict()["i"] == 99
+        assert rt.workers()[0].state.value == "running"
+
+
+class ThreadedEmitter(Service):
+    """Emits from helper threads of its own, as drivers with reader threads do."""
+
+    name = "threads"
+    interval = 3600
+
+    def tick(self, ctx: Context) -> None:
+        def run(base: int) -> None:
+            for i in range(500):
+                ctx.emit(Seq(i=base + i, pad=str(os.getpid())))
+
+        threads = [threading.Thread(target=run, args=(k * 1000,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+
+def test_emit_from_other_threads_of_a_worker() -> None:
+    rec = Recorder()
+    rt = Runtime(name="wthreads")
+    rt.register_process(rec)
+    rt.register_service(ThreadedEmitter())
+    with rt:
+        seqs = rec.wait_for("test.seq", count=2000)
+    values = [s.payload.to_dict()["i"] for s in seqs]
+    assert sorted(values) == sorted(k * 1000 + i for k in range(4) for i in range(500))
+    for k in range(4):
+        mine = [v for v in values if k * 1000 <= v < (k + 1) * 1000]
+        assert mine == sorted(mine), "each thread's messages keep their order"
