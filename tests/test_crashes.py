@@ -257,3 +257,4 @@ def test_messages_of_a_crashed_worker_are_dispatched_or_counted_lost() -> None:
         seqs = [e.payload.to_dict()["i"] for e in rec.of("test.seq")]
         assert seqs == list(range(ex.dispatched)), "what arrived is a gap-free prefix"
         assert rt.stats().lost == ex.lost
+    assert rt.stats().lost == ex.lost, "counters survive shutdown"

@@ -28,6 +28,10 @@ class Supervised:
     #: At most this many respawns within ``restart_window`` seconds, then give up.
     max_restarts: int = 5
     restart_window: float = 60.0
+    #: The first respawn in a window is immediate; each further one waits
+    #: twice as long as the last, from ``backoff_initial`` up to ``backoff_max``.
+    backoff_initial: float = 0.05
+    backoff_max: float = 2.0
 
 
 class Device(Supervised):

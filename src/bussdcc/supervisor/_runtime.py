@@ -67,6 +67,10 @@ def _check_supervised(component: Service | Device) -> None:
         value = getattr(component, attr)
         if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
             raise RegistrationError(f"{component.name!r}: {attr} must be a positive number, not {value!r}")
+    for attr in ("backoff_initial", "backoff_max"):
+        value = getattr(component, attr)
+        if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+            raise RegistrationError(f"{component.name!r}: {attr} must be a number >= 0, not {value!r}")
     if not isinstance(component.max_restarts, int) or component.max_restarts < 0:
         raise RegistrationError(f"{component.name!r}: max_restarts must be an int >= 0")
 
@@ -112,6 +116,7 @@ class Runtime:
         self._fork: ForkServer | None = None
         self._hub: Hub | None = None
         self._sup: Supervisor | None = None
+        self._last_stats = RuntimeStats(dispatched=0, rejected=0, lost=0, restarts={})
 
     # ---- the context ------------------------------------------------------------
 
@@ -256,6 +261,7 @@ class Runtime:
             if self._up:
                 return
             self._up = True
+            self._dispatched = 0
             self._down.clear()
             self.halt_reason = None
             self._receivers = tuple(
@@ -384,6 +390,7 @@ class Runtime:
 
     def _stop_infrastructure(self) -> None:
         atexit.unregister(self._at_exit)
+        self._last_stats = self.stats()
         if self._hub is not None:
             self._hub.stop()
         if self._fork is not None:
@@ -424,13 +431,15 @@ class Runtime:
         return hub.call(sup.statuses)
 
     def stats(self) -> RuntimeStats:
-        """Counters since boot."""
+        """Counters since the last boot (kept after shutdown)."""
         sup = self._sup
+        if sup is None:
+            return self._last_stats
         return RuntimeStats(
             dispatched=self._dispatched,
-            rejected=sup.rejected if sup else 0,
-            lost=sup.lost if sup else 0,
-            restarts={w.name: w.restarts for w in sup.workers.values()} if sup else {},
+            rejected=sup.rejected,
+            lost=sup.lost,
+            restarts={w.name: w.restarts for w in sup.workers.values()},
         )
 
 

@@ -19,8 +19,6 @@ from ._workers import Incarnation, Worker, WorkerState, WorkerStatus
 
 #: How long a dead worker's last frames may take to arrive before they count as lost.
 DRAIN_GRACE = 0.5
-_BACKOFF_FIRST = 0.05
-_BACKOFF_MAX = 2.0
 
 
 def _describe_exit(code: int | None) -> tuple[str, str | None]:
@@ -162,6 +160,9 @@ class Supervisor:
             pass
 
     # ---- frames from workers --------------------------------------------------------
+
+    def on_stranger(self) -> None:
+        self.rejected += 1
 
     def on_frame(self, identity: bytes, data: bytes) -> None:
         entry = self._by_identity.get(identity)
@@ -356,7 +357,8 @@ class Supervisor:
 
     def _backoff(self, worker: Worker) -> float:
         recent = len(worker.restart_times)
-        return 0.0 if recent == 0 else min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** (recent - 1))
+        comp = worker.component
+        return 0.0 if recent == 0 else min(comp.backoff_max, comp.backoff_initial * 2 ** (recent - 1))
 
     def _respawn(self, worker: Worker) -> None:
         worker.backoff_timer = None

@@ -16,8 +16,9 @@ from ._channel import Channel
 from ._context import make_context
 from ._host import run_component
 
-# When an exception ends the worker, what it emitted before is still queued in
-# ZeroMQ's I/O thread: give it a moment to leave rather than dropping it.
+# When a worker ends without an acknowledged goodbye (an exception, a failed
+# start), what it sent last may still be queued in ZeroMQ's I/O thread: give it
+# a moment to leave rather than dropping it.
 _LINGER_MS = 2000
 
 
@@ -38,13 +39,12 @@ def run(spec: WorkerSpec, component: object) -> NoReturn:
     try:
         _reset_process()
         channel = Channel(spec)
-        linger = _LINGER_MS
         try:
             channel.send_control(Hello(os.getpid()))
             code = run_component(component, make_context(spec, channel), channel)
-            linger = 0  # a clean end was acknowledged: nothing is left to send
         finally:
-            channel.close(linger)
+            # After an acknowledged goodbye nothing is left to send.
+            channel.close(0 if channel.acknowledged else _LINGER_MS)
     except BaseException:
         traceback.print_exc()
     finally:

@@ -1,0 +1,131 @@
+"""Respawn benchmark: SIGKILL a worker, measure until its replacement is ready.
+
+Reports detection latency (kill → ``worker.exited`` dispatched) and respawn
+latency (kill → the new incarnation's ``worker.started``), p50/p90 over KILLS
+kills, beside two ways of starting a fresh worker measured in the same run:
+``multiprocessing`` (fork) to a READY message, and a new interpreter that
+imports bussdcc. Usage: ``python bench/respawn.py [KILLS]``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from _common import median, percentile, table
+
+from bussdcc import Context, Event, Message, Process, Runtime, Service, message
+
+KILLS = int(sys.argv[1]) if len(sys.argv) > 1 else 50
+
+
+class Victim(Service):
+    name = "victim"
+    interval = 3600
+    max_restarts = 1_000_000
+    restart_window = 1.0
+    backoff_initial = 0.0  # measure the respawn itself, not the crash-loop policy
+
+
+class Watch(Process):
+    name = "watch"
+
+    def __init__(self) -> None:
+        self.exited: dict[int, float] = {}
+        self.started: dict[int, tuple[int, float]] = {}  # incarnation -> (pid, when)
+        self.cond = threading.Condition()
+
+    def handle_event(self, ctx: Context, evt: Event[Message]) -> None:
+        now = time.perf_counter()
+        msg = evt.payload
+        with self.cond:
+            if isinstance(msg, message.WorkerExited):
+                self.exited[msg.incarnation] = now
+            elif isinstance(msg, message.WorkerStarted):
+                self.started[msg.incarnation] = (msg.pid, now)
+            self.cond.notify_all()
+
+    def wait_started(self, incarnation: int) -> tuple[int, float]:
+        with self.cond:
+            assert self.cond.wait_for(lambda: incarnation in self.started, 10)
+            return self.started[incarnation]
+
+
+def bussdcc_respawns() -> tuple[list[float], list[float]]:
+    watch = Watch()
+    rt = Runtime(name="bench-respawn")
+    rt.register_process(watch)
+    rt.register_service(Victim())
+    detect, ready = [], []
+    with rt:
+        for inc in range(1, KILLS + 1):
+            pid, _ = watch.wait_started(inc)
+            t0 = time.perf_counter()
+            os.kill(pid, signal.SIGKILL)
+            _, again = watch.wait_started(inc + 1)
+            detect.append(watch.exited[inc] - t0)
+            ready.append(again - t0)
+    return detect, ready
+
+
+def _child(conn: Connection) -> None:
+    conn.send("ready")
+
+
+def mp_fork_starts() -> list[float]:
+    ctx = multiprocessing.get_context("fork")
+    out = []
+    for _ in range(KILLS):
+        a, b = ctx.Pipe()
+        t0 = time.perf_counter()
+        p = ctx.Process(target=_child, args=(b,))
+        p.start()
+        assert a.recv() == "ready"
+        out.append(time.perf_counter() - t0)
+        p.join()
+        a.close()
+        b.close()
+    return out
+
+
+def fresh_interpreter_starts() -> list[float]:
+    out = []
+    for _ in range(min(KILLS, 20)):
+        t0 = time.perf_counter()
+        cmd = [sys.executable, "-c", "import bussdcc, zmq; print('ready')"]
+        subprocess.run(cmd, check=True, capture_output=True)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def main() -> None:
+    # Baselines first: multiprocessing forks this process, best done before any runtime threads exist.
+    mp = mp_fork_starts()
+    fresh = fresh_interpreter_starts()
+    detect, ready = bussdcc_respawns()
+
+    def ms(x: float) -> str:
+        return f"{x * 1e3:.2f} ms"
+
+    r50, r90 = median(ready), percentile(ready, 90)
+    rows = [
+        ("detection p50 (kill → worker.exited)", ms(median(detect)), "", "", ""),
+        ("detection p90", ms(percentile(detect, 90)), "", "", ""),
+        ("respawn p50 (kill → ready)", ms(r50), "multiprocessing fork → READY", ms(median(mp)), f"{r50 / median(mp):.2f}"),
+        ("", "", "fresh interpreter, import bussdcc", ms(median(fresh)), f"{r50 / median(fresh):.2f}"),
+        ("respawn p90", ms(r90), "multiprocessing fork → READY", ms(percentile(mp, 90)), f"{r90 / percentile(mp, 90):.2f}"),
+    ]  # fmt: skip
+    table(f"respawn: {KILLS} SIGKILLs", rows)
+    print(f"\ntarget: respawn p50 < 20 ms -> {r50 * 1e3:.2f} ms ({'met' if r50 < 0.020 else 'NOT met'})")
+
+
+if __name__ == "__main__":
+    main()
