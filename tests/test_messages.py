@@ -7,7 +7,7 @@ from dataclasses import FrozenInstanceError, dataclass
 
 import msgspec
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from bussdcc import Event, Message, Severity, message
@@ -107,7 +107,7 @@ def test_wrong_fields_are_a_typed_error() -> None:
         p.envelope_event(env)
 
 
-@pytest.mark.parametrize("data", [b"", b"\xc1", b"\x93\xa1zz\x01", p.encode(p.Stop())])
+@pytest.mark.parametrize("data", [b"", b"\xc1", b"\x93\xa1zz\x01", p.encode(p.Stop()), b"\x91\xa3\x00\x00\x80"])
 def test_malformed_worker_frames_are_typed_errors(data: bytes) -> None:
     with pytest.raises(ProtocolError):
         p.decode_worker_frame(data)
@@ -118,6 +118,7 @@ def test_oversized_frames_are_refused_before_decoding() -> None:
         p.decode_worker_frame(b"\x00" * (p.MAX_FRAME + 1))
 
 
+@example(b"\x91\xa3\x00\x00\x80")  # invalid UTF-8 in a str: msgspec raises UnicodeDecodeError
 @given(st.binary(max_size=64))
 def test_arbitrary_bytes_never_escape_as_other_errors(data: bytes) -> None:
     try:

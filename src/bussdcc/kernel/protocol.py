@@ -197,7 +197,7 @@ def _checked(data: bytes | memoryview, decoder: msgspec.msgpack.Decoder[Any]) ->
         raise FrameTooLarge(f"frame of {len(data)} bytes exceeds the {MAX_FRAME}-byte limit")
     try:
         return decoder.decode(data)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, ValueError) as exc:  # invalid UTF-8 surfaces as UnicodeDecodeError
         raise MalformedFrame(str(exc)) from None
 
 
@@ -249,7 +249,7 @@ def decode_message(name: str, body: bytes | memoryview) -> Message:
         decoder = _message_decoders[cls] = msgspec.msgpack.Decoder(cls, dec_hook=_dec_hook)
     try:
         msg: Message = decoder.decode(body)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, ValueError) as exc:
         raise MalformedFrame(f"{name}: {exc}") from None
     return msg
 
