@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import time
 
 import pytest
 
@@ -258,3 +259,20 @@ def test_messages_of_a_crashed_worker_are_dispatched_or_counted_lost() -> None:
         assert seqs == list(range(ex.dispatched)), "what arrived is a gap-free prefix"
         assert rt.stats().lost == ex.lost
     assert rt.stats().lost == ex.lost, "counters survive shutdown"
+
+
+def test_losing_the_fork_server_halts_the_runtime_promptly() -> None:
+    rec = Recorder()
+    rt = Runtime(name="noforks")
+    rt.register_process(rec)
+    rt.register_service(Raiser())
+    rt.boot()
+    assert rt._fork is not None
+    t0 = time.monotonic()
+    os.kill(rt._fork.pid, signal.SIGKILL)
+    assert rt.wait(timeout=20)
+    assert time.monotonic() - t0 < 5, "no waiting out stop timeouts for workers that are already dead"
+    assert rt.halt_reason is not None and "fork server" in rt.halt_reason
+    (exited,) = [e.payload for e in rec.of("worker.exited") if e.payload.to_dict()["worker"] == "raiser"]
+    assert isinstance(exited, message.WorkerExited) and exited.signal == "SIGKILL"
+    assert not rec.of("service.restart")

@@ -12,6 +12,7 @@ import itertools
 import os
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -38,6 +39,7 @@ class HubClient(Protocol):
     def on_frame(self, identity: bytes, data: bytes) -> None: ...
     def on_fork_readable(self) -> None: ...
     def on_stranger(self) -> None: ...
+    def on_fatal(self, reason: str) -> None: ...
     def drain_outbox(self) -> list[bytes]: ...
     def delivery_targets(self) -> list[bytes]: ...
 
@@ -191,23 +193,32 @@ class Hub:
         poller.register(self._fork_fd, zmq.POLLIN)
         try:
             while self._running:
-                timeout = self._next_timeout()
-                events = dict(poller.poll(timeout))
-                if self._wake_r in events:
-                    self._drain_wake()
-                self._run_calls()
-                if self._fork_fd in events:
-                    self._client.on_fork_readable()
-                if sock in events:
-                    self._read_frames(sock)
-                self._run_due_timers()
-                self.flush_outbox()
+                try:
+                    self._iterate(poller, sock)
+                except BootError as exc:  # the fork server is gone: nothing can be respawned
+                    poller.unregister(self._fork_fd)
+                    self._client.on_fatal(str(exc))
+                except Exception:
+                    # A bug in one callback must not take the parent's I/O down.
+                    traceback.print_exc()
         finally:
             self.sock = None
             sock.close(0)
             zctx.term()
             os.close(self._wake_r)
             os.close(self._wake_w)
+
+    def _iterate(self, poller: zmq.Poller, sock: zmq.Socket[bytes]) -> None:
+        events = dict(poller.poll(self._next_timeout()))
+        if self._wake_r in events:
+            self._drain_wake()
+        self._run_calls()
+        if self._fork_fd in events:
+            self._client.on_fork_readable()
+        if sock in events:
+            self._read_frames(sock)
+        self._run_due_timers()
+        self.flush_outbox()
 
     def _next_timeout(self) -> int | None:
         if self._calls:

@@ -63,6 +63,7 @@ class Supervisor:
         self._free_slots = list(range(slots.size - 1, -1, -1))
         self.rejected = 0
         self.lost = 0
+        self.fatal: str | None = None
 
     # ---- registry -----------------------------------------------------------------
 
@@ -95,6 +96,8 @@ class Supervisor:
 
     def _spawn(self, worker: Worker) -> Incarnation:
         assert self.hub is not None
+        if self.fatal is not None:
+            raise BussdccError(f"cannot start workers: {self.fatal}")
         if not self._free_slots:
             raise BussdccError("no free worker slot (too many live workers)")
         slot = self._free_slots.pop()
@@ -160,6 +163,18 @@ class Supervisor:
             pass
 
     # ---- frames from workers --------------------------------------------------------
+
+    def on_fatal(self, reason: str) -> None:
+        # Without the fork server every worker died with it (their death signal)
+        # and nobody will report it: close their books now, respawn nothing.
+        self.fatal = reason
+        for worker in self.workers.values():
+            worker.stop_requested = True
+        for worker, inc in list(self._by_identity.values()):
+            inc.exited = True
+            inc.exit_code = -signal.SIGKILL
+            self._finalize(worker, inc)
+        self.halt(reason)
 
     def on_stranger(self) -> None:
         self.rejected += 1

@@ -1,0 +1,47 @@
+"""Long chaos run (excluded by default; `make soak`): random crashes for a while, then a clean stop."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bussdcc import Runtime, WorkerState
+
+from ._helpers import Ping, Recorder
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+
+from crashy_driver import Controller, FlakySensor
+
+SECONDS = float(os.environ.get("BUSSDCC_SOAK_SECONDS", "60"))
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(SECONDS + 120)
+def test_chaos_for_a_while_then_a_clean_stop() -> None:
+    rec = Recorder()
+    sensor = FlakySensor(id="sensor")
+    sensor.max_restarts = sensor.max_restarts * 100
+    ctrl = Controller()
+    ctrl.max_restarts = ctrl.max_restarts * 100
+    rt = Runtime(name="soak")
+    rt.register_process(rec)
+    rt.attach_device(sensor)
+    rt.register_service(ctrl)
+    with rt:
+        deadline = time.monotonic() + SECONDS
+        n = 0
+        while time.monotonic() < deadline:
+            n += 1
+            rt.emit(Ping(n=n))
+            rec.wait_for("test.ping", lambda e, n=n: e.payload.to_dict()["n"] == n, timeout=5)
+            time.sleep(0.05)
+            with rec._cond:  # keep memory flat over a long run
+                del rec.events[:-1000]
+        states = {w.name: w.state for w in rt.workers()}
+        assert all(s in (WorkerState.RUNNING, WorkerState.STARTING, WorkerState.BACKOFF) for s in states.values())
+    assert sum(rt.stats().restarts.values()) > 0
