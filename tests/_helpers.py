@@ -39,6 +39,11 @@ class Recorder(Process):
             self.events.append(evt)
             self._cond.notify_all()
 
+    def trim(self, keep: int) -> None:
+        """Forget all but the last ``keep`` events."""
+        with self._cond:
+            del self.events[:-keep]
+
     def names(self) -> list[str]:
         with self._cond:
             return [e.payload.name for e in self.events]

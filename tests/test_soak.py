@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from bussdcc import Runtime, WorkerState
+from bussdcc import Event, Message, Runtime, WorkerState
 
 from ._helpers import Ping, Recorder
 
@@ -18,6 +19,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 from crashy_driver import Controller, FlakySensor
 
 SECONDS = float(os.environ.get("BUSSDCC_SOAK_SECONDS", "60"))
+
+
+def _numbered(n: int) -> Callable[[Event[Message]], bool]:
+    return lambda e: e.payload.to_dict()["n"] == n
 
 
 @pytest.mark.soak
@@ -38,10 +43,9 @@ def test_chaos_for_a_while_then_a_clean_stop() -> None:
         while time.monotonic() < deadline:
             n += 1
             rt.emit(Ping(n=n))
-            rec.wait_for("test.ping", lambda e, n=n: e.payload.to_dict()["n"] == n, timeout=5)
+            rec.wait_for("test.ping", _numbered(n), timeout=5)
             time.sleep(0.05)
-            with rec._cond:  # keep memory flat over a long run
-                del rec.events[:-1000]
+            rec.trim(1000)  # keep memory flat over a long run
         states = {w.name: w.state for w in rt.workers()}
         assert all(s in (WorkerState.RUNNING, WorkerState.STARTING, WorkerState.BACKOFF) for s in states.values())
     assert sum(rt.stats().restarts.values()) > 0
