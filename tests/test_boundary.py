@@ -7,9 +7,11 @@ import threading
 from dataclasses import dataclass
 
 import msgspec
+import pytest
 import zmq
 
-from bussdcc import Context, Message, Runtime, Service, message
+from bussdcc import Context, Event, Message, Runtime, Service, message
+from bussdcc.errors import FrameTooLarge
 from bussdcc.kernel import protocol as p
 
 from ._helpers import Recorder, Seq, wait_until
@@ -131,3 +133,52 @@ def test_emit_from_other_threads_of_a_worker() -> None:
     for k in range(4):
         mine = [v for v in values if k * 1000 <= v < (k + 1) * 1000]
         assert mine == sorted(mine), "each thread's messages keep their order"
+
+
+class Oversharer(Service):
+    """Tries to emit and store values over the item size limit, then carries on."""
+
+    name = "oversharer"
+    interval = 3600
+
+    def tick(self, ctx: Context) -> None:
+        try:
+            ctx.emit(Seq(i=0, pad="x" * (p.MAX_ITEM + 1)))
+        except FrameTooLarge as exc:
+            ctx.emit(Seq(i=1, pad=type(exc).__name__))
+        try:
+            ctx.state.set("big", b"x" * (p.MAX_ITEM + 1))
+        except FrameTooLarge as exc:
+            ctx.emit(Seq(i=1, pad=type(exc).__name__))
+        assert ctx.state.get("big") is None, "a refused write is not applied locally either"
+        ctx.emit(Seq(i=2))
+
+
+class Listener(Service):
+    name = "listener"
+    interval = 3600
+
+    def handle_event(self, ctx: Context, evt: Event[Message]) -> None:
+        if isinstance(evt.payload, Seq) and evt.payload.i == 3:
+            ctx.emit(Seq(i=4))
+
+
+def test_oversized_items_are_refused_where_they_are_emitted() -> None:
+    rec = Recorder()
+    rt = Runtime(name="oversize")
+    rt.register_process(rec)
+    rt.register_service(Oversharer())
+    rt.register_service(Listener())
+    with rt:
+        seqs = rec.wait_for("test.seq", count=3)
+        assert [(s.payload.to_dict()["i"], s.payload.to_dict()["pad"]) for s in seqs] == [
+            (1, "FrameTooLarge"),
+            (1, "FrameTooLarge"),
+            (2, ""),
+        ]
+        # The parent refuses too, before anyone sees the message; workers keep going.
+        with pytest.raises(FrameTooLarge):
+            rt.emit(Seq(i=3, pad="x" * (p.MAX_ITEM + 1)))
+        rt.emit(Seq(i=3))
+        rec.wait_for("test.seq", lambda e: e.payload.to_dict()["i"] == 4)
+        assert rt.state.get("big") is None

@@ -150,6 +150,17 @@ class TestStateStore:
         assert s.delete("a.b") and not s.delete("a.b") and not s.delete("x.y")
         assert s.get("a") == {"c": 2}
 
+    def test_a_refusing_observer_prevents_the_write(self) -> None:
+        def refuse(path: str, value: object) -> None:
+            raise ValueError("no")
+
+        s = StateStore(on_set=refuse)
+        with pytest.raises(ValueError):
+            s.set("a.b", 1)
+        with pytest.raises(ValueError):
+            s.update("a.c", lambda v: 1)
+        assert s.get("a.b") is None and s.get("a.c") is None
+
 
 class TestClocks:
     def test_system_clock(self) -> None:

@@ -26,7 +26,9 @@ class StateStore:
 
     A path may not pass through a leaf value, and a subtree is never silently
     replaced by a leaf (or the reverse): both raise :class:`StatePathError`.
-    ``on_set`` is called with ``(path, value)`` after every successful write.
+    ``on_set(path, value)`` is called under the store's lock just before a
+    write is committed, so writes reach it in the order they are applied; if
+    it raises, the write does not happen.
     """
 
     def __init__(self, on_set: Callable[[str, Any], None] | None = None) -> None:
@@ -68,8 +70,6 @@ class StateStore:
         parts = _split(path)
         with self._lock:
             self._set_locked(parts, path, value)
-        if self._on_set is not None:
-            self._on_set(path, value)
 
     def _set_locked(self, parts: list[str], path: str, value: Any) -> None:
         parent = self._parent(parts, path, create=True)
@@ -77,6 +77,8 @@ class StateStore:
         current = parent.get(parts[-1], _MISSING)
         if isinstance(current, dict) and current and not isinstance(value, dict):
             raise StatePathError(f"state path {path!r} holds a subtree; delete it before setting a value")
+        if self._on_set is not None:
+            self._on_set(path, value)
         parent[parts[-1]] = copy.deepcopy(value) if isinstance(value, dict) else value
 
     def update(self, path: str, fn: Callable[[Any], Any], default: Any = None) -> Any:
@@ -87,8 +89,6 @@ class StateStore:
             assert parent is not None
             value = fn(parent.get(parts[-1], default))
             self._set_locked(parts, path, value)
-        if self._on_set is not None:
-            self._on_set(path, value)
         return value
 
     def delete(self, path: str) -> bool:

@@ -28,6 +28,8 @@ from ._message import Message, message_class
 MAX_FRAME: Final = 16 * 1024 * 1024
 #: A worker flushes a batch once its encoded items reach this many bytes.
 BATCH_BYTES: Final = 256 * 1024
+#: Largest single item (an encoded message or state write); a batch of them stays under MAX_FRAME.
+MAX_ITEM: Final = 2 * 1024 * 1024
 
 
 class _Frame(msgspec.Struct, frozen=True, forbid_unknown_fields=True, array_like=True, tag_field="k"):
@@ -236,9 +238,20 @@ def decode_value(data: bytes | memoryview) -> Any:
     return _checked(data, _any)
 
 
+def _item(data: bytes, what: str) -> bytes:
+    if len(data) > MAX_ITEM:
+        raise FrameTooLarge(f"{what} encodes to {len(data)} bytes, over the {MAX_ITEM}-byte limit")
+    return data
+
+
 def encode_envelope(message: Message, ts: float, source: str = "") -> bytes:
-    """Encode ``message`` as an :class:`Envelope` item."""
-    return encode(Envelope(message.name, msgspec.Raw(encode(message)), ts, source))
+    """Encode ``message`` as an :class:`Envelope` item (raises :class:`FrameTooLarge`)."""
+    return _item(encode(Envelope(message.name, msgspec.Raw(encode(message)), ts, source)), message.name)
+
+
+def encode_state_set(path: str, value: Any) -> bytes:
+    """Encode a state write as a :class:`StateSet` item (raises :class:`FrameTooLarge`)."""
+    return _item(encode(StateSet(path, msgspec.Raw(encode(value)))), f"state {path!r}")
 
 
 def decode_message(name: str, body: bytes | memoryview) -> Message:
