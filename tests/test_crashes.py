@@ -276,3 +276,42 @@ def test_losing_the_fork_server_halts_the_runtime_promptly() -> None:
     (exited,) = [e.payload for e in rec.of("worker.exited") if e.payload.to_dict()["worker"] == "raiser"]
     assert isinstance(exited, message.WorkerExited) and exited.signal == "SIGKILL"
     assert not rec.of("service.restart")
+
+
+class SlowStop(Service):
+    """Its stop() never returns; optionally it also ignores SIGTERM."""
+
+    name = "slowstop"
+    interval = 3600
+    stop_timeout = 0.3
+    kill_timeout = 0.3
+    ignore_term = False
+
+    def start(self, ctx: Context) -> None:
+        if self.ignore_term:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    def stop(self, ctx: Context) -> None:
+        ctx.emit(Where(who=self.name, step="stop", pid=os.getpid()))
+        time.sleep(3600)
+
+
+@pytest.mark.parametrize(("ignore_term", "signame"), [(False, "SIGTERM"), (True, "SIGKILL")])
+def test_a_stop_that_hangs_escalates_to_sigterm_then_sigkill(ignore_term: bool, signame: str) -> None:
+    rec = Recorder()
+    svc = SlowStop()
+    svc.ignore_term = ignore_term
+    rt = Runtime(name=f"escalate-{signame.lower()}")
+    rt.register_process(rec)
+    rt.register_service(svc)
+    rt.boot()
+    t0 = time.monotonic()
+    rt.shutdown()
+    took = time.monotonic() - t0
+    (exited,) = [e.payload for e in rec.of("worker.exited")]
+    assert isinstance(exited, message.WorkerExited)
+    assert exited.signal == signame and exited.reason == f"killed by {signame}"
+    assert rec.of("test.where"), "the graceful stop was tried first"
+    assert rec.names().index("service.stopped") < rec.names().index("runtime.shutdown")
+    # Bounded by stop_timeout + kill_timeout, with generous room for a loaded machine.
+    assert took < 0.6 + 5, f"shutdown took {took:.1f}s"
