@@ -185,7 +185,8 @@ def _connect_when_bound(endpoint: str) -> tuple[zmq.Context[zmq.Socket[bytes]], 
     return ctx, s
 
 
-def _fork(child: Any) -> int:
+def _fork_and_bind(child: Any, endpoint: str) -> tuple[int, zmq.Context[zmq.Socket[bytes]], zmq.Socket[bytes]]:
+    """Fork ``child``, then (in the parent only) bind a ROUTER on ``endpoint``."""
     sys.stdout.flush()
     pid = os.fork()
     if pid == 0:
@@ -193,7 +194,10 @@ def _fork(child: Any) -> int:
             child()
         finally:
             os._exit(0)
-    return pid
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    r = ctx.socket(zmq.ROUTER)
+    r.bind(endpoint)
+    return pid, ctx, r
 
 
 def raw_throughput(batch: int) -> float:
@@ -221,10 +225,7 @@ def raw_throughput(batch: int) -> float:
         s.close(linger=-1)
         ctx.term()
 
-    pid = _fork(child)
-    ctx = zmq.Context()
-    r = ctx.socket(zmq.ROUTER)
-    r.bind(endpoint)
+    pid, ctx, r = _fork_and_bind(child, endpoint)
     one = msgspec.msgpack.Decoder(Sample)
     many = msgspec.msgpack.Decoder(list[Sample])
     got = 0
@@ -270,10 +271,7 @@ def raw_round_trip() -> list[float]:
         s.close(linger=-1)
         ctx.term()
 
-    pid = _fork(child)
-    ctx = zmq.Context()
-    r = ctx.socket(zmq.ROUTER)
-    r.bind(endpoint)
+    pid, ctx, r = _fork_and_bind(child, endpoint)
     ident, _ = r.recv_multipart()
     enc = msgspec.msgpack.Encoder()
     dec = msgspec.msgpack.Decoder(Pong)
