@@ -335,3 +335,67 @@ def test_workers_report_typed_status() -> None:
         for w in status.values():
             assert w.state is WorkerState.RUNNING and w.pid and w.pid != os.getpid()
             assert w.restarts == 0 and w.started_at is not None and w.incarnation == 1
+
+
+class Late(Device):
+    kind = "late"
+
+    def connect(self) -> None:
+        assert self.ctx is not None
+        self.ctx.emit(Where(who=self.id, step="connect", pid=os.getpid()))
+
+
+def test_a_device_attached_after_boot_starts_at_once_in_its_own_process() -> None:
+    rec = Recorder()
+    rt = Runtime(name="late")
+    rt.register_process(rec)
+    with rt:
+        rt.attach_device(Late(id="late-1"))  # not in the fork server's memory: it travels pickled
+        (where,) = rec.wait_for("test.where")
+        assert where.payload.to_dict()["pid"] != os.getpid()
+        assert rec.of("device.attached")
+        with pytest.raises(RegistrationError, match="after boot"):
+            rt.register_process(Recorder("too-late"))
+    assert rec.of("device.detached")
+
+
+class NeverReady(Service):
+    name = "neverready"
+    start_timeout = 0.2
+
+    def start(self, ctx: Context) -> None:
+        threading.Event().wait()  # blocks forever: the start timeout must kill it
+
+
+def test_a_start_timeout_kills_the_worker_and_boot_goes_on() -> None:
+    rec = Recorder()
+    slow = NeverReady()
+    slow.restart = False
+    rt = Runtime(name="neverready")
+    rt.register_process(rec)
+    rt.register_service(slow)
+    with rt:
+        (exited,) = rec.of("worker.exited")
+        assert exited.payload.to_dict()["reason"] == "start timeout (killed by SIGKILL)"
+        assert rt.workers()[0].state is WorkerState.FAILED
+        assert rec.of("service.failure")
+
+
+class Quitter(Process):
+    name = "quitter"
+
+    def start(self, ctx: Context) -> None:
+        raise SystemExit("configuration refused")
+
+
+def test_a_boot_that_fails_midway_leaves_nothing_running() -> None:
+    rec = Recorder()
+    rt = Runtime(name="midway")
+    rt.register_process(rec)
+    rt.attach_device(Sensor(id="d"))
+    rt.register_process(Quitter())
+    with pytest.raises(SystemExit), rt:
+        pass
+    assert not rt.booted and rt.run_dir is None
+    assert rec.names()[-2:] == ["device.detached", "runtime.shutdown"]
+    assert "boot failed" in (rec.of("runtime.shutdown")[0].payload.to_dict()["reason"] or "")

@@ -275,16 +275,21 @@ class Runtime:
                 self._up = False
                 self._receivers = ()
                 raise
-        self.emit(m.RuntimeBooting(version=self.version))
-        for device in self._devices.values():
-            self._start_worker(self._worker(device.id))
-        for rec in self._receivers:
-            self._start_receiver(rec)
-        self._booted = True
-        self.emit(m.RuntimeBooted(version=self.version))
-        for service in self._services.values():
-            if service.enabled:
-                self._start_worker(self._worker(service.name))
+        try:
+            self.emit(m.RuntimeBooting(version=self.version))
+            for device in self._devices.values():
+                self._start_worker(self._worker(device.id))
+            for rec in self._receivers:
+                self._start_receiver(rec)
+            self._booted = True
+            self.emit(m.RuntimeBooted(version=self.version))
+            for service in self._services.values():
+                if service.enabled:
+                    self._start_worker(self._worker(service.name))
+        except BaseException as exc:
+            # Leave nothing running behind a boot that did not complete.
+            self.shutdown(f"boot failed: {exc!r}")
+            raise
 
     def _start_infrastructure(self) -> None:
         self._run_dir = make_run_dir(self.name)
