@@ -1,5 +1,4 @@
-from bussdcc import Device, Process, Runtime, Service, message
-
+from bussdcc import Runtime, Device, Process, Service, message
 
 class MySensor(Device):
     kind = "sensor"

@@ -39,6 +39,55 @@ def _gone(pids: list[int], timeout: float) -> list[int]:
     return alive
 
 
+SEED_QUICK_START = """
+from bussdcc import Runtime, Device, Process, Service, message
+
+class MySensor(Device):
+    kind = "sensor"
+
+    def connect(self):
+        print("Sensor online")
+
+    def disconnect(self):
+        print("Sensor offline")
+
+
+class Logger(Process):
+    name = "logger"
+
+    def handle_event(self, ctx, evt):
+        print(evt.payload.name, evt.payload.to_dict())
+
+
+class Heartbeat(Service):
+    name = "heartbeat"
+    interval = 2.0
+
+    def tick(self, ctx):
+        ctx.emit(message.SystemSignal(signal=0, action="heartbeat"))
+
+
+rt = Runtime()
+rt.attach_device(MySensor(id="sensor-1"))
+rt.register_process(Logger())
+rt.register_service(Heartbeat())
+
+rt.boot()
+"""
+
+
+def _lines(text: str) -> list[str]:
+    return [line.rstrip() for line in text.splitlines() if line.strip()]
+
+
+def test_quickstart_is_the_seed_verbatim() -> None:
+    ours = (ROOT / "examples" / "quickstart.py").read_text()
+    assert _lines(ours) == _lines(SEED_QUICK_START)
+    seed = ROOT.parent / "shared" / "SEED-bussdcc-0.42-README.txt"
+    if seed.exists():  # beside a checkout of the project, the seed itself
+        assert "\n".join(_lines(SEED_QUICK_START)) in "\n".join(_lines(seed.read_text()))
+
+
 def test_verbatim_quickstart_runs_in_two_workers_and_exits_clean() -> None:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "quickstart.py")],

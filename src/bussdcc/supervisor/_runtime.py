@@ -110,6 +110,7 @@ class Runtime:
         self._booted = False
         self._up = False  # resources exist (between boot start and shutdown end)
         self._down = threading.Event()
+        self._booted_since_run = False
         self._run_dir: Path | None = None
         self._endpoint: str | None = None
         self._slots: SlotTable | None = None
@@ -261,6 +262,7 @@ class Runtime:
             if self._up:
                 return
             self._up = True
+            self._booted_since_run = True
             self._dispatched = 0
             self._down.clear()
             self.halt_reason = None
@@ -419,12 +421,17 @@ class Runtime:
         return self._down.wait(timeout)
 
     def run(self) -> None:
-        """Boot (if needed) and block until shutdown; Ctrl-C shuts down."""
-        self.boot()
+        """Boot (unless booted since the last run), block until shutdown; Ctrl-C shuts down."""
+        # A runtime booted and then halted (a signal, a critical failure)
+        # before run() is entered is over: run() must not boot it again.
+        if not self._booted_since_run:
+            self.boot()
         try:
             self._down.wait()
         except KeyboardInterrupt:
             self.shutdown("KeyboardInterrupt")
+        finally:
+            self._booted_since_run = False
 
     # ---- inspection -----------------------------------------------------------------
 
