@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass
 
-import msgspec
+import psutil
 import pytest
 import zmq
 
-from bussdcc import Context, Event, Message, Runtime, Service, message
+from bussdcc import Context, Event, Message, Process, Runtime, Service, message
 from bussdcc.errors import FrameTooLarge
 from bussdcc.kernel import protocol as p
 
@@ -55,8 +54,8 @@ class Garbler(Service):
 
     def tick(self, ctx: Context) -> None:
         channel = ctx._emit.__self__  # type: ignore[attr-defined]
-        channel.sock.send(b"\xc1 not msgpack")
-        channel.sock.send(p.encode(p.Batch(1, [msgspec.Raw(b"\x93\x01\x02\x03")])))
+        channel.sock.send(b"\xc1 not msgpack")  # a frame that is not one
+        channel.push(b"\x93\x01\x02\x03")  # a well-numbered item that is not one
         ctx.emit(Seq(i=7))
 
 
@@ -69,7 +68,7 @@ def test_malformed_frames_are_rejected_with_typed_errors() -> None:
         rejected = rec.wait_for("worker.frame_rejected", count=2)
         errors = [r.payload.to_dict()["error"] for r in rejected]
         assert errors[0].startswith("MalformedFrame") and errors[1].startswith("MalformedFrame")
-        # The bad batch used item number 1; the real message is numbered 2 and still arrives.
+        # The bad item used number 1; the real message is number 2 and still arrives.
         (seq,) = rec.wait_for("test.seq")
         assert seq.payload.to_dict()["i"] == 7
 
@@ -104,35 +103,63 @@ def test_a_stranger_on_the_socket_is_ignored_and_counted() -> None:
 
 
 class ThreadedEmitter(Service):
-    """Emits from helper threads of its own, as drivers with reader threads do."""
+    """Emits from helper threads of its own, as drivers with reader threads do, while its
+    main thread waits for them in user code (so they must send for themselves)."""
 
     name = "threads"
     interval = 3600
 
     def tick(self, ctx: Context) -> None:
         def run(base: int) -> None:
-            for i in range(500):
-                ctx.emit(Seq(i=base + i, pad=str(os.getpid())))
+            for i in range(PER_THREAD):
+                ctx.emit(Seq(i=base + i, pad="x" * 1000))
 
-        threads = [threading.Thread(target=run, args=(k * 1000,)) for k in range(4)]
+        threads = [threading.Thread(target=run, args=(k * PER_THREAD,)) for k in range(4)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        ctx.state.set("threads.done", True)
+        ctx.state.delete("threads.done")
 
 
-def test_emit_from_other_threads_of_a_worker() -> None:
+PER_THREAD = 10_000
+
+
+class SlowCounter(Process):
+    """Counts Seq in emission order per thread; slower than the emitters."""
+
+    name = "slowcounter"
+
+    def __init__(self) -> None:
+        self.values: list[int] = []
+
+    def handle_event(self, ctx: Context, evt: Event[Message]) -> None:
+        if isinstance(evt.payload, Seq):
+            self.values.append(evt.payload.i)
+
+
+def test_a_flood_from_other_threads_of_a_worker_is_bounded_and_complete() -> None:
+    counter = SlowCounter()
     rec = Recorder()
     rt = Runtime(name="wthreads")
+    rt.register_process(counter)
     rt.register_process(rec)
     rt.register_service(ThreadedEmitter())
     with rt:
-        seqs = rec.wait_for("test.seq", count=2000)
-    values = [s.payload.to_dict()["i"] for s in seqs]
-    assert sorted(values) == sorted(k * 1000 + i for k in range(4) for i in range(500))
+        wait_until(lambda: len(counter.values) == 4 * PER_THREAD, timeout=60, what="every message")
+        rss = psutil.Process(rt.workers()[0].pid).memory_info().rss
+    total = 4 * PER_THREAD
+    assert sorted(counter.values) == list(range(total))
     for k in range(4):
-        mine = [v for v in values if k * 1000 <= v < (k + 1) * 1000]
+        mine = [v for v in counter.values if k * PER_THREAD <= v < (k + 1) * PER_THREAD]
         assert mine == sorted(mine), "each thread's messages keep their order"
+    (exited,) = [e.payload for e in rec.of("worker.exited")]
+    assert isinstance(exited, message.WorkerExited)
+    assert exited.emitted == exited.dispatched == total + 2 and exited.lost == 0
+    assert not rec.of("worker.frame_rejected")
+    assert rt.state.get("threads.done") is None, "a delete in the worker reaches the parent"
+    assert rss < 200 * 1024 * 1024, f"worker grew to {rss >> 20} MiB for a {total >> 10} MiB flood"
 
 
 class Oversharer(Service):

@@ -28,13 +28,18 @@ class StateStore:
     replaced by a leaf (or the reverse): both raise :class:`StatePathError`.
     ``on_set(path, value)`` is called under the store's lock just before a
     write is committed, so writes reach it in the order they are applied; if
-    it raises, the write does not happen.
+    it raises, the write does not happen; ``on_delete(path)`` likewise.
     """
 
-    def __init__(self, on_set: Callable[[str, Any], None] | None = None) -> None:
+    def __init__(
+        self,
+        on_set: Callable[[str, Any], None] | None = None,
+        on_delete: Callable[[str], None] | None = None,
+    ) -> None:
         self._root: dict[str, Any] = {}
         self._lock = threading.RLock()
         self._on_set = on_set
+        self._on_delete = on_delete
 
     def _parent(self, parts: list[str], path: str, create: bool) -> dict[str, Any] | None:
         node = self._root
@@ -98,6 +103,8 @@ class StateStore:
             parent = self._parent(parts, path, create=False)
             if parent is None or parts[-1] not in parent:
                 return False
+            if self._on_delete is not None:
+                self._on_delete(path)
             del parent[parts[-1]]
             return True
 

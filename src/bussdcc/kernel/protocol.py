@@ -111,7 +111,13 @@ class StateSet(_Frame, tag="s", frozen=True):
     value: msgspec.Raw
 
 
-Item: TypeAlias = Envelope | StateSet
+class StateDelete(_Frame, tag="d", frozen=True):
+    """A worker deleted ``path`` in its state."""
+
+    path: str
+
+
+Item: TypeAlias = Envelope | StateSet | StateDelete
 
 # ---- parent ↔ fork server -----------------------------------------------------
 

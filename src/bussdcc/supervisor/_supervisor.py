@@ -209,6 +209,7 @@ class Supervisor:
             case p.Bye():
                 inc.controls += 1
                 inc.bye = frame
+                self._skip_to(worker, inc, frame.last_seq + 1)
                 self.targets.pop(identity, None)
                 assert self.hub is not None
                 self.hub.send(identity, p.encode(p.ByeAck()), lambda: not inc.exited)
@@ -220,19 +221,31 @@ class Supervisor:
         self.emit(m.FrameRejected(worker=worker.name, error=f"{type(exc).__name__}: {exc}"))
 
     def _on_batch(self, worker: Worker, inc: Incarnation, frame: p.Batch) -> None:
-        if frame.first_seq != inc.received + 1:
-            self._reject(worker, ProtocolError(f"expected item {inc.received + 1}, got {frame.first_seq}"))
-            inc.received = frame.first_seq - 1
+        if frame.first_seq < inc.next_seq:
+            self._reject(worker, ProtocolError(f"items from {frame.first_seq} were sent already"))
+            return
+        self._skip_to(worker, inc, frame.first_seq)
         for raw in frame.items:
+            inc.next_seq += 1
             inc.received += 1
             try:
                 item = p.decode_item(raw)
-                if isinstance(item, p.Envelope):
-                    self.dispatch_item(item, bytes(raw), worker.name)
-                else:
-                    self.state.set(item.path, p.decode_value(item.value))
+                match item:
+                    case p.Envelope():
+                        self.dispatch_item(item, bytes(raw), worker.name)
+                    case p.StateSet():
+                        self.state.set(item.path, p.decode_value(item.value))
+                    case p.StateDelete():
+                        self.state.delete(item.path)
             except (ProtocolError, ValueError) as exc:
                 self._reject(worker, exc)
+
+    def _skip_to(self, worker: Worker, inc: Incarnation, seq: int) -> None:
+        # Items that never arrived are not "received": they count as lost.
+        if seq > inc.next_seq:
+            missing = seq - inc.next_seq
+            self._reject(worker, ProtocolError(f"{missing} items never arrived (from {inc.next_seq})"))
+            inc.next_seq = seq
 
     def _on_ready(self, worker: Worker, inc: Incarnation) -> None:
         inc.ready = True
@@ -274,7 +287,7 @@ class Supervisor:
 
     def _maybe_finalize(self, worker: Worker, inc: Incarnation) -> None:
         items, controls = self.slots.read(inc.slot)
-        if inc.received >= items and inc.controls >= controls:
+        if inc.next_seq > items and inc.controls >= controls:
             self._finalize(worker, inc)
         elif not inc.draining:
             assert self.hub is not None

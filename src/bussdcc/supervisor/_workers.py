@@ -46,7 +46,8 @@ class Incarnation:
         self.identity = identity
         self.slot = slot
         self.pid: int | None = None
-        self.received = 0
+        self.received = 0  # items that arrived
+        self.next_seq = 1  # the item number expected next (items before it arrived or were skipped)
         self.controls = 0
         self.hello = False
         self.ready = False

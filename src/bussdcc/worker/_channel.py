@@ -16,17 +16,23 @@ from ..errors import ProtocolError
 from ..kernel import Message, WorkerSpec
 from ..kernel import protocol as p
 
-_MAX_PENDING = 1024
 # Small high-water marks make a flooding worker block early (bounded memory on
 # both sides) and make its items pile into large batches instead of frames.
 _HWM = 32
+_MAX_PENDING = 1024
+#: Items other threads may queue before they must wait for them to be sent.
+_MAX_FOREIGN = 4096
+_FOREIGN_RETRY = 0.05
 
 
 class Channel:
-    """Owns the worker's DEALER socket; must be driven from the worker's main thread.
+    """Owns the worker's DEALER socket.
 
-    ``push`` may be called from any thread: items from other threads are queued
-    and sent by the main thread, in the order their sequence numbers say.
+    The worker's main thread drives it. Other threads of the worker may
+    ``push`` too: their items are numbered at once and queued; the main
+    thread sends them, or, while it is busy in user code (a long ``tick``),
+    the pushing thread sends them itself once the queue is long. The socket is
+    only ever used under ``_io``, so one thread at a time touches it.
     """
 
     def __init__(self, spec: WorkerSpec) -> None:
@@ -39,7 +45,9 @@ class Channel:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(spec.endpoint)
         self._owner = threading.get_ident()
-        self._lock = threading.Lock()
+        self._io = threading.RLock()  # held while the socket is in use
+        self._lock = threading.Lock()  # guards numbering and the foreign queue
+        self._drained = threading.Condition(self._lock)
         self._seq = 0  # items numbered so far
         self._controls = 0
         self._first_pending = 1
@@ -65,60 +73,97 @@ class Channel:
         """Queue a state write for the parent."""
         self.push(p.encode_state_set(path, value))
 
+    def delete_state(self, path: str) -> None:
+        """Queue a state deletion for the parent."""
+        self.push(p.encode(p.StateDelete(path)))
+
     def push(self, item: bytes) -> None:
         """Number and queue one encoded item; send it now if the pipe has room."""
         if threading.get_ident() != self._owner:
+            self._push_foreign(item)
+            return
+        with self._io:
             with self._lock:
+                if self._foreign:
+                    self._take_foreign()
                 self._seq += 1
                 self.spec.slots.write(self.spec.slot, self._seq, self._controls)
-                self._foreign.append(item)
-            try:
-                os.write(self._wake_w, b"\0")
-            except BlockingIOError:
-                pass  # the pipe is full of wake-ups already
-            return
+            self._pending.append(item)
+            self._pending_bytes += len(item)
+            if len(self._pending) >= _MAX_PENDING or self._pending_bytes >= p.BATCH_BYTES:
+                self._flush(block=True)
+            elif not self._congested:
+                self._flush(block=False)
+
+    def _push_foreign(self, item: bytes) -> None:
         with self._lock:
-            if self._foreign:
-                self._take_foreign()
             self._seq += 1
             self.spec.slots.write(self.spec.slot, self._seq, self._controls)
-        self._pending.append(item)
-        self._pending_bytes += len(item)
-        if len(self._pending) >= _MAX_PENDING or self._pending_bytes >= p.BATCH_BYTES:
-            self.flush(block=True)
-        elif not self._congested:
-            self.flush(block=False)
+            self._foreign.append(item)
+            crowded = len(self._foreign) >= _MAX_FOREIGN
+        self._wake()
+        while crowded:
+            # Send them ourselves if the main thread is off in user code;
+            # otherwise it is in the channel and the wake-up makes it drain.
+            if self._io.acquire(blocking=False):
+                try:
+                    self._flush(block=True)
+                finally:
+                    self._io.release()
+                return
+            with self._lock:
+                self._drained.wait(_FOREIGN_RETRY)
+                crowded = len(self._foreign) >= _MAX_FOREIGN
 
-    def _take_foreign(self) -> None:
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full of wake-ups already
+
+    def _take_foreign(self) -> None:  # with _lock held
         for item in self._foreign:
             self._pending.append(item)
             self._pending_bytes += len(item)
         self._foreign.clear()
+        self._drained.notify_all()
 
     def flush(self, block: bool = True) -> bool:
-        """Send the pending items as one batch; return False if it would block."""
+        """Send every queued item; return False if that would block (and ``block`` is False)."""
+        with self._io:
+            return self._flush(block)
+
+    def _flush(self, block: bool) -> bool:
         with self._lock:
             if self._foreign:
                 self._take_foreign()
-        if not self._pending:
-            return True
-        frame = p.encode(p.Batch(self._first_pending, [msgspec.Raw(i) for i in self._pending]))
-        if not self._send(frame, block):
-            self._congested = True
-            return False
-        self._first_pending += len(self._pending)
-        self._pending.clear()
-        self._pending_bytes = 0
+        while self._pending:
+            # One frame per BATCH_BYTES: a frame must stay far below MAX_FRAME.
+            count, size = 0, 0
+            for item in self._pending:
+                if count and size + len(item) > p.BATCH_BYTES:
+                    break
+                count += 1
+                size += len(item)
+            chunk = self._pending[:count]
+            frame = p.encode(p.Batch(self._first_pending, [msgspec.Raw(i) for i in chunk]))
+            if not self._send(frame, block):
+                self._congested = True
+                return False
+            self._first_pending += count
+            del self._pending[:count]
+            self._pending_bytes -= size
         self._congested = False
         return True
 
     def send_control(self, frame: p.WorkerFrame) -> None:
         """Send a control frame after everything queued before it."""
-        self.flush(block=True)
-        self._controls += 1
-        with self._lock:
-            self.spec.slots.write(self.spec.slot, self._seq, self._controls)
-        self._send(p.encode(frame), block=True)
+        with self._io:
+            self._flush(block=True)
+            with self._lock:
+                self._controls += 1
+                self.spec.slots.write(self.spec.slot, self._seq, self._controls)
+            self._send(p.encode(frame), block=True)
 
     def _send(self, data: bytes, block: bool) -> bool:
         try:
@@ -127,7 +172,7 @@ class Channel:
         except zmq.Again:
             if not block:
                 return False
-        # Keep reading while we wait: the parent may itself be blocked sending
+        # Keep reading while we wait: the parent may itself be waiting to send
         # to us, and neither side may wait on the other with its input closed.
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN | zmq.POLLOUT)
@@ -161,23 +206,24 @@ class Channel:
 
     def wait(self, timeout: float | None) -> list[p.ParentFrame]:
         """Flush, then wait up to ``timeout`` seconds for frames from the parent."""
-        if self._inbox:
-            timeout = 0
-        self.flush(block=True)
-        ms = None if timeout is None else max(0, int(timeout * 1000))
-        events = dict(self._poller.poll(ms))
-        if self._wake_r in events:
-            try:
-                while os.read(self._wake_r, 4096):
+        with self._io:
+            if self._inbox:
+                timeout = 0
+            self._flush(block=True)
+            ms = None if timeout is None else max(0, int(timeout * 1000))
+            events = dict(self._poller.poll(ms))
+            if self._wake_r in events:
+                try:
+                    while os.read(self._wake_r, 4096):
+                        pass
+                except BlockingIOError:
                     pass
-            except BlockingIOError:
-                pass
-            self.flush(block=True)
-        if self.sock in events:
-            self._read_available()
-        frames = list(self._inbox)
-        self._inbox.clear()
-        return frames
+                self._flush(block=True)
+            if self.sock in events:
+                self._read_available()
+            frames = list(self._inbox)
+            self._inbox.clear()
+            return frames
 
     def bye(self, error: str | None = None, traceback: str | None = None, timeout: float = 30.0) -> bool:
         """Say goodbye after everything queued; wait until the parent has dispatched it all."""
@@ -192,7 +238,8 @@ class Channel:
 
     def close(self, linger_ms: int = 0) -> None:
         """Close the socket (waiting up to ``linger_ms`` to send what is queued) and its context."""
-        self.sock.close(linger=linger_ms)
-        self.zctx.term()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        with self._io:
+            self.sock.close(linger=linger_ms)
+            self.zctx.term()
+            os.close(self._wake_r)
+            os.close(self._wake_w)

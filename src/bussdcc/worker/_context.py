@@ -33,5 +33,5 @@ def make_context(spec: WorkerSpec, channel: Channel) -> Context:
     bus = EventBus(on_error=channel.emit)
     # The worker keeps its own writes so it reads them back; the parent's
     # store, fed in order with the messages, is the authoritative one.
-    state = StateStore(on_set=channel.set_state)
+    state = StateStore(on_set=channel.set_state, on_delete=channel.delete_state)
     return Context(clock=SystemClock(), events=bus, state=state, runtime=RemoteRuntime(spec), emit=channel.emit)
