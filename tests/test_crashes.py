@@ -10,6 +10,7 @@ import time
 import pytest
 
 from bussdcc import Context, Device, Runtime, Service, WorkerState, message
+from bussdcc.errors import BootError
 
 from ._helpers import Recorder, Seq, Where, wait_until
 
@@ -163,12 +164,14 @@ def test_tick_exception_without_restart_stops_the_service_as_a_failure() -> None
 
 class CriticalCrash(Service):
     name = "vital"
-    interval = 0.01
+    interval = 0.05
     critical = True
     restart = False
 
     def tick(self, ctx: Context) -> None:
-        os._exit(3)
+        self.ticks = getattr(self, "ticks", 0) + 1
+        if self.ticks == 2:  # after boot has seen it ready
+            os._exit(3)
 
 
 def test_a_failing_critical_service_halts_the_runtime() -> None:
@@ -183,6 +186,28 @@ def test_a_failing_critical_service_halts_the_runtime() -> None:
     assert names.index("service.failure") < names.index("runtime.shutting_down") < names.index("runtime.shutdown")
     shut = rec.of("runtime.shutdown")[0].payload.to_dict()
     assert "vital" in (shut["reason"] or "")
+
+
+class CriticalDevice(Device):
+    kind = "plc"
+    critical = True
+    restart = False
+
+    def connect(self) -> None:
+        raise OSError("PLC unreachable")
+
+
+def test_a_critical_failure_during_boot_fails_the_boot_cleanly() -> None:
+    rec = Recorder()
+    rt = Runtime(name="critboot")
+    rt.register_process(rec)
+    rt.attach_device(CriticalDevice(id="plc"))
+    rt.register_service(Raiser())
+    with pytest.raises(BootError, match="PLC unreachable"):
+        rt.boot()
+    assert not rt.booted and rt.run_dir is None and rt.workers() == []
+    assert "service.started" not in rec.names(), "boot stopped at the failed critical device"
+    assert rec.names()[-1] == "runtime.shutdown"
 
 
 class CrashLoop(Service):

@@ -399,3 +399,59 @@ def test_a_boot_that_fails_midway_leaves_nothing_running() -> None:
     assert not rt.booted and rt.run_dir is None
     assert rec.names()[-2:] == ["device.detached", "runtime.shutdown"]
     assert "boot failed" in (rec.of("runtime.shutdown")[0].payload.to_dict()["reason"] or "")
+
+
+class Stuck(Service):
+    """Its handle_event never returns, like a driver call that hangs."""
+
+    name = "stuck"
+    interval = 3600
+    event_timeout = 0.5
+    stop_timeout = 0.5
+    kill_timeout = 0.5
+
+    def handle_event(self, ctx: Context, evt: Event[Message]) -> None:
+        if isinstance(evt.payload, Seq):
+            threading.Event().wait()
+
+
+class Calls(Process):
+    """Calls back into the runtime from its handler (status, then shutdown)."""
+
+    name = "calls"
+
+    def __init__(self) -> None:
+        self.statuses: list[object] = []
+
+    def handle_event(self, ctx: Context, evt: Event[Message]) -> None:
+        if isinstance(evt.payload, Ping):
+            assert isinstance(ctx.runtime, Runtime)
+            self.statuses.append(ctx.runtime.workers())
+            ctx.runtime.shutdown("asked by a handler")
+
+
+def test_a_handler_may_call_the_runtime_without_deadlock() -> None:
+    calls = Calls()
+    rt = Runtime(name="reentrant")
+    rt.register_process(calls)
+    rt.register_service(Echo())
+    rt.boot()
+    rt.emit(Ping(n=1))  # from the main thread, inside dispatch
+    assert rt.wait(timeout=20)
+    assert calls.statuses and not rt.booted
+    assert rt.halt_reason is None, "a requested shutdown is not a failure"
+
+
+def test_a_service_that_stops_taking_events_is_killed_as_hung_and_emitters_resume() -> None:
+    rec = Recorder()
+    rt = Runtime(name="hung")
+    rt.register_process(rec)
+    rt.register_service(Stuck())
+    with rt:
+        for i in range(20_000):  # far more than the pipes hold: emit must wait, not queue without bound
+            rt.emit(Seq(i=i, pad="x" * 200))
+        (exited,) = rec.wait_for("worker.exited")
+        assert exited.payload.to_dict()["reason"].startswith("hung: took no events")
+        names = rec.names()
+        last_seq = len(names) - 1 - names[::-1].index("test.seq")
+        assert names.index("worker.exited") < last_seq, "the emitter waited (back-pressure) until the hang was cut"

@@ -21,6 +21,8 @@ class Supervised:
     critical: bool = False
     #: Seconds the worker has to report ready (after connect/start).
     start_timeout: float = 10.0
+    #: A Service that takes none of the events sent to it for this long is killed as hung.
+    event_timeout: float = 10.0
     #: Seconds a graceful stop may take before SIGTERM.
     stop_timeout: float = 5.0
     #: Seconds after SIGTERM before SIGKILL.

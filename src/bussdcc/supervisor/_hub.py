@@ -21,7 +21,7 @@ from typing import Protocol, TypeVar, cast
 import msgspec
 import zmq
 
-from ..errors import BootError
+from ..errors import BootError, RuntimeStateError
 from ..kernel import protocol as p
 
 T = TypeVar("T")
@@ -30,7 +30,11 @@ T = TypeVar("T")
 # memory per worker while keeping the pipe full.
 _HWM = 32
 _READ_BURST = 256
-_SEND_SLICE_MS = 50
+# Frames queued for one worker before the hub stops reading from all of them.
+_MAX_QUEUE = 64
+_RETRY = 0.002
+# Undelivered events other threads may queue before their emit waits.
+_MAX_OUTBOX = 10_000
 
 
 class HubClient(Protocol):
@@ -40,6 +44,8 @@ class HubClient(Protocol):
     def on_fork_readable(self) -> None: ...
     def on_stranger(self) -> None: ...
     def on_fatal(self, reason: str) -> None: ...
+    def stall_limit(self, identity: bytes) -> float: ...
+    def on_stalled(self, identity: bytes, seconds: float) -> None: ...
     def drain_outbox(self) -> list[bytes]: ...
     def delivery_targets(self) -> list[bytes]: ...
 
@@ -75,6 +81,12 @@ class Hub:
         self._error: BaseException | None = None
         self.thread = threading.Thread(target=self._main, name="bussdcc-hub", daemon=True)
         self.sock: zmq.Socket[bytes] | None = None
+        self._queues: dict[bytes, deque[bytes]] = {}
+        self._stalled_since: dict[bytes, float] = {}
+        self._retry: Timer | None = None
+        self._reading = True
+        #: Notified whenever the hub has taken the outbox.
+        self.outbox_taken = threading.Condition()
 
     # ---- lifecycle ----------------------------------------------------------------
 
@@ -103,10 +115,12 @@ class Hub:
 
     def wake(self) -> None:
         """Make the hub loop run once more (e.g. to flush the outbox)."""
+        if not self.thread.is_alive():
+            return
         try:
             os.write(self._wake_w, b"\0")
-        except BlockingIOError:
-            pass  # a wake-up is already pending
+        except (BlockingIOError, OSError):
+            pass  # a wake-up is already pending, or the hub just ended
 
     def call_soon(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the hub thread."""
@@ -117,6 +131,8 @@ class Hub:
         """Run ``fn`` on the hub thread and return its result."""
         if self.in_hub:
             return fn()
+        if not self.thread.is_alive():
+            raise RuntimeStateError("the runtime's hub thread is not running")
         fut: Future[T] = Future()
 
         def run() -> None:
@@ -136,36 +152,57 @@ class Hub:
 
     # ---- sending (hub thread only) ---------------------------------------------------
 
-    def send(self, identity: bytes, data: bytes, alive: Callable[[], bool]) -> bool:
-        """Send to one worker, waiting while its pipe is full; False if it is gone."""
+    def send(self, identity: bytes, data: bytes) -> None:
+        """Queue a frame for one worker and send what its pipe takes now; never blocks."""
+        queue = self._queues.get(identity)
+        if queue is None:
+            queue = self._queues[identity] = deque()
+        queue.append(data)
+        self._pump(identity, queue)
+
+    def forget(self, identity: bytes) -> None:
+        """Drop what is still queued for a worker that is gone."""
+        self._queues.pop(identity, None)
+        self._stalled_since.pop(identity, None)
+
+    @property
+    def congested(self) -> bool:
+        """Whether some worker is so far behind that the hub stops reading (back-pressure)."""
+        return any(len(q) >= _MAX_QUEUE for q in self._queues.values())
+
+    def _pump(self, identity: bytes, queue: deque[bytes]) -> None:
         assert self.sock is not None
-        while True:
+        while queue:
             try:
-                self.sock.send_multipart([identity, data], zmq.NOBLOCK)
-                return True
+                self.sock.send_multipart([identity, queue[0]], zmq.NOBLOCK)
             except zmq.Again:
-                pass
+                break
             except zmq.ZMQError as exc:
-                if exc.errno == zmq.EHOSTUNREACH:
-                    return False
-                raise
-            # Back-pressure: stop reading from workers until this one drains;
-            # keep watching the fork server so a death still ends the wait.
-            try:
-                self.sock.setsockopt(zmq.SNDTIMEO, _SEND_SLICE_MS)
-                self.sock.send_multipart([identity, data])
-                return True
-            except zmq.Again:
-                self._client.on_fork_readable()
-                self._run_due_timers()
-                if not alive():
-                    return False
-            except zmq.ZMQError as exc:
-                if exc.errno == zmq.EHOSTUNREACH:
-                    return False
-                raise
-            finally:
-                self.sock.setsockopt(zmq.SNDTIMEO, -1)
+                if exc.errno != zmq.EHOSTUNREACH:
+                    raise
+                queue.clear()  # the worker is gone
+                break
+            queue.popleft()
+        if len(queue) < _MAX_QUEUE:
+            self._stalled_since.pop(identity, None)
+        else:
+            since = self._stalled_since.setdefault(identity, time.monotonic())
+            stalled = time.monotonic() - since
+            if stalled > self._client.stall_limit(identity):
+                # Back-pressure cannot fix a worker that never reads: report it as hung.
+                self.forget(identity)
+                self._client.on_stalled(identity, stalled)
+                return
+        if not queue:
+            self._queues.pop(identity, None)
+        elif self._retry is None:
+            # ROUTER cannot say when one peer's pipe has room again: look shortly.
+            self._retry = self.call_later(_RETRY, self._pump_all)
+
+    def _pump_all(self) -> None:
+        self._retry = None
+        for identity, queue in list(self._queues.items()):
+            self._pump(identity, queue)
 
     # ---- the loop ---------------------------------------------------------------
 
@@ -198,8 +235,8 @@ class Hub:
                 except BootError as exc:  # the fork server is gone: nothing can be respawned
                     poller.unregister(self._fork_fd)
                     self._client.on_fatal(str(exc))
-                except Exception:
-                    # A bug in one callback must not take the parent's I/O down.
+                except BaseException:
+                    # A bug (or a sys.exit) in one callback must not take the parent's I/O down.
                     traceback.print_exc()
         finally:
             self.sock = None
@@ -209,6 +246,10 @@ class Hub:
             os.close(self._wake_w)
 
     def _iterate(self, poller: zmq.Poller, sock: zmq.Socket[bytes]) -> None:
+        reading = not self.congested
+        if reading != self._reading:
+            poller.modify(sock, zmq.POLLIN if reading else 0)
+            self._reading = reading
         events = dict(poller.poll(self._next_timeout()))
         if self._wake_r in events:
             self._drain_wake()
@@ -260,7 +301,11 @@ class Hub:
 
     def flush_outbox(self) -> None:
         """Send the dispatched events to every worker that handles events (hub thread)."""
+        if self.congested:
+            return  # leave them in the outbox: emitters feel the back-pressure
         items = self._client.drain_outbox()
+        with self.outbox_taken:
+            self.outbox_taken.notify_all()
         if not items:
             return
         targets = self._client.delivery_targets()
@@ -278,10 +323,11 @@ class Hub:
         if chunk:
             frames.append(p.encode(p.Deliver([msgspec.Raw(i) for i in chunk])))
         for identity in targets:
-
-            def alive(identity: bytes = identity) -> bool:
-                return identity in self._client.delivery_targets()
-
             for frame in frames:
-                if not self.send(identity, frame, alive):
-                    break
+                self.send(identity, frame)
+
+    def wait_for_room(self, outbox_len: Callable[[], int]) -> None:
+        """Block a non-hub emitter while too many undelivered events are queued."""
+        with self.outbox_taken:
+            while outbox_len() >= _MAX_OUTBOX and self.thread.is_alive():
+                self.outbox_taken.wait(0.1)

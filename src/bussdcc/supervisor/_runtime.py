@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import math
+import pickle
 import threading
 import traceback
 from dataclasses import dataclass
@@ -63,7 +64,7 @@ class _Receiver:
 
 
 def _check_supervised(component: Service | Device) -> None:
-    for attr in ("start_timeout", "stop_timeout", "kill_timeout", "restart_window"):
+    for attr in ("start_timeout", "stop_timeout", "kill_timeout", "restart_window", "event_timeout"):
         value = getattr(component, attr)
         if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
             raise RegistrationError(f"{component.name!r}: {attr} must be a positive number, not {value!r}")
@@ -111,6 +112,10 @@ class Runtime:
         self._up = False  # resources exist (between boot start and shutdown end)
         self._down = threading.Event()
         self._booted_since_run = False
+        self._booting = False
+        self._halt_pending: str | None = None
+        self._halt_requested = False
+        self._local = threading.local()
         self._run_dir: Path | None = None
         self._endpoint: str | None = None
         self._slots: SlotTable | None = None
@@ -182,10 +187,26 @@ class Runtime:
                 return
             sup, hub = self._sup, self._hub
         assert hub is not None
-        worker = hub.call(lambda: sup.add(component, forked=False))
-        if isinstance(component, Service) and not component.enabled:
+        try:
+            # The fork server was made at boot and never saw this object.
+            pickled = pickle.dumps(("device" if isinstance(component, Device) else "service", component))
+        except Exception as exc:
+            raise RegistrationError(
+                f"{component.name!r} is registered after boot, so it must be picklable: {exc!r}"
+            ) from exc
+        start = not (isinstance(component, Service) and not component.enabled)
+
+        def add() -> None:
+            sup.add(component, pickled=pickled)
+            if start:
+                sup.start(component.name)
+
+        if self._in_handler():
+            hub.call_soon(add)  # waiting here could deadlock the hub: it starts in the background
             return
-        self._start_worker(worker)
+        hub.call(add)
+        if start:
+            self._wait_started(sup.workers[component.name])
 
     def register_process(self, process: Process) -> None:
         """Register a process (before boot); it runs in this process."""
@@ -213,9 +234,28 @@ class Runtime:
 
     def _dispatch(self, evt: Event[Message], item: bytes | None = None) -> None:
         sup = self._sup
-        if sup is not None and sup.targets and item is None:
-            # Encode first: an unencodable message is refused before anyone sees it.
+        if item is None:
+            # Encode first, always: an unencodable or oversized message is refused
+            # before anyone sees it, whether or not a worker wants it today.
             item = p.encode_envelope(evt.payload, evt.time.timestamp(), evt.source)
+        local = self._local
+        local.depth = getattr(local, "depth", 0) + 1
+        try:
+            self._dispatch_locked(evt, item, sup)
+        finally:
+            local.depth -= 1
+        hub = self._hub
+        if hub is not None and sup is not None and sup.outbox and not hub.in_hub:
+            hub.wake()
+            if local.depth == 0:
+                hub.wait_for_room(sup.outbox.__len__)
+
+    def _in_handler(self) -> bool:
+        """Whether this thread is inside a dispatch, or is the hub thread (so must not wait on the hub)."""
+        hub = self._hub
+        return getattr(self._local, "depth", 0) > 0 or (hub is not None and hub.in_hub)
+
+    def _dispatch_locked(self, evt: Event[Message], item: bytes | None, sup: Supervisor | None) -> None:
         with self._dispatch_lock:
             self._dispatched += 1
             self.events.publish(evt)
@@ -234,9 +274,6 @@ class Runtime:
                     self._dispatch(Event(err, self.clock.now_utc(), RUNTIME_SOURCE))
             if sup is not None and sup.targets and item is not None:
                 sup.outbox.append(item)
-        hub = self._hub
-        if hub is not None and sup is not None and sup.outbox and not hub.in_hub:
-            hub.wake()
 
     def _dispatch_item(self, env: p.Envelope, item: bytes, worker: str) -> None:
         evt = p.envelope_event(env, worker)
@@ -262,6 +299,8 @@ class Runtime:
             if self._up:
                 return
             self._up = True
+            self._halt_pending = None
+            self._halt_requested = False
             self._booted_since_run = True
             self._dispatched = 0
             self._down.clear()
@@ -277,6 +316,7 @@ class Runtime:
                 self._up = False
                 self._receivers = ()
                 raise
+        self._booting = True
         try:
             self.emit(m.RuntimeBooting(version=self.version))
             for device in self._devices.values():
@@ -288,10 +328,17 @@ class Runtime:
             for service in self._services.values():
                 if service.enabled:
                     self._start_worker(self._worker(service.name))
+            if self._halt_pending is not None:
+                raise BootError(f"boot interrupted: {self._halt_pending}")
         except BaseException as exc:
             # Leave nothing running behind a boot that did not complete.
-            self.shutdown(f"boot failed: {exc!r}")
+            self._booting = False
+            self.shutdown(self._halt_pending or f"boot failed: {exc!r}")
+            if isinstance(exc, BootError) and self._halt_requested:
+                return  # someone asked for the shutdown: that is not a boot failure
             raise
+        finally:
+            self._booting = False
 
     def _start_infrastructure(self) -> None:
         self._run_dir = make_run_dir(self.name)
@@ -316,7 +363,7 @@ class Runtime:
         )
         supervised: list[Service | Device] = [*self._devices.values(), *self._services.values()]
         for comp in supervised:
-            sup.add(comp, forked=True)
+            sup.add(comp)
         hub = Hub(self._endpoint, self._fork.fileno(), sup)
         sup.hub = hub
         hub.start()
@@ -330,9 +377,15 @@ class Runtime:
     def _start_worker(self, worker: Worker) -> None:
         sup, hub = self._sup, self._hub
         assert sup is not None and hub is not None
-        inc = hub.call(lambda: sup.start(worker.name))
-        if not inc.outcome.wait(worker.component.start_timeout + _BOOT_GRACE):
+        hub.call(lambda: sup.start(worker.name))
+        self._wait_started(worker)
+
+    def _wait_started(self, worker: Worker) -> None:
+        inc = worker.current
+        if inc is not None and not inc.outcome.wait(worker.component.start_timeout + _BOOT_GRACE):
             raise BootError(f"worker {worker.name!r} neither became ready nor failed in time")
+        if self._halt_pending is not None:
+            raise BootError(f"boot interrupted: {self._halt_pending}")
 
     def _start_receiver(self, rec: _Receiver) -> None:
         try:
@@ -373,10 +426,10 @@ class Runtime:
 
     def shutdown(self, reason: str | None = None) -> None:
         """Stop everything in reverse boot order: graceful, then SIGTERM, then SIGKILL."""
-        hub = self._hub
-        if hub is not None and hub.in_hub:
-            # Called from a handler on the hub thread, which shutdown needs: do it beside it.
-            self._halt(reason or "shutdown requested")
+        if self._in_handler():
+            # Shutdown waits on the hub and on dispatch, which this thread is part of:
+            # run it beside, and return at once.
+            self._halt(reason or "shutdown requested", requested=True)
             return
         with self._lifecycle:
             if not self._up:
@@ -409,8 +462,14 @@ class Runtime:
         self._hub = self._sup = self._fork = self._slots = None
         self._run_dir = self._endpoint = None
 
-    def _halt(self, reason: str) -> None:
-        self.halt_reason = reason
+    def _halt(self, reason: str, requested: bool = False) -> None:
+        if not requested:
+            self.halt_reason = reason
+        if self._booting:
+            # Boot notices it at its next step and shuts down itself (raising for a failure).
+            self._halt_pending = reason
+            self._halt_requested = requested
+            return
         threading.Thread(target=self.shutdown, args=(reason,), name="bussdcc-halt", daemon=True).start()
 
     def _at_exit(self) -> None:
@@ -437,10 +496,9 @@ class Runtime:
 
     def workers(self) -> list[WorkerStatus]:
         """A status snapshot of every Service and Device worker."""
-        sup, hub = self._sup, self._hub
-        if sup is None or hub is None:
-            return []
-        return hub.call(sup.statuses)
+        sup = self._sup
+        # Read without the hub: callable from handlers, never waits on dispatch.
+        return sup.statuses() if sup is not None else []
 
     def stats(self) -> RuntimeStats:
         """Counters since the last boot (kept after shutdown)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import pickle
 import signal
 import time
 from collections import deque
@@ -67,18 +66,12 @@ class Supervisor:
 
     # ---- registry -----------------------------------------------------------------
 
-    def add(self, component: Service | Device, *, forked: bool) -> Worker:
-        """Know a component (before or after boot)."""
+    def add(self, component: Service | Device, *, pickled: bytes | None = None) -> Worker:
+        """Know a component: in the fork server's memory, or (registered after boot) ``pickled``."""
         if component.name in self.workers:
             raise RegistrationError(f"a worker named {component.name!r} exists already")
-        worker = Worker(component, forked=forked)
-        if not forked:
-            try:
-                worker.pickled = pickle.dumps((worker.role, component))
-            except Exception as exc:
-                raise RegistrationError(
-                    f"{component.name!r} was registered after boot, so it must be picklable: {exc!r}"
-                ) from exc
+        worker = Worker(component, forked=pickled is None)
+        worker.pickled = pickled
         self.workers[worker.name] = worker
         return worker
 
@@ -152,7 +145,7 @@ class Supervisor:
     def _send_stop(self, worker: Worker, inc: Incarnation) -> None:
         # A worker that has not said hello is not routable yet; it gets Stop on hello.
         if inc.hello and self.hub is not None:
-            self.hub.send(inc.identity, p.encode(p.Stop()), lambda: not inc.exited)
+            self.hub.send(inc.identity, p.encode(p.Stop()))
 
     def _signal(self, inc: Incarnation, sig: signal.Signals) -> None:
         if inc.pid is None or inc.exited:
@@ -175,6 +168,19 @@ class Supervisor:
             inc.exit_code = -signal.SIGKILL
             self._finalize(worker, inc)
         self.halt(reason)
+
+    def stall_limit(self, identity: bytes) -> float:
+        entry = self._by_identity.get(identity)
+        return entry[0].component.event_timeout if entry is not None else 0.0
+
+    def on_stalled(self, identity: bytes, seconds: float) -> None:
+        entry = self._by_identity.get(identity)
+        if entry is None:
+            return
+        _, inc = entry
+        self.targets.pop(identity, None)
+        inc.hung = f"hung: took no events for {seconds:.1f}s"
+        self._signal(inc, signal.SIGKILL)
 
     def on_stranger(self) -> None:
         self.rejected += 1
@@ -212,7 +218,7 @@ class Supervisor:
                 self._skip_to(worker, inc, frame.last_seq + 1)
                 self.targets.pop(identity, None)
                 assert self.hub is not None
-                self.hub.send(identity, p.encode(p.ByeAck()), lambda: not inc.exited)
+                self.hub.send(identity, p.encode(p.ByeAck()))
         if inc.exited and not inc.finalized:
             self._maybe_finalize(worker, inc)
 
@@ -304,6 +310,8 @@ class Supervisor:
         self.lost += lost
         self._by_identity.pop(inc.identity, None)
         self.targets.pop(inc.identity, None)
+        if self.hub is not None:
+            self.hub.forget(inc.identity)
         self._free_slots.append(inc.slot)
         reason, signame = _describe_exit(inc.exit_code)
         graceful = inc.bye is not None
@@ -311,6 +319,8 @@ class Supervisor:
             reason = f"spawn failed: {inc.spawn_error}"
         elif inc.timed_out:
             reason = f"start timeout ({reason})"
+        elif inc.hung:
+            reason = f"{inc.hung} ({reason})"
         self.emit(
             m.WorkerExited(
                 worker=worker.name,
@@ -338,16 +348,26 @@ class Supervisor:
             self._give_up(worker, inc.bye.error or "", inc.bye.traceback, restartable=False)
         elif worker.stop_requested:
             self._stopped(worker)
+        elif inc.spawn_error:
+            error = (
+                f"the fork server could not create {worker.name!r}: {inc.spawn_error} "
+                "(a component registered after boot must be picklable and its class importable)"
+            )
+            self._announce_failure(worker, error, None)
+            self._give_up(worker, error, None, restartable=False)
         else:
             error = inc.start_failed.error if inc.start_failed else f"worker process {inc.pid} {reason}"
             if lost:
                 error += f" ({lost} messages lost)"
             tb = inc.start_failed.traceback if inc.start_failed else None
-            if isinstance(worker.component, Service):
-                self.emit(m.ServiceError(service=worker.name, error=error, traceback=tb))
-            else:
-                self.emit(m.DeviceFailed(device=worker.name, kind=worker.kind, error=error, traceback=tb))
+            self._announce_failure(worker, error, tb)
             self._give_up(worker, error, tb, restartable=True)
+
+    def _announce_failure(self, worker: Worker, error: str, tb: str | None) -> None:
+        if isinstance(worker.component, Service):
+            self.emit(m.ServiceError(service=worker.name, error=error, traceback=tb))
+        else:
+            self.emit(m.DeviceFailed(device=worker.name, kind=worker.kind, error=error, traceback=tb))
 
     def _stopped(self, worker: Worker, announce: bool = True) -> None:
         worker.state = WorkerState.STOPPED

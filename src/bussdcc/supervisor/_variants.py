@@ -50,9 +50,10 @@ class ThreadedRuntime(Runtime):
         self.wait()
 
     def stop(self, reason: str | None = None, timeout: float | None = None) -> None:
-        """Shut down and join the background thread."""
+        """Shut down and join the background thread (from a handler: start the shutdown, don't wait)."""
+        in_handler = self._in_handler()
         self.shutdown(reason)
-        if self._thread is not None and self._thread is not threading.current_thread():
+        if not in_handler and self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
 

@@ -52,6 +52,7 @@ class Incarnation:
         self.hello = False
         self.ready = False
         self.timed_out = False
+        self.hung: str | None = None
         self.draining = False
         self.start_failed: p.StartFailed | None = None
         self.spawn_error: str | None = None
