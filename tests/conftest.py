@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,7 +38,9 @@ def no_leaks() -> Iterator[None]:
             pass
     for path in leftovers:
         shutil.rmtree(path, ignore_errors=True)
+    threads = [t.name for t in threading.enumerate() if t.name.startswith("bussdcc-")]
     assert not alive, f"test left processes behind: {[(p.pid, p.name()) for p in alive]}"
+    assert not threads, f"test left runtime threads running: {threads}"
     assert not leftovers, f"test left run directories behind: {leftovers}"
 
 

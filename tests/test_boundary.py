@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 
+import msgspec
 import psutil
 import pytest
 import zmq
@@ -13,7 +15,7 @@ from bussdcc import Context, Event, Message, Process, Runtime, Service, message
 from bussdcc.errors import FrameTooLarge
 from bussdcc.kernel import protocol as p
 
-from ._helpers import Recorder, Seq, wait_until
+from ._helpers import Ping, Pong, Recorder, Seq, wait_until
 
 
 class Smuggler(Service):
@@ -78,28 +80,35 @@ def test_a_stranger_on_the_socket_is_ignored_and_counted() -> None:
     rt = Runtime(name="stranger")
     rt.register_process(rec)
     rt.register_service(Smuggler())
+    rt.register_service(Echo())
     with rt:
         rec.wait_for("test.seq")
         before = rt.stats().rejected
-        zctx = zmq.Context()
+        reports = len(rec.of("worker.frame_rejected"))  # the smuggler's own, if any
+        zctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         sock = zctx.socket(zmq.DEALER)
         try:
-            sock.setsockopt(zmq.ROUTING_ID, b"smuggler#1")  # even a real worker's name
+            sock.setsockopt(zmq.ROUTING_ID, b"nobody#1")
             sock.connect(rt.endpoint)
-            sock.send(b"junk")
-            sock.setsockopt(zmq.ROUTING_ID, b"x")
-            other = zctx.socket(zmq.DEALER)
-            other.connect(rt.endpoint)
-            other.send_multipart([b"a", b"b", b"c"])
-            other.send(b"\x00" * 1024)
-            wait_until(lambda: rt.stats().rejected >= before + 1, what="the stranger's frames to be dropped")
-            other.close(0)
+            sock.send(p.encode(p.Batch(1, [msgspec.Raw(b"\x01")])))  # well formed, unknown sender
+            sock.send_multipart([b"a", b"b"])  # not [identity, payload] once routed
+            wait_until(lambda: rt.stats().rejected == before + 2, what="both stranger frames to be dropped")
         finally:
             sock.close(0)
             zctx.term()
-        rt.emit(Seq(i=99))
-        assert rec.of("test.seq")[-1].payload.to_dict()["i"] == 99
-        assert rt.workers()[0].state.value == "running"
+        assert len(rec.of("worker.frame_rejected")) == reports, "strangers are counted, not reported as workers"
+        rt.emit(Ping(n=5))  # the workers are still served
+        (pong,) = rec.wait_for("test.pong")
+        assert pong.payload.to_dict()["n"] == 5
+
+
+class Echo(Service):
+    name = "echo"
+    interval = 3600
+
+    def handle_event(self, ctx: Context, evt: Event[Message]) -> None:
+        if isinstance(evt.payload, Ping):
+            ctx.emit(Pong(n=evt.payload.n, pid=os.getpid()))
 
 
 class ThreadedEmitter(Service):

@@ -203,15 +203,34 @@ def test_sigint_shuts_a_signal_runtime_down(tmp_path: Path) -> None:
     assert not _gone(pids, 2)
 
 
-@pytest.mark.parametrize("busy", [False, True])
-def test_workers_die_within_two_seconds_of_a_sigkilled_parent(tmp_path: Path, busy: bool, run_base: Path) -> None:
-    source = SIGNAL_SCRIPT.replace("interval = 3600", "interval = 0.001") if busy else SIGNAL_SCRIPT
+APP_FORKS = """
+    import os, time
+    helper = os.fork()  # the application forks after boot: the helper inherits the parent's fds
+    if helper == 0:
+        time.sleep(30)
+        os._exit(0)
+    print("READY", *[w.pid for w in rt.workers()], flush=True)
+"""
+
+
+@pytest.mark.parametrize("variant", ["idle", "busy", "app-forks"])
+def test_workers_die_within_two_seconds_of_a_sigkilled_parent(tmp_path: Path, variant: str, run_base: Path) -> None:
+    source = SIGNAL_SCRIPT
+    if variant == "busy":
+        source = source.replace("interval = 3600", "interval = 0.001")
+    if variant == "app-forks":
+        ready = '    print("READY", *[w.pid for w in rt.workers()], flush=True)\n'
+        source = source.replace(ready.strip(), textwrap.dedent(APP_FORKS).strip().replace("\n", "\n"))
     proc, pids = _start_script(tmp_path, source)
-    fork_server = [c.pid for c in psutil.Process(proc.pid).children() if c.pid not in pids]
-    assert len(pids) == 2 and len(fork_server) == 1
+    children = [c.pid for c in psutil.Process(proc.pid).children()]
+    fork_server = [pid for pid in children if pid not in pids][:1]
+    helpers = [pid for pid in children if pid not in pids][1:]
+    assert len(pids) == 2 and len(fork_server) == 1 and len(helpers) == (variant == "app-forks")
     _end(proc)
     t0 = time.monotonic()
     survivors = _gone(pids + fork_server, 2.0)
+    for pid in helpers:  # the application's own child is the application's business
+        os.kill(pid, signal.SIGKILL)
     assert not survivors, f"still alive 2 s after the parent's SIGKILL: {survivors}"
     assert not list(run_base.iterdir()), "the fork server removes the run directory of a killed parent"
     print(f"all workers gone {time.monotonic() - t0:.3f}s after the parent's SIGKILL")

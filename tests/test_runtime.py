@@ -154,7 +154,7 @@ def test_dispatch_goes_both_ways_through_the_parent() -> None:
             rt.emit(Ping(n=n))
         pongs = rec.wait_for("test.pong", count=5)
         assert [p.payload.to_dict()["n"] for p in pongs] == [0, 1, 2, 3, 4]
-        assert {p.payload.to_dict()["pid"] for p in pongs} != {os.getpid()}
+        assert all(p.payload.to_dict()["pid"] not in (0, os.getpid()) for p in pongs)
         assert all(p.source == "echo" for p in pongs)
         # Only workers whose class handles events are sent anything.
         assert rt._sup is not None

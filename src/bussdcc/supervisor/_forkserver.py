@@ -164,8 +164,22 @@ class _Zygote:  # pragma: no cover - runs in the child
             pass
         poller = select.poll()
         poller.register(self.sock, select.POLLIN)
+        # EOF on the socket pair is not enough: a child the application forks
+        # after boot holds a copy of the parent's end. Watch the parent itself.
+        try:
+            parent_fd = os.pidfd_open(self.parent)
+        except ProcessLookupError:
+            parent_fd = -1
+        if parent_fd < 0:
+            self._kill_all()
+            return
+        poller.register(parent_fd, select.POLLIN)
         while True:
             for fd, _ in poller.poll():
+                if fd == parent_fd:
+                    self._kill_all()
+                    shutil.rmtree(self.run_dir, ignore_errors=True)
+                    return
                 if fd == self.sock.fileno():
                     outcome = self._read_requests(poller)
                     if outcome != "more":

@@ -85,17 +85,41 @@ class SignalRuntime(ThreadedRuntime):
         for signum in self.SIGNAL_ACTIONS:
             self._previous.setdefault(signum, signal.signal(signum, self._on_signal))
 
+    def start(self, timeout: float | None = None) -> None:
+        """Not available: signal handlers belong to the main thread; use ``run()``."""
+        raise RuntimeStateError("SignalRuntime runs in the main thread: call run(), not start()")
+
     def shutdown(self, reason: str | None = None) -> None:
         """Shut down, then give the signals back to their previous handlers."""
         try:
             super().shutdown(reason)
         finally:
-            if threading.current_thread() is threading.main_thread():
-                for signum, handler in self._previous.items():
-                    signal.signal(signum, handler)
-                self._previous.clear()
+            self._restore_signals()
+
+    def run(self) -> None:
+        """Boot, block until shutdown (by signal or otherwise), then restore the signals."""
+        try:
+            super().run()
+        finally:
+            self._restore_signals()
+
+    def _restore_signals(self) -> None:
+        # Only the main thread may; a shutdown on another thread leaves it to
+        # run(), or to the next signal, which finds the runtime down.
+        if threading.current_thread() is threading.main_thread():
+            for signum, handler in self._previous.items():
+                signal.signal(signum, handler)
+            self._previous.clear()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if not self._up:
+            self._restore_signals()
+            previous = signal.getsignal(signum)
+            if callable(previous):
+                previous(signum, frame)
+            elif previous == signal.SIG_DFL:
+                signal.raise_signal(signum)
+            return
         # A handler interrupts whatever the main thread was doing (maybe a
         # dispatch): never block here, hand the work to other threads.
         action = self.SIGNAL_ACTIONS.get(signum)
