@@ -87,6 +87,7 @@ class Hub:
         self._reading = True
         #: Notified whenever the hub has taken the outbox.
         self.outbox_taken = threading.Condition()
+        self._room_waiters = 0
 
     # ---- lifecycle ----------------------------------------------------------------
 
@@ -304,8 +305,9 @@ class Hub:
         if self.congested:
             return  # leave them in the outbox: emitters feel the back-pressure
         items = self._client.drain_outbox()
-        with self.outbox_taken:
-            self.outbox_taken.notify_all()
+        if self._room_waiters:
+            with self.outbox_taken:
+                self.outbox_taken.notify_all()
         if not items:
             return
         targets = self._client.delivery_targets()
@@ -328,6 +330,12 @@ class Hub:
 
     def wait_for_room(self, outbox_len: Callable[[], int]) -> None:
         """Block a non-hub emitter while too many undelivered events are queued."""
+        if outbox_len() < _MAX_OUTBOX:
+            return
         with self.outbox_taken:
-            while outbox_len() >= _MAX_OUTBOX and self.thread.is_alive():
-                self.outbox_taken.wait(0.1)
+            self._room_waiters += 1
+            try:
+                while outbox_len() >= _MAX_OUTBOX and self.thread.is_alive():
+                    self.outbox_taken.wait(0.1)
+            finally:
+                self._room_waiters -= 1
