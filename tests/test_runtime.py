@@ -455,3 +455,21 @@ def test_a_service_that_stops_taking_events_is_killed_as_hung_and_emitters_resum
         names = rec.names()
         last_seq = len(names) - 1 - names[::-1].index("test.seq")
         assert names.index("worker.exited") < last_seq, "the emitter waited (back-pressure) until the hang was cut"
+
+
+def test_an_injected_clock_stamps_the_parents_events() -> None:
+    import datetime as dt
+
+    from bussdcc import ManualClock
+
+    clock = ManualClock(start=dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
+    rec = Recorder()
+    rt = Runtime(name="clock", clock=clock)
+    rt.register_process(rec)
+    with rt:
+        clock.advance(90)
+        rt.emit(Ping(n=1))
+        assert rt.ctx.clock is clock
+    (ping,) = rec.of("test.ping")
+    assert ping.time == dt.datetime(2030, 1, 1, 0, 1, 30, tzinfo=dt.UTC)
+    assert rec.of("runtime.booting")[0].time == dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
