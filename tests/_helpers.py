@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from bussdcc import Context, Event, Message, Process
+from bussdcc import Context, Event, Message, Process, Service
 
 T = TypeVar("T")
 
@@ -111,3 +112,14 @@ class Seq(Message):
     name = "test.seq"
     i: int
     pad: str = ""
+
+
+class Echo(Service):
+    """Answers every Ping, from its own process."""
+
+    name = "echo"
+    interval = 3600.0
+
+    def handle_event(self, ctx: Context, evt: Event[Message]) -> None:
+        if isinstance(evt.payload, Ping):
+            ctx.emit(Pong(n=evt.payload.n, pid=os.getpid()))

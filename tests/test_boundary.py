@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass
 
@@ -15,7 +14,7 @@ from bussdcc import Context, Event, Message, Process, Runtime, Service, message
 from bussdcc.errors import FrameTooLarge
 from bussdcc.kernel import protocol as p
 
-from ._helpers import Ping, Pong, Recorder, Seq, wait_until
+from ._helpers import Echo, Ping, Recorder, Seq, wait_until
 
 
 class Smuggler(Service):
@@ -100,15 +99,6 @@ def test_a_stranger_on_the_socket_is_ignored_and_counted() -> None:
         rt.emit(Ping(n=5))  # the workers are still served
         (pong,) = rec.wait_for("test.pong")
         assert pong.payload.to_dict()["n"] == 5
-
-
-class Echo(Service):
-    name = "echo"
-    interval = 3600
-
-    def handle_event(self, ctx: Context, evt: Event[Message]) -> None:
-        if isinstance(evt.payload, Ping):
-            ctx.emit(Pong(n=evt.payload.n, pid=os.getpid()))
 
 
 class ThreadedEmitter(Service):

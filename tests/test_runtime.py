@@ -11,7 +11,7 @@ import pytest
 from bussdcc import Context, Device, Event, Interface, Message, Process, Runtime, Service, WorkerState, message
 from bussdcc.errors import RegistrationError, RuntimeStateError
 
-from ._helpers import Ping, Pong, Recorder, Seq, Where, wait_until
+from ._helpers import Echo, Ping, Recorder, Seq, Where, wait_until
 
 
 class Sensor(Device):
@@ -40,17 +40,6 @@ class Ticker(Service):
 
     def stop(self, ctx: Context) -> None:
         ctx.emit(Where(who=self.name, step="stop", pid=os.getpid()))
-
-
-class Echo(Service):
-    """Answers every Ping from its own process."""
-
-    name = "echo"
-    interval = 60.0
-
-    def handle_event(self, ctx: Context, evt: Event[Message]) -> None:
-        if isinstance(evt.payload, Ping):
-            ctx.emit(Pong(n=evt.payload.n, pid=os.getpid()))
 
 
 class Panel(Interface):
