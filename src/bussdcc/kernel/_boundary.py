@@ -34,6 +34,15 @@ class SlotTable:
         """Record how many items and control frames a worker has sent."""
         struct.pack_into("<QQ", self._map, slot * _STRIDE, items, controls)
 
+    def beat(self, slot: int, when: float) -> None:
+        """Record that the worker in ``slot`` made progress at ``when`` (``time.monotonic()``)."""
+        struct.pack_into("<d", self._map, slot * _STRIDE + 16, when)
+
+    def heartbeat(self, slot: int) -> float:
+        """When the worker in ``slot`` last recorded progress (``time.monotonic()``, 0 if never)."""
+        value: float = struct.unpack_from("<d", self._map, slot * _STRIDE + 16)[0]
+        return value
+
     def read(self, slot: int) -> tuple[int, int]:
         """Return ``(items, controls)`` sent by the worker in ``slot``."""
         items, controls, _ = _SLOT.unpack_from(self._map, slot * _STRIDE)

@@ -35,6 +35,7 @@ _MAX_QUEUE = 64
 _RETRY = 0.002
 # Undelivered events other threads may queue before their emit waits.
 _MAX_OUTBOX = 10_000
+_MAX_OUTBOX_BYTES = 16 * 1024 * 1024
 
 
 class HubClient(Protocol):
@@ -44,7 +45,8 @@ class HubClient(Protocol):
     def on_fork_readable(self) -> None: ...
     def on_stranger(self) -> None: ...
     def on_fatal(self, reason: str) -> None: ...
-    def stall_limit(self, identity: bytes) -> float: ...
+    def stalled_for(self, identity: bytes, since: float) -> float: ...
+    def outbox_load(self) -> tuple[int, int]: ...
     def on_stalled(self, identity: bytes, seconds: float) -> None: ...
     def drain_outbox(self) -> list[bytes]: ...
     def delivery_targets(self) -> list[bytes]: ...
@@ -143,7 +145,17 @@ class Hub:
                 fut.set_exception(exc)
 
         self.call_soon(run)
-        return fut.result(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            # Never wait for ever on a hub that ended before it ran the call.
+            slice_ = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
+            try:
+                return fut.result(slice_)
+            except TimeoutError:
+                if not self.thread.is_alive() and not fut.done():
+                    raise RuntimeStateError("the runtime's hub thread ended before the call ran") from None
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
 
     def call_later(self, delay: float, fn: Callable[[], None]) -> Timer:
         """Run ``fn`` on the hub thread after ``delay`` seconds (hub thread only)."""
@@ -188,9 +200,9 @@ class Hub:
             self._stalled_since.pop(identity, None)
         else:
             since = self._stalled_since.setdefault(identity, time.monotonic())
-            stalled = time.monotonic() - since
-            if stalled > self._client.stall_limit(identity):
-                # Back-pressure cannot fix a worker that never reads: report it as hung.
+            stalled = self._client.stalled_for(identity, since)
+            if stalled:
+                # Back-pressure cannot fix a worker that handles nothing: report it as hung.
                 self.forget(identity)
                 self._client.on_stalled(identity, stalled)
                 return
@@ -328,14 +340,18 @@ class Hub:
             for frame in frames:
                 self.send(identity, frame)
 
-    def wait_for_room(self, outbox_len: Callable[[], int]) -> None:
+    def _full(self) -> bool:
+        items, size = self._client.outbox_load()
+        return items >= _MAX_OUTBOX or size >= _MAX_OUTBOX_BYTES
+
+    def wait_for_room(self) -> None:
         """Block a non-hub emitter while too many undelivered events are queued."""
-        if outbox_len() < _MAX_OUTBOX:
+        if not self._full():
             return
         with self.outbox_taken:
             self._room_waiters += 1
             try:
-                while outbox_len() >= _MAX_OUTBOX and self.thread.is_alive():
+                while self._full() and self.thread.is_alive():
                     self.outbox_taken.wait(0.1)
             finally:
                 self._room_waiters -= 1

@@ -115,6 +115,8 @@ class Runtime:
         self._booting = False
         self._halt_pending: str | None = None
         self._halt_requested = False
+        self._halt_lock = threading.Lock()
+        self._stopping = False
         self._local = threading.local()
         self._run_dir: Path | None = None
         self._endpoint: str | None = None
@@ -182,11 +184,11 @@ class Runtime:
         self._services[service.name] = service
 
     def _add_worker(self, component: Service | Device) -> None:
-        with self._lifecycle:
-            if self._sup is None:
-                return
-            sup, hub = self._sup, self._hub
-        assert hub is not None
+        sup, hub = self._sup, self._hub
+        if sup is None or hub is None:
+            return  # not booted: it starts with the others at boot
+        if self._stopping:
+            raise RegistrationError(f"cannot start {component.name!r}: the runtime is shutting down")
         try:
             # The fork server was made at boot and never saw this object.
             pickled = pickle.dumps(("device" if isinstance(component, Device) else "service", component))
@@ -248,7 +250,7 @@ class Runtime:
         if hub is not None and sup is not None and sup.outbox and not hub.in_hub:
             hub.wake()
             if local.depth == 0:
-                hub.wait_for_room(sup.outbox.__len__)
+                hub.wait_for_room()
 
     def _in_handler(self) -> bool:
         """Whether this thread is inside a dispatch, or is the hub thread (so must not wait on the hub)."""
@@ -273,7 +275,7 @@ class Runtime:
                         err = m.ProcessError(process=rec.name, error=repr(exc), evt=evt, traceback=tb)
                     self._dispatch(Event(err, self.clock.now_utc(), RUNTIME_SOURCE))
             if sup is not None and sup.targets and item is not None:
-                sup.outbox.append(item)
+                sup.post(item)
 
     def _dispatch_item(self, env: p.Envelope, item: bytes, worker: str) -> None:
         evt = p.envelope_event(env, worker)
@@ -315,8 +317,11 @@ class Runtime:
                 self._stop_infrastructure()
                 self._up = False
                 self._receivers = ()
+                self._booted_since_run = False
+                self._down.set()
                 raise
-        self._booting = True
+            self._booting = True
+            self._stopping = False
         try:
             self.emit(m.RuntimeBooting(version=self.version))
             for device in self._devices.values():
@@ -328,17 +333,19 @@ class Runtime:
             for service in self._services.values():
                 if service.enabled:
                     self._start_worker(self._worker(service.name))
-            if self._halt_pending is not None:
-                raise BootError(f"boot interrupted: {self._halt_pending}")
+            with self._halt_lock:
+                self._booting = False
+                pending = self._halt_pending
+            if pending is not None:
+                raise BootError(f"boot interrupted: {pending}")
         except BaseException as exc:
             # Leave nothing running behind a boot that did not complete.
-            self._booting = False
+            with self._halt_lock:
+                self._booting = False
             self.shutdown(self._halt_pending or f"boot failed: {exc!r}")
             if isinstance(exc, BootError) and self._halt_requested:
                 return  # someone asked for the shutdown: that is not a boot failure
             raise
-        finally:
-            self._booting = False
 
     def _start_infrastructure(self) -> None:
         self._run_dir = make_run_dir(self.name)
@@ -431,9 +438,17 @@ class Runtime:
             # run it beside, and return at once.
             self._halt(reason or "shutdown requested", requested=True)
             return
+        with self._halt_lock:
+            booting = self._booting
+        if booting:
+            # Boot is under way on another thread: it carries the shutdown out itself.
+            self._halt(reason or "shutdown requested", requested=True)
+            self._down.wait()
+            return
         with self._lifecycle:
             if not self._up:
                 return
+            self._stopping = True
             self._booted = False
             self.emit(m.RuntimeShuttingDown(reason=reason))
             for name in reversed(self._services):
@@ -465,11 +480,14 @@ class Runtime:
     def _halt(self, reason: str, requested: bool = False) -> None:
         if not requested:
             self.halt_reason = reason
-        if self._booting:
-            # Boot notices it at its next step and shuts down itself (raising for a failure).
-            self._halt_pending = reason
-            self._halt_requested = requested
-            return
+        with self._halt_lock:
+            if self._booting:
+                # Boot notices it at its next step and shuts down itself (raising for a
+                # failure); a failure already pending is not hidden by a request.
+                if self._halt_pending is None or not requested:
+                    self._halt_pending = reason
+                    self._halt_requested = requested
+                return
         threading.Thread(target=self.shutdown, args=(reason,), name="bussdcc-halt", daemon=True).start()
 
     def _at_exit(self) -> None:
@@ -483,9 +501,9 @@ class Runtime:
         """Boot (unless booted since the last run), block until shutdown; Ctrl-C shuts down."""
         # A runtime booted and then halted (a signal, a critical failure)
         # before run() is entered is over: run() must not boot it again.
-        if not self._booted_since_run:
-            self.boot()
         try:
+            if not self._booted_since_run:
+                self.boot()
             self._down.wait()
         except KeyboardInterrupt:
             self.shutdown("KeyboardInterrupt")

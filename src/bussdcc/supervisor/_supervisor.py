@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -56,6 +57,8 @@ class Supervisor:
         self.hub: Hub | None = None
         self.workers: dict[str, Worker] = {}
         self.outbox: deque[bytes] = deque()
+        self.outbox_bytes = 0
+        self._outbox_lock = threading.Lock()
         self.targets: dict[bytes, Worker] = {}
         self._by_identity: dict[bytes, tuple[Worker, Incarnation]] = {}
         self._by_pid: dict[int, tuple[Worker, Incarnation]] = {}
@@ -169,9 +172,15 @@ class Supervisor:
             self._finalize(worker, inc)
         self.halt(reason)
 
-    def stall_limit(self, identity: bytes) -> float:
+    def stalled_for(self, identity: bytes, since: float) -> float:
+        """Seconds a congested worker has handled no event (its heartbeat in shared memory)."""
         entry = self._by_identity.get(identity)
-        return entry[0].component.event_timeout if entry is not None else 0.0
+        if entry is None:
+            return 0.0
+        worker, inc = entry
+        last = max(since, self.slots.heartbeat(inc.slot))
+        idle = time.monotonic() - last
+        return idle if idle > worker.component.event_timeout else 0.0
 
     def on_stalled(self, identity: bytes, seconds: float) -> None:
         entry = self._by_identity.get(identity)
@@ -422,15 +431,22 @@ class Supervisor:
 
     # ---- delivery -----------------------------------------------------------------
 
+    def post(self, item: bytes) -> None:
+        """Queue an encoded event for the workers that handle events (any thread)."""
+        with self._outbox_lock:
+            self.outbox.append(item)
+            self.outbox_bytes += len(item)
+
     def drain_outbox(self) -> list[bytes]:
-        if not self.outbox:
-            return []
-        # popleft, not list()+clear(): other threads may append meanwhile.
-        items: list[bytes] = []
-        pop = self.outbox.popleft
-        while self.outbox:
-            items.append(pop())
+        with self._outbox_lock:
+            items = list(self.outbox)
+            self.outbox.clear()
+            self.outbox_bytes = 0
         return items
+
+    def outbox_load(self) -> tuple[int, int]:
+        """Items and bytes waiting in the outbox."""
+        return len(self.outbox), self.outbox_bytes
 
     def delivery_targets(self) -> list[bytes]:
         return list(self.targets)

@@ -118,8 +118,12 @@ class Channel:
     def _wake(self) -> None:
         try:
             os.write(self._wake_w, b"\0")
-        except BlockingIOError:
-            pass  # the pipe is full of wake-ups already
+        except OSError:
+            pass  # the pipe is full of wake-ups already, or the channel is closing
+
+    def beat(self) -> None:
+        """Tell the parent, through shared memory, that this worker is making progress."""
+        self.spec.slots.beat(self.spec.slot, time.monotonic())
 
     def _take_foreign(self) -> None:  # with _lock held
         for item in self._foreign:

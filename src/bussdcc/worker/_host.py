@@ -22,6 +22,7 @@ def _start_failed(channel: Channel, exc: BaseException) -> int:
 
 def _deliver(svc: Service, ctx: Context, channel: Channel, frame: p.Deliver) -> None:
     for raw in frame.items:
+        channel.beat()  # progress the parent can see, however long each event takes
         try:
             item = p.decode_item(raw)
             if not isinstance(item, p.Envelope):
