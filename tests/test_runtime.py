@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import stat
 import threading
+from pathlib import Path
 
 import pytest
 
 from bussdcc import Context, Device, Event, Interface, Message, Process, Runtime, Service, WorkerState, message
-from bussdcc.errors import RegistrationError, RuntimeStateError
+from bussdcc.errors import BootError, RegistrationError, RuntimeStateError
 
 from ._helpers import Echo, Ping, Recorder, Seq, Where, wait_until
 
@@ -462,3 +463,66 @@ def test_an_injected_clock_stamps_the_parents_events() -> None:
     (ping,) = rec.of("test.ping")
     assert ping.time == dt.datetime(2030, 1, 1, 0, 1, 30, tzinfo=dt.UTC)
     assert rec.of("runtime.booting")[0].time == dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+
+
+def test_a_boot_that_cannot_start_leaves_the_runtime_down(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("BUSSDCC_RUN_BASE", str(tmp_path / ("x" * 120)))  # too long for an ipc:// path
+    rt = Runtime(name="nobase")
+    rt.register_service(Ticker("t"))
+    with pytest.raises(BootError, match="too long"):
+        rt.boot()
+    assert rt.wait(timeout=0) and not rt.booted and rt.run_dir is None
+
+
+class SlowConnect(Device):
+    kind = "slow"
+
+    def connect(self) -> None:
+        assert self.ctx is not None
+        self.ctx.emit(Where(who=self.id, step="connect", pid=os.getpid()))
+        threading.Event().wait(1.0)  # a slow bus scan
+
+
+def test_shutdown_from_another_thread_during_boot_is_carried_out_by_boot() -> None:
+    rec = Recorder()
+    rt = Runtime(name="bootstop")
+    rt.register_process(rec)
+    rt.attach_device(SlowConnect(id="scan"))
+    rt.register_service(Ticker("after"))
+
+    def stopper() -> None:
+        rec.wait_for("test.where")  # boot is waiting for the device to connect
+        rt.shutdown("operator")
+
+    t = threading.Thread(target=stopper)
+    t.start()
+    rt.boot()  # a requested shutdown ends boot quietly
+    t.join()
+    assert not rt.booted and rt.wait(timeout=0)
+    names = rec.names()
+    assert "service.started" not in names and names[-1] == "runtime.shutdown"
+    assert rt.halt_reason is None
+
+
+class RegistersLate(Process):
+    name = "registers-late"
+
+    def handle_event(self, ctx: Context, evt: Event[Message]) -> None:
+        if evt.payload.name == "service.stopped":
+            assert isinstance(ctx.runtime, Runtime)
+            ctx.runtime.register_service(Ticker("too-late"))
+
+
+def test_registering_from_a_handler_during_shutdown_is_refused_not_deadlocked() -> None:
+    rec = Recorder()
+    rt = Runtime(name="latereg")
+    rt.register_process(RegistersLate())
+    rt.register_process(rec)
+    rt.register_service(Ticker("t"))
+    rt.boot()
+    done = threading.Thread(target=rt.shutdown)
+    done.start()
+    done.join(timeout=20)
+    assert not done.is_alive(), "shutdown finished"
+    (err,) = rec.of("process.error")
+    assert "shutting down" in err.payload.to_dict()["error"]
