@@ -211,6 +211,9 @@ class Supervisor:
             case p.Hello():
                 inc.controls += 1
                 inc.hello = True
+                if inc.pid is None:  # the fork server's report may come after the worker's own word
+                    inc.pid = frame.pid
+                    self._by_pid[frame.pid] = (worker, inc)
                 if worker.wants_events and not worker.stop_requested:
                     self.targets[identity] = worker
                 if worker.stop_requested and worker.current is inc:
@@ -269,7 +272,8 @@ class Supervisor:
         if worker.state is WorkerState.STARTING:
             worker.state = WorkerState.RUNNING
         worker.started_at = self.clock.now_utc()
-        self.emit(m.WorkerStarted(worker=worker.name, role=worker.role, pid=inc.pid or 0, incarnation=inc.number))
+        assert inc.pid is not None  # known from Hello at the latest
+        self.emit(m.WorkerStarted(worker=worker.name, role=worker.role, pid=inc.pid, incarnation=inc.number))
         if isinstance(worker.component, Device):
             self.emit(m.DeviceAttached(device=worker.name, kind=worker.kind))
         else:
