@@ -126,7 +126,7 @@ PER_THREAD = 10_000
 
 
 class SlowCounter(Process):
-    """Counts Seq in emission order per thread; slower than the emitters."""
+    """Records the Seq values in the order they are dispatched."""
 
     name = "slowcounter"
 

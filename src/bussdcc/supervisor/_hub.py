@@ -272,7 +272,8 @@ class Hub:
         if sock in events:
             self._read_frames(sock)
         self._run_due_timers()
-        self.flush_outbox()
+        if not self.congested:  # else leave events in the outbox: emitters feel the back-pressure
+            self.flush_outbox()
 
     def _next_timeout(self) -> int | None:
         if self._calls:
@@ -313,9 +314,7 @@ class Hub:
             self._client.on_frame(frames[0], frames[1])
 
     def flush_outbox(self) -> None:
-        """Send the dispatched events to every worker that handles events (hub thread)."""
-        if self.congested:
-            return  # leave them in the outbox: emitters feel the back-pressure
+        """Send the dispatched events to every worker that handles events (hub thread, not congested)."""
         items = self._client.drain_outbox()
         if self._room_waiters:
             with self.outbox_taken:

@@ -257,7 +257,7 @@ class Runtime:
         hub = self._hub
         return getattr(self._local, "depth", 0) > 0 or (hub is not None and hub.in_hub)
 
-    def _dispatch_locked(self, evt: Event[Message], item: bytes | None, sup: Supervisor | None) -> None:
+    def _dispatch_locked(self, evt: Event[Message], item: bytes, sup: Supervisor | None) -> None:
         with self._dispatch_lock:
             self._dispatched += 1
             self.events.publish(evt)
@@ -274,7 +274,7 @@ class Runtime:
                     else:
                         err = m.ProcessError(process=rec.name, error=repr(exc), evt=evt, traceback=tb)
                     self._dispatch(Event(err, self.clock.now_utc(), RUNTIME_SOURCE))
-            if sup is not None and sup.targets and item is not None:
+            if sup is not None and sup.targets:
                 sup.post(item)
 
     def _dispatch_item(self, env: p.Envelope, item: bytes, worker: str) -> None:
