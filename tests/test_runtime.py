@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -526,3 +527,31 @@ def test_registering_from_a_handler_during_shutdown_is_refused_not_deadlocked() 
     assert not done.is_alive(), "shutdown finished"
     (err,) = rec.of("process.error")
     assert "shutting down" in err.payload.to_dict()["error"]
+
+
+class StuckForLong(Stuck):
+    name = "stuck-long"
+    event_timeout = 600.0  # the hang watchdog will not come to the rescue here
+
+
+def test_shutdown_never_waits_behind_a_stuck_consumer() -> None:
+    rt = Runtime(name="stuckstop")
+    rt.register_service(StuckForLong())
+    rt.boot()
+
+    def flood() -> None:
+        for i in range(40_000):
+            rt.emit(Seq(i=i, pad="x" * 1000))
+
+    emitter = threading.Thread(target=flood, daemon=True)
+    emitter.start()
+    sup = rt._sup
+    assert sup is not None
+    wait_until(lambda: sup.outbox_load()[0] >= 10_000 or sup.outbox_load()[1] >= 16 << 20, what="a full outbox")
+    t0 = time.monotonic()
+    rt.shutdown()
+    took = time.monotonic() - t0
+    emitter.join(timeout=20)
+    assert not emitter.is_alive(), "a waiting emitter is released by shutdown"
+    # stop_timeout + kill_timeout of the stuck worker, with room for a loaded machine.
+    assert took < 1.0 + 5, f"shutdown took {took:.1f}s"

@@ -90,6 +90,8 @@ class Hub:
         #: Notified whenever the hub has taken the outbox.
         self.outbox_taken = threading.Condition()
         self._room_waiters = 0
+        #: Set when the runtime starts shutting down: emitters stop waiting for room.
+        self.closing = False
 
     # ---- lifecycle ----------------------------------------------------------------
 
@@ -343,14 +345,20 @@ class Hub:
         items, size = self._client.outbox_load()
         return items >= _MAX_OUTBOX or size >= _MAX_OUTBOX_BYTES
 
+    def release_waiters(self) -> None:
+        """Let every emitter waiting for room go on (shutdown has begun)."""
+        self.closing = True
+        with self.outbox_taken:
+            self.outbox_taken.notify_all()
+
     def wait_for_room(self) -> None:
         """Block a non-hub emitter while too many undelivered events are queued."""
-        if not self._full():
+        if self.closing or not self._full():
             return
         with self.outbox_taken:
             self._room_waiters += 1
             try:
-                while self._full() and self.thread.is_alive():
+                while self._full() and self.thread.is_alive() and not self.closing:
                     self.outbox_taken.wait(0.1)
             finally:
                 self._room_waiters -= 1

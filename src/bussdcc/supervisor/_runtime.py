@@ -249,7 +249,8 @@ class Runtime:
         hub = self._hub
         if hub is not None and sup is not None and sup.outbox and not hub.in_hub:
             hub.wake()
-            if local.depth == 0:
+            # Shutdown never waits on back-pressure: it is what ends a stuck consumer.
+            if local.depth == 0 and not self._stopping:
                 hub.wait_for_room()
 
     def _in_handler(self) -> bool:
@@ -449,6 +450,8 @@ class Runtime:
             if not self._up:
                 return
             self._stopping = True
+            if self._hub is not None:
+                self._hub.release_waiters()
             self._booted = False
             self.emit(m.RuntimeShuttingDown(reason=reason))
             for name in reversed(self._services):
