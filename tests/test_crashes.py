@@ -335,7 +335,8 @@ def test_a_stop_that_hangs_escalates_to_sigterm_then_sigkill(ignore_term: bool, 
     took = time.monotonic() - t0
     (exited,) = [e.payload for e in rec.of("worker.exited")]
     assert isinstance(exited, message.WorkerExited)
-    assert exited.signal == signame and exited.reason == f"killed by {signame}"
+    assert exited.signal == signame and exited.reason.endswith(f"(killed by {signame})")
+    assert exited.cause == "hung" and "stop/disconnect ran longer than stop_timeout" in exited.reason
     assert rec.of("test.where"), "the graceful stop was tried first"
     assert rec.names().index("service.stopped") < rec.names().index("runtime.shutdown")
     # Bounded by stop_timeout + kill_timeout, with generous room for a loaded machine.

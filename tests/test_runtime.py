@@ -367,7 +367,7 @@ def test_a_start_timeout_kills_the_worker_and_boot_goes_on() -> None:
     rt.register_service(slow)
     with rt:
         (exited,) = rec.of("worker.exited")
-        assert exited.payload.to_dict()["reason"] == "start timeout (killed by SIGKILL)"
+        assert exited.payload.to_dict()["reason"] == "start timeout: not ready within 0.2s (killed by SIGKILL)"
         assert rt.workers()[0].state is WorkerState.FAILED
         assert rec.of("service.failure")
 

@@ -25,7 +25,11 @@ from .kernel._builtin import (
     ServiceStopped,
     SystemReload,
     SystemSignal,
+    WorkerBackoff,
     WorkerExited,
+    WorkerGaveUp,
+    WorkerHung,
+    WorkerLimitExceeded,
     WorkerStarted,
 )
 from .kernel._message import Message, Severity
@@ -57,6 +61,10 @@ __all__ = [
     "Severity",
     "SystemReload",
     "SystemSignal",
+    "WorkerBackoff",
     "WorkerExited",
+    "WorkerGaveUp",
+    "WorkerHung",
+    "WorkerLimitExceeded",
     "WorkerStarted",
 ]

@@ -1,15 +1,27 @@
 """The typed contracts both sides of the process boundary share."""
 
-from ._boundary import SlotTable, WorkerSpec
+from ._boundary import ACTIVITIES, SlotTable, WorkerSpec
 from ._bus import EventBus, Subscription
 from ._clock import ClockProtocol, ManualClock, SystemClock
-from ._components import Device, Interface, Process, Service, Supervised, handles_events
+from ._components import (
+    Device,
+    Interface,
+    Process,
+    RestartPolicy,
+    Service,
+    Strategy,
+    Supervised,
+    handles_events,
+    restart_policy,
+    tick_deadline,
+)
 from ._context import Context, RuntimeView
 from ._event import RUNTIME_SOURCE, Event
 from ._message import Message, Severity, message_class, message_names
 from ._state import StateStore
 
 __all__ = [
+    "ACTIVITIES",
     "RUNTIME_SOURCE",
     "ClockProtocol",
     "Context",
@@ -20,11 +32,13 @@ __all__ = [
     "ManualClock",
     "Message",
     "Process",
+    "RestartPolicy",
     "RuntimeView",
     "Service",
     "Severity",
     "SlotTable",
     "StateStore",
+    "Strategy",
     "Subscription",
     "Supervised",
     "SystemClock",
@@ -32,4 +46,6 @@ __all__ = [
     "handles_events",
     "message_class",
     "message_names",
+    "restart_policy",
+    "tick_deadline",
 ]

@@ -13,14 +13,25 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["SlotTable", "WorkerSpec"]
+__all__ = ["ACTIVITIES", "SlotTable", "WorkerSpec"]
 
-_SLOT: Final = struct.Struct("<QQd")  # items sent, control frames sent, heartbeat
+# items sent, control frames sent, event progress, heartbeat, busy since, busy limit, busy kind
+_SLOT: Final = struct.Struct("<QQddddQ")
+_PROGRESS: Final = 16
+_ALIVE: Final = 24
+_BUSY: Final = 32
 _STRIDE: Final = 64
+
+#: What a worker is busy with, as recorded by :meth:`SlotTable.busy` (index = code).
+ACTIVITIES: Final = ("idle", "start", "tick", "handle_event", "stop")
 
 
 class SlotTable:
-    """Fixed-size table of per-worker counters in shared memory."""
+    """Fixed-size table of per-worker counters and watchdog times in shared memory.
+
+    Times are ``time.monotonic()`` readings, which the parent and its workers
+    share (one clock per boot on Linux).
+    """
 
     def __init__(self, slots: int = 1024) -> None:
         self.size = slots
@@ -28,25 +39,51 @@ class SlotTable:
 
     def reset(self, slot: int) -> None:
         """Zero a slot before a new incarnation uses it."""
-        _SLOT.pack_into(self._map, slot * _STRIDE, 0, 0, 0.0)
+        _SLOT.pack_into(self._map, slot * _STRIDE, 0, 0, 0.0, 0.0, 0.0, 0.0, 0)
 
     def write(self, slot: int, items: int, controls: int) -> None:
         """Record how many items and control frames a worker has sent."""
         struct.pack_into("<QQ", self._map, slot * _STRIDE, items, controls)
 
-    def beat(self, slot: int, when: float) -> None:
-        """Record that the worker in ``slot`` made progress at ``when`` (``time.monotonic()``)."""
-        struct.pack_into("<d", self._map, slot * _STRIDE + 16, when)
-
-    def heartbeat(self, slot: int) -> float:
-        """When the worker in ``slot`` last recorded progress (``time.monotonic()``, 0 if never)."""
-        value: float = struct.unpack_from("<d", self._map, slot * _STRIDE + 16)[0]
-        return value
-
     def read(self, slot: int) -> tuple[int, int]:
         """Return ``(items, controls)`` sent by the worker in ``slot``."""
-        items, controls, _ = _SLOT.unpack_from(self._map, slot * _STRIDE)
+        items, controls = struct.unpack_from("<QQ", self._map, slot * _STRIDE)
         return items, controls
+
+    def beat(self, slot: int, when: float) -> None:
+        """Record that the worker in ``slot`` took an event at ``when``."""
+        struct.pack_into("<d", self._map, slot * _STRIDE + _PROGRESS, when)
+
+    def progress(self, slot: int) -> float:
+        """When the worker in ``slot`` last took an event (0 if never)."""
+        value: float = struct.unpack_from("<d", self._map, slot * _STRIDE + _PROGRESS)[0]
+        return value
+
+    def pulse(self, slot: int, when: float) -> None:
+        """Record a heartbeat of the worker in ``slot``."""
+        struct.pack_into("<d", self._map, slot * _STRIDE + _ALIVE, when)
+
+    def heartbeat(self, slot: int) -> float:
+        """When the worker in ``slot`` last sent a heartbeat (0 if never)."""
+        value: float = struct.unpack_from("<d", self._map, slot * _STRIDE + _ALIVE)[0]
+        return value
+
+    def busy(self, slot: int, activity: int, since: float, limit: float) -> None:
+        """Record that the worker began ``ACTIVITIES[activity]`` at ``since``, allowed ``limit`` seconds.
+
+        ``activity`` 0 (idle) clears it.
+        """
+        # The limit and kind go first, the start time last: a reader that sees the
+        # new start time also sees its limit.
+        struct.pack_into("<dQ", self._map, slot * _STRIDE + _BUSY + 8, limit, activity)
+        struct.pack_into("<d", self._map, slot * _STRIDE + _BUSY, since if activity else 0.0)
+
+    def activity(self, slot: int) -> tuple[str, float, float]:
+        """``(activity, since, limit)`` of the worker in ``slot`` (since is 0 when idle)."""
+        since, limit, kind = struct.unpack_from("<ddQ", self._map, slot * _STRIDE + _BUSY)
+        if not since or kind >= len(ACTIVITIES):
+            return "idle", 0.0, 0.0
+        return ACTIVITIES[kind], since, limit
 
     def close(self) -> None:
         """Unmap the table."""

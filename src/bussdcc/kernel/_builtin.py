@@ -264,6 +264,65 @@ class WorkerExited(Message):
     emitted: int
     dispatched: int
     lost: int
+    #: One word for the reason: stopped, exited, exit_code, signal, hung, rss_limit,
+    #: cpu_limit, start_timeout, start_failed, spawn_failed or error.
+    cause: str = "exited"
+
+
+@dataclass(slots=True, frozen=True)
+class WorkerHung(Message):
+    """The watchdog found a worker hung (a tick past its deadline, no heartbeat) and kills it."""
+
+    name = "worker.hung"
+    severity = Severity.ERROR
+    worker: str
+    role: str
+    pid: int
+    incarnation: int
+    reason: str
+
+
+@dataclass(slots=True, frozen=True)
+class WorkerLimitExceeded(Message):
+    """A worker used more memory or CPU than its limit allows and is killed."""
+
+    name = "worker.limit_exceeded"
+    severity = Severity.ERROR
+    worker: str
+    role: str
+    pid: int
+    incarnation: int
+    limit: str  # "rss" or "cpu"
+    value: float
+    maximum: float
+    reason: str
+
+
+@dataclass(slots=True, frozen=True)
+class WorkerBackoff(Message):
+    """A worker will be respawned after ``delay`` seconds (its ``attempt``-th failure in a row)."""
+
+    name = "worker.backoff"
+    severity = Severity.WARNING
+    worker: str
+    role: str
+    pid: int
+    delay: float
+    attempt: int
+    reason: str
+
+
+@dataclass(slots=True, frozen=True)
+class WorkerGaveUp(Message):
+    """The supervisor stopped respawning a worker: its policy or its restart intensity says so."""
+
+    name = "worker.gave_up"
+    severity = Severity.ERROR
+    worker: str
+    role: str
+    pid: int
+    restarts: int
+    reason: str
 
 
 @dataclass(slots=True, frozen=True)

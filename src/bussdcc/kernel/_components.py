@@ -2,27 +2,75 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final, Literal, TypeAlias, cast
 
 from ._builtin import DeviceOffline, DeviceOnline
 from ._context import Context
 from ._event import Event
 from ._message import Message
 
-__all__ = ["Device", "Interface", "Process", "Service", "Supervised"]
+__all__ = [
+    "Device",
+    "Interface",
+    "Process",
+    "RestartPolicy",
+    "Service",
+    "Strategy",
+    "Supervised",
+    "handles_events",
+    "restart_policy",
+    "tick_deadline",
+]
+
+
+#: What happens when a worker ends without being asked to (OTP's restart types).
+RestartPolicy: TypeAlias = Literal["permanent", "transient", "temporary"]
+#: Group restart strategies (OTP's): who else is restarted when one member dies.
+Strategy: TypeAlias = Literal["one_for_one", "one_for_all", "rest_for_one"]
+
+_POLICIES: Final[tuple[str, ...]] = ("permanent", "transient", "temporary")
+
+
+def restart_policy(component: object) -> RestartPolicy:
+    """A component's ``restart`` as a policy: ``True`` is ``"permanent"``, ``False`` is ``"temporary"``."""
+    value = getattr(component, "restart", True)
+    if value is True:
+        return "permanent"
+    if value is False:
+        return "temporary"
+    if value in _POLICIES:
+        return cast(RestartPolicy, value)
+    raise ValueError(f"restart must be True, False or one of {', '.join(_POLICIES)}; not {value!r}")
 
 
 class Supervised:
-    """Supervision settings shared by Devices and Services (each runs in its own process)."""
+    """Supervision settings shared by Devices and Services (each runs in its own process).
 
-    #: Start a new worker process when this one dies or fails.
-    restart: bool = True
+    Every field has a default that needs no configuration; override any of
+    them on the class or on the instance.
+    """
+
+    #: ``"permanent"`` (or ``True``): always respawn; ``"transient"``: respawn only after an
+    #: abnormal exit (non-zero code, signal, hang, limit); ``"temporary"`` (or ``False``): never.
+    restart: bool | RestartPolicy = True
     #: A failure that will not be restarted shuts the whole runtime down.
     critical: bool = False
     #: Seconds the worker has to report ready (after connect/start).
     start_timeout: float = 10.0
     #: A Service that takes none of the events sent to it for this long is killed as hung.
     event_timeout: float = 10.0
+    #: Seconds one ``tick`` may run before the worker is killed as hung (``None``: 10 x interval, at least 10 s).
+    tick_timeout: float | None = None
+    #: Seconds between the worker's heartbeats; ``0`` turns heartbeats off.
+    heartbeat_interval: float = 0.25
+    #: A worker whose heartbeats stop for this long (say, a C call holding the GIL) is killed as hung.
+    heartbeat_timeout: float = 5.0
+    #: Resident memory (bytes) above which the worker is killed and respawned (``None``: no limit).
+    max_rss: int | None = None
+    #: CPU use (percent of one core, averaged over ``cpu_window`` seconds) above which the worker
+    #: is killed and respawned (``None``: no limit).
+    max_cpu: float | None = None
+    cpu_window: float = 5.0
     #: Seconds a graceful stop may take before SIGTERM.
     stop_timeout: float = 5.0
     #: Seconds after SIGTERM before SIGKILL.
@@ -30,10 +78,12 @@ class Supervised:
     #: At most this many respawns within ``restart_window`` seconds, then give up.
     max_restarts: int = 5
     restart_window: float = 60.0
-    #: The first respawn in a window is immediate; each further one waits
-    #: twice as long as the last, from ``backoff_initial`` up to ``backoff_max``.
+    #: The first respawn after a healthy run is immediate; each further one waits twice as
+    #: long as the last (with +-25% jitter), from ``backoff_initial`` up to ``backoff_max``.
     backoff_initial: float = 0.05
     backoff_max: float = 2.0
+    #: An incarnation that stays up this long counts as healthy: the backoff starts over.
+    backoff_reset: float = 10.0
 
 
 class Device(Supervised):
@@ -140,6 +190,13 @@ class Service(Supervised):
 
     def detach(self) -> None:
         """Release the context (in the worker, after ``stop``)."""
+
+
+def tick_deadline(service: Service) -> float:
+    """Seconds one ``tick`` of ``service`` may run: its ``tick_timeout``, else 10 x interval, at least 10 s."""
+    if service.tick_timeout is not None:
+        return service.tick_timeout
+    return max(10.0, 10.0 * service.interval)
 
 
 def handles_events(component: object) -> bool:

@@ -7,6 +7,7 @@ import math
 import pickle
 import threading
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -28,6 +29,7 @@ from ..kernel import (
     Severity,
     SlotTable,
     StateStore,
+    Strategy,
     SystemClock,
 )
 from ..kernel import _builtin as m
@@ -35,6 +37,7 @@ from ..kernel import protocol as p
 from ._forkserver import ForkServer
 from ._hub import Hub
 from ._rundir import default_name, make_run_dir, remove_run_dir
+from ._specs import check_group, check_supervised
 from ._supervisor import Supervisor
 from ._workers import Worker, WorkerStatus
 
@@ -61,19 +64,6 @@ class _Receiver:
         self.component = component
         self.ctx = ctx
         self.interface = isinstance(component, Interface)
-
-
-def _check_supervised(component: Service | Device) -> None:
-    for attr in ("start_timeout", "stop_timeout", "kill_timeout", "restart_window", "event_timeout"):
-        value = getattr(component, attr)
-        if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-            raise RegistrationError(f"{component.name!r}: {attr} must be a positive number, not {value!r}")
-    for attr in ("backoff_initial", "backoff_max"):
-        value = getattr(component, attr)
-        if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-            raise RegistrationError(f"{component.name!r}: {attr} must be a number >= 0, not {value!r}")
-    if not isinstance(component.max_restarts, int) or component.max_restarts < 0:
-        raise RegistrationError(f"{component.name!r}: max_restarts must be an int >= 0")
 
 
 class Runtime:
@@ -104,6 +94,7 @@ class Runtime:
         self._processes: dict[str, Process] = {}
         self._interfaces: dict[str, Interface] = {}
         self._services: dict[str, Service] = {}
+        self._groups: dict[str, tuple[Strategy, list[str]]] = {}
         self._receivers: tuple[_Receiver, ...] = ()
         self._dispatch_lock = threading.RLock()
         self._lifecycle = threading.Lock()
@@ -168,7 +159,7 @@ class Runtime:
         if not isinstance(device, Device):
             raise RegistrationError(f"attach_device() takes a Device, not {type(device).__name__}")
         self._check_name(device.id, "device", self._worker_names())
-        _check_supervised(device)
+        check_supervised(device)
         self._add_worker(device)
         self._devices[device.id] = device
 
@@ -177,7 +168,7 @@ class Runtime:
         if not isinstance(service, Service):
             raise RegistrationError(f"register_service() takes a Service, not {type(service).__name__}")
         self._check_name(service.name, "service", self._worker_names())
-        _check_supervised(service)
+        check_supervised(service)
         if not isinstance(service.interval, int | float) or not math.isfinite(service.interval) or service.interval < 0:
             raise RegistrationError(f"{service.name!r}: interval must be a number >= 0")
         self._add_worker(service)
@@ -209,6 +200,30 @@ class Runtime:
         hub.call(add)
         if start:
             self._wait_started(sup.workers[component.name])
+
+    def register_group(
+        self, name: str, members: Sequence[Service | Device], *, strategy: Strategy = "one_for_one"
+    ) -> None:
+        """Register Services and Devices as a group (before boot): they start in order, stop in reverse.
+
+        ``strategy`` says who restarts when a member dies: ``"one_for_one"`` only it,
+        ``"one_for_all"`` the whole group, ``"rest_for_one"`` it and the members after it.
+        """
+        if self._up:
+            raise RegistrationError("cannot register a group after boot")
+        check_group(name, members, strategy)
+        if name in self._groups:
+            raise RegistrationError(f"a group named {name!r} is registered already")
+        taken = dict(self._worker_names())
+        for member in members:
+            self._check_name(member.name, "group member", taken)
+            taken[member.name] = member
+        for member in members:
+            if isinstance(member, Device):
+                self.attach_device(member)
+            else:
+                self.register_service(member)
+        self._groups[name] = (strategy, [member.name for member in members])
 
     def register_process(self, process: Process) -> None:
         """Register a process (before boot); it runs in this process."""
@@ -372,6 +387,8 @@ class Runtime:
         supervised: list[Service | Device] = [*self._devices.values(), *self._services.values()]
         for comp in supervised:
             sup.add(comp)
+        for group, (strategy, members) in self._groups.items():
+            sup.add_group(group, strategy, members)
         hub = Hub(self._endpoint, self._fork.fileno(), sup)
         sup.hub = hub
         hub.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import threading
 import time
@@ -10,27 +11,30 @@ from collections import deque
 from collections.abc import Callable
 
 from ..errors import BussdccError, ProtocolError, RegistrationError
-from ..kernel import ClockProtocol, Device, Message, Service, SlotTable, StateStore
+from ..kernel import ClockProtocol, Device, Message, Service, SlotTable, StateStore, Strategy, restart_policy
 from ..kernel import _builtin as m
 from ..kernel import protocol as p
 from ._forkserver import ForkServer
-from ._hub import Hub
+from ._groups import Group, Plan
+from ._hub import Hub, Timer
+from ._watchdog import SAMPLE_PERIOD, WATCH_PERIOD, Verdict, hang, over_limit, sample
 from ._workers import Incarnation, Worker, WorkerState, WorkerStatus
 
 #: How long a dead worker's last frames may take to arrive before they count as lost.
 DRAIN_GRACE = 0.5
 
 
-def _describe_exit(code: int | None) -> tuple[str, str | None]:
+def _describe_exit(code: int | None) -> tuple[str, str, str | None]:
+    """(cause, reason, signal name) of a process exit code."""
     if code is None:
-        return "never started", None
+        return "spawn_failed", "never started", None
     if code < 0:
         try:
             name = signal.Signals(-code).name
         except ValueError:
             name = f"signal {-code}"
-        return f"killed by {name}", name
-    return f"exit code {code}", None
+        return "signal", f"killed by {name}", name
+    return ("exited" if code == 0 else "exit_code"), f"exit code {code}", None
 
 
 class Supervisor:
@@ -56,6 +60,7 @@ class Supervisor:
         self.halt = halt
         self.hub: Hub | None = None
         self.workers: dict[str, Worker] = {}
+        self.groups: dict[str, Group] = {}
         self.outbox: deque[bytes] = deque()
         self.outbox_bytes = 0
         self._outbox_lock = threading.Lock()
@@ -63,6 +68,7 @@ class Supervisor:
         self._by_identity: dict[bytes, tuple[Worker, Incarnation]] = {}
         self._by_pid: dict[int, tuple[Worker, Incarnation]] = {}
         self._free_slots = list(range(slots.size - 1, -1, -1))
+        self._watching: Timer | None = None
         self.rejected = 0
         self.lost = 0
         self.fatal: str | None = None
@@ -78,8 +84,19 @@ class Supervisor:
         self.workers[worker.name] = worker
         return worker
 
+    def add_group(self, name: str, strategy: Strategy, members: list[str]) -> None:
+        """Tie known workers into a group with a restart strategy."""
+        self.groups[name] = Group(name, strategy, members)
+        for member in members:
+            self.workers[member].group = name
+
     def statuses(self) -> list[WorkerStatus]:
-        return [w.status() for w in self.workers.values()]
+        now = time.monotonic()
+        out = []
+        for w in self.workers.values():
+            window = w.component.restart_window
+            out.append(w.status(now, sum(1 for t in w.restart_times if now - t <= window)))
+        return out
 
     # ---- starting -----------------------------------------------------------------
 
@@ -87,6 +104,7 @@ class Supervisor:
         """Start a new incarnation of ``name`` (hub thread)."""
         worker = self.workers[name]
         worker.stop_requested = False
+        worker.held = False
         worker.done.clear()
         return self._spawn(worker)
 
@@ -106,46 +124,115 @@ class Supervisor:
         self.fork.spawn(worker.name, inc.number, slot, worker.pickled)
         timeout = worker.component.start_timeout
         inc.timers.append(self.hub.call_later(timeout, lambda: self._start_timed_out(worker, inc)))
+        if self._watching is None:
+            self._watching = self.hub.call_later(WATCH_PERIOD, self._watch)
         return inc
 
     def _start_timed_out(self, worker: Worker, inc: Incarnation) -> None:
-        if not inc.ready and not inc.exited:
-            inc.timed_out = True
-            self._signal(inc, signal.SIGKILL)
+        if inc.ready or inc.exited:
+            return
+        limit = worker.component.start_timeout
+        if worker.role == "device" and self.slots.activity(inc.slot)[0] == "start":
+            verdict = Verdict("hung", f"hung: connect ran longer than start_timeout {limit:g}s")
+        else:
+            verdict = Verdict("start_timeout", f"start timeout: not ready within {limit:g}s")
+        self._kill(worker, inc, verdict)
+
+    # ---- watching -----------------------------------------------------------------
+
+    def _watch(self) -> None:
+        assert self.hub is not None
+        now = time.monotonic()
+        live = False
+        for worker, inc in list(self._by_identity.values()):
+            if inc.exited or inc.pid is None:
+                continue
+            live = True
+            if inc.cause is not None or not inc.ready or inc.stop_sent:
+                continue
+            comp = worker.component
+            verdict = hang(comp, inc, self.slots, now)
+            if verdict is None and now - inc.usage.sampled_at >= SAMPLE_PERIOD:
+                sample(inc.usage, inc.pid, now, comp.cpu_window)
+                verdict = over_limit(comp, inc.usage, now)
+            if verdict is not None:
+                self._kill(worker, inc, verdict)
+        self._watching = self.hub.call_later(WATCH_PERIOD, self._watch) if live or self._by_identity else None
+
+    def _kill(self, worker: Worker, inc: Incarnation, verdict: Verdict) -> None:
+        """Kill an incarnation for ``verdict``; its exit is reported with that cause."""
+        if inc.cause is not None or inc.exited:
+            return
+        inc.cause, inc.detail = verdict.cause, verdict.reason
+        pid = inc.pid or 0
+        if verdict.cause == "hung":
+            self.emit(m.WorkerHung(worker.name, worker.role, pid, inc.number, verdict.reason))
+        elif verdict.limit:
+            self.emit(
+                m.WorkerLimitExceeded(
+                    worker.name,
+                    worker.role,
+                    pid,
+                    inc.number,
+                    verdict.limit,
+                    verdict.value,
+                    verdict.maximum,
+                    verdict.reason,
+                )
+            )
+        self.targets.pop(inc.identity, None)
+        self._signal(inc, signal.SIGKILL)
 
     # ---- stopping -----------------------------------------------------------------
 
     def stop(self, name: str) -> Worker:
         """Stop ``name`` gracefully, escalating to SIGTERM then SIGKILL (hub thread)."""
-        assert self.hub is not None
         worker = self.workers[name]
         worker.stop_requested = True
-        inc = worker.current
+        if worker.group is not None and (plan := self.groups[worker.group].plan) is not None:
+            plan.cancel()  # an explicit stop (or shutdown) overrides a group restart under way
         if worker.backoff_timer is not None:
             worker.backoff_timer.cancel()
             worker.backoff_timer = None
+        inc = worker.current
         if inc is None or inc.exited:
             if worker.state in (WorkerState.BACKOFF, WorkerState.STARTING):
                 worker.state = WorkerState.STOPPED
             worker.done.set()
             return worker
+        self._begin_stop(worker, inc)
+        return worker
+
+    def hold(self, worker: Worker) -> None:
+        """Stop a group member for its group's restart (its exit is not a failure)."""
+        worker.held = True
+        inc = worker.current
+        if inc is not None and not inc.exited:
+            self._begin_stop(worker, inc)
+
+    def _begin_stop(self, worker: Worker, inc: Incarnation) -> None:
+        assert self.hub is not None
+        hub = self.hub
         worker.state = WorkerState.STOPPING
         self._send_stop(worker, inc)
         comp = worker.component
 
         def term() -> None:
             if not inc.exited:
+                if self.slots.activity(inc.slot)[0] == "stop" and inc.cause is None:
+                    inc.cause = "hung"
+                    inc.detail = f"hung: stop/disconnect ran longer than stop_timeout {comp.stop_timeout:g}s"
                 self._signal(inc, signal.SIGTERM)
-                inc.timers.append(self.hub.call_later(comp.kill_timeout, kill))  # type: ignore[union-attr]
+                inc.timers.append(hub.call_later(comp.kill_timeout, kill))
 
         def kill() -> None:
             if not inc.exited:
                 self._signal(inc, signal.SIGKILL)
 
-        inc.timers.append(self.hub.call_later(comp.stop_timeout, term))
-        return worker
+        inc.timers.append(hub.call_later(comp.stop_timeout, term))
 
     def _send_stop(self, worker: Worker, inc: Incarnation) -> None:
+        inc.stop_sent = True
         # A worker that has not said hello is not routable yet; it gets Stop on hello.
         if inc.hello and self.hub is not None:
             self.hub.send(inc.identity, p.encode(p.Stop()))
@@ -178,7 +265,7 @@ class Supervisor:
         if entry is None:
             return 0.0
         worker, inc = entry
-        last = max(since, self.slots.heartbeat(inc.slot))
+        last = max(since, self.slots.progress(inc.slot))
         idle = time.monotonic() - last
         return idle if idle > worker.component.event_timeout else 0.0
 
@@ -186,10 +273,8 @@ class Supervisor:
         entry = self._by_identity.get(identity)
         if entry is None:
             return
-        _, inc = entry
-        self.targets.pop(identity, None)
-        inc.hung = f"hung: took no events for {seconds:.1f}s"
-        self._signal(inc, signal.SIGKILL)
+        worker, inc = entry
+        self._kill(worker, inc, Verdict("hung", f"hung: took no events for {seconds:.1f}s"))
 
     def on_stranger(self) -> None:
         self.rejected += 1
@@ -214,9 +299,9 @@ class Supervisor:
                 if inc.pid is None:  # the fork server's report may come after the worker's own word
                     inc.pid = frame.pid
                     self._by_pid[frame.pid] = (worker, inc)
-                if worker.wants_events and not worker.stop_requested:
+                if worker.wants_events and not inc.stop_sent:
                     self.targets[identity] = worker
-                if worker.stop_requested and worker.current is inc:
+                if inc.stop_sent:
                     self._send_stop(worker, inc)
             case p.Ready():
                 inc.controls += 1
@@ -267,6 +352,7 @@ class Supervisor:
 
     def _on_ready(self, worker: Worker, inc: Incarnation) -> None:
         inc.ready = True
+        inc.ready_at = time.monotonic()
         if worker.current is not inc:
             return
         if worker.state is WorkerState.STARTING:
@@ -279,6 +365,7 @@ class Supervisor:
         else:
             self.emit(m.ServiceStarted(service=worker.name))
         inc.outcome.set()
+        self._advance_group(worker)
 
     # ---- fork server reports ---------------------------------------------------------
 
@@ -326,14 +413,8 @@ class Supervisor:
         if self.hub is not None:
             self.hub.forget(inc.identity)
         self._free_slots.append(inc.slot)
-        reason, signame = _describe_exit(inc.exit_code)
-        graceful = inc.bye is not None
-        if inc.spawn_error:
-            reason = f"spawn failed: {inc.spawn_error}"
-        elif inc.timed_out:
-            reason = f"start timeout ({reason})"
-        elif inc.hung:
-            reason = f"{inc.hung} ({reason})"
+        cause, reason, signame = self._classify(inc)
+        abnormal = cause not in ("stopped", "exited")
         self.emit(
             m.WorkerExited(
                 worker=worker.name,
@@ -343,38 +424,77 @@ class Supervisor:
                 reason=reason,
                 exit_code=inc.exit_code if inc.exit_code is not None and inc.exit_code >= 0 else None,
                 signal=signame,
-                abnormal=not graceful,
+                abnormal=abnormal,
                 emitted=emitted,
                 dispatched=inc.received,
                 lost=lost,
+                cause=cause,
             )
         )
-        worker.last_exit = reason if not graceful else "stopped"
+        worker.last_exit = reason
         inc.outcome.set()
         if worker.current is not inc:
             return
-        if graceful and inc.bye is not None and inc.bye.error is None:
-            self._stopped(worker)
-        elif graceful and inc.bye is not None:
-            worker.last_exit = f"gave up: {inc.bye.error}"
-            self._stopped(worker, announce=True)
-            self._give_up(worker, inc.bye.error or "", inc.bye.traceback, restartable=False)
-        elif worker.stop_requested:
-            self._stopped(worker)
-        elif inc.spawn_error:
+        worker.current = None
+        if inc.ready_at is not None and time.monotonic() - inc.ready_at >= worker.component.backoff_reset:
+            worker.streak = 0  # it ran long enough to count as healthy
+        self._decide(worker, inc, cause, reason, lost)
+
+    def _classify(self, inc: Incarnation) -> tuple[str, str, str | None]:
+        """(cause, reason, signal name) of an incarnation's end."""
+        cause, reason, signame = _describe_exit(inc.exit_code)
+        if inc.spawn_error:
+            return "spawn_failed", f"spawn failed: {inc.spawn_error}", None
+        if inc.cause is not None:
+            return inc.cause, f"{inc.detail} ({reason})", signame
+        if inc.start_failed is not None:
+            return "start_failed", f"start failed: {inc.start_failed.error}", signame
+        if inc.bye is not None:
+            if inc.bye.error is not None:
+                return "error", f"gave up: {inc.bye.error}", None
+            return ("stopped" if inc.stop_sent else "exited"), ("stopped" if inc.stop_sent else "exited"), None
+        return cause, reason, signame
+
+    def _decide(self, worker: Worker, inc: Incarnation, cause: str, reason: str, lost: int) -> None:
+        """What follows the end of a worker's current incarnation: stop, respawn, or give up."""
+        comp = worker.component
+        if worker.stop_requested or worker.held:
+            worker.state = WorkerState.BACKOFF if worker.held else WorkerState.STOPPED
+            self._announce_stopped(worker)
+            if not worker.held:
+                worker.done.set()
+            self._advance_group(worker)
+            return
+        policy = restart_policy(comp)
+        if cause == "exited":  # it ended on its own, normally
+            self._announce_stopped(worker)
+            if policy == "permanent":
+                self._restart(worker, inc, reason, None)
+            else:
+                worker.state = WorkerState.STOPPED
+                worker.done.set()
+            return
+        if cause == "error" and inc.bye is not None:  # a temporary service's tick raised: it gave up itself
+            self._announce_stopped(worker)
+            self._give_up(worker, inc, inc.bye.error or reason, inc.bye.traceback)
+            return
+        if cause == "spawn_failed":
             error = (
                 f"the fork server could not create {worker.name!r}: {inc.spawn_error} "
                 "(a component registered after boot must be picklable and its class importable)"
             )
             self._announce_failure(worker, error, None)
-            self._give_up(worker, error, None, restartable=False)
+            self._give_up(worker, inc, error, None)
+            return
+        error = inc.start_failed.error if inc.start_failed else f"worker process {inc.pid} {reason}"
+        if lost:
+            error += f" ({lost} messages lost)"
+        tb = inc.start_failed.traceback if inc.start_failed else None
+        self._announce_failure(worker, error, tb)
+        if policy == "temporary":
+            self._give_up(worker, inc, error, tb)
         else:
-            error = inc.start_failed.error if inc.start_failed else f"worker process {inc.pid} {reason}"
-            if lost:
-                error += f" ({lost} messages lost)"
-            tb = inc.start_failed.traceback if inc.start_failed else None
-            self._announce_failure(worker, error, tb)
-            self._give_up(worker, error, tb, restartable=True)
+            self._restart(worker, inc, error, tb)
 
     def _announce_failure(self, worker: Worker, error: str, tb: str | None) -> None:
         if isinstance(worker.component, Service):
@@ -382,56 +502,97 @@ class Supervisor:
         else:
             self.emit(m.DeviceFailed(device=worker.name, kind=worker.kind, error=error, traceback=tb))
 
-    def _stopped(self, worker: Worker, announce: bool = True) -> None:
-        worker.state = WorkerState.STOPPED
-        worker.current = None
-        if announce:
-            if isinstance(worker.component, Device):
-                self.emit(m.DeviceDetached(device=worker.name, kind=worker.kind))
-            else:
-                self.emit(m.ServiceStopped(service=worker.name))
-        worker.done.set()
+    def _announce_stopped(self, worker: Worker) -> None:
+        if isinstance(worker.component, Device):
+            self.emit(m.DeviceDetached(device=worker.name, kind=worker.kind))
+        else:
+            self.emit(m.ServiceStopped(service=worker.name))
 
-    def _give_up(self, worker: Worker, error: str, tb: str | None, *, restartable: bool) -> None:
-        if restartable and not worker.stop_requested and self._may_restart(worker):
-            assert self.hub is not None
-            worker.state = WorkerState.BACKOFF
-            delay = self._backoff(worker)
-            worker.backoff_timer = self.hub.call_later(delay, lambda: self._respawn(worker))
-            return
-        worker.state = WorkerState.FAILED
-        worker.current = None
-        if isinstance(worker.component, Service):
-            self.emit(m.ServiceFailure(service=worker.name, error=error, traceback=tb))
-        worker.done.set()
-        if worker.component.critical:
-            self.halt(f"critical {worker.role} {worker.name!r} failed: {error}")
-
-    def _may_restart(self, worker: Worker) -> bool:
+    def _restart(self, worker: Worker, inc: Incarnation, error: str, tb: str | None) -> None:
+        """Respawn per the intensity and backoff rules, or give up; with the group's strategy."""
         comp = worker.component
-        if not comp.restart:
-            return False
         now = time.monotonic()
         while worker.restart_times and now - worker.restart_times[0] > comp.restart_window:
             worker.restart_times.popleft()
-        return len(worker.restart_times) < comp.max_restarts
+        if len(worker.restart_times) >= comp.max_restarts:
+            why = f"{comp.max_restarts} restarts within {comp.restart_window:g}s; last: {error}"
+            self._give_up(worker, inc, why, tb)
+            return
+        worker.restart_times.append(now)
+        delay = self._backoff(worker)
+        worker.streak += 1
+        worker.state = WorkerState.BACKOFF
+        self.emit(m.WorkerBackoff(worker.name, worker.role, inc.pid or 0, delay, worker.streak, error))
+        group = self.groups.get(worker.group) if worker.group is not None else None
+        if group is not None and group.strategy != "one_for_one":
+            self._start_plan(Plan(self, group, worker.name, delay))
+            return
+        assert self.hub is not None
+        worker.backoff_timer = self.hub.call_later(delay, lambda: self._respawn_after_backoff(worker))
 
     def _backoff(self, worker: Worker) -> float:
-        recent = len(worker.restart_times)
         comp = worker.component
-        return 0.0 if recent == 0 else min(comp.backoff_max, comp.backoff_initial * 2 ** (recent - 1))
+        if worker.streak == 0:
+            return 0.0
+        delay: float = min(comp.backoff_max, comp.backoff_initial * 2.0 ** (worker.streak - 1))
+        # Jitter keeps workers that failed together from coming back in lock step.
+        return min(comp.backoff_max, delay * random.uniform(0.75, 1.25))
 
-    def _respawn(self, worker: Worker) -> None:
+    def _respawn_after_backoff(self, worker: Worker) -> None:
         worker.backoff_timer = None
         if worker.stop_requested:
             worker.state = WorkerState.STOPPED
             worker.done.set()
             return
-        worker.restart_times.append(time.monotonic())
+        self.respawn(worker, counted=True)
+
+    def respawn(self, worker: Worker, *, counted: bool) -> None:
+        """Start the next incarnation of a worker that is waiting to come back."""
+        worker.held = False
         worker.restarts += 1
         if isinstance(worker.component, Service):
             self.emit(m.ServiceRestart(service=worker.name))
         self._spawn(worker)
+
+    def _give_up(self, worker: Worker, inc: Incarnation | None, error: str, tb: str | None) -> None:
+        worker.state = WorkerState.FAILED
+        worker.current = None
+        worker.last_exit = f"gave up: {error}"
+        pid = (inc.pid or 0) if inc is not None else 0
+        self.emit(m.WorkerGaveUp(worker.name, worker.role, pid, worker.restarts, error))
+        if isinstance(worker.component, Service):
+            self.emit(m.ServiceFailure(service=worker.name, error=error, traceback=tb))
+        worker.done.set()
+        if worker.component.critical:
+            self.halt(f"critical {worker.role} {worker.name!r} failed: {error}")
+        group = self.groups.get(worker.group) if worker.group is not None else None
+        if group is not None and group.strategy != "one_for_one" and not worker.held:
+            self._start_plan(Plan(self, group, worker.name, 0.0, give_up=f"group member {worker.name!r} gave up"))
+
+    def fail_held(self, worker: Worker, reason: str) -> None:
+        """A member stopped because its group gave up."""
+        worker.held = True  # its group is giving up already: no plan of its own
+        self._give_up(worker, None, reason, None)
+
+    def later(self, delay: float, fn: Callable[[], None]) -> Timer:
+        """Run ``fn`` on the hub thread after ``delay`` seconds."""
+        assert self.hub is not None
+        return self.hub.call_later(delay, fn)
+
+    def _start_plan(self, plan: Plan) -> None:
+        if plan.group.plan is not None:
+            plan.group.plan.cancel()  # a newer failure supersedes the restart under way
+        plan.group.plan = plan
+        for name in plan.group.affected(plan.failed):
+            other = self.workers[name]
+            if other.backoff_timer is not None:  # the plan starts it now, not its own timer
+                other.backoff_timer.cancel()
+                other.backoff_timer = None
+        plan.advance()
+
+    def _advance_group(self, worker: Worker) -> None:
+        if worker.group is not None and (plan := self.groups[worker.group].plan) is not None:
+            plan.advance()
 
     # ---- delivery -----------------------------------------------------------------
 

@@ -8,6 +8,8 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 
+import psutil
+
 from ..kernel import Device, Service, handles_events
 from ..kernel import protocol as p
 from ._hub import Timer
@@ -32,10 +34,18 @@ class WorkerStatus:
     role: str
     pid: int | None
     state: WorkerState
+    #: Respawns since boot, and those within the current ``restart_window``.
     restarts: int
     started_at: _dt.datetime | None
     incarnation: int
     last_exit: str | None
+    restarts_in_window: int = 0
+    #: Seconds the current incarnation has been running (None unless running).
+    uptime: float | None = None
+    #: Resident memory in bytes and CPU use in percent of one core, as last sampled.
+    rss: int | None = None
+    cpu_percent: float | None = None
+    group: str | None = None
 
 
 class Incarnation:
@@ -51,10 +61,14 @@ class Incarnation:
         self.controls = 0
         self.hello = False
         self.ready = False
-        self.timed_out = False
-        self.hung: str | None = None
         self.draining = False
         self.start_failed: p.StartFailed | None = None
+        #: Why the supervisor killed it ("hung", "rss_limit", ...), and the details.
+        self.cause: str | None = None
+        self.detail = ""
+        self.ready_at: float | None = None
+        self.stop_sent = False
+        self.usage = Usage()
         self.spawn_error: str | None = None
         self.bye: p.Bye | None = None
         self.exit_code: int | None = None
@@ -68,6 +82,19 @@ class Incarnation:
         for timer in self.timers:
             timer.cancel()
         self.timers.clear()
+
+
+class Usage:
+    """Resource samples of one incarnation (taken by the supervisor's watchdog)."""
+
+    __slots__ = ("cpu", "proc", "rss", "sampled_at", "samples")
+
+    def __init__(self) -> None:
+        self.proc: psutil.Process | None = None
+        self.samples: deque[tuple[float, float]] = deque()  # (monotonic, cpu seconds)
+        self.sampled_at = 0.0
+        self.rss: int | None = None
+        self.cpu: float | None = None
 
 
 class Worker:
@@ -88,6 +115,11 @@ class Worker:
         self.incarnations = 0
         self.restarts = 0
         self.restart_times: deque[float] = deque()
+        #: Failures in a row without a healthy run in between (drives the backoff).
+        self.streak = 0
+        self.group: str | None = None
+        #: Stopped by its group's strategy: its exit is not a failure of its own.
+        self.held = False
         self.started_at: _dt.datetime | None = None
         self.last_exit: str | None = None
         self.stop_requested = False
@@ -96,8 +128,10 @@ class Worker:
         self.done = threading.Event()
         self.done.set()
 
-    def status(self) -> WorkerStatus:
+    def status(self, now: float, window: int) -> WorkerStatus:
         inc = self.current
+        running = inc is not None and inc.ready_at is not None and not inc.exited
+        usage = inc.usage if inc is not None and not inc.exited else None
         return WorkerStatus(
             name=self.name,
             role=self.role,
@@ -107,4 +141,9 @@ class Worker:
             started_at=self.started_at,
             incarnation=self.incarnations,
             last_exit=self.last_exit,
+            restarts_in_window=window,
+            uptime=now - inc.ready_at if running and inc is not None and inc.ready_at is not None else None,
+            rss=usage.rss if usage is not None else None,
+            cpu_percent=usage.cpu if usage is not None else None,
+            group=self.group,
         )

@@ -6,10 +6,11 @@ import time
 import traceback
 from typing import assert_never
 
-from ..kernel import Context, Device, Service, Severity, handles_events
+from ..kernel import Context, Device, Service, Severity, handles_events, restart_policy, tick_deadline
 from ..kernel import _builtin as m
 from ..kernel import protocol as p
 from ._channel import Channel
+from ._watchdog import Watchdog
 
 #: Exit code of a worker whose ``start``/``connect`` raised.
 EXIT_START_FAILED = 3
@@ -21,6 +22,7 @@ def _start_failed(channel: Channel, exc: BaseException) -> int:
 
 
 def _deliver(svc: Service, ctx: Context, channel: Channel, frame: p.Deliver) -> None:
+    # The parent judges a hang from the last event taken (beat), not from the frame's start.
     for raw in frame.items:
         channel.beat()  # progress the parent can see, however long each event takes
         try:
@@ -41,26 +43,42 @@ def _deliver(svc: Service, ctx: Context, channel: Channel, frame: p.Deliver) -> 
             ctx.emit(m.ServiceError(service=svc.name, error=repr(exc), evt=evt, traceback=traceback.format_exc()))
 
 
-def run_service(svc: Service, ctx: Context, channel: Channel) -> int:
-    """start, tick every ``interval`` (handling events in between), stop; return the exit code."""
+def _normal_exit(exc: SystemExit) -> bool:
+    return exc.code is None or exc.code == 0
+
+
+def run_service(svc: Service, ctx: Context, channel: Channel, dog: Watchdog) -> int:
+    """start, tick every ``interval`` (handling events in between), stop; return the exit code.
+
+    ``SystemExit(0)`` (or ``sys.exit()``) from ``tick`` or ``handle_event`` ends the service
+    normally: it stops, says goodbye and exits 0.
+    """
     try:
-        svc.attach(ctx)
-        svc.start(ctx)
+        with dog.busy("start", svc.start_timeout):
+            svc.attach(ctx)
+            svc.start(ctx)
     except Exception as exc:
         return _start_failed(channel, exc)
     channel.send_control(p.Ready())
     wants_events = handles_events(svc)
+    temporary = restart_policy(svc) == "temporary"
+    deadline = tick_deadline(svc)
     failure: tuple[str, str] | None = None
     next_tick = time.monotonic()
     stopping = False
     while not stopping:
         if svc.enabled and time.monotonic() >= next_tick:
             try:
-                svc.tick(ctx)
+                with dog.busy("tick", deadline):
+                    svc.tick(ctx)
+            except SystemExit as exc:
+                if not _normal_exit(exc):
+                    raise
+                break
             except Exception as exc:
                 tb = traceback.format_exc()
                 ctx.emit(m.ServiceError(service=svc.name, error=repr(exc), traceback=tb))
-                if not svc.restart:
+                if temporary:
                     failure = (repr(exc), tb)
                     break
             next_tick = time.monotonic() + svc.interval
@@ -69,28 +87,36 @@ def run_service(svc: Service, ctx: Context, channel: Channel) -> int:
             match frame:
                 case p.Deliver():
                     if wants_events:
-                        _deliver(svc, ctx, channel, frame)
+                        try:
+                            with dog.busy("handle_event", svc.event_timeout):
+                                _deliver(svc, ctx, channel, frame)
+                        except SystemExit as exc:
+                            if not _normal_exit(exc):
+                                raise
+                            stopping = True
                 case p.Stop():
                     stopping = True
                 case p.ByeAck():
                     pass
                 case _:
                     assert_never(frame)
-    try:
-        svc.stop(ctx)
-    except Exception as exc:
-        ctx.emit(m.ServiceError(service=svc.name, error=repr(exc), traceback=traceback.format_exc()))
-    svc.detach()
+    with dog.busy("stop", svc.stop_timeout):
+        try:
+            svc.stop(ctx)
+        except Exception as exc:
+            ctx.emit(m.ServiceError(service=svc.name, error=repr(exc), traceback=traceback.format_exc()))
+        svc.detach()
     error: str | None = failure[0] if failure else None
     trace: str | None = failure[1] if failure else None
     channel.bye(error, trace, timeout=svc.stop_timeout + svc.kill_timeout)
     return 0
 
 
-def run_device(dev: Device, ctx: Context, channel: Channel) -> int:
+def run_device(dev: Device, ctx: Context, channel: Channel, dog: Watchdog) -> int:
     """connect, serve until told to stop, disconnect; return the exit code."""
     try:
-        dev.attach(ctx)
+        with dog.busy("start", dev.start_timeout):
+            dev.attach(ctx)
     except Exception as exc:
         return _start_failed(channel, exc)
     channel.send_control(p.Ready())
@@ -105,7 +131,8 @@ def run_device(dev: Device, ctx: Context, channel: Channel) -> int:
                 case _:
                     assert_never(frame)
     try:
-        dev.detach()
+        with dog.busy("stop", dev.stop_timeout):
+            dev.detach()
     except Exception as exc:
         ctx.emit(m.DeviceFailed(device=dev.id, kind=dev.kind, error=repr(exc), traceback=traceback.format_exc()))
     channel.bye(timeout=dev.stop_timeout + dev.kill_timeout)
@@ -113,9 +140,14 @@ def run_device(dev: Device, ctx: Context, channel: Channel) -> int:
 
 
 def run_component(component: object, ctx: Context, channel: Channel) -> int:
-    """Run a Service or a Device."""
-    if isinstance(component, Service):
-        return run_service(component, ctx, channel)
-    if isinstance(component, Device):
-        return run_device(component, ctx, channel)
-    raise TypeError(f"a worker hosts a Service or a Device, not {type(component).__name__}")
+    """Run a Service or a Device, with its heartbeat."""
+    if not isinstance(component, Service | Device):
+        raise TypeError(f"a worker hosts a Service or a Device, not {type(component).__name__}")
+    dog = Watchdog(channel.spec, component.heartbeat_interval)
+    dog.start()
+    try:
+        if isinstance(component, Service):
+            return run_service(component, ctx, channel, dog)
+        return run_device(component, ctx, channel, dog)
+    finally:
+        dog.stop()

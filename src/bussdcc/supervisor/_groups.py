@@ -1,0 +1,106 @@
+"""Supervision groups: OTP's one_for_one, one_for_all and rest_for_one strategies.
+
+A group restart is a small plan carried out on the hub thread: stop the
+affected members one at a time in reverse order, wait the failed member's
+backoff, then start them in order, each ready before the next.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from ..kernel import Strategy
+from ._hub import Timer
+from ._workers import Worker, WorkerState
+
+
+class Group:
+    """Members (in start order) and the strategy that ties them."""
+
+    def __init__(self, name: str, strategy: Strategy, members: list[str]) -> None:
+        self.name = name
+        self.strategy = strategy
+        self.members = members
+        self.plan: Plan | None = None
+
+    def affected(self, failed: str) -> list[str]:
+        """Who restarts with ``failed`` (itself included), in start order."""
+        if self.strategy == "one_for_all":
+            return list(self.members)
+        if self.strategy == "rest_for_one":
+            return self.members[self.members.index(failed) :]
+        return [failed]
+
+
+class Driver(Protocol):
+    """What a plan needs from the supervisor (hub thread)."""
+
+    workers: dict[str, Worker]
+
+    def hold(self, worker: Worker) -> None: ...
+    def respawn(self, worker: Worker, *, counted: bool) -> None: ...
+    def fail_held(self, worker: Worker, reason: str) -> None: ...
+    def later(self, delay: float, fn: Callable[[], None]) -> Timer: ...
+
+
+class Plan:
+    """One group restart (or, if ``give_up``, one group stop after a member gave up)."""
+
+    def __init__(self, driver: Driver, group: Group, failed: str, delay: float, *, give_up: str | None = None) -> None:
+        self.driver = driver
+        self.group = group
+        self.failed = failed
+        self.delay = delay
+        self.give_up = give_up
+        names = group.affected(failed)
+        self.to_stop = [n for n in reversed(names) if n != failed]
+        self.to_start = [] if give_up else names
+        self.timer: Timer | None = None
+        self.waiting = False
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        """Stop carrying the plan out (a shutdown or an explicit stop came first)."""
+        self.cancelled = True
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.group.plan is self:
+            self.group.plan = None
+
+    def advance(self) -> None:
+        """Take every step that can be taken now; called whenever a member changes state."""
+        if self.cancelled or self.waiting:
+            return
+        workers = self.driver.workers
+        while self.to_stop:
+            worker = workers[self.to_stop[0]]
+            if worker.current is not None:
+                if not worker.held:
+                    self.driver.hold(worker)
+                return  # its exit calls advance() again
+            self.to_stop.pop(0)
+            if self.give_up:
+                self.driver.fail_held(worker, self.give_up)
+        if self.give_up:
+            self.cancel()
+            return
+        if self.delay > 0:
+            self.waiting = True
+            delay, self.delay = self.delay, 0.0
+            self.timer = self.driver.later(delay, self._waited)
+            return
+        while self.to_start:
+            worker = workers[self.to_start[0]]
+            if worker.state is WorkerState.RUNNING:
+                self.to_start.pop(0)
+                continue
+            if worker.current is None and worker.state is not WorkerState.FAILED:
+                self.driver.respawn(worker, counted=worker.name == self.failed)
+            return  # its readiness (or its death) moves the plan on
+        self.cancel()
+
+    def _waited(self) -> None:
+        self.waiting = False
+        self.timer = None
+        self.advance()
