@@ -116,7 +116,7 @@ def test_a_crashed_device_is_reconnected_in_a_new_process() -> None:
 class Raiser(Service):
     name = "raiser"
     interval = 0.01
-    restart = True
+    restart: bool = True
 
     def tick(self, ctx: Context) -> None:
         self.n = getattr(self, "n", 0) + 1

@@ -21,15 +21,20 @@ import sys
 import threading
 import traceback
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
+
+import psutil
 
 from ..errors import BootError
 from ..kernel import SlotTable, WorkerSpec
 from ..kernel import protocol as p
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+#: Rounds of killing a dead worker's leftovers (each round reaps what the last one orphaned).
+_ORPHAN_ROUNDS = 8
 _Entry = Callable[[WorkerSpec, object], NoReturn]
 
 
@@ -39,12 +44,47 @@ def _resolve(entry: str) -> _Entry:
     return fn
 
 
-def _die_with_parent(parent_pid: int) -> None:
+def _prctl(option: int, value: int) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    libc.prctl(option, value, 0, 0, 0)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     # The parent may have died before prctl() took effect.
     if os.getppid() != parent_pid:
         os._exit(1)
+
+
+def _kill_orphans(workers: Container[int]) -> None:
+    """Kill and reap every child of this process that is not a worker, with its descendants.
+
+    Workers are subreapers, so nothing a live worker started is ever adopted
+    here: whatever is, was left by a worker that died.
+    """
+    me = psutil.Process()
+    for _ in range(_ORPHAN_ROUNDS):
+        try:
+            orphans = [c for c in me.children() if c.pid not in workers]
+        except psutil.Error:
+            return
+        if not orphans:
+            return
+        for orphan in orphans:
+            try:
+                tree = [*orphan.children(recursive=True), orphan]
+            except psutil.Error:
+                tree = [orphan]
+            for proc in tree:
+                try:
+                    proc.send_signal(signal.SIGKILL)
+                except psutil.Error:
+                    pass
+        for orphan in orphans:
+            try:
+                os.waitpid(orphan.pid, 0)
+            except ChildProcessError:
+                pass
 
 
 class ForkServer:
@@ -155,6 +195,8 @@ class _Zygote:  # pragma: no cover - runs in the child
         self.buffer = bytearray()
 
     def run(self) -> None:
+        # What a dead worker's helpers leave behind is adopted here, to be killed and reaped.
+        _prctl(_PR_SET_CHILD_SUBREAPER, 1)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
             signal.signal(sig, signal.SIG_DFL)
@@ -219,6 +261,8 @@ class _Zygote:  # pragma: no cover - runs in the child
             try:
                 os.setpgid(0, 0)
                 _die_with_parent(me)
+                # Keep every descendant in the worker's tree while it lives, even a daemon.
+                _prctl(_PR_SET_CHILD_SUBREAPER, 1)
                 self.sock.close()
                 for fd in self.children:
                     os.close(fd)
@@ -239,8 +283,17 @@ class _Zygote:  # pragma: no cover - runs in the child
         pid = self.children.pop(fd)
         poller.unregister(fd)
         os.close(fd)
+        self._bury(pid)
         _, status = os.waitpid(pid, 0)
         self._report(p.Reaped(pid, os.waitstatus_to_exitcode(status)))
+
+    def _bury(self, pid: int) -> None:
+        """Kill what a dead (not yet reaped) worker left: its process group, then adopted orphans."""
+        try:
+            os.killpg(pid, signal.SIGKILL)  # safe: the zombie still holds the group's id
+        except OSError:
+            pass
+        _kill_orphans({pid, *self.children.values()})  # the dead worker is reaped by its caller
 
     def _report(self, frame: Any) -> None:
         try:
@@ -249,14 +302,16 @@ class _Zygote:  # pragma: no cover - runs in the child
             pass
 
     def _kill_all(self) -> None:
-        for fd, pid in list(self.children.items()):
+        for pid in self.children.values():
             try:
                 os.killpg(pid, signal.SIGKILL)
             except OSError:
                 pass
+        for fd, pid in list(self.children.items()):
             try:
                 os.waitpid(pid, 0)
             except ChildProcessError:
                 pass
             os.close(fd)
         self.children.clear()
+        _kill_orphans(())

@@ -1,0 +1,305 @@
+"""Supervision policy: restart types, intensity, backoff, group strategies, visibility."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import pytest
+
+from bussdcc import Context, Device, Runtime, Service, WorkerState, message
+from bussdcc.errors import RegistrationError
+
+from ._helpers import Recorder, Seq, Where, wait_until
+
+
+class Exiter(Service):
+    """Ends on its first tick of every incarnation: normally (``sys.exit()``) or with exit code 3."""
+
+    name = "exiter"
+    interval = 0.01
+    normal = True
+    backoff_initial = 0.01
+
+    def tick(self, ctx: Context) -> None:
+        ctx.emit(Where(who=self.name, step="tick", pid=os.getpid()))
+        if self.normal:
+            sys.exit()
+        os._exit(3)
+
+
+def _state(rt: Runtime, name: str) -> WorkerState:
+    (status,) = [w for w in rt.workers() if w.name == name]
+    return status.state
+
+
+@pytest.mark.parametrize(
+    ("restart", "normal", "respawned", "final"),
+    [
+        (True, True, True, None),
+        (True, False, True, None),
+        ("permanent", True, True, None),
+        ("transient", True, False, WorkerState.STOPPED),
+        ("transient", False, True, None),
+        ("temporary", True, False, WorkerState.STOPPED),
+        ("temporary", False, False, WorkerState.FAILED),
+        (False, False, False, WorkerState.FAILED),
+    ],
+)
+def test_restart_policy_decides_what_follows_an_exit(
+    restart: Any, normal: bool, respawned: bool, final: WorkerState | None
+) -> None:
+    rec = Recorder()
+    svc = Exiter()
+    svc.restart = restart
+    svc.normal = normal
+    rt = Runtime(name="policy")
+    rt.register_process(rec)
+    rt.register_service(svc)
+    with rt:
+        (first, *_) = rec.wait_for("worker.exited")
+        exited = first.payload
+        assert isinstance(exited, message.WorkerExited)
+        assert exited.cause == ("exited" if normal else "exit_code")
+        assert exited.abnormal is not normal
+        if respawned:
+            # The second incarnation ends like the first (it may take its ready frame with it).
+            second = rec.wait_for("worker.exited", count=2)[1].payload.to_dict()
+            assert second["incarnation"] == 2 and second["pid"] != exited.pid
+            assert rec.of("worker.backoff"), "the respawn decision is announced"
+        else:
+            wait_until(lambda: _state(rt, "exiter") is final, what=f"state {final}")
+            (status,) = rt.workers()
+            assert status.incarnation == 1 and status.restarts == 0
+            assert not rec.of("worker.backoff")
+            if final is WorkerState.FAILED:
+                (gave_up,) = rec.of("worker.gave_up")
+                assert gave_up.payload.to_dict()["pid"] == exited.pid
+
+
+class CrashLoop(Service):
+    """Dies on every first tick."""
+
+    name = "crashloop"
+    interval = 0.01
+
+    def tick(self, ctx: Context) -> None:
+        os._exit(7)
+
+
+class Steady(Service):
+    """Ticks and counts, to show the rest of the runtime keeps working."""
+
+    name = "steady"
+    interval = 0.02
+
+    def start(self, ctx: Context) -> None:
+        self.i = 0
+
+    def tick(self, ctx: Context) -> None:
+        self.i += 1
+        ctx.emit(Seq(i=self.i))
+
+
+def test_a_crash_loop_under_default_policy_backs_off_then_gives_up_while_the_rest_runs() -> None:
+    rec = Recorder()
+    loop = CrashLoop()
+    rt = Runtime(name="crashloop")
+    rt.register_process(rec)
+    rt.register_service(Steady())
+    rt.register_service(loop)
+    with rt:
+        rec.wait_for("worker.gave_up", timeout=20)
+        ticks_then = len(rec.of("test.seq"))
+        rec.wait_for("test.seq", count=ticks_then + 5)
+        assert _state(rt, "crashloop") is WorkerState.FAILED
+        assert _state(rt, "steady") is WorkerState.RUNNING
+        # A worker that dies right after starting may take its ready frame with it: count exits.
+        exits = [e for e in rec.of("worker.exited") if e.payload.to_dict()["worker"] == "crashloop"]
+        assert len(exits) == 1 + loop.max_restarts == 6  # the defaults: 5 restarts within 60 s
+        assert [w.incarnation for w in rt.workers() if w.name == "crashloop"] == [6]
+        assert rt.stats().restarts == {"steady": 0, "crashloop": 5}
+        (failure,) = rec.of("service.failure")
+        assert "5 restarts within 60s" in failure.payload.to_dict()["error"]
+        # The first respawn is immediate; each later one waits about twice as long (+-25% jitter).
+        delays = [e.payload.to_dict()["delay"] for e in rec.of("worker.backoff")]
+        assert delays[0] == 0.0
+        for n, delay in enumerate(delays[1:]):
+            expected = loop.backoff_initial * 2**n
+            assert expected * 0.75 <= delay <= expected * 1.25, (n, delay, delays)
+        assert [e.payload.to_dict()["attempt"] for e in rec.of("worker.backoff")] == [1, 2, 3, 4, 5]
+
+
+class SlowCrasher(Service):
+    """Runs a while, then dies: every incarnation counts as healthy when backoff_reset is short."""
+
+    name = "slowcrasher"
+    interval = 0.4
+    backoff_initial = 5.0
+    backoff_reset = 0.2
+
+    def start(self, ctx: Context) -> None:
+        self.ticks = 0
+
+    def tick(self, ctx: Context) -> None:
+        self.ticks += 1
+        if self.ticks == 2:
+            os._exit(9)
+
+
+def test_backoff_starts_over_after_a_healthy_run() -> None:
+    rec = Recorder()
+    rt = Runtime(name="backoffreset")
+    rt.register_process(rec)
+    rt.register_service(SlowCrasher())
+    with rt:
+        backoffs = rec.wait_for("worker.backoff", count=3, timeout=20)
+        # Without the reset the second delay would be about 5 s.
+        assert [e.payload.to_dict()["delay"] for e in backoffs[:3]] == [0.0, 0.0, 0.0]
+
+
+def test_shutdown_during_a_backoff_does_not_wait_for_it() -> None:
+    rec = Recorder()
+    loop = CrashLoop()
+    loop.backoff_initial = loop.backoff_max = 30.0
+    rt = Runtime(name="backoffwait")
+    rt.register_process(rec)
+    rt.register_service(loop)
+    rt.boot()
+    try:
+        rec.wait_for("worker.backoff", lambda e: e.payload.to_dict()["delay"] > 20)
+        assert _state(rt, "crashloop") is WorkerState.BACKOFF
+    finally:
+        t0 = time.monotonic()
+        rt.shutdown()
+    assert time.monotonic() - t0 < 5.0
+
+
+class Member(Service):
+    """A group member that reports where it started."""
+
+    interval = 3600.0
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def start(self, ctx: Context) -> None:
+        ctx.emit(Where(who=self.name, step="start", pid=os.getpid()))
+
+
+def _pids(rt: Runtime) -> dict[str, int | None]:
+    return {w.name: w.pid for w in rt.workers()}
+
+
+def _after(rec: Recorder, mark: int, name: str) -> list[str]:
+    """The workers named by the ``name`` events recorded after index ``mark``."""
+    out = []
+    for e in rec.events[mark:]:
+        if e.payload.name == name:
+            d = e.payload.to_dict()
+            out.append(d.get("worker") or d.get("service") or "")
+    return out
+
+
+@pytest.mark.parametrize(
+    ("strategy", "restarted", "stopped"),
+    [
+        ("one_for_one", ["b"], []),
+        ("one_for_all", ["a", "b", "c"], ["c", "a"]),
+        ("rest_for_one", ["b", "c"], ["c"]),
+    ],
+)
+def test_group_strategies_restart_the_right_members_in_order(
+    strategy: Any, restarted: list[str], stopped: list[str]
+) -> None:
+    rec = Recorder()
+    rt = Runtime(name=f"group-{strategy}")
+    rt.register_process(rec)
+    rt.register_group("line", [Member("a"), Member("b"), Member("c")], strategy=strategy)
+    with rt:
+        assert _after(rec, 0, "worker.started") == ["a", "b", "c"]  # each ready before the next
+        before = _pids(rt)
+        mark = len(rec.events)
+        os.kill(before["b"] or 0, signal.SIGKILL)
+        wait_until(
+            lambda: all(
+                w.incarnation == (2 if w.name in restarted else 1) and w.state is WorkerState.RUNNING
+                for w in rt.workers()
+            ),
+            what="the group restart",
+        )
+        after = _pids(rt)
+        for name in "abc":
+            assert (after[name] != before[name]) is (name in restarted), name
+        assert _after(rec, mark, "worker.started") == restarted
+        assert _after(rec, mark, "service.stopped") == stopped  # reverse order
+        assert {w.name: w.group for w in rt.workers()} == {"a": "line", "b": "line", "c": "line"}
+        mark = len(rec.events)
+    assert _after(rec, mark, "service.stopped") == ["c", "b", "a"]
+
+
+def test_a_member_that_gives_up_takes_its_one_for_all_group_down() -> None:
+    rec = Recorder()
+    b = Member("b")
+    b.max_restarts = 0
+    rt = Runtime(name="group-giveup")
+    rt.register_process(rec)
+    rt.register_group("line", [Member("a"), b, Member("c")], strategy="one_for_all")
+    with rt:
+        os.kill(_pids(rt)["b"] or 0, signal.SIGKILL)
+        wait_until(lambda: all(w.state is WorkerState.FAILED for w in rt.workers()), what="the group to fail")
+        reasons = {e.payload.to_dict()["worker"]: e.payload.to_dict()["reason"] for e in rec.of("worker.gave_up")}
+        assert "0 restarts within" in reasons["b"]
+        assert reasons["a"] == reasons["c"] == "group member 'b' gave up"
+
+
+class Sensor(Device):
+    kind = "sensor"
+
+
+def test_groups_and_policies_are_validated_before_anything_starts() -> None:
+    rt = Runtime(name="validate")
+    with pytest.raises(RegistrationError, match="devices start before services"):
+        rt.register_group("g", [Member("s"), Sensor(id="d")])
+    with pytest.raises(RegistrationError, match="strategy must be one of"):
+        rt.register_group("g", [Member("s")], strategy="all_for_one")  # type: ignore[arg-type]
+    with pytest.raises(RegistrationError, match="registered already"):
+        rt.register_group("g", [Member("s"), Member("s")])
+    assert rt.workers() == [] and not rt._services, "a refused group registers none of its members"
+    cases: list[tuple[str, object, str]] = [
+        ("restart", "sometimes", "restart must be True, False or one of"),
+        ("max_rss", -1, "max_rss must be None or a positive int"),
+        ("max_cpu", 0, "max_cpu must be None or a positive number"),
+        ("tick_timeout", float("nan"), "tick_timeout must be None or a positive number"),
+        ("heartbeat_timeout", 0.1, "heartbeat_timeout must be longer than heartbeat_interval"),
+        ("backoff_reset", -1, "backoff_reset must be a number >= 0"),
+        ("max_restarts", True, "max_restarts must be an int >= 0"),
+    ]
+    for attr, value, error in cases:
+        svc = Member(f"bad-{attr}")
+        setattr(svc, attr, value)
+        with pytest.raises(RegistrationError, match=error):
+            rt.register_service(svc)
+
+
+def test_workers_status_reports_incarnation_restarts_uptime_and_usage() -> None:
+    rec = Recorder()
+    rt = Runtime(name="status")
+    rt.register_process(rec)
+    rt.register_service(Member("m"))
+    with rt:
+        (status,) = wait_until(lambda: [w for w in rt.workers() if w.rss is not None and w.cpu_percent is not None])
+        assert status.state is WorkerState.RUNNING and status.incarnation == 1
+        assert status.restarts == status.restarts_in_window == 0 and status.last_exit is None
+        assert status.uptime is not None and status.uptime > 0
+        assert status.rss > 1_000_000 and status.cpu_percent >= 0  # type: ignore[operator]
+        os.kill(status.pid or 0, signal.SIGKILL)
+        (status,) = wait_until(
+            lambda: [w for w in rt.workers() if w.incarnation == 2 and w.state is WorkerState.RUNNING]
+        )
+        assert status.restarts == status.restarts_in_window == 1
+        assert status.last_exit == "killed by SIGKILL"
+        assert rt.stats().restarts == {"m": 1}

@@ -1,0 +1,240 @@
+"""Watchdogs: hung ticks and connects, stopped heartbeats, memory and CPU limits, stray helpers."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from bussdcc import Context, Device, Runtime, Service, WorkerState, message
+
+from ._helpers import Recorder, Where, wait_until
+
+
+class FirstOnly(Service):
+    """Misbehaves in its first incarnation only (a marker file says it has)."""
+
+    interval = 0.05
+    marker = ""
+
+    def first(self) -> bool:
+        if os.path.exists(self.marker):
+            return False
+        open(self.marker, "w").close()
+        return True
+
+
+class Hanger(FirstOnly):
+    name = "hanger"
+    how = "loop"
+    tick_timeout = 0.5
+    heartbeat_interval = 0.1
+    heartbeat_timeout = 0.8
+
+    def tick(self, ctx: Context) -> None:
+        ctx.emit(Where(who=self.name, step="tick", pid=os.getpid()))
+        if not self.first():
+            return
+        if self.how == "loop":
+            while True:
+                pass
+        elif self.how == "c_call":
+            ctypes.CDLL(None).sleep(1000)  # releases the GIL: the heartbeat goes on
+        elif self.how == "gil":
+            ctypes.PyDLL(None).sleep(1000)  # holds the GIL: the heartbeat stops
+
+
+@pytest.mark.parametrize(
+    ("how", "reason"),
+    [
+        ("loop", "hung: tick ran longer than 0.5s"),
+        ("c_call", "hung: tick ran longer than 0.5s"),
+        ("gil", "hung: no heartbeat for"),
+    ],
+)
+def test_a_hung_worker_is_killed_and_replaced(how: str, reason: str, tmp_path: Path) -> None:
+    rec = Recorder()
+    svc = Hanger()
+    svc.how = how
+    svc.marker = str(tmp_path / "hung")
+    if how == "gil":
+        svc.tick_timeout = 60.0  # only the heartbeat can tell
+    rt = Runtime(name=f"hang-{how}")
+    rt.register_process(rec)
+    rt.register_service(svc)
+    with rt:
+        (hung,) = rec.wait_for("worker.hung")
+        first_pid = rec.of("test.where")[0].payload.to_dict()["pid"]
+        assert hung.payload.to_dict()["pid"] == first_pid
+        assert hung.payload.to_dict()["reason"].startswith(reason)
+        (exited,) = rec.wait_for("worker.exited")
+        assert isinstance(exited.payload, message.WorkerExited)
+        assert exited.payload.cause == "hung" and exited.payload.signal == "SIGKILL" and exited.payload.abnormal
+        rec.wait_for("test.where", lambda e: e.payload.to_dict()["pid"] != first_pid)
+        (status,) = rt.workers()
+        assert status.incarnation == 2 and status.last_exit is not None and status.last_exit.startswith(reason)
+
+
+class StuckConnect(Device):
+    kind = "stuck"
+    start_timeout = 0.5
+    restart = False
+
+    def connect(self) -> None:
+        time.sleep(3600)
+
+
+def test_a_connect_past_its_deadline_is_a_hang_and_boot_goes_on() -> None:
+    rec = Recorder()
+    rt = Runtime(name="stuckconnect")
+    rt.register_process(rec)
+    rt.attach_device(StuckConnect(id="plc"))
+    with rt:
+        assert rt.booted
+        (hung,) = rec.of("worker.hung")
+        assert hung.payload.to_dict()["reason"] == "hung: connect ran longer than start_timeout 0.5s"
+        (exited,) = rec.of("worker.exited")
+        assert exited.payload.to_dict()["cause"] == "hung"
+        assert rec.of("device.failed") and rec.of("worker.gave_up")
+        assert [w.state for w in rt.workers()] == [WorkerState.FAILED]
+
+
+class Hog(FirstOnly):
+    name = "hog"
+    interval = 0.02
+    max_rss = 120 * 2**20
+
+    def start(self, ctx: Context) -> None:
+        self.blobs: list[bytes] = []
+        self.hog = self.first()
+        ctx.emit(Where(who=self.name, step="start", pid=os.getpid()))
+
+    def tick(self, ctx: Context) -> None:
+        if self.hog and len(self.blobs) < 100:  # at most 800 MiB, should the limit never bite
+            self.blobs.append(b"\1" * (8 * 2**20))  # written, so resident
+
+
+class Spinner(FirstOnly):
+    name = "spinner"
+    max_cpu = 30.0
+    cpu_window = 1.0
+
+    def start(self, ctx: Context) -> None:
+        self.spin = self.first()
+        ctx.emit(Where(who=self.name, step="start", pid=os.getpid()))
+
+    def tick(self, ctx: Context) -> None:
+        end = time.monotonic() + 0.2
+        while self.spin and time.monotonic() < end:
+            pass
+
+
+@pytest.mark.parametrize("kind", ["rss", "cpu"])
+def test_a_worker_over_its_limit_is_killed_and_respawned(kind: str, tmp_path: Path) -> None:
+    rec = Recorder()
+    svc: FirstOnly = Hog() if kind == "rss" else Spinner()
+    svc.marker = str(tmp_path / "over")
+    rt = Runtime(name=f"limit-{kind}")
+    rt.register_process(rec)
+    rt.register_service(svc)
+    with rt:
+        (breach,) = rec.wait_for("worker.limit_exceeded", timeout=20)
+        info = breach.payload.to_dict()
+        assert info["limit"] == kind and info["value"] > info["maximum"]
+        assert info["reason"].startswith(f"{kind}_limit: ")
+        (exited,) = rec.wait_for("worker.exited")
+        assert exited.payload.to_dict()["cause"] == f"{kind}_limit"
+        starts = rec.wait_for("test.where", count=2)
+        assert starts[0].payload.to_dict()["pid"] != starts[1].payload.to_dict()["pid"]
+
+
+class Spawner(Service):
+    """Starts a helper process (a vendor binary, say) and leaves it running."""
+
+    name = "spawner"
+    interval = 3600.0
+    own_session = False
+
+    def start(self, ctx: Context) -> None:
+        # The helper is never waited for: that is the point of the test.
+        helper = subprocess.Popen(["sleep", "1000"], start_new_session=self.own_session)
+        ctx.emit(Where(who=self.name, step="helper", pid=helper.pid))
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.mark.parametrize("own_session", [False, True], ids=["same-group", "own-session"])
+def test_helpers_of_a_worker_die_with_it_when_killed_respawned_or_stopped(own_session: bool) -> None:
+    rec = Recorder()
+    svc = Spawner()
+    svc.own_session = own_session
+    rt = Runtime(name="helpers")
+    rt.register_process(rec)
+    rt.register_service(svc)
+    with rt:
+        first = rec.wait_for("test.where")[0].payload.to_dict()["pid"]
+        assert not _gone(first)
+        (status,) = rt.workers()
+        os.kill(status.pid or 0, signal.SIGKILL)
+        wait_until(lambda: _gone(first), timeout=5, what="the killed worker's helper to go")
+        second = rec.wait_for("test.where", count=2)[1].payload.to_dict()["pid"]
+        assert not _gone(second)
+    assert _gone(second), "a stopped worker's helper is gone once shutdown returns"
+
+
+def test_helpers_die_when_the_parent_is_sigkilled(tmp_path: Path) -> None:
+    script = tmp_path / "app.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import subprocess, sys, threading
+            from bussdcc import Runtime, Service
+
+            class Spawner(Service):
+                interval = 3600.0
+
+                def __init__(self, name, own_session):
+                    self.name, self.own_session = name, own_session
+
+                def start(self, ctx):
+                    helper = subprocess.Popen(["sleep", "1000"], start_new_session=self.own_session)
+                    ctx.state.set(f"helper.{self.name}", helper.pid)
+
+            rt = Runtime(name="orphans")
+            rt.register_service(Spawner("grouped", False))
+            rt.register_service(Spawner("detached", True))
+            rt.boot()
+            ready = threading.Event()
+            while rt.state.get("helper.grouped") is None or rt.state.get("helper.detached") is None:
+                ready.wait(0.01)
+            print(rt.state.get("helper.grouped"), rt.state.get("helper.detached"), flush=True)
+            threading.Event().wait()
+            """
+        )
+    )
+    app = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert app.stdout is not None
+        helpers = [int(pid) for pid in app.stdout.readline().split()]
+        assert len(helpers) == 2 and not any(_gone(pid) for pid in helpers)
+        app.kill()
+        app.wait()
+        wait_until(lambda: all(_gone(pid) for pid in helpers), timeout=5, what="the helpers to go")
+    finally:
+        app.kill()
+        app.wait()
+        if app.stdout is not None:
+            app.stdout.close()
