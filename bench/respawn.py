@@ -4,7 +4,9 @@ Reports detection latency (kill → ``worker.exited`` dispatched) and respawn
 latency (kill → the new incarnation's ``worker.started``), p50/p90 over KILLS
 kills, beside two ways of starting a fresh worker measured in the same run:
 ``multiprocessing`` (fork) to a READY message, and a new interpreter that
-imports bussdcc. Usage: ``python bench/respawn.py [KILLS]``.
+imports bussdcc. Then the cost of heartbeats: worker → Process throughput
+with heartbeats off, at the default interval, and at 100 per second.
+Usage: ``python bench/respawn.py [KILLS]``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -25,6 +28,8 @@ from _common import median, percentile, table
 from bussdcc import Context, Event, Message, Process, Runtime, Service, message
 
 KILLS = int(sys.argv[1]) if len(sys.argv) > 1 else 50
+FLOOD = 100_000
+ROUNDS = 3
 
 
 class Victim(Service):
@@ -76,6 +81,63 @@ def bussdcc_respawns() -> tuple[list[float], list[float]]:
     return detect, ready
 
 
+@dataclass(slots=True, frozen=True)
+class Sample(Message):
+    """A typical small telemetry message."""
+
+    name = "bench.respawn.sample"
+    i: int
+    value: float
+
+
+class Flood(Service):
+    name = "flood"
+    interval = 3600
+
+    def tick(self, ctx: Context) -> None:
+        for i in range(FLOOD):
+            ctx.emit(Sample(i=i, value=21.5))
+
+
+class Count(Process):
+    name = "count"
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.first = self.last = 0.0
+        self.done = threading.Event()
+
+    def handle_event(self, ctx: Context, evt: Event[Message]) -> None:
+        if isinstance(evt.payload, Sample):
+            self.n += 1
+            if self.n == 1:
+                self.first = time.perf_counter()
+            elif self.n == FLOOD:
+                self.last = time.perf_counter()
+                self.done.set()
+
+
+def throughput(heartbeat_interval: float) -> float:
+    count = Count()
+    flood = Flood()
+    flood.heartbeat_interval = heartbeat_interval
+    rt = Runtime(name="bench-heartbeat")
+    rt.register_process(count)
+    rt.register_service(flood)
+    with rt:
+        assert count.done.wait(120)
+    return (FLOOD - 1) / (count.last - count.first)
+
+
+def heartbeat_costs() -> dict[float, float]:
+    """Median throughput per heartbeat interval, the settings interleaved round by round."""
+    runs: dict[float, list[float]] = {0.0: [], Flood.heartbeat_interval: [], 0.01: []}
+    for _ in range(ROUNDS):
+        for interval, results in runs.items():
+            results.append(throughput(interval))
+    return {interval: median(results) for interval, results in runs.items()}
+
+
 def _child(conn: Connection) -> None:
     conn.send("ready")
 
@@ -125,6 +187,19 @@ def main() -> None:
     ]  # fmt: skip
     table(f"respawn: {KILLS} SIGKILLs", rows)
     print(f"\ntarget: respawn p50 < 20 ms -> {r50 * 1e3:.2f} ms ({'met' if r50 < 0.020 else 'NOT met'})")
+
+    costs = heartbeat_costs()
+    off = costs[0.0]
+
+    def rate(x: float) -> str:
+        return f"{x / 1e3:.0f}k msg/s"
+
+    rows = [
+        (f"heartbeat every {interval:g}s{' (default)' if interval == Flood.heartbeat_interval else ''}", rate(tp), "heartbeats off", rate(off), f"{tp / off:.2f}")
+        for interval, tp in costs.items()
+        if interval
+    ]  # fmt: skip
+    table(f"heartbeat cost: worker → Process throughput, {FLOOD} messages, median of {ROUNDS}", rows)
 
 
 if __name__ == "__main__":
