@@ -303,3 +303,24 @@ def test_workers_status_reports_incarnation_restarts_uptime_and_usage() -> None:
         assert status.restarts == status.restarts_in_window == 1
         assert status.last_exit == "killed by SIGKILL"
         assert rt.stats().restarts == {"m": 1}
+
+
+def test_shutdown_during_a_group_restart_respawns_nothing_and_does_not_wait() -> None:
+    rec = Recorder()
+    b = Member("b")
+    b.backoff_initial = b.backoff_max = 30.0
+    rt = Runtime(name="group-shutdown")
+    rt.register_process(rec)
+    rt.register_group("line", [Member("a"), b, Member("c")], strategy="one_for_all")
+    rt.boot()
+    try:
+        os.kill(_pids(rt)["b"] or 0, signal.SIGKILL)  # the first respawn is immediate
+        wait_until(lambda: all(w.incarnation == 2 and w.state is WorkerState.RUNNING for w in rt.workers()))
+        os.kill(_pids(rt)["b"] or 0, signal.SIGKILL)  # the second waits 30 s, the others stopped meanwhile
+        wait_until(lambda: all(w.state is WorkerState.BACKOFF for w in rt.workers()), what="the group to wait")
+        mark = len(rec.events)
+    finally:
+        t0 = time.monotonic()
+        rt.shutdown()
+    assert time.monotonic() - t0 < 5.0
+    assert _after(rec, mark, "worker.started") == []

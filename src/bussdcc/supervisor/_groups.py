@@ -39,7 +39,7 @@ class Driver(Protocol):
     workers: dict[str, Worker]
 
     def hold(self, worker: Worker) -> None: ...
-    def respawn(self, worker: Worker, *, counted: bool) -> None: ...
+    def respawn(self, worker: Worker) -> None: ...
     def fail_held(self, worker: Worker, reason: str) -> None: ...
     def later(self, delay: float, fn: Callable[[], None]) -> Timer: ...
 
@@ -67,6 +67,12 @@ class Plan:
             self.timer.cancel()
         if self.group.plan is self:
             self.group.plan = None
+
+    def drop(self, name: str) -> None:
+        """Leave ``name`` out of the plan (it was stopped explicitly) and go on with the rest."""
+        self.to_stop = [n for n in self.to_stop if n != name]
+        self.to_start = [n for n in self.to_start if n != name]
+        self.advance()
 
     def advance(self) -> None:
         """Take every step that can be taken now; called whenever a member changes state."""
@@ -96,7 +102,7 @@ class Plan:
                 self.to_start.pop(0)
                 continue
             if worker.current is None and worker.state is not WorkerState.FAILED:
-                self.driver.respawn(worker, counted=worker.name == self.failed)
+                self.driver.respawn(worker)
             return  # its readiness (or its death) moves the plan on
         self.cancel()
 

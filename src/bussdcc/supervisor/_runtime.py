@@ -469,6 +469,8 @@ class Runtime:
             self._stopping = True
             if self._hub is not None:
                 self._hub.release_waiters()
+            if self._hub is not None and self._sup is not None:
+                self._hub.call(self._sup.close)
             self._booted = False
             self.emit(m.RuntimeShuttingDown(reason=reason))
             for name in reversed(self._services):

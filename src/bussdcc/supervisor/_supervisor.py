@@ -69,6 +69,8 @@ class Supervisor:
         self._by_pid: dict[int, tuple[Worker, Incarnation]] = {}
         self._free_slots = list(range(slots.size - 1, -1, -1))
         self._watching: Timer | None = None
+        #: Set when shutdown begins: nothing is respawned after that.
+        self.closing = False
         self.rejected = 0
         self.lost = 0
         self.fatal: str | None = None
@@ -190,7 +192,7 @@ class Supervisor:
         worker = self.workers[name]
         worker.stop_requested = True
         if worker.group is not None and (plan := self.groups[worker.group].plan) is not None:
-            plan.cancel()  # an explicit stop (or shutdown) overrides a group restart under way
+            plan.drop(name)  # the rest of the group restart goes on without it
         if worker.backoff_timer is not None:
             worker.backoff_timer.cancel()
             worker.backoff_timer = None
@@ -202,6 +204,20 @@ class Supervisor:
             return worker
         self._begin_stop(worker, inc)
         return worker
+
+    def close(self) -> None:
+        """Shutdown has begun: respawn nothing more, and let waiting workers count as stopped."""
+        self.closing = True
+        for group in self.groups.values():
+            if group.plan is not None:
+                group.plan.cancel()
+        for worker in self.workers.values():
+            if worker.backoff_timer is not None:
+                worker.backoff_timer.cancel()
+                worker.backoff_timer = None
+            if worker.state is WorkerState.BACKOFF and worker.current is None:
+                worker.state = WorkerState.STOPPED
+                worker.done.set()
 
     def hold(self, worker: Worker) -> None:
         """Stop a group member for its group's restart (its exit is not a failure)."""
@@ -511,6 +527,10 @@ class Supervisor:
     def _restart(self, worker: Worker, inc: Incarnation, error: str, tb: str | None) -> None:
         """Respawn per the intensity and backoff rules, or give up; with the group's strategy."""
         comp = worker.component
+        if self.closing:
+            worker.state = WorkerState.STOPPED
+            worker.done.set()
+            return
         now = time.monotonic()
         while worker.restart_times and now - worker.restart_times[0] > comp.restart_window:
             worker.restart_times.popleft()
@@ -544,10 +564,14 @@ class Supervisor:
             worker.state = WorkerState.STOPPED
             worker.done.set()
             return
-        self.respawn(worker, counted=True)
+        self.respawn(worker)
 
-    def respawn(self, worker: Worker, *, counted: bool) -> None:
+    def respawn(self, worker: Worker) -> None:
         """Start the next incarnation of a worker that is waiting to come back."""
+        if self.closing:
+            worker.state = WorkerState.STOPPED
+            worker.done.set()
+            return
         worker.held = False
         worker.restarts += 1
         if isinstance(worker.component, Service):
@@ -566,7 +590,7 @@ class Supervisor:
         if worker.component.critical:
             self.halt(f"critical {worker.role} {worker.name!r} failed: {error}")
         group = self.groups.get(worker.group) if worker.group is not None else None
-        if group is not None and group.strategy != "one_for_one" and not worker.held:
+        if group is not None and group.strategy != "one_for_one" and not worker.held and not self.closing:
             self._start_plan(Plan(self, group, worker.name, 0.0, give_up=f"group member {worker.name!r} gave up"))
 
     def fail_held(self, worker: Worker, reason: str) -> None:
