@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 
 from bussdcc import Context, Device, Runtime, Service, WorkerState, message
 from bussdcc.errors import RegistrationError
+from bussdcc.kernel import tick_deadline
 
 from ._helpers import Recorder, Seq, Where, wait_until
 
@@ -179,15 +181,20 @@ def test_shutdown_during_a_backoff_does_not_wait_for_it() -> None:
 
 
 class Member(Service):
-    """A group member that reports where it started."""
+    """A group member that reports where it started; its stop may take a while."""
 
     interval = 3600.0
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, slow_stop: float = 0.0, enabled: bool = True) -> None:
         self.name = name
+        self.slow_stop = slow_stop
+        self.enabled = enabled
 
     def start(self, ctx: Context) -> None:
         ctx.emit(Where(who=self.name, step="start", pid=os.getpid()))
+
+    def stop(self, ctx: Context) -> None:
+        time.sleep(self.slow_stop)  # the stimulus: a slow disconnect
 
 
 def _pids(rt: Runtime) -> dict[str, int | None]:
@@ -324,3 +331,120 @@ def test_shutdown_during_a_group_restart_respawns_nothing_and_does_not_wait() ->
         rt.shutdown()
     assert time.monotonic() - t0 < 5.0
     assert _after(rec, mark, "worker.started") == []
+
+
+def _group_with_slow_c(name: str) -> tuple[Runtime, Recorder]:
+    rec = Recorder()
+    rt = Runtime(name=name)
+    rt.register_process(rec)
+    rt.register_group("line", [Member("a"), Member("b"), Member("c", slow_stop=1.0)], strategy="one_for_all")
+    return rt, rec
+
+
+def _shutdown_marks(rec: Recorder) -> int:
+    return rec.names().index("runtime.shutting_down")
+
+
+def test_shutdown_while_a_group_restart_stops_a_member_is_prompt() -> None:
+    rt, rec = _group_with_slow_c("group-holding")
+    rt.boot()
+    try:
+        os.kill(_pids(rt)["b"] or 0, signal.SIGKILL)
+        wait_until(lambda: _state(rt, "c") is WorkerState.STOPPING, what="the group restart to stop c")
+    finally:
+        t0 = time.monotonic()
+        rt.shutdown()
+    assert time.monotonic() - t0 < 5.0  # c's own stop takes 1 s; no waiting out timeouts
+    assert _after(rec, _shutdown_marks(rec), "worker.started") == []
+
+
+def test_a_member_dying_during_shutdown_brings_nothing_back() -> None:
+    rt, rec = _group_with_slow_c("group-dying")
+    rt.boot()
+    b = _pids(rt)["b"] or 0
+    t0 = time.monotonic()
+    stopping = threading.Thread(target=rt.shutdown, name="test-shutdown")
+    stopping.start()
+    try:
+        wait_until(lambda: _state(rt, "c") is WorkerState.STOPPING, what="shutdown to stop c")
+        os.kill(b, signal.SIGKILL)
+    finally:
+        stopping.join(30)
+    assert time.monotonic() - t0 < 5.0
+    assert _after(rec, _shutdown_marks(rec), "worker.started") == []
+    assert rec.names()[-1] == "runtime.shutdown"
+
+
+def test_losing_the_fork_server_during_a_group_restart_halts_the_runtime() -> None:
+    rt, rec = _group_with_slow_c("group-noforks")
+    rt.boot()
+    try:
+        os.kill(_pids(rt)["b"] or 0, signal.SIGKILL)
+        wait_until(lambda: _state(rt, "c") is WorkerState.STOPPING, what="the group restart to stop c")
+        assert rt._fork is not None
+        os.kill(rt._fork.pid, signal.SIGKILL)
+        assert rt.wait(timeout=20), "the runtime halts by itself"
+        assert rt.halt_reason is not None and "fork server" in rt.halt_reason
+        assert not [e for e in rec.of("worker.started") if e.payload.to_dict()["incarnation"] > 1]
+    finally:
+        rt.shutdown()
+
+
+def test_a_group_restart_does_not_start_a_disabled_member() -> None:
+    rec = Recorder()
+    rt = Runtime(name="group-disabled")
+    rt.register_process(rec)
+    rt.register_group("line", [Member("a"), Member("b", enabled=False), Member("c")], strategy="one_for_all")
+    with rt:
+        assert _state(rt, "b") is WorkerState.STOPPED
+        os.kill(_pids(rt)["c"] or 0, signal.SIGKILL)
+        wait_until(
+            lambda: all(w.incarnation == 2 and w.state is WorkerState.RUNNING for w in rt.workers() if w.name != "b")
+        )
+        assert _state(rt, "b") is WorkerState.STOPPED and _pids(rt)["b"] is None
+
+
+class CrashingDevice(Device):
+    """Connects, then its process dies half a second later (after boot is over)."""
+
+    kind = "flaky"
+    max_restarts = 2
+    backoff_initial = 0.01
+
+    def connect(self) -> None:
+        threading.Timer(0.5, os._exit, (5,)).start()
+
+
+@pytest.mark.parametrize("critical", [False, True])
+def test_a_device_past_its_intensity_fails_and_a_critical_one_halts_the_runtime(critical: bool) -> None:
+    rec = Recorder()
+    dev = CrashingDevice(id="plc")
+    dev.critical = critical
+    rt = Runtime(name=f"intensity-{critical}")
+    rt.register_process(rec)
+    rt.register_service(Steady())
+    rt.attach_device(dev)
+    rt.boot()
+    try:
+        (gave_up,) = rec.wait_for("worker.gave_up")
+        assert "2 restarts within 60s" in gave_up.payload.to_dict()["reason"]
+        assert len(rec.of("device.failed")) == 3  # the first incarnation and both respawns
+        if critical:
+            assert rt.wait(timeout=20), "a critical worker given up on halts the runtime"
+            assert rt.halt_reason is not None and "critical device 'plc' failed" in rt.halt_reason
+        else:
+            assert _state(rt, "plc") is WorkerState.FAILED
+            ticks = len(rec.of("test.seq"))
+            rec.wait_for("test.seq", count=ticks + 3)  # the rest keeps working
+    finally:
+        rt.shutdown()
+
+
+def test_the_default_tick_deadline_follows_the_interval() -> None:
+    svc = Member("m")
+    svc.interval = 0.5
+    assert tick_deadline(svc) == 10.0  # at least 10 s
+    svc.interval = 30.0
+    assert tick_deadline(svc) == 300.0  # else ten intervals
+    svc.tick_timeout = 2.0
+    assert tick_deadline(svc) == 2.0

@@ -14,9 +14,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bussdcc import Context, Device, Runtime, Service, WorkerState, message
+from bussdcc import Context, Device, Event, Message, Process, Runtime, Service, WorkerState, message
 
-from ._helpers import Recorder, Where, wait_until
+from ._helpers import Recorder, Seq, Where, wait_until
 
 
 class FirstOnly(Service):
@@ -124,11 +124,12 @@ class Hog(FirstOnly):
 
 class Spinner(FirstOnly):
     name = "spinner"
-    max_cpu = 30.0
+    max_cpu = 15.0  # far below one core, so a loaded machine still gives it more
     cpu_window = 1.0
 
     def start(self, ctx: Context) -> None:
         self.spin = self.first()
+        self.interval = 0.0 if self.spin else 3600.0  # spin without a pause, then idle
         ctx.emit(Where(who=self.name, step="start", pid=os.getpid()))
 
     def tick(self, ctx: Context) -> None:
@@ -238,3 +239,90 @@ def test_helpers_die_when_the_parent_is_sigkilled(tmp_path: Path) -> None:
         app.wait()
         if app.stdout is not None:
             app.stdout.close()
+
+
+class Producer(Service):
+    name = "producer"
+    interval = 3600.0
+    tick_timeout = 1.0
+
+    def tick(self, ctx: Context) -> None:
+        for i in range(6000):  # ~24 MiB: more than the pipes hold, so emit must wait for the parent
+            ctx.emit(Seq(i=i, pad="x" * 4096))
+
+
+class SlowOnce(Process):
+    """A Process in the parent that holds dispatch up for 3 s once."""
+
+    name = "slow"
+    slept = False
+
+    def handle_event(self, ctx: Context, evt: Event[Message]) -> None:
+        if isinstance(evt.payload, Seq) and not self.slept:
+            self.slept = True
+            time.sleep(3)  # the stimulus: a slow consumer, not a wait for a condition
+
+
+def test_waiting_on_a_slow_parent_does_not_count_against_the_tick_deadline() -> None:
+    rec = Recorder()
+    rt = Runtime(name="backpressure")
+    rt.register_process(SlowOnce())
+    rt.register_process(rec)
+    rt.register_service(Producer())
+    with rt:
+        rec.wait_for("test.seq", count=6000, timeout=30)
+        assert not rec.of("worker.hung") and not rec.of("worker.exited")
+
+
+class Backgrounder(Service):
+    """Leaves short-lived background processes behind, as shell scripts do."""
+
+    name = "backgrounder"
+    interval = 0.02
+
+    def start(self, ctx: Context) -> None:
+        self.n = 0
+
+    def tick(self, ctx: Context) -> None:
+        if self.n < 30:
+            self.n += 1
+            subprocess.run("sleep 0.01 &", shell=True, check=True)
+            ctx.emit(Where(who=self.name, step="spawned", pid=self.n))
+
+
+def _zombies() -> list[int]:
+    out = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                out.append(proc.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def test_orphans_a_live_worker_leaves_are_reaped() -> None:
+    rec = Recorder()
+    rt = Runtime(name="zombies")
+    rt.register_process(rec)
+    rt.register_service(Backgrounder())
+    with rt:
+        rec.wait_for("test.where", count=30)
+        wait_until(lambda: not _zombies(), timeout=10, what="no zombies left")
+        assert [w.incarnation for w in rt.workers()] == [1]
+
+
+def test_losing_the_fork_server_kills_the_helpers_of_its_workers() -> None:
+    rec = Recorder()
+    rt = Runtime(name="noforks-helpers")
+    rt.register_process(rec)
+    rt.register_service(Spawner())
+    rt.boot()
+    try:
+        helper = rec.wait_for("test.where")[0].payload.to_dict()["pid"]
+        assert rt._fork is not None
+        os.kill(rt._fork.pid, signal.SIGKILL)
+        assert rt.wait(timeout=20)
+        wait_until(lambda: _gone(helper), timeout=5, what="the helper to go")
+    finally:
+        rt.shutdown()

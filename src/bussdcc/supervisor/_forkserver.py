@@ -19,9 +19,10 @@ import signal
 import socket
 import sys
 import threading
+import time
 import traceback
 import warnings
-from collections.abc import Callable, Container, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -33,8 +34,10 @@ from ..kernel import protocol as p
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
-#: Rounds of killing a dead worker's leftovers (each round reaps what the last one orphaned).
-_ORPHAN_ROUNDS = 8
+#: Seconds between looks at the orphans this process adopted (to reap those that ended).
+_TEND_PERIOD = 1.0
+#: Seconds the fork server waits, when it exits, for the processes it killed to end.
+_EXIT_GRACE = 1.0
 _Entry = Callable[[WorkerSpec, object], NoReturn]
 
 
@@ -73,30 +76,24 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-def _kill_orphans(workers: Container[int]) -> None:
-    """Kill and reap every child of this process that is not a worker, with its descendants.
+def _kill_tree(pids: list[int]) -> None:
+    """SIGKILL ``pids`` and all their descendants (never waits)."""
+    tree = list(pids)
+    for pid in tree:  # grows as it goes: every descendant, once
+        tree.extend(_children(pid))
+    for pid in tree:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
 
-    Workers are subreapers, so nothing a live worker started is ever adopted
-    here: whatever is, was left by a worker that died.
-    """
-    me = os.getpid()
-    for _ in range(_ORPHAN_ROUNDS):
-        orphans = [c for c in _children(me) if c not in workers]
-        if not orphans:
-            return
-        tree = list(orphans)
-        for pid in tree:  # grows as it goes: every descendant, once
-            tree.extend(_children(pid))
-        for pid in tree:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        for pid in orphans:
-            try:
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
+
+def _reap_if_done(pid: int) -> bool:
+    """Reap ``pid`` if it has ended (never blocks); True once it is gone."""
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] != 0
+    except ChildProcessError:
+        return True
 
 
 class ForkServer:
@@ -204,6 +201,9 @@ class _Zygote:  # pragma: no cover - runs in the child
         self.entry = entry
         self.parent = os.getppid()
         self.children: dict[int, int] = {}  # pidfd -> pid
+        #: Adopted orphans seen alive at the last look: left by workers that are still alive.
+        self.adopted: set[int] = set()
+        self.tended = 0.0
         self.buffer = bytearray()
 
     def run(self) -> None:
@@ -229,7 +229,10 @@ class _Zygote:  # pragma: no cover - runs in the child
             return
         poller.register(parent_fd, select.POLLIN)
         while True:
-            for fd, _ in poller.poll():
+            events = poller.poll(int(_TEND_PERIOD * 1000))
+            if time.monotonic() - self.tended >= _TEND_PERIOD:
+                self._tend()
+            for fd, _ in events:
                 if fd == parent_fd:
                     self._kill_all()
                     shutil.rmtree(self.run_dir, ignore_errors=True)
@@ -273,8 +276,6 @@ class _Zygote:  # pragma: no cover - runs in the child
             try:
                 os.setpgid(0, 0)
                 _die_with_parent(me)
-                # Keep every descendant in the worker's tree while it lives, even a daemon.
-                _prctl(_PR_SET_CHILD_SUBREAPER, 1)
                 self.sock.close()
                 for fd in self.children:
                     os.close(fd)
@@ -300,12 +301,22 @@ class _Zygote:  # pragma: no cover - runs in the child
         self._report(p.Reaped(pid, os.waitstatus_to_exitcode(status)))
 
     def _bury(self, pid: int) -> None:
-        """Kill what a dead (not yet reaped) worker left: its process group, then adopted orphans."""
+        """Kill what a dead (not yet reaped) worker left: its process group, and what it orphaned."""
         try:
             os.killpg(pid, signal.SIGKILL)  # safe: the zombie still holds the group's id
         except OSError:
             pass
-        _kill_orphans({pid, *self.children.values()})  # the dead worker is reaped by its caller
+        # Its children were adopted here when it died: the orphans not seen before are its own.
+        workers = set(self.children.values())
+        left = [c for c in _children(os.getpid()) if c != pid and c not in workers and c not in self.adopted]
+        _kill_tree(left)
+        self.adopted.update(left)  # reaped by the next _tend(), without blocking now
+
+    def _tend(self) -> None:
+        """Reap adopted orphans that ended; remember those alive (they belong to live workers)."""
+        self.tended = time.monotonic()
+        workers = set(self.children.values())
+        self.adopted = {c for c in _children(os.getpid()) if c not in workers and not _reap_if_done(c)}
 
     def _report(self, frame: Any) -> None:
         try:
@@ -314,16 +325,17 @@ class _Zygote:  # pragma: no cover - runs in the child
             pass
 
     def _kill_all(self) -> None:
+        """Kill every worker's process group and every orphan; reap them (a bounded wait)."""
         for pid in self.children.values():
             try:
                 os.killpg(pid, signal.SIGKILL)
             except OSError:
                 pass
-        for fd, pid in list(self.children.items()):
-            try:
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
+        for fd in self.children:
             os.close(fd)
         self.children.clear()
-        _kill_orphans(())
+        deadline = time.monotonic() + _EXIT_GRACE
+        while (left := _children(os.getpid())) and time.monotonic() < deadline:
+            _kill_tree(left)
+            if not all([_reap_if_done(pid) for pid in left]):
+                time.sleep(0.005)

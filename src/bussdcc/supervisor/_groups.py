@@ -55,7 +55,9 @@ class Plan:
         self.give_up = give_up
         names = group.affected(failed)
         self.to_stop = [n for n in reversed(names) if n != failed]
-        self.to_start = [] if give_up else names
+        # Only what was up (or on its way back) comes back: not a disabled, stopped or failed member.
+        up = (WorkerState.STARTING, WorkerState.RUNNING, WorkerState.BACKOFF)
+        self.to_start = [] if give_up else [n for n in names if n == failed or driver.workers[n].state in up]
         self.timer: Timer | None = None
         self.waiting = False
         self.cancelled = False
@@ -98,11 +100,13 @@ class Plan:
             return
         while self.to_start:
             worker = workers[self.to_start[0]]
-            if worker.state is WorkerState.RUNNING:
+            if worker.state in (WorkerState.RUNNING, WorkerState.FAILED) or worker.stop_requested:
                 self.to_start.pop(0)
                 continue
-            if worker.current is None and worker.state is not WorkerState.FAILED:
+            if worker.current is None:
                 self.driver.respawn(worker)
+                if worker.current is None:  # it could not be started (and was given up on)
+                    continue
             return  # its readiness (or its death) moves the plan on
         self.cancel()
 

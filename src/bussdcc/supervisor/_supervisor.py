@@ -93,11 +93,12 @@ class Supervisor:
             self.workers[member].group = name
 
     def statuses(self) -> list[WorkerStatus]:
+        """A snapshot, from any thread: it copies what the hub thread changes (in one C call each)."""
         now = time.monotonic()
         out = []
-        for w in self.workers.values():
+        for w in tuple(self.workers.values()):
             window = w.component.restart_window
-            out.append(w.status(now, sum(1 for t in w.restart_times if now - t <= window)))
+            out.append(w.status(now, sum(1 for t in tuple(w.restart_times) if now - t <= window)))
         return out
 
     # ---- starting -----------------------------------------------------------------
@@ -123,7 +124,13 @@ class Supervisor:
         worker.current = inc
         worker.state = WorkerState.STARTING
         self._by_identity[inc.identity] = (worker, inc)
-        self.fork.spawn(worker.name, inc.number, slot, worker.pickled)
+        try:
+            self.fork.spawn(worker.name, inc.number, slot, worker.pickled)
+        except OSError as exc:
+            del self._by_identity[inc.identity]
+            self._free_slots.append(slot)
+            worker.current = None
+            raise BussdccError(f"cannot reach the fork server: {exc}") from exc
         timeout = worker.component.start_timeout
         inc.timers.append(self.hub.call_later(timeout, lambda: self._start_timed_out(worker, inc)))
         if self._watching is None:
@@ -191,6 +198,7 @@ class Supervisor:
         """Stop ``name`` gracefully, escalating to SIGTERM then SIGKILL (hub thread)."""
         worker = self.workers[name]
         worker.stop_requested = True
+        worker.held = False  # a stop ends it for good, whatever its group had planned
         if worker.group is not None and (plan := self.groups[worker.group].plan) is not None:
             plan.drop(name)  # the rest of the group restart goes on without it
         if worker.backoff_timer is not None:
@@ -267,9 +275,17 @@ class Supervisor:
         # Without the fork server every worker died with it (their death signal)
         # and nobody will report it: close their books now, respawn nothing.
         self.fatal = reason
+        self.close()
         for worker in self.workers.values():
             worker.stop_requested = True
+            worker.held = False
         for worker, inc in list(self._by_identity.values()):
+            # Their helpers were not: the group outlives its leader while members remain.
+            if inc.pid is not None:
+                try:
+                    os.killpg(inc.pid, signal.SIGKILL)
+                except OSError:
+                    pass
             inc.exited = True
             inc.exit_code = -signal.SIGKILL
             self._finalize(worker, inc)
@@ -576,7 +592,11 @@ class Supervisor:
         worker.restarts += 1
         if isinstance(worker.component, Service):
             self.emit(m.ServiceRestart(service=worker.name))
-        self._spawn(worker)
+        try:
+            self._spawn(worker)
+        except BussdccError as exc:  # no fork server, or no slot: nothing to wait for
+            worker.current = None
+            self._give_up(worker, None, str(exc), None)
 
     def _give_up(self, worker: Worker, inc: Incarnation | None, error: str, tb: str | None) -> None:
         worker.state = WorkerState.FAILED

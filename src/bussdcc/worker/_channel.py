@@ -13,7 +13,7 @@ import msgspec
 import zmq
 
 from ..errors import ProtocolError
-from ..kernel import Message, WorkerSpec
+from ..kernel import ACTIVITIES, Message, WorkerSpec
 from ..kernel import protocol as p
 
 # Small high-water marks make a flooding worker block early (bounded memory on
@@ -176,20 +176,41 @@ class Channel:
         except zmq.Again:
             if not block:
                 return False
-        # Keep reading while we wait: the parent may itself be waiting to send
-        # to us, and neither side may wait on the other with its input closed.
-        poller = zmq.Poller()
-        poller.register(self.sock, zmq.POLLIN | zmq.POLLOUT)
-        while True:
-            events = dict(poller.poll())
-            if events.get(self.sock, 0) & zmq.POLLIN:
-                self._read_available()
-            if events.get(self.sock, 0) & zmq.POLLOUT:
-                try:
-                    self.sock.send(data, zmq.NOBLOCK)
-                    return True
-                except zmq.Again:
-                    continue
+        paused = self._pause_watch()
+        try:
+            # Keep reading while we wait: the parent may itself be waiting to send
+            # to us, and neither side may wait on the other with its input closed.
+            poller = zmq.Poller()
+            poller.register(self.sock, zmq.POLLIN | zmq.POLLOUT)
+            while True:
+                events = dict(poller.poll())
+                if events.get(self.sock, 0) & zmq.POLLIN:
+                    self._read_available()
+                if events.get(self.sock, 0) & zmq.POLLOUT:
+                    try:
+                        self.sock.send(data, zmq.NOBLOCK)
+                        return True
+                    except zmq.Again:
+                        continue
+        finally:
+            self._resume_watch(paused)
+
+    def _pause_watch(self) -> tuple[int, float, float, float] | None:
+        # Time spent waiting for a slow parent (back-pressure) is not the tick's own:
+        # stop the watchdog's clock meanwhile, or a healthy worker would look hung.
+        if threading.get_ident() != self._owner:
+            return None
+        slots, slot = self.spec.slots, self.spec.slot
+        activity, since, limit = slots.activity(slot)
+        if activity == "idle":
+            return None
+        slots.busy(slot, 0, 0.0, 0.0)
+        return ACTIVITIES.index(activity), since, limit, time.monotonic()
+
+    def _resume_watch(self, paused: tuple[int, float, float, float] | None) -> None:
+        if paused is not None:
+            activity, since, limit, began = paused
+            self.spec.slots.busy(self.spec.slot, activity, since + (time.monotonic() - began), limit)
 
     @property
     def sent(self) -> int:
