@@ -5,6 +5,12 @@ from __future__ import annotations
 __all__ = [
     "BootError",
     "BussdccError",
+    "CallArgumentError",
+    "DeviceCallError",
+    "DeviceCrashed",
+    "DeviceError",
+    "DeviceTimeout",
+    "DeviceUnavailable",
     "DuplicateMessageName",
     "FrameTooLarge",
     "MalformedFrame",
@@ -12,7 +18,9 @@ __all__ = [
     "RegistrationError",
     "RuntimeStateError",
     "StatePathError",
+    "UnknownDevice",
     "UnknownMessage",
+    "UnknownMethod",
     "WorkerStartError",
 ]
 
@@ -63,3 +71,74 @@ class BootError(BussdccError, RuntimeError):
 
 class WorkerStartError(BussdccError):
     """A worker process did not report ready in time."""
+
+
+# ---- calls to devices ----------------------------------------------------------------
+
+
+class DeviceCallError(BussdccError):
+    """A call to a device's method did not return a result."""
+
+    def __init__(self, message: str, *, device: str = "", method: str = "") -> None:
+        super().__init__(message)
+        self.device = device
+        self.method = method
+
+
+class DeviceError(DeviceCallError):
+    """The device's method raised; ``remote_type``, ``remote_message`` and ``remote_traceback`` say what."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        device: str = "",
+        method: str = "",
+        remote_type: str = "",
+        remote_message: str = "",
+        remote_traceback: str = "",
+    ) -> None:
+        super().__init__(message, device=device, method=method)
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        self.remote_traceback = remote_traceback
+
+
+class DeviceTimeout(DeviceCallError, TimeoutError):
+    """The call's deadline passed before the device answered."""
+
+
+class DeviceCrashed(DeviceCallError):
+    """The device's process died while the call was in flight; ``reason`` says how."""
+
+    def __init__(self, message: str, *, device: str = "", method: str = "", reason: str = "") -> None:
+        super().__init__(message, device=device, method=method)
+        self.reason = reason
+
+
+class DeviceUnavailable(DeviceCallError):
+    """The device is not ready to take calls (``state`` is where it is: stopped, failed, backoff...)."""
+
+    def __init__(self, message: str, *, device: str = "", method: str = "", state: str = "") -> None:
+        super().__init__(message, device=device, method=method)
+        self.state = state
+
+
+class UnknownDevice(DeviceCallError, LookupError):
+    """No device has that id (or it is not of the class asked for); ``available`` lists the ids."""
+
+    def __init__(self, message: str, *, device: str = "", method: str = "", available: tuple[str, ...] = ()) -> None:
+        super().__init__(message, device=device, method=method)
+        self.available = available
+
+
+class UnknownMethod(DeviceCallError, LookupError):
+    """The device class defines no public method of that name; ``available`` lists those it does."""
+
+    def __init__(self, message: str, *, device: str = "", method: str = "", available: tuple[str, ...] = ()) -> None:
+        super().__init__(message, device=device, method=method)
+        self.available = available
+
+
+class CallArgumentError(DeviceCallError, TypeError):
+    """The arguments (or the result) of a call cannot be encoded or decoded."""

@@ -2,6 +2,7 @@
 
 from ._boundary import ACTIVITIES, SlotTable, WorkerSpec
 from ._bus import EventBus, Subscription
+from ._calls import CallPort, DeviceHandle
 from ._clock import ClockProtocol, ManualClock, SystemClock
 from ._components import (
     Device,
@@ -23,9 +24,11 @@ from ._state import StateStore
 __all__ = [
     "ACTIVITIES",
     "RUNTIME_SOURCE",
+    "CallPort",
     "ClockProtocol",
     "Context",
     "Device",
+    "DeviceHandle",
     "Event",
     "EventBus",
     "Interface",

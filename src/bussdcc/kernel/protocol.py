@@ -71,7 +71,51 @@ class Bye(_Frame, tag="bye", frozen=True):
     traceback: str | None = None
 
 
-WorkerFrame: TypeAlias = Hello | Ready | StartFailed | Batch | Bye
+# ---- calls to devices (both directions) ---------------------------------------------
+
+
+class Failure(msgspec.Struct, frozen=True, forbid_unknown_fields=True, array_like=True):
+    """Why a call has no result: ``kind`` names the error (see :mod:`bussdcc.kernel._calls`)."""
+
+    kind: str
+    message: str
+    remote_type: str = ""
+    remote_message: str = ""
+    traceback: str = ""
+    detail: str = ""  # a crash's exit reason, or the state of an unavailable device
+    available: tuple[str, ...] = ()
+
+
+class Call(_Frame, tag="call", frozen=True):
+    """Parent → device: run ``method(*args, **kwargs)`` (an encoded list and map) and reply."""
+
+    call_id: int
+    method: str
+    args: msgspec.Raw
+    kwargs: msgspec.Raw
+
+
+class Request(_Frame, tag="request", frozen=True):
+    """Worker → parent: call ``device.method`` for this worker; the parent routes it and replies."""
+
+    call_id: int
+    device: str
+    method: str
+    args: msgspec.Raw
+    kwargs: msgspec.Raw
+    timeout: float
+    wait: bool = False
+
+
+class Reply(_Frame, tag="reply", frozen=True):
+    """The answer to a :class:`Call` (device → parent) or a :class:`Request` (parent → worker)."""
+
+    call_id: int
+    result: msgspec.Raw
+    failure: Failure | None = None
+
+
+WorkerFrame: TypeAlias = Hello | Ready | StartFailed | Batch | Bye | Request | Reply
 
 # ---- parent → worker ----------------------------------------------------------
 
@@ -90,7 +134,7 @@ class ByeAck(_Frame, tag="bye_ack", frozen=True):
     """Everything up to the worker's ``Bye.last_seq`` has been dispatched: it may exit."""
 
 
-ParentFrame: TypeAlias = Deliver | Stop | ByeAck
+ParentFrame: TypeAlias = Deliver | Stop | ByeAck | Call | Reply
 
 # ---- items of the stream ----------------------------------------------------------
 
@@ -242,6 +286,15 @@ def decode_fork_report(data: bytes) -> ForkReport:
 def decode_value(data: bytes | memoryview) -> Any:
     """Decode a plain value (state writes)."""
     return _checked(data, _any)
+
+
+#: The encoding of ``None``: the result of a failed call.
+NIL: Final = msgspec.Raw(b"\xc0")
+
+
+def value_decoder(kind: Any) -> msgspec.msgpack.Decoder[Any]:
+    """A decoder for values of type ``kind`` (a call's argument or result); build once, reuse."""
+    return msgspec.msgpack.Decoder(kind, dec_hook=_dec_hook)
 
 
 def _item(data: bytes, what: str) -> bytes:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal, Self, TypeVar
 
 from .._version import __version__
 from ..errors import BootError, RegistrationError, RuntimeStateError
@@ -20,6 +20,7 @@ from ..kernel import (
     ClockProtocol,
     Context,
     Device,
+    DeviceHandle,
     Event,
     EventBus,
     Interface,
@@ -34,6 +35,7 @@ from ..kernel import (
 )
 from ..kernel import _builtin as m
 from ..kernel import protocol as p
+from ._calls import CallRouter, ParentPort
 from ._forkserver import ForkServer
 from ._hub import Hub
 from ._rundir import default_name, make_run_dir, remove_run_dir
@@ -44,6 +46,7 @@ from ._workers import Worker, WorkerStatus
 #: The worker entry point, named rather than imported: supervisor and worker stay apart.
 WORKER_ENTRY = "bussdcc.worker._main:run"
 _BOOT_GRACE = 5.0
+D = TypeVar("D", bound=Device)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +91,7 @@ class Runtime:
         self.events.set_error_sink(self.emit)
         self.state = state or StateStore()
         self.version = __version__
+        self._calls = ParentPort(self._router, lambda: self._devices)
         self.ctx = self._context(RUNTIME_SOURCE)
         self.halt_reason: str | None = None
         self._devices: dict[str, Device] = {}
@@ -123,7 +127,19 @@ class Runtime:
         def emit(message: Message) -> None:
             self._dispatch(Event(message, self.clock.now_utc(), source))
 
-        return Context(clock=self.clock, events=self.events, state=self.state, runtime=self, emit=emit)
+        return Context(
+            clock=self.clock, events=self.events, state=self.state, runtime=self, emit=emit, calls=self._calls
+        )
+
+    def _router(self) -> tuple[Hub, CallRouter] | None:
+        hub, sup = self._hub, self._sup
+        if hub is None or sup is None or not hub.thread.is_alive():
+            return None
+        return hub, sup.calls
+
+    def device(self, cls: type[D], id: str, *, timeout: float = 10.0, wait: bool = False) -> DeviceHandle[D]:
+        """A typed handle to call the methods of the device ``id`` (a ``cls``) from any thread."""
+        return self.ctx.device(cls, id, timeout=timeout, wait=wait)
 
     @property
     def booted(self) -> bool:
@@ -390,7 +406,7 @@ class Runtime:
         for group, (strategy, members) in self._groups.items():
             sup.add_group(group, strategy, members)
         hub = Hub(self._endpoint, self._fork.fileno(), sup)
-        sup.hub = hub
+        sup.hub = sup.calls.hub = hub
         hub.start()
         self._sup, self._hub = sup, hub
         atexit.register(self._at_exit)
@@ -489,6 +505,12 @@ class Runtime:
         atexit.unregister(self._at_exit)
         self._last_stats = self.stats()
         if self._hub is not None:
+            if self._sup is not None:
+                calls = self._sup.calls
+                try:
+                    self._hub.call(lambda: calls.close("the runtime shut down"), timeout=5.0)
+                except Exception:
+                    pass  # the hub is gone: its callers' own deadlines end their waits
             self._hub.stop()
         if self._fork is not None:
             self._fork.close()

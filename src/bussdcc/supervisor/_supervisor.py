@@ -14,6 +14,7 @@ from ..errors import BussdccError, ProtocolError, RegistrationError
 from ..kernel import ClockProtocol, Device, Message, Service, SlotTable, StateStore, Strategy, restart_policy
 from ..kernel import _builtin as m
 from ..kernel import protocol as p
+from ._calls import CallRouter
 from ._forkserver import ForkServer
 from ._groups import Group, Plan
 from ._hub import Hub, Timer
@@ -74,6 +75,8 @@ class Supervisor:
         self.rejected = 0
         self.lost = 0
         self.fatal: str | None = None
+        #: Calls to devices: routed here, answered by the device incarnations.
+        self.calls = CallRouter(self.workers)
 
     # ---- registry -----------------------------------------------------------------
 
@@ -341,6 +344,12 @@ class Supervisor:
             case p.StartFailed():
                 inc.controls += 1
                 inc.start_failed = frame
+            case p.Reply():
+                inc.controls += 1
+                self.calls.on_reply(inc, frame)
+            case p.Request():
+                inc.controls += 1
+                self.calls.on_request(inc, frame)
             case p.Bye():
                 inc.controls += 1
                 inc.bye = frame
@@ -397,6 +406,7 @@ class Supervisor:
         else:
             self.emit(m.ServiceStarted(service=worker.name))
         inc.outcome.set()
+        self.calls.ready(worker, inc)
         self._advance_group(worker)
 
     # ---- fork server reports ---------------------------------------------------------
@@ -421,7 +431,14 @@ class Supervisor:
                         entry[1].exit_code = report.exit_code
                         entry[1].exited = True
                         self.targets.pop(entry[1].identity, None)
+                        self._calls_end_early(entry[1])
                         self._maybe_finalize(*entry)
+
+    def _calls_end_early(self, inc: Incarnation) -> None:
+        # Fail its calls at once, unless a reply may still be on its way (a control
+        # frame counted in shared memory but not received): then at finalize.
+        if inc.controls >= self.slots.read(inc.slot)[1]:
+            self.calls.ended(inc, self._classify(inc)[1], crashed=inc.bye is None)
 
     def _maybe_finalize(self, worker: Worker, inc: Incarnation) -> None:
         items, controls = self.slots.read(inc.slot)
@@ -447,6 +464,7 @@ class Supervisor:
         self._free_slots.append(inc.slot)
         cause, reason, signame = self._classify(inc)
         abnormal = cause not in ("stopped", "exited")
+        self.calls.ended(inc, reason, crashed=inc.bye is None)
         self.emit(
             m.WorkerExited(
                 worker=worker.name,

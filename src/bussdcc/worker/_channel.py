@@ -7,6 +7,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, cast
 
 import msgspec
@@ -54,6 +55,9 @@ class Channel:
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._foreign: list[bytes] = []
+        self._foreign_controls: deque[bytes] = deque()
+        #: Where replies to this worker's own device calls go (they bypass the inbox).
+        self.on_reply: Callable[[p.Reply], None] | None = None
         self._congested = False
         self._inbox: deque[p.ParentFrame] = deque()
         #: The parent confirmed it has everything (set by :meth:`bye`).
@@ -158,7 +162,51 @@ class Channel:
             del self._pending[:count]
             self._pending_bytes -= size
         self._congested = False
+        while self._foreign_controls:
+            with self._lock:
+                data = self._foreign_controls.popleft()
+                self._controls += 1
+                self.spec.slots.write(self.spec.slot, self._seq, self._controls)
+            self._send(data, block=True)
         return True
+
+    def post_control(self, frame: p.WorkerFrame) -> None:
+        """Send a control frame from any thread: after the items queued before it, by whoever holds the socket."""
+        if threading.get_ident() == self._owner:
+            self.send_control(frame)
+            return
+        data = p.encode(frame)
+        with self._lock:
+            self._foreign_controls.append(data)
+        self._wake()
+
+    def pump(self, timeout: float) -> None:
+        """Send what is queued and read what arrives for up to ``timeout`` seconds (a caller waiting on a reply)."""
+        with self._io:
+            self._flush(block=True)
+            events = dict(self._poller.poll(max(0, int(timeout * 1000))))
+            if self._wake_r in events:
+                self._drain_wake()
+                self._flush(block=True)
+            if self.sock in events:
+                self._read_available()
+
+    def try_pump(self, timeout: float) -> bool:
+        """:meth:`pump` if no other thread holds the socket; return whether it did."""
+        if not self._io.acquire(blocking=False):
+            return False
+        try:
+            self.pump(timeout)
+        finally:
+            self._io.release()
+        return True
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
 
     def send_control(self, frame: p.WorkerFrame) -> None:
         """Send a control frame after everything queued before it."""
@@ -224,7 +272,11 @@ class Channel:
         while cast(int, self.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
             data = self.sock.recv(zmq.NOBLOCK)
             try:
-                self._inbox.append(p.decode_parent_frame(data))
+                frame = p.decode_parent_frame(data)
+                if isinstance(frame, p.Reply) and self.on_reply is not None:
+                    self.on_reply(frame)
+                else:
+                    self._inbox.append(frame)
             except ProtocolError as exc:
                 # The parent is trusted, so this is a bug; keep serving rather than die.
                 print(f"bussdcc worker {self.spec.name}: dropped a bad frame: {exc}", file=sys.stderr)
@@ -238,11 +290,7 @@ class Channel:
             ms = None if timeout is None else max(0, int(timeout * 1000))
             events = dict(self._poller.poll(ms))
             if self._wake_r in events:
-                try:
-                    while os.read(self._wake_r, 4096):
-                        pass
-                except BlockingIOError:
-                    pass
+                self._drain_wake()
                 self._flush(block=True)
             if self.sock in events:
                 self._read_available()

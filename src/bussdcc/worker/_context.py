@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..kernel import Context, EventBus, StateStore, SystemClock, WorkerSpec
+from ._calls import WorkerPort
 from ._channel import Channel
 
 
@@ -34,4 +35,11 @@ def make_context(spec: WorkerSpec, channel: Channel) -> Context:
     # The worker keeps its own writes so it reads them back; the parent's
     # store, fed in order with the messages, is the authoritative one.
     state = StateStore(on_set=channel.set_state, on_delete=channel.delete_state)
-    return Context(clock=SystemClock(), events=bus, state=state, runtime=RemoteRuntime(spec), emit=channel.emit)
+    return Context(
+        clock=SystemClock(),
+        events=bus,
+        state=state,
+        runtime=RemoteRuntime(spec),
+        emit=channel.emit,
+        calls=WorkerPort(channel),
+    )

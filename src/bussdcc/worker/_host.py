@@ -6,9 +6,12 @@ import time
 import traceback
 from typing import assert_never
 
+from ..errors import UnknownDevice
 from ..kernel import Context, Device, Service, Severity, handles_events, restart_policy, tick_deadline
 from ..kernel import _builtin as m
 from ..kernel import protocol as p
+from ..kernel._calls import fail
+from ._calls import CallServer
 from ._channel import Channel
 from ._watchdog import Watchdog
 
@@ -96,8 +99,10 @@ def run_service(svc: Service, ctx: Context, channel: Channel, dog: Watchdog) -> 
                             stopping = True
                 case p.Stop():
                     stopping = True
-                case p.ByeAck():
+                case p.ByeAck() | p.Reply():
                     pass
+                case p.Call():  # the parent routes calls to devices only
+                    channel.send_control(fail(frame.call_id, UnknownDevice(f"{svc.name!r} is a service")))
                 case _:
                     assert_never(frame)
     with dog.busy("stop", svc.stop_timeout):
@@ -119,17 +124,24 @@ def run_device(dev: Device, ctx: Context, channel: Channel, dog: Watchdog) -> in
             dev.attach(ctx)
     except Exception as exc:
         return _start_failed(channel, exc)
+    try:
+        server = CallServer(dev, channel)
+    except Exception as exc:
+        return _start_failed(channel, exc)
     channel.send_control(p.Ready())
     stopping = False
     while not stopping:
         for frame in channel.wait(None):
             match frame:
+                case p.Call():
+                    server.submit(frame)
                 case p.Stop():
                     stopping = True
-                case p.Deliver() | p.ByeAck():
+                case p.Deliver() | p.ByeAck() | p.Reply():
                     pass
                 case _:
                     assert_never(frame)
+    server.stop(dev.stop_timeout)
     try:
         with dog.busy("stop", dev.stop_timeout):
             dev.detach()

@@ -1,0 +1,290 @@
+"""Calls to devices, routed by the parent: the one place that knows where each device lives.
+
+Callers in the parent (any thread) and workers (a :class:`~bussdcc.kernel.protocol.Request`)
+hand calls to the :class:`CallRouter`, which runs on the hub thread only: it sends
+each to the device's current incarnation, matches replies by call id, parks calls
+that wait for a device to become ready, and fails the calls of an incarnation
+as soon as its death is known. The hub never waits on a device: callers wait on
+their own latch or future.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
+
+import msgspec
+
+from ..errors import (
+    DeviceCallError,
+    DeviceCrashed,
+    DeviceTimeout,
+    DeviceUnavailable,
+    UnknownDevice,
+    UnknownMethod,
+)
+from ..kernel import Device
+from ..kernel import protocol as p
+from ..kernel._calls import Latch, Outgoing, callable_methods, fail
+from ._workers import WorkerState
+
+if TYPE_CHECKING:
+    from ._hub import Hub, Timer
+    from ._workers import Incarnation, Worker
+
+# Call ids are unique for the life of the process, so no reply can ever match a later call.
+_ids: Final = itertools.count(1)
+
+
+class _Pending:
+    __slots__ = ("call_id", "deadline", "device", "done", "frame", "identity", "method", "wait")
+
+    def __init__(self, call_id: int, call: Outgoing, frame: bytes, done: Callable[[p.Reply], None]) -> None:
+        self.call_id = call_id
+        self.device = call.device
+        self.method = call.method
+        self.frame = frame
+        self.deadline = time.monotonic() + call.timeout
+        self.wait = call.wait
+        self.done = done
+        self.identity: bytes | None = None  # the incarnation it was sent to
+
+
+class CallRouter:
+    """Routes calls to device incarnations and their replies back (hub thread only)."""
+
+    def __init__(self, workers: dict[str, Worker]) -> None:
+        self._workers = workers
+        self.hub: Hub | None = None
+        self._pending: dict[int, _Pending] = {}
+        self._by_identity: dict[bytes, set[int]] = {}
+        self._parked: dict[str, list[_Pending]] = {}
+        self._deadlines: list[tuple[float, int]] = []
+        self._timer: Timer | None = None
+        self._timer_at = 0.0
+        self.closed: str | None = None
+        #: Replies that matched no pending call (late, or for a call that timed out).
+        self.late = 0
+
+    # ---- taking calls ----------------------------------------------------------------
+
+    def submit(self, call: _Pending) -> None:
+        """Route one call: send it, park it, or fail it at once."""
+        worker = self._workers.get(call.device)
+        if self.closed is not None:
+            self._fail(call, DeviceUnavailable(f"{self.closed}", state="stopped"))
+            return
+        if worker is None or not isinstance(worker.component, Device):
+            devices = tuple(sorted(n for n, w in self._workers.items() if isinstance(w.component, Device)))
+            self._fail(call, UnknownDevice(f"no device {call.device!r}; devices: {list(devices)}", available=devices))
+            return
+        allowed = callable_methods(type(worker.component))
+        if call.method not in allowed:
+            self._fail(
+                call,
+                UnknownMethod(
+                    f"{type(worker.component).__name__} {call.device!r} has no callable method {call.method!r}; "
+                    f"it has {sorted(allowed)}",
+                    available=tuple(sorted(allowed)),
+                ),
+            )
+            return
+        inc = worker.current
+        self._pending[call.call_id] = call
+        self._expire_at(call)
+        if worker.state is WorkerState.RUNNING and inc is not None and inc.ready and not inc.exited:
+            self._send(inc, call)
+        elif call.wait:
+            self._parked.setdefault(worker.name, []).append(call)
+        else:
+            del self._pending[call.call_id]
+            state = worker.state.value
+            self._fail(call, DeviceUnavailable(f"device {call.device!r} is {state}", state=state))
+
+    def cancel(self, call_id: int) -> None:
+        """The caller stopped waiting: forget the call."""
+        call = self._pending.pop(call_id, None)
+        if call is not None:
+            self._unlink(call)
+
+    def _send(self, inc: Incarnation, call: _Pending) -> None:
+        assert self.hub is not None
+        call.identity = inc.identity
+        self._by_identity.setdefault(inc.identity, set()).add(call.call_id)
+        self.hub.send(inc.identity, call.frame)
+
+    def _unlink(self, call: _Pending) -> None:
+        if call.identity is not None:
+            ids = self._by_identity.get(call.identity)
+            if ids is not None:
+                ids.discard(call.call_id)
+        else:
+            parked = self._parked.get(call.device)
+            if parked is not None and call in parked:
+                parked.remove(call)
+
+    def _fail(self, call: _Pending, exc: DeviceCallError) -> None:
+        call.done(fail(call.call_id, exc))
+
+    # ---- replies and requests from workers ----------------------------------------------------
+
+    def on_reply(self, inc: Incarnation, frame: p.Reply) -> None:
+        """A device answered a call."""
+        call = self._pending.get(frame.call_id)
+        if call is None or call.identity != inc.identity:
+            self.late += 1
+            return
+        del self._pending[frame.call_id]
+        self._unlink(call)
+        call.done(frame)
+
+    def on_request(self, inc: Incarnation, frame: p.Request) -> None:
+        """A worker calls a device: route it like a local call, answer with a Reply."""
+        assert self.hub is not None
+        hub, origin, their_id = self.hub, inc.identity, frame.call_id
+
+        def done(reply: p.Reply) -> None:
+            hub.send(origin, p.encode(p.Reply(their_id, reply.result, reply.failure)))
+
+        call_id = next(_ids)
+        call_frame = p.encode(p.Call(call_id, frame.method, frame.args, frame.kwargs))
+        call = Outgoing(frame.device, frame.method, b"", b"", max(0.0, frame.timeout), frame.wait)
+        self.submit(_Pending(call_id, call, call_frame, done))
+
+    # ---- incarnations coming and going ---------------------------------------------------------
+
+    def ready(self, worker: Worker, inc: Incarnation) -> None:
+        """A device incarnation is ready: send it the calls that waited for it."""
+        parked = self._parked.pop(worker.name, None)
+        for call in parked or ():
+            if call.call_id in self._pending:
+                self._send(inc, call)
+
+    def ended(self, inc: Incarnation, reason: str, *, crashed: bool) -> None:
+        """An incarnation is gone: its calls in flight fail now, not at their deadline."""
+        ids = self._by_identity.pop(inc.identity, None)
+        for call_id in sorted(ids or ()):
+            call = self._pending.pop(call_id, None)
+            if call is None:
+                continue
+            if crashed:
+                exc: DeviceCallError = DeviceCrashed(
+                    f"device {call.device!r} (pid {inc.pid}) died during {call.method}(): {reason}", reason=reason
+                )
+            else:
+                exc = DeviceUnavailable(f"device {call.device!r} stopped during {call.method}()", state="stopped")
+            self._fail(call, exc)
+
+    def close(self, reason: str) -> None:
+        """The runtime is shutting down: every call still pending fails now."""
+        self.closed = reason
+        calls = sorted(self._pending.values(), key=lambda c: c.call_id)
+        self._pending.clear()
+        self._by_identity.clear()
+        self._parked.clear()
+        for call in calls:
+            self._fail(call, DeviceUnavailable(f"device {call.device!r}: {reason}", state="stopped"))
+
+    # ---- deadlines ---------------------------------------------------------------------------
+
+    def _expire_at(self, call: _Pending) -> None:
+        assert self.hub is not None
+        heapq.heappush(self._deadlines, (call.deadline, call.call_id))
+        if len(self._deadlines) > 2 * len(self._pending) + 1024:
+            # Entries of answered calls stay until their deadline; drop them now and then.
+            self._deadlines = [(d, i) for d, i in self._deadlines if i in self._pending]
+            heapq.heapify(self._deadlines)
+        if self._timer is None or call.deadline < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = call.deadline
+            self._timer = self.hub.call_later(max(0.0, call.deadline - time.monotonic()), self._expire)
+
+    def _expire(self) -> None:
+        assert self.hub is not None
+        self._timer = None
+        now = time.monotonic()
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, call_id = heapq.heappop(self._deadlines)
+            call = self._pending.pop(call_id, None)
+            if call is None:
+                continue
+            self._unlink(call)
+            if call.identity is None:  # parked: the device never became ready
+                late = DeviceUnavailable(f"device {call.device!r} did not become ready in time", state="waiting")
+                self._fail(call, late)
+            else:
+                self._fail(call, DeviceTimeout(f"{call.device}.{call.method}() did not answer in time"))
+        while self._deadlines and self._deadlines[0][1] not in self._pending:
+            heapq.heappop(self._deadlines)
+        if self._deadlines:
+            self._timer_at = self._deadlines[0][0]
+            self._timer = self.hub.call_later(max(0.0, self._timer_at - now), self._expire)
+
+
+class ParentPort:
+    """The parent's :class:`~bussdcc.kernel.CallPort`: calls go to the router on the hub thread."""
+
+    def __init__(
+        self, router: Callable[[], tuple[Hub, CallRouter] | None], devices: Callable[[], dict[str, Device]]
+    ) -> None:
+        self._router = router
+        self._devices = devices
+
+    @property
+    def async_direct(self) -> bool:
+        """Replies are resolved by the hub thread: asyncio callers need no thread of their own."""
+        return True
+
+    def check(self, cls: type[Device], device: str) -> None:
+        """Refuse an id that names no device, or a device of another class."""
+        devices = self._devices()
+        dev = devices.get(device)
+        if dev is None:
+            raise UnknownDevice(
+                f"no device {device!r}; devices: {sorted(devices)}", device=device, available=tuple(sorted(devices))
+            )
+        if not isinstance(dev, cls):
+            raise UnknownDevice(
+                f"device {device!r} is a {type(dev).__name__}, not a {cls.__name__}",
+                device=device,
+                available=tuple(sorted(devices)),
+            )
+
+    def submit(self, call: Outgoing, done: Callable[[p.Reply], None]) -> int:
+        """Encode the call here, route it on the hub thread."""
+        call_id = next(_ids)
+        found = self._router()
+        if found is None:
+            done(fail(call_id, DeviceUnavailable("the runtime is not running", device=call.device, state="stopped")))
+            return call_id
+        hub, router = found
+        frame = p.encode(p.Call(call_id, call.method, msgspec.Raw(call.args), msgspec.Raw(call.kwargs)))
+        pending = _Pending(call_id, call, frame, done)
+        if hub.in_hub:
+            router.submit(pending)
+        else:
+            hub.call_soon(lambda: router.submit(pending))
+        return call_id
+
+    def cancel(self, call_id: int) -> None:
+        """Forget the call on the hub thread."""
+        found = self._router()
+        if found is not None:
+            hub, router = found
+            hub.call_soon(lambda: router.cancel(call_id))
+
+    def block(self, latch: Latch, timeout: float) -> bool:
+        """Wait on the latch; the hub thread itself must not (it is what delivers the reply)."""
+        found = self._router()
+        if found is not None and found[0].in_hub and latch.reply is None:
+            from ..errors import RuntimeStateError
+
+            raise RuntimeStateError(
+                "a blocking device call from the runtime's I/O thread (a handler reacting to a worker's message) "
+                "would wait on itself: call from another thread, or use acall"
+            )
+        return latch.wait(timeout)

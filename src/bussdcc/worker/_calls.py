@@ -1,0 +1,175 @@
+"""Device calls inside a worker: serving them (a Device) and making them (any component).
+
+A Device's calls run on call threads, one by default (so in arrival order),
+up to ``concurrency`` at once if the class says so; the worker's main thread
+keeps reading the socket meanwhile, so a long call never keeps it from taking
+``Stop``. Replies go out through the channel's thread-safe control path, after
+everything the call emitted.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import time
+import traceback
+from collections.abc import Callable
+
+import msgspec
+
+from ..errors import (
+    CallArgumentError,
+    DeviceError,
+    DeviceUnavailable,
+    ProtocolError,
+    UnknownMethod,
+)
+from ..kernel import Device
+from ..kernel import protocol as p
+from ..kernel._calls import Latch, Outgoing, callable_methods, fail, method_spec
+from ._channel import Channel
+
+
+def concurrency_of(device: Device) -> int:
+    """How many calls the device runs at once (its ``concurrency``, default 1)."""
+    value = getattr(device, "concurrency", 1)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{type(device).__name__}.concurrency must be an int >= 1, not {value!r}")
+    return value
+
+
+class CallServer:
+    """Runs the calls sent to one Device on its call threads."""
+
+    def __init__(self, device: Device, channel: Channel) -> None:
+        self._device = device
+        self._channel = channel
+        self._methods = callable_methods(type(device))
+        self._queue: queue.SimpleQueue[p.Call | None] = queue.SimpleQueue()
+        self.stopping = False
+        self._threads = [
+            threading.Thread(target=self._serve, name=f"bussdcc-call-{i}", daemon=True)
+            for i in range(concurrency_of(device))
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, frame: p.Call) -> None:
+        """Queue a call (main thread); refused once the device is stopping."""
+        if self.stopping:
+            self._refuse(frame)
+        else:
+            self._queue.put(frame)
+
+    def _refuse(self, frame: p.Call) -> None:
+        exc = DeviceUnavailable(f"device {self._device.id!r} is stopping", state="stopping")
+        self._channel.post_control(fail(frame.call_id, exc))
+
+    def _serve(self) -> None:
+        while (frame := self._queue.get()) is not None:
+            self._channel.post_control(self.run(frame))
+
+    def run(self, frame: p.Call) -> p.Reply:
+        """Run one call and return its reply; whatever the method raises becomes a :class:`DeviceError`."""
+        dev = self._device
+        fn = self._methods.get(frame.method)
+        if fn is None:
+            names = tuple(sorted(self._methods))
+            return fail(frame.call_id, UnknownMethod(f"no callable method {frame.method!r}", available=names))
+        spec = method_spec(fn)
+        try:
+            args, kwargs = spec.decode_args(frame.args, frame.kwargs)
+        except (msgspec.DecodeError, ValueError) as exc:
+            return fail(frame.call_id, CallArgumentError(f"bad arguments for {dev.id}.{frame.method}(): {exc}"))
+        try:
+            result = fn(dev, *args, **kwargs)
+        except BaseException as exc:  # the device keeps serving; the caller gets the error
+            return fail(
+                frame.call_id,
+                DeviceError(
+                    f"{dev.id}.{frame.method}() raised {type(exc).__name__}: {exc}",
+                    remote_type=type(exc).__name__,
+                    remote_message=str(exc),
+                    remote_traceback=traceback.format_exc(),
+                ),
+            )
+        try:
+            return p.Reply(frame.call_id, msgspec.Raw(p.encode(result)))
+        except ProtocolError as exc:
+            unsent = CallArgumentError(f"{dev.id}.{frame.method}() returned what cannot be sent: {exc}")
+            return fail(frame.call_id, unsent)
+
+    def stop(self, timeout: float) -> None:
+        """Refuse the calls still queued, let those running finish (up to ``timeout``), end the threads."""
+        self.stopping = True
+        while True:
+            try:
+                frame = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if frame is not None:
+                self._refuse(frame)
+        for _ in self._threads:
+            self._queue.put(None)
+        deadline = time.monotonic() + timeout
+        while any(t.is_alive() for t in self._threads) and time.monotonic() < deadline:
+            # Keep the socket moving: the running calls' replies leave through it.
+            for late in self._channel.wait(0.05):
+                if isinstance(late, p.Call):
+                    self._refuse(late)
+        self._channel.flush()
+
+
+class WorkerPort:
+    """A worker's :class:`~bussdcc.kernel.CallPort`: calls go to the parent as requests."""
+
+    def __init__(self, channel: Channel) -> None:
+        self._channel = channel
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, Callable[[p.Reply], None]] = {}
+        self._lock = threading.Lock()
+        self._owner = threading.get_ident()
+        channel.on_reply = self._on_reply
+
+    @property
+    def async_direct(self) -> bool:
+        """Replies need someone reading the socket: ``acall`` waits in a thread that does."""
+        return False
+
+    def check(self, cls: type[Device], device: str) -> None:
+        """Only the parent knows the devices: it checks each call."""
+
+    def submit(self, call: Outgoing, done: Callable[[p.Reply], None]) -> int:
+        """Send a request to the parent."""
+        call_id = next(self._ids)
+        with self._lock:
+            self._waiting[call_id] = done
+        args, kwargs = msgspec.Raw(call.args), msgspec.Raw(call.kwargs)
+        frame = p.Request(call_id, call.device, call.method, args, kwargs, call.timeout, call.wait)
+        self._channel.post_control(frame)
+        return call_id
+
+    def cancel(self, call_id: int) -> None:
+        """Forget the call: its reply, if it comes, is dropped."""
+        with self._lock:
+            self._waiting.pop(call_id, None)
+
+    def _on_reply(self, frame: p.Reply) -> None:
+        with self._lock:
+            done = self._waiting.pop(frame.call_id, None)
+        if done is not None:
+            done(frame)
+
+    def block(self, latch: Latch, timeout: float) -> bool:
+        """Wait for the reply, reading the socket while no other thread does."""
+        deadline = time.monotonic() + timeout
+        while latch.reply is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if threading.get_ident() == self._owner:
+                self._channel.pump(left)
+            elif not self._channel.try_pump(min(left, 0.05)):
+                latch.wait(min(left, 0.05))  # the socket's holder reads the reply for us
+        return True
