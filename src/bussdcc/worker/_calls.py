@@ -1,10 +1,11 @@
 """Device calls inside a worker: serving them (a Device) and making them (any component).
 
-A Device's calls run on call threads, one by default (so in arrival order),
-up to ``concurrency`` at once if the class says so; the worker's main thread
-keeps reading the socket meanwhile, so a long call never keeps it from taking
-``Stop``. Replies go out through the channel's thread-safe control path, after
-everything the call emitted.
+By default a Device's calls run one at a time, in arrival order, on the
+worker's main thread, between reads of the socket: no thread hand-off on the
+way in or out. A Device that declares ``concurrency = N`` (N > 1) runs up to N
+at once on call threads while the main thread keeps reading; their replies go
+out through the channel's thread-safe control path. Either way a reply leaves
+after everything the call emitted.
 """
 
 from __future__ import annotations
@@ -48,9 +49,10 @@ class CallServer:
         self._methods = callable_methods(type(device))
         self._queue: queue.SimpleQueue[p.Call | None] = queue.SimpleQueue()
         self.stopping = False
+        n = concurrency_of(device)
         self._threads = [
             threading.Thread(target=self._serve, name=f"bussdcc-call-{i}", daemon=True)
-            for i in range(concurrency_of(device))
+            for i in range(n if n > 1 else 0)
         ]
         for thread in self._threads:
             thread.start()
@@ -59,6 +61,8 @@ class CallServer:
         """Queue a call (main thread); refused once the device is stopping."""
         if self.stopping:
             self._refuse(frame)
+        elif not self._threads:
+            self._channel.send_control(self.run(frame))
         else:
             self._queue.put(frame)
 
