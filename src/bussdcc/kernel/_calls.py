@@ -51,6 +51,7 @@ R = TypeVar("R")
 
 #: A call's deadline when the caller gives none.
 DEFAULT_TIMEOUT: Final = 10.0
+_VERDICT_GRACE: Final = 0.25
 
 _BASES: Final = (Device, Supervised, object)
 _RESERVED: Final = frozenset(name for cls in _BASES for name in vars(cls))
@@ -317,13 +318,21 @@ class DeviceHandle(Generic[D]):
             f"{self.id}.{spec.name}() did not answer within {self.timeout}s", device=self.id, method=spec.name
         )
 
+    def _verdict(self, latch: Latch) -> bool:
+        # A call that waited for the device expires in the router at the same
+        # deadline, saying why (never ready): give that verdict a moment to land.
+        if not self.wait:
+            return False
+        self._port.block(latch, _VERDICT_GRACE)
+        return latch.reply is not None and latch.reply.failure is not None
+
     def call(self, method: Callable[Concatenate[D, P], R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run ``method(*args, **kwargs)`` in the device's process and return its result."""
         spec = self._spec(method)
         a, k = spec.encode_args(args, kwargs)
         latch = Latch()
         call_id = self._port.submit(Outgoing(self.id, spec.name, a, k, self.timeout, self.wait), latch.set)
-        if not self._port.block(latch, self.timeout):
+        if not self._port.block(latch, self.timeout) and not self._verdict(latch):
             self._port.cancel(call_id)
             raise self._timed_out(spec)
         assert latch.reply is not None
@@ -351,8 +360,16 @@ class DeviceHandle(Generic[D]):
 
         call_id = self._port.submit(Outgoing(self.id, spec.name, a, k, self.timeout, self.wait), done)
         try:
-            reply = await asyncio.wait_for(fut, self.timeout)
+            reply = await asyncio.wait_for(asyncio.shield(fut), self.timeout)
         except TimeoutError:
+            if self.wait:
+                try:
+                    reply = await asyncio.wait_for(fut, _VERDICT_GRACE)
+                except TimeoutError:
+                    pass
+                else:
+                    if reply.failure is not None:
+                        return self._result(spec, reply)  # type: ignore[no-any-return]
             self._port.cancel(call_id)
             raise self._timed_out(spec) from None
         except asyncio.CancelledError:

@@ -1,0 +1,276 @@
+"""Calls to a device's methods: typed results, each error kind, routing from every kind of caller."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+
+import pytest
+
+from bussdcc import DeviceHandle, Process, Runtime
+from bussdcc.errors import (
+    CallArgumentError,
+    DeviceError,
+    DeviceTimeout,
+    DeviceUnavailable,
+    RuntimeStateError,
+    UnknownDevice,
+    UnknownMethod,
+)
+from bussdcc.kernel._calls import Latch, Outgoing
+
+from ._devices import Answer, Motor, PooledMotor, Reading, Relay, Target
+from ._helpers import Echo, Ping, Pong, Recorder, wait_until
+
+
+def _runtime(name: str, *devices: Motor | Relay) -> Runtime:
+    rt = Runtime(name=name)
+    for dev in devices or (Motor(id="axis-1"),):
+        rt.attach_device(dev)
+    return rt
+
+
+def test_a_call_runs_in_the_device_process_and_returns_typed_results() -> None:
+    with _runtime("calls-typed") as rt:
+        motor = rt.device(Motor, "axis-1")
+        assert isinstance(motor, DeviceHandle)
+        reached: float = motor.call(Motor.move, 12.5, speed=2.0)
+        assert reached == 25.0 and isinstance(reached, float)
+        assert motor.call(Motor.move, 3) == 3.0
+        aimed = motor.call(Motor.aim, Target(1.0, 2.0, "home"), scale=3.0)
+        assert aimed == Target(3.0, 6.0, "HOME") and isinstance(aimed, Target)
+        reading = motor.call(Motor.read, 4)
+        assert isinstance(reading, Reading) and reading.channel == 4 and reading.value == 0.4
+        assert reading.pid not in (0, os.getpid())
+        assert reading.pid == next(w.pid for w in rt.workers() if w.name == "axis-1")
+        pong = motor.call(Motor.echo, Ping(n=41))  # the project's Messages travel too
+        assert isinstance(pong, Ping) and pong.n == 42
+        assert motor.options(timeout=1.0).call(Motor.pid) == reading.pid
+
+
+def test_acall_from_asyncio() -> None:
+    with _runtime("calls-async") as rt:
+        motor = rt.device(Motor, "axis-1")
+
+        async def main() -> list[float]:
+            one = await motor.acall(Motor.move, 12.5)
+            many = await asyncio.gather(*(motor.acall(Motor.move, float(i), speed=2.0) for i in range(20)))
+            with pytest.raises(DeviceError):
+                await motor.acall(Motor.fail, "async")
+            with pytest.raises(DeviceTimeout):
+                await motor.options(timeout=0.2).acall(Motor.nap, 2.0)
+            return [one, *many]
+
+        results = asyncio.run(main())
+        assert results == [12.5, *(2.0 * i for i in range(20))]
+
+
+def test_a_device_that_raises_gives_a_device_error_with_its_type_message_and_traceback() -> None:
+    with _runtime("calls-raise") as rt:
+        motor = rt.device(Motor, "axis-1")
+        with pytest.raises(DeviceError) as info:
+            motor.call(Motor.fail, "jammed")
+        err = info.value
+        assert err.remote_type == "ValueError" and err.remote_message == "jammed"
+        assert "raise ValueError(why)" in err.remote_traceback and "in fail" in err.remote_traceback
+        assert err.device == "axis-1" and err.method == "fail"
+        assert motor.call(Motor.move, 1.0) == 1.0, "the device keeps serving"
+
+
+def test_a_timed_out_call_raises_device_timeout_and_its_late_reply_reaches_nobody() -> None:
+    with _runtime("calls-late") as rt:
+        motor = rt.device(Motor, "axis-1")
+        t0 = time.monotonic()
+        with pytest.raises(DeviceTimeout):
+            motor.options(timeout=0.3).call(Motor.nap, 1.0, tag="late")
+        assert time.monotonic() - t0 < 1.0
+        # The next calls queue behind the slow one and get their own answers, never "late".
+        assert [motor.call(Motor.nap, 0.0, tag=f"call-{i}") for i in range(5)] == [f"call-{i}" for i in range(5)]
+        sup = rt._sup
+        assert sup is not None
+        wait_until(lambda: sup.calls.late >= 1, what="the late reply to be dropped")
+
+
+def test_unknown_device_ids_and_classes_are_refused_with_the_names_that_exist() -> None:
+    with _runtime("calls-unknown", Motor(id="axis-1"), Relay(id="relay-1")) as rt:
+        with pytest.raises(UnknownDevice) as info:
+            rt.device(Motor, "axis-9")
+        assert isinstance(info.value, LookupError) and info.value.available == ("axis-1", "relay-1")
+        assert "axis-1" in str(info.value)
+        with pytest.raises(UnknownDevice):
+            rt.device(Motor, "relay-1")  # a Relay is not a Motor
+
+
+@pytest.mark.parametrize("method", ["_secret", "connect", "attach", "set_online", "__init__", "nope"])
+def test_only_public_methods_of_the_device_class_are_callable(method: str) -> None:
+    with _runtime("calls-methods") as rt:
+        motor = rt.device(Motor, "axis-1")
+        fn = getattr(Motor, method, lambda self: None)
+        with pytest.raises(UnknownMethod) as info:
+            motor.call(fn)
+        assert isinstance(info.value, LookupError) and "move" in info.value.available
+        assert not {"connect", "attach", "_secret", "set_online"} & set(info.value.available)
+        # The parent refuses it too, whoever sends it (a worker's request is not checked by a handle).
+        latch = Latch()
+        rt._calls.submit(Outgoing("axis-1", method, b"\x90", b"\x80", 5.0, False), latch.set)
+        assert latch.wait(5.0) and latch.reply is not None and latch.reply.failure is not None
+        assert latch.reply.failure.kind == "unknown_method" and "move" in latch.reply.failure.available
+        latch = Latch()
+        rt._calls.submit(Outgoing("axis-9", "move", b"\x90", b"\x80", 5.0, False), latch.set)
+        assert latch.wait(5.0) and latch.reply is not None and latch.reply.failure is not None
+        assert latch.reply.failure.kind == "unknown_device" and latch.reply.failure.available == ("axis-1",)
+
+
+def test_an_argument_that_cannot_be_encoded_fails_in_the_caller_before_anything_is_sent() -> None:
+    with _runtime("calls-encode") as rt:
+        motor = rt.device(Motor, "axis-1")
+        with pytest.raises(CallArgumentError) as info:
+            motor.call(Motor.move, object())  # type: ignore[arg-type]
+        assert isinstance(info.value, TypeError) and "move" in str(info.value)
+        with pytest.raises(CallArgumentError):
+            motor.call(Motor.aim, Target(1, 2), scale=threading.Lock())  # type: ignore[arg-type]
+        assert motor.call(Motor.count) == 0, "nothing reached the device"
+        with pytest.raises(CallArgumentError, match="cannot be sent"):
+            motor.call(Motor.unencodable)
+        with pytest.raises(CallArgumentError):
+            motor.call(Motor.read, "seven")  # type: ignore[arg-type]
+        assert motor.call(Motor.move, 2.0) == 2.0
+
+
+def test_calls_before_boot_and_after_shutdown_are_unavailable() -> None:
+    rt = _runtime("calls-down")
+    motor = rt.device(Motor, "axis-1")
+    with pytest.raises(DeviceUnavailable):
+        motor.call(Motor.move, 1.0)
+    with rt:
+        assert motor.call(Motor.move, 1.0) == 1.0
+    t0 = time.monotonic()
+    with pytest.raises(DeviceUnavailable):
+        motor.call(Motor.move, 1.0)
+    assert time.monotonic() - t0 < 1.0
+
+
+def test_eight_threads_calling_at_once_are_served_one_at_a_time_in_arrival_order() -> None:
+    with _runtime("calls-order") as rt:
+        motor = rt.device(Motor, "axis-1")
+        got: dict[int, list[int]] = {}
+
+        def caller(c: int) -> None:
+            got[c] = [motor.call(Motor.record, c, i) for i in range(40)]
+
+        threads = [threading.Thread(target=caller, args=(c,)) for c in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        history = motor.call(Motor.history)
+        assert len(history) == 8 * 40
+        for c in range(8):
+            assert [i for who, i in history if who == c] == list(range(40)), "each caller's order kept"
+            assert got[c] == sorted(got[c])
+        assert motor.call(Motor.peak) == 1, "never two calls at once"
+
+
+def test_a_device_with_concurrency_runs_calls_side_by_side() -> None:
+    with _runtime("calls-pool", PooledMotor(id="axis-1")) as rt:
+        motor = rt.device(PooledMotor, "axis-1")
+        results: list[str] = []
+        threads = [
+            threading.Thread(target=lambda i=i: results.append(motor.call(PooledMotor.nap, 0.3, tag=str(i))))
+            for i in range(8)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert sorted(results) == [str(i) for i in range(8)]
+        assert 1 < motor.call(PooledMotor.peak) <= 4
+
+
+def test_different_devices_serve_in_parallel() -> None:
+    with _runtime("calls-parallel", Motor(id="axis-1"), Motor(id="axis-2")) as rt:
+        spans: dict[str, tuple[float, float]] = {}
+
+        def call(dev: str) -> None:
+            spans[dev] = rt.device(Motor, dev).call(Motor.span, 0.5)
+
+        threads = [threading.Thread(target=call, args=(d,)) for d in ("axis-1", "axis-2")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        (a0, a1), (b0, b1) = spans["axis-1"], spans["axis-2"]
+        assert a0 < b1 and b0 < a1, "the two calls overlapped in time"
+
+
+def test_a_slow_device_never_blocks_the_dispatch_of_messages() -> None:
+    rec = Recorder()
+    rt = _runtime("calls-slow")
+    rt.register_process(rec)
+    rt.register_service(Echo())
+    with rt:
+        motor = rt.device(Motor, "axis-1")
+        done = threading.Event()
+
+        def slow() -> None:
+            motor.call(Motor.nap, 3.0)
+            done.set()
+
+        caller = threading.Thread(target=slow)
+        caller.start()
+        for n in range(20):
+            rt.emit(Ping(n=n))
+        rec.wait_for("test.pong", count=20)
+        assert not done.is_set(), "every pong came back while the call was still running"
+        caller.join(10)
+        assert done.is_set()
+        assert [e.payload.n for e in rec.of("test.pong") if isinstance(e.payload, Pong)] == list(range(20))
+
+
+def test_a_service_calls_a_device_through_the_parent() -> None:
+    from ._devices import Operator
+
+    rec = Recorder()
+    rt = _runtime("calls-service")
+    rt.register_process(rec)
+    rt.register_service(Operator())
+    with rt:
+        rt.emit(Ping(n=6))
+        (evt,) = rec.wait_for("test.answer")
+        assert isinstance(evt.payload, Answer)
+        reached, channel, device_pid, failed, service_pid = evt.payload.value.split("|")
+        assert reached == "12.0" and channel == "7" and failed == "DeviceError"
+        pids = {w.name: w.pid for w in rt.workers()}
+        assert int(device_pid) == pids["axis-1"] and int(service_pid) == pids["operator"]
+        assert len({int(device_pid), int(service_pid), os.getpid()}) == 3
+
+
+def test_a_device_calls_another_device() -> None:
+    with _runtime("calls-d2d", Motor(id="axis-1"), Relay(id="relay-1")) as rt:
+        assert rt.device(Relay, "relay-1").call(Relay.ask_motor, 2.0) == 6.0
+        assert rt.device(Relay, "relay-1").call(Relay.switch, True) is True
+
+
+def test_a_blocking_call_from_the_hub_thread_is_refused_not_deadlocked() -> None:
+    outcome: list[BaseException | float] = []
+
+    class Commander(Process):
+        name = "commander"
+
+        def handle_event(self, ctx: object, evt: object) -> None:
+            if isinstance(getattr(evt, "payload", None), Pong):
+                try:
+                    outcome.append(rt.device(Motor, "axis-1").call(Motor.move, 1.0))
+                except RuntimeStateError as exc:
+                    outcome.append(exc)
+
+    rt = _runtime("calls-hub")
+    rt.register_process(Commander())
+    rt.register_service(Echo())
+    with rt:
+        rt.emit(Ping(n=1))  # the Pong comes from a worker: dispatched on the hub thread
+        wait_until(lambda: outcome, what="the commander's call")
+        assert isinstance(outcome[0], RuntimeStateError) and "acall" in str(outcome[0])
+        assert rt.device(Motor, "axis-1").call(Motor.move, 1.0) == 1.0

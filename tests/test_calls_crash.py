@@ -1,0 +1,183 @@
+"""Calls and the device's life: crashes fail calls at once, unready devices refuse or are waited for."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from bussdcc import Runtime, WorkerState, message
+from bussdcc.errors import DeviceCrashed, DeviceUnavailable
+
+from ._devices import Motor, PooledMotor
+from ._helpers import Recorder, wait_until
+
+
+class SlowRestart(Motor):
+    """Connects slowly in every incarnation but the first, then backs off for a while after a crash."""
+
+    marker = ""
+    backoff_initial = 0.6
+    max_restarts = 10
+
+    def connect(self) -> None:
+        super().connect()
+        if os.path.exists(self.marker):
+            time.sleep(0.5)
+        open(self.marker, "a").close()
+
+
+class Fragile(Motor):
+    """Never restarted."""
+
+    restart = False
+
+
+def test_a_device_that_segfaults_mid_call_raises_device_crashed_at_once() -> None:
+    rec = Recorder()
+    rt = Runtime(name="calls-segv")
+    rt.register_process(rec)
+    rt.attach_device(Motor(id="axis-1"))
+    with rt:
+        motor = rt.device(Motor, "axis-1", timeout=30.0)
+        old_pid = motor.call(Motor.pid)
+        t0 = time.monotonic()
+        with pytest.raises(DeviceCrashed) as info:
+            motor.call(Motor.segfault)
+        elapsed = time.monotonic() - t0
+        assert elapsed < 1.0, f"DeviceCrashed after {elapsed:.3f}s, with a 30 s timeout"
+        err = info.value
+        assert err.reason == "killed by SIGSEGV" and "SIGSEGV" in str(err) and str(old_pid) in str(err)
+        assert err.device == "axis-1" and err.method == "segfault"
+        # Reported like any other crash, and respawned per policy.
+        (exited,) = rec.wait_for("worker.exited", lambda e: e.payload.to_dict()["pid"] == old_pid)
+        assert isinstance(exited.payload, message.WorkerExited) and exited.payload.signal == "SIGSEGV"
+        (failed,) = rec.wait_for("device.failed")
+        assert "SIGSEGV" in failed.payload.to_dict()["error"]
+        new_pid = motor.options(wait=True).call(Motor.pid)
+        assert new_pid not in (old_pid, os.getpid())
+
+
+@pytest.mark.parametrize("cls", [Motor, PooledMotor], ids=["inline", "pooled"])
+def test_every_call_in_flight_fails_when_the_device_dies(cls: type[Motor]) -> None:
+    rt = Runtime(name=f"calls-inflight-{cls.__name__.lower()}")
+    rt.attach_device(cls(id="axis-1"))
+    with rt:
+        motor = rt.device(cls, "axis-1", timeout=30.0)
+        pid = motor.call(Motor.pid)
+        errors: list[BaseException] = []
+
+        def waiter(i: int) -> None:
+            try:
+                motor.call(Motor.nap, 10.0, tag=str(i))
+            except Exception as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=waiter, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        wait_until(lambda: rt._sup is not None and len(rt._sup.calls._pending) == 3, what="three calls in flight")
+        t0 = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        for t in threads:
+            t.join(5)
+        assert time.monotonic() - t0 < 2.0
+        assert len(errors) == 3 and all(isinstance(e, DeviceCrashed) for e in errors), errors
+        assert all(e.reason == "killed by SIGKILL" for e in errors if isinstance(e, DeviceCrashed))
+
+
+def test_a_failed_device_is_unavailable_at_once() -> None:
+    rt = Runtime(name="calls-failed")
+    rt.attach_device(Fragile(id="axis-1"))
+    with rt:
+        motor = rt.device(Fragile, "axis-1", timeout=30.0)
+        with pytest.raises(DeviceCrashed):
+            motor.call(Motor.segfault)
+        wait_until(lambda: rt.workers()[0].state is WorkerState.FAILED, what="the device to fail")
+        t0 = time.monotonic()
+        with pytest.raises(DeviceUnavailable) as info:
+            motor.call(Motor.move, 1.0)
+        assert info.value.state == "failed" and time.monotonic() - t0 < 1.0
+        with pytest.raises(DeviceUnavailable) as waited:
+            motor.options(timeout=0.3, wait=True).call(Motor.move, 1.0)
+        assert "ready" in str(waited.value)
+
+
+def test_a_stopped_device_is_unavailable_at_once() -> None:
+    rt = Runtime(name="calls-stopped")
+    rt.attach_device(Motor(id="axis-1"))
+    with rt:
+        rt._stop_worker("axis-1")
+        with pytest.raises(DeviceUnavailable) as info:
+            rt.device(Motor, "axis-1").call(Motor.move, 1.0)
+        assert info.value.state == "stopped"
+
+
+def test_starting_and_backoff_refuse_at_once_or_wait_for_the_next_incarnation(tmp_path: object) -> None:
+    dev = SlowRestart(id="axis-1")
+    dev.marker = f"{tmp_path}/connected"
+    rt = Runtime(name="calls-backoff")
+    rt.attach_device(dev)
+    with rt:
+        motor = rt.device(SlowRestart, "axis-1", timeout=30.0)
+        first = motor.call(Motor.pid)
+        with pytest.raises(DeviceCrashed):
+            motor.call(Motor.segfault)  # the first respawn is immediate, and connects slowly
+        with pytest.raises(DeviceUnavailable) as info:
+            motor.call(Motor.move, 1.0)
+        assert info.value.state in ("starting", "backoff")
+        second = motor.options(wait=True).call(Motor.pid)
+        assert second != first
+        with pytest.raises(DeviceCrashed):
+            motor.call(Motor.segfault)  # the second respawn waits backoff_initial
+        wait_until(lambda: rt.workers()[0].state is WorkerState.BACKOFF, what="backoff")
+        with pytest.raises(DeviceUnavailable) as info:
+            motor.call(Motor.move, 1.0)
+        assert info.value.state == "backoff"
+        t0 = time.monotonic()
+        assert motor.options(wait=True).call(Motor.move, 2.0, speed=2.0) == 4.0
+        assert time.monotonic() - t0 > 0.1, "it waited for the respawn"
+        assert motor.call(Motor.pid) not in (first, second)
+
+
+@pytest.mark.parametrize("cls", [Motor, PooledMotor], ids=["inline", "pooled"])
+def test_a_call_running_at_shutdown_still_gets_its_answer(cls: type[Motor]) -> None:
+    rt = Runtime(name=f"calls-shutdown-{cls.__name__.lower()}")
+    rt.attach_device(cls(id="axis-1"))
+    rt.boot()
+    motor = rt.device(cls, "axis-1", timeout=30.0)
+    answers: list[object] = []
+    caller = threading.Thread(target=lambda: answers.append(motor.call(Motor.nap, 0.5, tag="done")))
+    caller.start()
+    wait_until(lambda: rt._sup is not None and rt._sup.calls._pending, what="the call in flight")
+    rt.shutdown()
+    caller.join(10)
+    assert answers == ["done"]
+
+
+def test_a_call_waiting_for_a_device_fails_when_the_runtime_shuts_down(tmp_path: object) -> None:
+    rt = Runtime(name="calls-parked")
+    rt.attach_device(Fragile(id="axis-1"))
+    rt.boot()
+    motor = rt.device(Fragile, "axis-1", timeout=30.0, wait=True)
+    with pytest.raises(DeviceCrashed):
+        motor.call(Motor.segfault)
+    errors: list[BaseException] = []
+
+    def parked() -> None:
+        try:
+            motor.call(Motor.move, 1.0)
+        except Exception as exc:
+            errors.append(exc)
+
+    caller = threading.Thread(target=parked)
+    caller.start()
+    wait_until(lambda: rt._sup is not None and rt._sup.calls._parked.get("axis-1"), what="a parked call")
+    t0 = time.monotonic()
+    rt.shutdown()
+    caller.join(10)
+    assert len(errors) == 1 and isinstance(errors[0], DeviceUnavailable)
+    assert time.monotonic() - t0 < 5.0
