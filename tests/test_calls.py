@@ -7,15 +7,16 @@ import os
 import threading
 import time
 
+import msgspec
 import pytest
 
-from bussdcc import DeviceHandle, Process, Runtime
+from bussdcc import Context, DeviceHandle, Event, Message, Process, Runtime
 from bussdcc.errors import (
     CallArgumentError,
+    DeviceCrashed,
     DeviceError,
     DeviceTimeout,
     DeviceUnavailable,
-    RuntimeStateError,
     UnknownDevice,
     UnknownMethod,
 )
@@ -253,24 +254,58 @@ def test_a_device_calls_another_device() -> None:
         assert rt.device(Relay, "relay-1").call(Relay.switch, True) is True
 
 
-def test_a_blocking_call_from_the_hub_thread_is_refused_not_deadlocked() -> None:
-    outcome: list[BaseException | float] = []
+def test_a_process_reacting_to_a_worker_message_can_call_a_device() -> None:
+    # Messages from workers are dispatched on the hub thread, which also carries the replies.
+    outcome: list[object] = []
 
     class Commander(Process):
         name = "commander"
 
-        def handle_event(self, ctx: object, evt: object) -> None:
-            if isinstance(getattr(evt, "payload", None), Pong):
+        def handle_event(self, ctx: Context, evt: Event[Message]) -> None:
+            if isinstance(evt.payload, Pong) and evt.source == "echo":
+                motor = ctx.device(Motor, "axis-1", wait=True)
+                outcome.append(motor.call(Motor.move, float(evt.payload.n), speed=2.0))
                 try:
-                    outcome.append(rt.device(Motor, "axis-1").call(Motor.move, 1.0))
-                except RuntimeStateError as exc:
-                    outcome.append(exc)
+                    motor.options(timeout=30.0).call(Motor.segfault)
+                except DeviceCrashed as exc:
+                    outcome.append(exc.reason)
+                outcome.append(threading.current_thread().name)
 
+    rec = Recorder()
     rt = _runtime("calls-hub")
     rt.register_process(Commander())
+    rt.register_process(rec)
     rt.register_service(Echo())
     with rt:
-        rt.emit(Ping(n=1))  # the Pong comes from a worker: dispatched on the hub thread
-        wait_until(lambda: outcome, what="the commander's call")
-        assert isinstance(outcome[0], RuntimeStateError) and "acall" in str(outcome[0])
-        assert rt.device(Motor, "axis-1").call(Motor.move, 1.0) == 1.0
+        t0 = time.monotonic()
+        for n in range(3):
+            rt.emit(Ping(n=n))  # each Pong comes from a worker
+        wait_until(lambda: len(outcome) == 9, what="the commander's calls", timeout=20)
+        assert outcome[0::3] == [0.0, 2.0, 4.0]
+        assert outcome[1::3] == ["killed by SIGSEGV"] * 3
+        assert outcome[2::3] == ["bussdcc-hub"] * 3
+        assert time.monotonic() - t0 < 10.0, "each crash was seen at once, not at the 30 s deadline"
+        # Everything the workers sent meanwhile was dispatched, in order.
+        pongs = [e.payload.n for e in rec.of("test.pong") if isinstance(e.payload, Pong)]
+        assert pongs == [0, 1, 2]
+        rec.wait_for("worker.exited", count=3)
+        assert rt.device(Motor, "axis-1", wait=True).call(Motor.move, 1.0) == 1.0
+
+
+def test_the_hub_recognises_the_frames_it_takes_early_without_decoding_them() -> None:
+    from bussdcc.kernel import protocol as p
+    from bussdcc.supervisor._hub import _NESTED_TAGS
+
+    raw = msgspec.Raw(b"\x90")
+    early = [
+        p.Reply(1, p.NIL),
+        p.Reply(2**40, p.NIL, p.Failure("error", "x")),
+        p.Hello(1),
+        p.Ready(),
+        p.StartFailed("e"),
+        p.Request(1, "d", "m", raw, raw, 1.0),
+    ]
+    for frame in early:
+        assert p.encode(frame)[1:].startswith(_NESTED_TAGS), frame
+    for frame in (p.Batch(1, [raw]), p.Bye(3)):
+        assert not p.encode(frame)[1:].startswith(_NESTED_TAGS), frame

@@ -278,13 +278,9 @@ class ParentPort:
             hub.call_soon(lambda: router.cancel(call_id))
 
     def block(self, latch: Latch, timeout: float) -> bool:
-        """Wait on the latch; the hub thread itself must not (it is what delivers the reply)."""
+        """Wait on the latch; on the hub thread (a handler reacting to a worker), serve replies meanwhile."""
         found = self._router()
-        if found is not None and found[0].in_hub and latch.reply is None:
-            from ..errors import RuntimeStateError
-
-            raise RuntimeStateError(
-                "a blocking device call from the runtime's I/O thread (a handler reacting to a worker's message) "
-                "would wait on itself: call from another thread, or use acall"
-            )
+        if found is not None and found[0].in_hub:
+            found[0].serve_replies(lambda: latch.reply is not None, time.monotonic() + timeout)
+            return latch.reply is not None
         return latch.wait(timeout)

@@ -36,6 +36,14 @@ _RETRY = 0.002
 # Undelivered events other threads may queue before their emit waits.
 _MAX_OUTBOX = 10_000
 _MAX_OUTBOX_BYTES = 16 * 1024 * 1024
+# Frames a handler waiting for a reply on this thread may need handled meanwhile
+# (the reply, or a respawned device's hello and ready, or another worker's call),
+# told apart by their encoded tag, which follows a one-byte array header. None
+# of them is part of a worker's numbered stream, so taking them early is safe.
+_NESTED_TAGS = tuple(
+    msgspec.msgpack.encode(cls.__struct_config__.tag) for cls in (p.Reply, p.Hello, p.Ready, p.StartFailed, p.Request)
+)
+_NESTED_SLICE = 0.005
 
 
 class HubClient(Protocol):
@@ -87,6 +95,9 @@ class Hub:
         self._stalled_since: dict[bytes, float] = {}
         self._retry: Timer | None = None
         self._reading = True
+        # Frames read while a handler on this thread waited for a device's reply,
+        # handled in their order before anything read after them.
+        self._stash: deque[list[bytes]] = deque()
         #: Notified whenever the hub has taken the outbox.
         self.outbox_taken = threading.Condition()
         self._room_waiters = 0
@@ -271,14 +282,14 @@ class Hub:
         self._run_calls()
         if self._fork_fd in events:
             self._client.on_fork_readable()
-        if sock in events:
+        if sock in events or self._stash:
             self._read_frames(sock)
         self._run_due_timers()
         if not self.congested:  # else leave events in the outbox: emitters feel the back-pressure
             self.flush_outbox()
 
     def _next_timeout(self) -> int | None:
-        if self._calls:
+        if self._calls or self._stash:
             return 0
         while self._timers and self._timers[0][2].cancelled:
             heapq.heappop(self._timers)
@@ -307,13 +318,52 @@ class Hub:
     def _read_frames(self, sock: zmq.Socket[bytes]) -> None:
         # Asking EVENTS is far cheaper than ending each burst on a zmq.Again.
         for _ in range(_READ_BURST):
-            if not cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            if self._stash:
+                frames = self._stash.popleft()
+            elif not cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                 return
-            frames = sock.recv_multipart(zmq.NOBLOCK)
+            else:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
             if len(frames) != 2:
                 self._client.on_stranger()
                 continue  # not [identity, payload]: nothing a worker of ours sends
             self._client.on_frame(frames[0], frames[1])
+
+    def serve_replies(self, until: Callable[[], bool], deadline: float) -> None:
+        """Until ``until()`` or ``deadline``, handle replies, exit reports and timers (hub thread only).
+
+        A handler running on this thread that waits for a device's reply would
+        otherwise wait on itself; exit reports and timers let its device's death
+        and respawn be seen meanwhile. Every other frame is kept, in order, for the loop.
+        """
+        sock = self.sock
+        assert sock is not None and self.in_hub
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._fork_fd, zmq.POLLIN)
+        watch_fork = True
+        while not until():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if self._queues:
+                self._pump_all()
+            self._run_due_timers()
+            if until():
+                return
+            events = dict(poller.poll(max(1, int(min(left, _NESTED_SLICE) * 1000))))
+            if watch_fork and self._fork_fd in events:
+                try:
+                    self._client.on_fork_readable()
+                except BootError:
+                    poller.unregister(self._fork_fd)  # the loop reports it once this handler returns
+                    watch_fork = False
+            while cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+                if len(frames) == 2 and frames[1][1:].startswith(_NESTED_TAGS):
+                    self._client.on_frame(frames[0], frames[1])
+                else:
+                    self._stash.append(frames)
 
     def flush_outbox(self) -> None:
         """Send the dispatched events to every worker that handles events (hub thread, not congested)."""
