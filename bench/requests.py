@@ -2,10 +2,11 @@
 
 Rows: a call's round trip p50/p99 from the parent's main thread and from a
 Service (another worker, routed through the parent), and calls/s with 1 and 8
-concurrent callers. The baseline is measured in the same run: a forked child
-with a DEALER that decodes a call (method, args, kwargs) with msgspec, runs it
-and replies, and a parent ROUTER on one thread (1 request outstanding, or 8
-kept in flight for the 8-caller row). Usage: ``python bench/requests.py [TRIPS]``.
+concurrent callers. The baseline is measured in the same run, in rounds that
+alternate with bussdcc's: a forked child with a DEALER that decodes a call
+(method, args, kwargs) with msgspec, runs it and replies, and a parent ROUTER
+on one thread (1 request in flight, or 8 kept in flight for the 8-caller row).
+Usage: ``python bench/requests.py [TRIPS]``.
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _common import median, percentile, short_tmp, table
 from dispatch import _connect_when_bound, _fork_and_bind
 
-from bussdcc import Context, Device, Message, Process, Runtime, Service
+from bussdcc import Context, Device, DeviceHandle, Event, Message, Process, Runtime, Service
 
 TRIPS = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
 WARMUP = 200
 CALLS = 4 * TRIPS  # for the calls/s rows
 CALLERS = 8
+# Both sides are measured in alternating rounds, so that they share the machine's load.
+ROUNDS = 10
 
 
 class Motor(Device):
@@ -38,6 +41,14 @@ class Motor(Device):
 
     def move(self, position: float, speed: float = 1.0) -> float:
         return position * speed
+
+
+@dataclass(slots=True, frozen=True)
+class Go(Message):
+    """Make this many calls from the Service."""
+
+    name = "bench.go"
+    n: int
 
 
 @dataclass(slots=True, frozen=True)
@@ -49,19 +60,20 @@ class Samples(Message):
 
 
 class Caller(Service):
-    """Calls the motor from its own process, then reports the timings."""
+    """Calls the motor from its own process when told to, then reports the timings."""
 
     name = "caller"
     interval = 3600
 
-    def tick(self, ctx: Context) -> None:
+    def handle_event(self, ctx: Context, evt: Event[Message]) -> None:
+        if not isinstance(evt.payload, Go):
+            return
         motor = ctx.device(Motor, "axis-1")
         out: list[float] = []
-        for n in range(TRIPS + WARMUP):
+        for n in range(evt.payload.n):
             t0 = time.perf_counter()
             motor.call(Motor.move, float(n), speed=2.0)
-            if n >= WARMUP:
-                out.append(time.perf_counter() - t0)
+            out.append(time.perf_counter() - t0)
         ctx.emit(Samples(seconds=out))
 
 
@@ -72,54 +84,10 @@ class Collect(Process):
         self.samples: list[float] = []
         self.done = threading.Event()
 
-    def handle_event(self, ctx: Context, evt: Any) -> None:
+    def handle_event(self, ctx: Context, evt: Event[Message]) -> None:
         if isinstance(evt.payload, Samples):
             self.samples = evt.payload.seconds
             self.done.set()
-
-
-# ---- bussdcc ------------------------------------------------------------------------------
-
-
-def bussdcc_from_parent() -> tuple[list[float], float, float]:
-    rt = Runtime(name="bench-calls")
-    rt.attach_device(Motor(id="axis-1"))
-    with rt:
-        motor = rt.device(Motor, "axis-1")
-        rtt: list[float] = []
-        for n in range(TRIPS + WARMUP):
-            t0 = time.perf_counter()
-            motor.call(Motor.move, float(n), speed=2.0)
-            if n >= WARMUP:
-                rtt.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        for n in range(CALLS):
-            motor.call(Motor.move, float(n))
-        one = CALLS / (time.perf_counter() - t0)
-
-        def caller() -> None:
-            for n in range(CALLS // CALLERS):
-                motor.call(Motor.move, float(n))
-
-        threads = [threading.Thread(target=caller) for _ in range(CALLERS)]
-        t0 = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        many = (CALLS // CALLERS * CALLERS) / (time.perf_counter() - t0)
-    return rtt, one, many
-
-
-def bussdcc_from_service() -> list[float]:
-    collect = Collect()
-    rt = Runtime(name="bench-svc-calls")
-    rt.attach_device(Motor(id="axis-1"))
-    rt.register_process(collect)
-    rt.register_service(Caller())
-    with rt:
-        assert collect.done.wait(120)
-    return collect.samples
 
 
 # ---- raw pyzmq + msgspec --------------------------------------------------------------------
@@ -137,66 +105,146 @@ class RawReply(msgspec.Struct, array_like=True):
     result: float
 
 
-def raw_calls() -> tuple[list[float], float, float]:
-    d = short_tmp()
-    endpoint = f"ipc://{d}/calls.sock"
-    total = TRIPS + WARMUP + CALLS + CALLS
+class Raw:
+    """A forked child that serves calls on a DEALER; the parent's ROUTER on one thread."""
 
-    def child() -> None:
-        ctx, s = _connect_when_bound(endpoint)
-        dec = msgspec.msgpack.Decoder(RawCall)
-        enc = msgspec.msgpack.Encoder()
-        motor = Motor(id="raw")
-        s.send(b"hello")
-        for _ in range(total):
-            call = dec.decode(s.recv())
-            result = getattr(motor, call.method)(*call.args, **call.kwargs)
-            s.send(enc.encode(RawReply(call.call_id, result)))
-        s.close(linger=-1)
-        ctx.term()
+    def __init__(self) -> None:
+        self.dir = short_tmp()
+        endpoint = f"ipc://{self.dir}/calls.sock"
 
-    pid, ctx, r = _fork_and_bind(child, endpoint)
-    ident, _ = r.recv_multipart()
-    enc = msgspec.msgpack.Encoder()
-    dec = msgspec.msgpack.Decoder(RawReply)
-    rtt: list[float] = []
-    for n in range(TRIPS + WARMUP):
+        def child() -> None:
+            ctx, s = _connect_when_bound(endpoint)
+            dec = msgspec.msgpack.Decoder(RawCall)
+            enc = msgspec.msgpack.Encoder()
+            motor = Motor(id="raw")
+            s.send(b"hello")
+            while (data := s.recv()) != b"quit":
+                call = dec.decode(data)
+                result = getattr(motor, call.method)(*call.args, **call.kwargs)
+                s.send(enc.encode(RawReply(call.call_id, result)))
+            s.close(linger=-1)
+            ctx.term()
+
+        self.pid, self.ctx, self.sock = _fork_and_bind(child, endpoint)
+        self.ident, _ = self.sock.recv_multipart()
+        self.enc = msgspec.msgpack.Encoder()
+        self.dec = msgspec.msgpack.Decoder(RawReply)
+
+    def round_trips(self, n: int) -> list[float]:
+        out = []
+        for i in range(n):
+            t0 = time.perf_counter()
+            self.sock.send_multipart([self.ident, self.enc.encode(RawCall(i, "move", [float(i)], {"speed": 2.0}))])
+            self.dec.decode(self.sock.recv_multipart()[1])
+            out.append(time.perf_counter() - t0)
+        return out
+
+    def seconds_for(self, n: int, in_flight: int) -> float:
         t0 = time.perf_counter()
-        r.send_multipart([ident, enc.encode(RawCall(n, "move", [float(n)], {"speed": 2.0}))])
-        _, data = r.recv_multipart()
-        dec.decode(data)
-        if n >= WARMUP:
-            rtt.append(time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    for n in range(CALLS):
-        r.send_multipart([ident, enc.encode(RawCall(n, "move", [float(n)], {}))])
-        dec.decode(r.recv_multipart()[1])
-    one = CALLS / (time.perf_counter() - t0)
-    # Eight requests in flight at all times: the raw form of eight concurrent callers.
-    t0 = time.perf_counter()
-    sent = 0
-    for _ in range(CALLERS):
-        r.send_multipart([ident, enc.encode(RawCall(sent, "move", [1.0], {}))])
-        sent += 1
-    for _ in range(CALLS):
-        dec.decode(r.recv_multipart()[1])
-        if sent < CALLS:
-            r.send_multipart([ident, enc.encode(RawCall(sent, "move", [1.0], {}))])
+        sent = 0
+        for _ in range(min(in_flight, n)):
+            self.sock.send_multipart([self.ident, self.enc.encode(RawCall(sent, "move", [1.0], {}))])
             sent += 1
-    many = CALLS / (time.perf_counter() - t0)
-    os.waitpid(pid, 0)
-    r.close(0)
-    ctx.term()
-    shutil.rmtree(d)
-    return rtt, one, many
+        for _ in range(n):
+            self.dec.decode(self.sock.recv_multipart()[1])
+            if sent < n:
+                self.sock.send_multipart([self.ident, self.enc.encode(RawCall(sent, "move", [1.0], {}))])
+                sent += 1
+        return time.perf_counter() - t0
+
+    def close(self) -> None:
+        self.sock.send_multipart([self.ident, b"quit"])
+        os.waitpid(self.pid, 0)
+        self.sock.close(0)
+        self.ctx.term()
+        shutil.rmtree(self.dir)
+
+
+# ---- bussdcc ------------------------------------------------------------------------------
+
+
+def round_trips(motor: DeviceHandle[Motor], n: int) -> list[float]:
+    out = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        motor.call(Motor.move, float(i), speed=2.0)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+class Callers:
+    """Eight threads that make calls together, one round at a time."""
+
+    def __init__(self, motor: DeviceHandle[Motor]) -> None:
+        self.motor = motor
+        self.per_thread = 0
+        self.start = threading.Barrier(CALLERS + 1)
+        self.end = threading.Barrier(CALLERS + 1)
+        self.threads = [threading.Thread(target=self.run, daemon=True) for _ in range(CALLERS)]
+        for t in self.threads:
+            t.start()
+
+    def run(self) -> None:
+        while True:
+            self.start.wait()
+            if self.per_thread < 0:
+                return
+            for i in range(self.per_thread):
+                self.motor.call(Motor.move, float(i))
+            self.end.wait()
+
+    def seconds_for(self, n: int) -> float:
+        self.per_thread = n // CALLERS
+        t0 = time.perf_counter()
+        self.start.wait()
+        self.end.wait()
+        return time.perf_counter() - t0
+
+    def close(self) -> None:
+        self.per_thread = -1
+        self.start.wait()
+        for t in self.threads:
+            t.join()
 
 
 def main() -> None:
     started = time.monotonic()
     # The raw baseline forks before this process has any ZeroMQ context or thread.
-    raw_rtt, raw_one, raw_many = raw_calls()
-    rtt, one, many = bussdcc_from_parent()
-    svc = bussdcc_from_service()
+    raw = Raw()
+    collect = Collect()
+    rt = Runtime(name="bench-calls")
+    rt.attach_device(Motor(id="axis-1"))
+    rt.register_process(collect)
+    rt.register_service(Caller())
+    raw_rtt: list[float] = []
+    rtt: list[float] = []
+    svc: list[float] = []
+    raw_one = raw_many = one = many = 0.0
+    with rt:
+        motor = rt.device(Motor, "axis-1")
+        callers = Callers(motor)
+        raw.round_trips(WARMUP)
+        round_trips(motor, WARMUP)
+        per_round, calls_per_round = TRIPS // ROUNDS, CALLS // ROUNDS
+        for _ in range(ROUNDS):
+            raw_rtt += raw.round_trips(per_round)
+            rtt += round_trips(motor, per_round)
+            collect.done.clear()
+            rt.emit(Go(n=per_round))
+            assert collect.done.wait(60)
+            svc += collect.samples
+            raw_one += raw.seconds_for(calls_per_round, 1)
+            t0 = time.perf_counter()
+            for i in range(calls_per_round):
+                motor.call(Motor.move, float(i))
+            one += time.perf_counter() - t0
+            raw_many += raw.seconds_for(calls_per_round, CALLERS)
+            many += callers.seconds_for(calls_per_round)
+        callers.close()
+    raw.close()
+    total = calls_per_round * ROUNDS
+    rate_raw_one, rate_raw_many = total / raw_one, total / raw_many
+    rate_one, rate_many = total / one, (calls_per_round // CALLERS * CALLERS * ROUNDS) / many
 
     def us(x: float) -> str:
         return f"{x * 1e6:,.0f} µs"
@@ -213,10 +261,10 @@ def main() -> None:
         ("round trip p99, parent → device", us(p99), base, us(r99), f"{p99 / r99:.2f}"),
         ("round trip p50, Service → device", us(s50), base, us(r50), f"{s50 / r50:.2f}"),
         ("round trip p99, Service → device", us(s99), base, us(r99), f"{s99 / r99:.2f}"),
-        ("calls/s, 1 caller", rate(one), base + ", 1 in flight", rate(raw_one), f"{one / raw_one:.2f}"),
-        (f"calls/s, {CALLERS} caller threads", rate(many), base + f", {CALLERS} in flight", rate(raw_many), f"{many / raw_many:.2f}"),
+        ("calls/s, 1 caller", rate(rate_one), base + ", 1 in flight", rate(rate_raw_one), f"{rate_one / rate_raw_one:.2f}"),
+        (f"calls/s, {CALLERS} caller threads", rate(rate_many), base + f", {CALLERS} in flight", rate(rate_raw_many), f"{rate_many / rate_raw_many:.2f}"),
     ]  # fmt: skip
-    table(f"device calls: {TRIPS:,} round trips, {CALLS:,} calls per rate row", rows)
+    table(f"device calls: {TRIPS:,} round trips, {total:,} calls per rate row, {ROUNDS} alternating rounds", rows)
     verdict = "met" if p50 <= 2 * r50 else "NOT met"
     print(f"\ntarget: parent → device p50 within 2x of raw -> {p50 / r50:.2f}x ({verdict})")
     print(f"took {time.monotonic() - started:.1f} s")

@@ -17,6 +17,7 @@ from bussdcc.errors import (
     DeviceError,
     DeviceTimeout,
     DeviceUnavailable,
+    RegistrationError,
     UnknownDevice,
     UnknownMethod,
 )
@@ -309,3 +310,11 @@ def test_the_hub_recognises_the_frames_it_takes_early_without_decoding_them() ->
         assert p.encode(frame)[1:].startswith(_NESTED_TAGS), frame
     for frame in (p.Batch(1, [raw]), p.Bye(3)):
         assert not p.encode(frame)[1:].startswith(_NESTED_TAGS), frame
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+def test_a_device_concurrency_must_be_a_positive_int(bad: object) -> None:
+    dev = Motor(id="axis-1")
+    dev.concurrency = bad  # type: ignore[misc,assignment]
+    with pytest.raises(RegistrationError, match="concurrency"):
+        Runtime(name="calls-bad-pool").attach_device(dev)

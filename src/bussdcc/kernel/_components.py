@@ -93,6 +93,8 @@ class Device(Supervised):
     """
 
     kind: ClassVar[str] = "device"
+    #: How many calls to its methods may run at once (on a thread pool); 1 runs them in arrival order.
+    concurrency: ClassVar[int] = 1
 
     def __init__(self, *, id: str, config: Any = None) -> None:
         self.id = id

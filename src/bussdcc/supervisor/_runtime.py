@@ -176,6 +176,8 @@ class Runtime:
             raise RegistrationError(f"attach_device() takes a Device, not {type(device).__name__}")
         self._check_name(device.id, "device", self._worker_names())
         check_supervised(device)
+        if not isinstance(device.concurrency, int) or isinstance(device.concurrency, bool) or device.concurrency < 1:
+            raise RegistrationError(f"{device.id!r}: concurrency must be an int >= 1, not {device.concurrency!r}")
         self._add_worker(device)
         self._devices[device.id] = device
 
