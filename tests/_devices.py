@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import os
 import threading
 import time
 from dataclasses import dataclass
 
-from bussdcc import Context, Device, Event, Message, Service
+from bussdcc import Context, Device, DeviceHandle, Event, Message, Service
 
 from ._helpers import Ping
 
@@ -107,6 +108,9 @@ class Motor(Device):
     def unencodable(self) -> object:
         return object()
 
+    def huge(self, size: int) -> bytes:
+        return b"x" * size
+
     def _secret(self) -> None:
         """Private: never callable."""
 
@@ -148,3 +152,9 @@ class Operator(Service):
         except Exception as exc:
             failed = type(exc).__name__
         ctx.emit(Answer(who="operator", value=f"{reached}|{reading.channel}|{reading.pid}|{failed}|{os.getpid()}"))
+        # The same from asyncio inside the worker, several at once.
+        moved = asyncio.run(self.moves(motor, evt.payload.n))
+        ctx.emit(Answer(who="operator-async", value=",".join(str(x) for x in moved)))
+
+    async def moves(self, motor: DeviceHandle[Motor], n: int) -> list[float]:
+        return list(await asyncio.gather(*(motor.acall(Motor.move, float(n + i)) for i in range(4))))

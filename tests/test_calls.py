@@ -136,6 +136,12 @@ def test_an_argument_that_cannot_be_encoded_fails_in_the_caller_before_anything_
         assert motor.call(Motor.count) == 0, "nothing reached the device"
         with pytest.raises(CallArgumentError, match="cannot be sent"):
             motor.call(Motor.unencodable)
+        with pytest.raises(CallArgumentError, match="over the"):
+            motor.call(Motor.huge, 3 * 1024 * 1024)
+        with pytest.raises(CallArgumentError, match="over the"):
+            motor.call(Motor.move, [1.0] * 1_000_000)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="timeout"):
+            motor.options(timeout=float("inf"))
         with pytest.raises(CallArgumentError):
             motor.call(Motor.read, "seven")  # type: ignore[arg-type]
         assert motor.call(Motor.move, 2.0) == 2.0
@@ -247,6 +253,8 @@ def test_a_service_calls_a_device_through_the_parent() -> None:
         pids = {w.name: w.pid for w in rt.workers()}
         assert int(device_pid) == pids["axis-1"] and int(service_pid) == pids["operator"]
         assert len({int(device_pid), int(service_pid), os.getpid()}) == 3
+        (moved,) = rec.wait_for("test.answer", lambda e: getattr(e.payload, "who", "") == "operator-async")
+        assert isinstance(moved.payload, Answer) and moved.payload.value == "6.0,7.0,8.0,9.0"
 
 
 def test_a_device_calls_another_device() -> None:

@@ -52,6 +52,8 @@ R = TypeVar("R")
 #: A call's deadline when the caller gives none.
 DEFAULT_TIMEOUT: Final = 10.0
 _VERDICT_GRACE: Final = 0.25
+#: The longest deadline a call may have (a day).
+MAX_TIMEOUT: Final = 86_400.0
 
 _BASES: Final = (Device, Supervised, object)
 _RESERVED: Final = frozenset(name for cls in _BASES for name in vars(cls))
@@ -272,8 +274,8 @@ class DeviceHandle(Generic[D]):
     def __init__(
         self, cls: type[D], id: str, port: CallPort, *, timeout: float = DEFAULT_TIMEOUT, wait: bool = False
     ) -> None:
-        if not (timeout > 0):
-            raise ValueError(f"timeout must be > 0, not {timeout!r}")
+        if not (0 < timeout <= MAX_TIMEOUT):
+            raise ValueError(f"timeout must be > 0 and at most {MAX_TIMEOUT:g} seconds, not {timeout!r}")
         self.cls = cls
         self.id = id
         self._port = port

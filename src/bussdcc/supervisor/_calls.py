@@ -28,7 +28,7 @@ from ..errors import (
 )
 from ..kernel import Device
 from ..kernel import protocol as p
-from ..kernel._calls import Latch, Outgoing, callable_methods, fail
+from ..kernel._calls import MAX_TIMEOUT, Latch, Outgoing, callable_methods, fail
 from ._workers import WorkerState
 
 if TYPE_CHECKING:
@@ -151,7 +151,9 @@ class CallRouter:
 
         call_id = next(_ids)
         call_frame = p.encode(p.Call(call_id, frame.method, frame.args, frame.kwargs))
-        call = Outgoing(frame.device, frame.method, b"", b"", max(0.0, frame.timeout), frame.wait)
+        # A worker's deadline is taken with care: NaN or infinity must not reach the timers.
+        timeout = frame.timeout if 0.0 <= frame.timeout <= MAX_TIMEOUT else (MAX_TIMEOUT if frame.timeout > 0 else 0.0)
+        call = Outgoing(frame.device, frame.method, b"", b"", timeout, frame.wait)
         self.submit(_Pending(call_id, call, call_frame, done))
 
     # ---- incarnations coming and going ---------------------------------------------------------

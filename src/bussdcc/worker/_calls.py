@@ -99,10 +99,14 @@ class CallServer:
                 ),
             )
         try:
-            return p.Reply(frame.call_id, msgspec.Raw(p.encode(result)))
+            encoded = p.encode(result)
         except ProtocolError as exc:
             unsent = CallArgumentError(f"{dev.id}.{frame.method}() returned what cannot be sent: {exc}")
             return fail(frame.call_id, unsent)
+        if len(encoded) > p.MAX_ITEM:
+            big = f"{dev.id}.{frame.method}() returned {len(encoded)} bytes, over the {p.MAX_ITEM}-byte limit"
+            return fail(frame.call_id, CallArgumentError(big))
+        return p.Reply(frame.call_id, msgspec.Raw(encoded))
 
     def stop(self, timeout: float) -> None:
         """Refuse the calls still queued, let those running finish (up to ``timeout``), end the threads."""
