@@ -296,7 +296,7 @@ class DeviceHandle(Generic[D]):
         )
 
     def _spec(self, method: Callable[..., Any]) -> MethodSpec:
-        name = getattr(method, "__name__", repr(method))
+        name = getattr(method, "__name__", None) or repr(method)
         allowed = callable_methods(self.cls)
         if allowed.get(name) is not method:
             raise UnknownMethod(

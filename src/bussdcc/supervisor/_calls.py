@@ -230,11 +230,17 @@ class CallRouter:
 class ParentPort:
     """The parent's :class:`~bussdcc.kernel.CallPort`: calls go to the router on the hub thread."""
 
-    def __init__(
-        self, router: Callable[[], tuple[Hub, CallRouter] | None], devices: Callable[[], dict[str, Device]]
-    ) -> None:
-        self._router = router
+    def __init__(self, devices: Callable[[], dict[str, Device]]) -> None:
         self._devices = devices
+        self._up: tuple[Hub, CallRouter] | None = None
+
+    def attach(self, hub: Hub, router: CallRouter) -> None:
+        """The runtime is up: route calls through ``hub`` to ``router``."""
+        self._up = hub, router
+
+    def detach(self) -> None:
+        """The runtime is down: calls are unavailable."""
+        self._up = None
 
     @property
     def async_direct(self) -> bool:
@@ -259,7 +265,7 @@ class ParentPort:
     def submit(self, call: Outgoing, done: Callable[[p.Reply], None]) -> int:
         """Encode the call here, route it on the hub thread."""
         call_id = next(_ids)
-        found = self._router()
+        found = self._up
         if found is None:
             done(fail(call_id, DeviceUnavailable("the runtime is not running", device=call.device, state="stopped")))
             return call_id
@@ -274,14 +280,14 @@ class ParentPort:
 
     def cancel(self, call_id: int) -> None:
         """Forget the call on the hub thread."""
-        found = self._router()
+        found = self._up
         if found is not None:
             hub, router = found
             hub.call_soon(lambda: router.cancel(call_id))
 
     def block(self, latch: Latch, timeout: float) -> bool:
         """Wait on the latch; on the hub thread (a handler reacting to a worker), serve replies meanwhile."""
-        found = self._router()
+        found = self._up
         if found is not None and found[0].in_hub:
             found[0].serve_replies(lambda: latch.reply is not None, time.monotonic() + timeout)
             return latch.reply is not None

@@ -44,6 +44,7 @@ _NESTED_TAGS = tuple(
     msgspec.msgpack.encode(cls.__struct_config__.tag) for cls in (p.Reply, p.Hello, p.Ready, p.StartFailed, p.Request)
 )
 _NESTED_SLICE = 0.005
+_MAX_STASH_BYTES = 64 * 1024 * 1024
 
 
 class HubClient(Protocol):
@@ -98,6 +99,7 @@ class Hub:
         # Frames read while a handler on this thread waited for a device's reply,
         # handled in their order before anything read after them.
         self._stash: deque[list[bytes]] = deque()
+        self._stash_bytes = 0
         #: Notified whenever the hub has taken the outbox.
         self.outbox_taken = threading.Condition()
         self._room_waiters = 0
@@ -320,6 +322,7 @@ class Hub:
         for _ in range(_READ_BURST):
             if self._stash:
                 frames = self._stash.popleft()
+                self._stash_bytes -= sum(len(f) for f in frames)
             elif not cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                 return
             else:
@@ -341,7 +344,7 @@ class Hub:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._fork_fd, zmq.POLLIN)
-        watch_fork = True
+        watch_fork = reading = True
         while not until():
             left = deadline - time.monotonic()
             if left <= 0:
@@ -358,12 +361,18 @@ class Hub:
                 except BootError:
                     poller.unregister(self._fork_fd)  # the loop reports it once this handler returns
                     watch_fork = False
-            while cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            while reading and cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
                 if len(frames) == 2 and frames[1][1:].startswith(_NESTED_TAGS):
                     self._client.on_frame(frames[0], frames[1])
                 else:
                     self._stash.append(frames)
+                    self._stash_bytes += sum(len(f) for f in frames)
+                    if self._stash_bytes > _MAX_STASH_BYTES:
+                        # Memory stays bounded: read no more until the handler returns
+                        # (its call then ends at its deadline, or when its device dies).
+                        poller.unregister(sock)
+                        reading = False
 
     def flush_outbox(self) -> None:
         """Send the dispatched events to every worker that handles events (hub thread, not congested)."""

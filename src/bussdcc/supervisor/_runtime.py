@@ -35,7 +35,7 @@ from ..kernel import (
 )
 from ..kernel import _builtin as m
 from ..kernel import protocol as p
-from ._calls import CallRouter, ParentPort
+from ._calls import ParentPort
 from ._forkserver import ForkServer
 from ._hub import Hub
 from ._rundir import default_name, make_run_dir, remove_run_dir
@@ -91,7 +91,7 @@ class Runtime:
         self.events.set_error_sink(self.emit)
         self.state = state or StateStore()
         self.version = __version__
-        self._calls = ParentPort(self._router, lambda: self._devices)
+        self._calls = ParentPort(lambda: self._devices)
         self.ctx = self._context(RUNTIME_SOURCE)
         self.halt_reason: str | None = None
         self._devices: dict[str, Device] = {}
@@ -130,12 +130,6 @@ class Runtime:
         return Context(
             clock=self.clock, events=self.events, state=self.state, runtime=self, emit=emit, calls=self._calls
         )
-
-    def _router(self) -> tuple[Hub, CallRouter] | None:
-        hub, sup = self._hub, self._sup
-        if hub is None or sup is None or not hub.thread.is_alive():
-            return None
-        return hub, sup.calls
 
     def device(self, cls: type[D], id: str, *, timeout: float = 10.0, wait: bool = False) -> DeviceHandle[D]:
         """A typed handle to call the methods of the device ``id`` (a ``cls``) from any thread."""
@@ -411,6 +405,7 @@ class Runtime:
         sup.hub = sup.calls.hub = hub
         hub.start()
         self._sup, self._hub = sup, hub
+        self._calls.attach(hub, sup.calls)
         atexit.register(self._at_exit)
 
     def _worker(self, name: str) -> Worker:
@@ -507,6 +502,7 @@ class Runtime:
         atexit.unregister(self._at_exit)
         self._last_stats = self.stats()
         if self._hub is not None:
+            self._calls.detach()
             if self._sup is not None:
                 calls = self._sup.calls
                 try:

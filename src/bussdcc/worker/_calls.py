@@ -40,6 +40,12 @@ def concurrency_of(device: Device) -> int:
     return value
 
 
+# A thread other than the main one that waits for a reply reads the socket in
+# short slices, so that the main thread's own sends never wait long for it.
+_SLICE = 0.005
+_YIELD = 0.0005
+
+
 class CallServer:
     """Runs the calls sent to one Device on its call threads."""
 
@@ -178,6 +184,8 @@ class WorkerPort:
                 return False
             if threading.get_ident() == self._owner:
                 self._channel.pump(left)
-            elif not self._channel.try_pump(min(left, 0.05)):
-                latch.wait(min(left, 0.05))  # the socket's holder reads the reply for us
+            elif self._channel.try_pump(min(left, _SLICE)):
+                latch.wait(min(left, _YIELD))  # the main thread may want the socket between our slices
+            else:
+                latch.wait(min(left, _SLICE))  # the socket's holder reads the reply for us
         return True
