@@ -108,6 +108,9 @@ class Motor(Device):
     def unencodable(self) -> object:
         return object()
 
+    def twin(self) -> Motor:
+        return self  # not something msgspec can encode, nor decode into
+
     def huge(self, size: int) -> bytes:
         return b"x" * size
 

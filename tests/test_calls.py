@@ -136,6 +136,8 @@ def test_an_argument_that_cannot_be_encoded_fails_in_the_caller_before_anything_
         assert motor.call(Motor.count) == 0, "nothing reached the device"
         with pytest.raises(CallArgumentError, match="cannot be sent"):
             motor.call(Motor.unencodable)
+        with pytest.raises(CallArgumentError, match="cannot be sent"):
+            motor.call(Motor.twin)
         with pytest.raises(CallArgumentError, match="over the"):
             motor.call(Motor.huge, 3 * 1024 * 1024)
         with pytest.raises(CallArgumentError, match="over the"):

@@ -96,7 +96,10 @@ class MethodSpec:
         params = list(inspect.signature(fn).parameters.values())[1:]  # not self
 
         def decoder(name: str) -> msgspec.msgpack.Decoder[Any]:
-            return p.value_decoder(hints.get(name, Any))
+            try:
+                return p.value_decoder(hints.get(name, Any))
+            except TypeError:  # a type msgspec cannot decode into: take the plain data
+                return p.value_decoder(Any)
 
         kinds = inspect.Parameter
         by_position = (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD)
@@ -107,7 +110,7 @@ class MethodSpec:
         self._var_positional = decoder(star[0].name) if star else p.value_decoder(Any)
         stars = [x for x in params if x.kind is kinds.VAR_KEYWORD]
         self._var_keyword = decoder(stars[0].name) if stars else p.value_decoder(Any)
-        self._result = p.value_decoder(hints.get("return", Any))
+        self._result = decoder("return")
 
     def encode_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bytes, bytes]:
         """Encode the arguments, or raise :class:`CallArgumentError` before anything is sent."""
