@@ -303,6 +303,29 @@ def test_a_process_reacting_to_a_worker_message_can_call_a_device() -> None:
         assert rt.device(Motor, "axis-1", wait=True).call(Motor.move, 1.0) == 1.0
 
 
+def test_while_a_process_waits_on_a_slow_device_other_callers_are_served() -> None:
+    state: dict[str, bool] = {"started": False, "finished": False}
+
+    class Commander(Process):
+        name = "commander"
+
+        def handle_event(self, ctx: Context, evt: Event[Message]) -> None:
+            if isinstance(evt.payload, Pong) and evt.source == "echo":
+                state["started"] = True
+                ctx.device(Motor, "axis-1").call(Motor.nap, 2.0)
+                state["finished"] = True
+
+    rt = _runtime("calls-hub-busy", Motor(id="axis-1"), Motor(id="axis-2"))
+    rt.register_process(Commander())
+    rt.register_service(Echo())
+    with rt:
+        rt.emit(Ping(n=1))
+        wait_until(lambda: state["started"], what="the commander's slow call")
+        assert rt.device(Motor, "axis-2").call(Motor.move, 3.0) == 3.0
+        assert not state["finished"], "served while the hub thread waited on axis-1"
+        wait_until(lambda: state["finished"], what="the slow call to end")
+
+
 def test_the_hub_recognises_the_frames_it_takes_early_without_decoding_them() -> None:
     from bussdcc.kernel import protocol as p
     from bussdcc.supervisor._hub import _NESTED_TAGS

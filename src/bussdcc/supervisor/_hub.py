@@ -333,19 +333,21 @@ class Hub:
             self._client.on_frame(frames[0], frames[1])
 
     def serve_replies(self, until: Callable[[], bool], deadline: float) -> None:
-        """Until ``until()`` or ``deadline``, handle replies, exit reports and timers (hub thread only).
+        """Until ``until()`` or ``deadline``, run the loop but for workers' streams (hub thread only).
 
         A handler running on this thread that waits for a device's reply would
-        otherwise wait on itself; exit reports and timers let its device's death
-        and respawn be seen meanwhile. Every other frame is kept, in order, for the loop.
+        otherwise wait on itself. Replies, exit reports, timers and other threads'
+        calls (a stop, another caller's request) go on meanwhile; the frames of
+        workers' numbered streams are kept, in order, for the loop.
         """
         sock = self.sock
         assert sock is not None and self.in_hub
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._fork_fd, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
         watch_fork = reading = True
-        while not until():
+        while self._running and not until():
             left = deadline - time.monotonic()
             if left <= 0:
                 return
@@ -355,6 +357,9 @@ class Hub:
             if until():
                 return
             events = dict(poller.poll(max(1, int(min(left, _NESTED_SLICE) * 1000))))
+            if self._wake_r in events:
+                self._drain_wake()
+            self._run_calls()
             if watch_fork and self._fork_fd in events:
                 try:
                     self._client.on_fork_readable()
