@@ -161,3 +161,20 @@ class Operator(Service):
 
     async def moves(self, motor: DeviceHandle[Motor], n: int) -> list[float]:
         return list(await asyncio.gather(*(motor.acall(Motor.move, float(n + i)) for i in range(4))))
+
+
+class Recorders(Service):
+    """Makes numbered calls to the motor from its own process when a Ping comes, then says so."""
+
+    interval = 3600.0
+
+    def __init__(self, name: str, caller: int, count: int) -> None:
+        self.name = name
+        self.caller = caller
+        self.count = count
+
+    def handle_event(self, ctx: Context, evt: Event[Message]) -> None:
+        if isinstance(evt.payload, Ping):
+            motor = ctx.device(Motor, "axis-1")
+            served = [motor.call(Motor.record, self.caller, i) for i in range(self.count)]
+            ctx.emit(Answer(who=self.name, value=str(served == sorted(served))))

@@ -183,6 +183,33 @@ def test_eight_threads_calling_at_once_are_served_one_at_a_time_in_arrival_order
         assert motor.call(Motor.peak) == 1, "never two calls at once"
 
 
+def test_services_and_threads_calling_one_device_at_once_keep_each_callers_order() -> None:
+    from ._devices import Recorders
+
+    rec = Recorder()
+    rt = _runtime("calls-mixed")
+    rt.register_process(rec)
+    for caller in (10, 11):
+        rt.register_service(Recorders(f"recorder-{caller}", caller, 30))
+    with rt:
+        motor = rt.device(Motor, "axis-1")
+        threads = [
+            threading.Thread(target=lambda c=c: [motor.call(Motor.record, c, i) for i in range(30)]) for c in (0, 1)
+        ]
+        rt.emit(Ping(n=0))
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        answers = rec.wait_for("test.answer", count=2, timeout=30)
+        assert sorted(a.payload.to_dict()["value"] for a in answers) == ["True", "True"]
+        history = motor.call(Motor.history)
+        assert len(history) == 4 * 30
+        for caller in (0, 1, 10, 11):
+            assert [i for who, i in history if who == caller] == list(range(30))
+        assert motor.call(Motor.peak) == 1
+
+
 def test_a_device_with_concurrency_runs_calls_side_by_side() -> None:
     with _runtime("calls-pool", PooledMotor(id="axis-1")) as rt:
         motor = rt.device(PooledMotor, "axis-1")
