@@ -181,3 +181,31 @@ def test_a_call_waiting_for_a_device_fails_when_the_runtime_shuts_down(tmp_path:
     caller.join(10)
     assert len(errors) == 1 and isinstance(errors[0], DeviceUnavailable)
     assert time.monotonic() - t0 < 5.0
+
+
+def test_stopping_a_pooled_device_finishes_running_calls_and_refuses_queued_ones() -> None:
+    rt = Runtime(name="calls-pool-stop")
+    rt.attach_device(PooledMotor(id="axis-1"))
+    with rt:
+        motor = rt.device(PooledMotor, "axis-1", timeout=30.0)
+        outcomes: dict[int, object] = {}
+
+        def caller(i: int) -> None:
+            try:
+                outcomes[i] = motor.call(Motor.nap, 1.0, tag=str(i))
+            except Exception as exc:
+                outcomes[i] = exc
+
+        threads = [threading.Thread(target=caller, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        wait_until(lambda: rt._sup is not None and len(rt._sup.calls._pending) == 6, what="six calls in flight")
+        stopper = threading.Thread(target=rt._stop_worker, args=("axis-1",))
+        stopper.start()
+        for t in threads:
+            t.join(10)
+        stopper.join(10)
+        done = sorted(v for v in outcomes.values() if isinstance(v, str))
+        refused = [v for v in outcomes.values() if isinstance(v, DeviceUnavailable)]
+        assert len(done) == 4 and len(refused) == 2, outcomes
+        assert all(e.state == "stopping" for e in refused)
