@@ -482,13 +482,13 @@ class Supervisor:
             )
         )
         worker.last_exit = reason
+        if worker.current is inc:
+            worker.current = None
+            if inc.ready_at is not None and time.monotonic() - inc.ready_at >= worker.component.backoff_reset:
+                worker.streak = 0  # it ran long enough to count as healthy
+            self._decide(worker, inc, cause, reason, lost)
+        # Last: whoever waits on the outcome (boot) sees the decision made, too.
         inc.outcome.set()
-        if worker.current is not inc:
-            return
-        worker.current = None
-        if inc.ready_at is not None and time.monotonic() - inc.ready_at >= worker.component.backoff_reset:
-            worker.streak = 0  # it ran long enough to count as healthy
-        self._decide(worker, inc, cause, reason, lost)
 
     def _classify(self, inc: Incarnation) -> tuple[str, str, str | None]:
         """(cause, reason, signal name) of an incarnation's end."""
