@@ -5,6 +5,8 @@ from __future__ import annotations
 __all__ = [
     "BootError",
     "BussdccError",
+    "ConfigError",
+    "ControlError",
     "DuplicateMessageName",
     "FrameTooLarge",
     "MalformedFrame",
@@ -63,3 +65,11 @@ class BootError(BussdccError, RuntimeError):
 
 class WorkerStartError(BussdccError):
     """A worker process did not report ready in time."""
+
+
+class ConfigError(BussdccError, ValueError):
+    """A system description (a TOML file, a ``module:Class`` target, a JSON config) is invalid."""
+
+
+class ControlError(BussdccError):
+    """A control request could not be made or was refused (no runtime, wrong secret, unknown worker)."""

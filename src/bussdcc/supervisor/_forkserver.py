@@ -133,9 +133,11 @@ class ForkServer:
         """The socket to poll for reports."""
         return self._sock.fileno()
 
-    def spawn(self, worker: str, incarnation: int, slot: int, pickled: bytes | None = None) -> None:
+    def spawn(
+        self, worker: str, incarnation: int, slot: int, pickled: bytes | None = None, argv: list[str] | None = None
+    ) -> None:
         """Ask for a new worker process; the answer arrives as a report."""
-        self._send(p.Spawn(worker, incarnation, slot, pickled))
+        self._send(p.Spawn(worker, incarnation, slot, pickled, argv))
 
     def _send(self, frame: p.Spawn | p.Quit) -> None:
         data = p.pack_stream(frame)
@@ -181,6 +183,15 @@ def _reap(pid: int, timeout: float) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _exec_worker(req: p.Spawn, parent: int) -> NoReturn:  # pragma: no cover - runs in the child
+    argv = [*(req.argv or []), "--slot", str(req.slot), "--incarnation", str(req.incarnation)]
+    argv += ["--parent-pid", str(parent)]
+    env = dict(os.environ)
+    # The fresh interpreter imports the class from where the parent would have.
+    env["PYTHONPATH"] = os.pathsep.join(x for x in sys.path if x)
+    os.execve(argv[0], argv, env)
 
 
 class _Zygote:  # pragma: no cover - runs in the child
@@ -264,12 +275,15 @@ class _Zygote:  # pragma: no cover - runs in the child
         return "more"
 
     def _spawn(self, req: p.Spawn, poller: select.poll) -> None:
-        try:
-            role, component = self.components[req.worker] if req.pickled is None else pickle.loads(req.pickled)
-        except Exception as exc:
-            self._report(p.SpawnFailed(req.worker, req.incarnation, repr(exc)))
-            return
-        spec = WorkerSpec(req.worker, role, req.incarnation, self.endpoint, req.slot, self.slots, self.parent)
+        spec: WorkerSpec | None = None
+        component: object = None
+        if req.argv is None:
+            try:
+                role, component = self.components[req.worker] if req.pickled is None else pickle.loads(req.pickled)
+            except Exception as exc:
+                self._report(p.SpawnFailed(req.worker, req.incarnation, repr(exc)))
+                return
+            spec = WorkerSpec(req.worker, role, req.incarnation, self.endpoint, req.slot, self.slots, self.parent)
         me = os.getpid()
         pid = os.fork()
         if pid == 0:
@@ -279,6 +293,9 @@ class _Zygote:  # pragma: no cover - runs in the child
                 self.sock.close()
                 for fd in self.children:
                     os.close(fd)
+                if spec is None:
+                    assert req.argv is not None
+                    _exec_worker(req, self.parent)
                 self.entry(spec, component)
             except BaseException:
                 traceback.print_exc()
