@@ -122,7 +122,7 @@ def _worker(args: argparse.Namespace) -> int:
         args.target,
         args.name,
         _config(args),
-        _policy(args),
+        args.policy_json or _policy(args),
         slot=args.slot,
         incarnation=args.incarnation,
         parent_pid=args.parent_pid,
@@ -210,6 +210,7 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("target", help="module:Class of a Service or Device")
     cmd.add_argument("--name", required=True, help="the worker's name (a Device's id)")
     policy(cmd)
+    cmd.add_argument("--policy-json", help=argparse.SUPPRESS)
     for internal in ("--slot", "--incarnation", "--parent-pid"):
         cmd.add_argument(internal, type=int, help=argparse.SUPPRESS)  # set by the runtime when it starts one
     cmd.set_defaults(fn=_worker)

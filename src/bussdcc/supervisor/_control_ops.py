@@ -154,7 +154,7 @@ def _spawn(rt: Runtime, server: ControlServer, req: p.SpawnRequest) -> str:
     # The parent imports the class too: to know its settings, and to refuse a bad target now.
     component = _component(req.target, req.name, req.config, req.policy)
     argv = [sys.executable, "-m", "bussdcc", "worker", "--connect", str(server.run_dir), req.target]
-    argv += ["--name", req.name, "--config", req.config, "--policy", req.policy]
+    argv += ["--name", req.name, "--config", req.config, "--policy-json", req.policy]
     with _lifecycle(rt):
         _live(rt)
         rt._check_name(req.name, "worker", rt._worker_names())
