@@ -57,3 +57,32 @@ def make_runtime() -> Runtime:
     rt.attach_device(Probe(id="probe"))
     rt.register_service(Beeper(every=0.5))
     return rt
+
+
+class Chatty(Service):
+    """Prints and logs once it starts, then (``crash``) dies at once without a goodbye."""
+
+    name = "chatty"
+    interval = 3600.0
+
+    def __init__(self, lines: int = 3, crash: bool = False) -> None:
+        self.lines = lines
+        self.crash = crash
+
+    def start(self, ctx: Context) -> None:
+        import logging
+        import sys
+
+        for i in range(self.lines):
+            print(f"out {i}")
+        print("to stderr", file=sys.stderr)
+        log = logging.getLogger("tests.chatty")
+        log.warning("careful: %s", "hot")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            log.exception("it failed")
+        if self.crash:
+            sys.stdout.write("last words")  # no newline, no flush: still not lost
+            sys.stdout.flush()
+            os._exit(9)

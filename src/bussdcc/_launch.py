@@ -19,6 +19,7 @@ from .kernel import Device, Event, Interface, Message, Process, Service, SlotTab
 from .kernel import _builtin as m
 from .kernel import protocol as p
 from .supervisor import Runtime, SignalRuntime
+from .worker._logs import STANDALONE_ENV
 
 
 def load_runtime(target: str, name: str | None = None) -> Runtime:
@@ -138,6 +139,7 @@ def worker(
         if not isinstance(reply, p.Joined):
             raise ControlError(f"unexpected reply {type(reply).__name__}")
         _watch_parent(reply.parent_pid)
+        os.environ[STANDALONE_ENV] = "1"
         spec = WorkerSpec(name, role, reply.incarnation, reply.endpoint, reply.slot, slots, reply.parent_pid)
     from .worker._main import run as run_worker
 

@@ -161,8 +161,22 @@ class Reaped(_Frame, tag="reaped", frozen=True):
     exit_code: int
 
 
+class Output(_Frame, tag="output", frozen=True):
+    """Whole lines a worker wrote to its stdout (``stream`` 1) or stderr (2)."""
+
+    worker: str
+    pid: int
+    stream: int
+    lines: list[str]
+
+
+#: A worker's stderr line that carries a ``logging`` record (JSON follows) rather than text.
+LOG_MARK: Final = "\x1ebussdcc-log "
+#: Longest line forwarded whole; longer ones are split.
+MAX_LINE: Final = 64 * 1024
+
 ForkRequest: TypeAlias = Spawn | Quit
-ForkReport: TypeAlias = Spawned | SpawnFailed | Reaped
+ForkReport: TypeAlias = Spawned | SpawnFailed | Reaped | Output
 
 # ---- control client → parent (every request carries the runtime's secret) ------------
 

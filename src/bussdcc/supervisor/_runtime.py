@@ -37,6 +37,7 @@ from ..kernel import protocol as p
 from ._control import ControlServer
 from ._forkserver import ForkServer
 from ._hub import Hub
+from ._output import OutputSink
 from ._rundir import default_name, make_run_dir, remove_run_dir
 from ._specs import check_group, check_supervised
 from ._supervisor import Supervisor
@@ -300,6 +301,12 @@ class Runtime:
             if control is not None:
                 control.tap(evt.payload.severity, item)
 
+    def _tap(self, severity: int, item: bytes) -> None:
+        control = self._control
+        if control is not None:
+            with self._dispatch_lock:  # the control stream keeps dispatch's order
+                control.tap(severity, item)
+
     def _dispatch_item(self, env: p.Envelope, item: bytes, worker: str) -> None:
         evt = p.envelope_event(env, worker)
         if env.source != worker:  # the routing id, not the frame, says who sent it
@@ -402,6 +409,7 @@ class Runtime:
         self._sup, self._hub = sup, hub
         self._control = ControlServer(self, self._run_dir)
         self._control.start()
+        sup.on_output = OutputSink(self._tap)
         atexit.register(self._at_exit)
 
     def _worker(self, name: str) -> Worker:
