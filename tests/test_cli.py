@@ -503,3 +503,43 @@ def test_run_speaks_systemds_notify_protocol(tmp_path: Path) -> None:
     finally:
         plant.stop()
         sock.close()
+
+
+def test_a_slow_subscriber_misses_messages_counted_and_never_slows_dispatch(
+    live: tuple[ThreadedRuntime, Recorder],
+) -> None:
+    rt, rec = live
+    assert rt.run_dir is not None
+    secret = (rt.run_dir / "secret").read_bytes()
+    zctx = zmq.Context()
+    sock = zctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVHWM, 10)
+    sock.connect(f"ipc://{rt.run_dir / 'control.sock'}")
+    try:
+        sock.send(p.encode(p.SubscribeRequest(secret)))
+        assert sock.poll(10_000)
+        assert isinstance(p.decode_control_reply(sock.recv()), p.Done)
+        total = 30_000
+        for n in range(total):  # nobody reads the subscription meanwhile
+            rt.emit(Ping(n=n))
+        rec.wait_for("test.ping", lambda e: e.payload.n == total - 1)  # type: ignore[attr-defined]
+        assert len(rec.of("test.ping")) == total  # dispatch lost nothing
+        wait_until(lambda: _status(rt.name)["runtime"]["events_dropped"] > 0, what="drops to be counted")
+        # The subscriber learns how many it missed with the next message it gets.
+        seen: list[p.EventOut] = []
+
+        def accounted() -> bool:
+            while sock.poll(0):
+                reply = p.decode_control_reply(sock.recv())
+                assert isinstance(reply, p.EventOut)
+                seen.append(reply)
+            rt.emit(Ping(n=-1))  # carries the count of what was missed before it
+            # Every ping and its pong was either received or counted as missed.
+            return sum(e.dropped for e in seen) + len(seen) >= 2 * total
+
+        wait_until(accounted, timeout=30, what="every message received or counted as missed")
+        assert sum(e.dropped for e in seen) > 0
+    finally:
+        sock.close()
+        zctx.term()
