@@ -17,6 +17,7 @@ from ..errors import ConfigError, ControlError
 from ..kernel import Device, Service
 from ..kernel import protocol as p
 from ._hub import Hub
+from ._specs import check_supervised
 from ._supervisor import Supervisor
 from ._workers import Incarnation, Worker, WorkerState
 
@@ -144,9 +145,7 @@ def _component(target: str, name: str, config: str, policy: str) -> Service | De
     component = build(target, name, cfg, pol)
     if not isinstance(component, Service | Device):
         raise ConfigError(f"{target} is not a Service or a Device: only those run as workers")
-    from ._runtime import _check_supervised  # the runtime imports this module
-
-    _check_supervised(component)
+    check_supervised(component)
     return component
 
 
