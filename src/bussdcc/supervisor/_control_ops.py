@@ -37,11 +37,9 @@ def status(rt: Runtime, server: ControlServer) -> p.StatusReply:
         "version": rt.version,
         "uptime": round(time.time() - server.started, 3),
         "booted": rt.booted,
-        "dispatched": stats.dispatched,
-        "rejected": stats.rejected,
-        "lost": stats.lost,
-        "events_dropped": server.dropped,
         "run_dir": str(server.run_dir),
+        "events_dropped": server.dropped,
+        **msgspec.to_builtins(stats),  # every counter of rt.stats(), as it grows
     }
     workers = [msgspec.to_builtins(w) for w in rt.workers()]
     return p.StatusReply(runtime, workers)
