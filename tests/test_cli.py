@@ -6,6 +6,7 @@ import itertools
 import json
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -444,15 +445,34 @@ def test_shutdown_command_stops_a_runtime_and_waits(run_base: Path) -> None:
     try:
         plant.wait_line("made running", err=True)
         assert {w["name"] for w in _status("made")["workers"]} == {"probe", "beeper"}
+        follower = Background(["events", "-f"])
+        follower.wait_line("runtime.booted")
         done = bussdcc("shutdown", "made", "--reason", "maintenance")
         assert done.returncode == 0, done.stderr
-        assert done.stdout.strip() == f"shut down (pid {plant.pid})"
+        assert done.stdout.strip() == f"made shut down (pid {plant.pid})"
+        # A follower sees the shutdown and ends with the runtime.
+        assert follower.wait() == 0
+        assert "maintenance" in follower.wait_line("runtime.shutting_down")
         # The command waited: the runtime is gone when it returns.
         assert plant.proc.poll() is not None or plant.wait(5) == 0
         assert plant.wait() == 0
     finally:
         plant.stop()
     assert list(run_base.iterdir()) == []
+
+
+def test_shutdown_command_stops_an_embedded_runtime_whose_process_lives_on(
+    live: tuple[ThreadedRuntime, Recorder],
+) -> None:
+    rt, rec = live
+    done = bussdcc("shutdown", rt.name)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"{rt.name} shut down (pid {os.getpid()})"
+    assert rt.wait(10)
+    # The shutdown ran on a thread of its own, which ends right after.
+    wait_until(lambda: "bussdcc-halt" not in {t.name for t in threading.enumerate()}, what="the halt thread to end")
+    assert rec.of("runtime.shutdown")[0].payload.reason == "shutdown requested over the control endpoint"  # type: ignore[attr-defined]
+    assert not rt.booted
 
 
 def test_bad_config_is_one_line_naming_file_line_and_key(tmp_path: Path) -> None:

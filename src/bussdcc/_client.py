@@ -155,13 +155,22 @@ def _gone(run_dir: Path) -> bool:
 
 
 def wait_gone(run_dir: Path, pid: int | None, timeout: float) -> bool:
-    """Wait until the runtime in ``run_dir`` has ended."""
+    """Wait until the runtime in ``run_dir`` has shut down (its process may live on: an embedded runtime)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if _gone(run_dir) and (pid is None or not _alive(pid)):
+        # The run directory goes last, once every worker has stopped.
+        if _gone(run_dir) or (pid is not None and not _alive(pid)):
             return True
         time.sleep(0.02)
     return False
+
+
+def runtime_name(run_dir: Path) -> str:
+    """The name recorded in ``run_dir``."""
+    try:
+        return str(json.loads((run_dir / INFO_FILE).read_text())["name"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return run_dir.name
 
 
 def runtime_pid(run_dir: Path) -> int | None:

@@ -50,13 +50,14 @@ def _worker_op(op: str) -> Callable[[argparse.Namespace], int]:
 def _shutdown(args: argparse.Namespace) -> int:
     run_dir = _target(args, args.name)
     pid = _client.runtime_pid(run_dir)
+    name = _client.runtime_name(run_dir)
     with _client.Client(run_dir) as client:
         client.call(p.ShutdownRequest(client.secret, args.reason))
     if not _client.wait_gone(run_dir, pid, args.timeout):
         raise BussdccError(
             f"the runtime (pid {pid}) was asked to shut down but is still running after {args.timeout:g}s"
         )
-    print(f"shut down (pid {pid})")
+    print(f"{name} shut down (pid {pid})")
     return 0
 
 
