@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import psutil
 import zmq
 
@@ -78,6 +79,15 @@ def locate(name: str | None = None, run_dir: str | None = None) -> Path:
     return matches[0].run_dir
 
 
+@dataclass(frozen=True, slots=True)
+class Streamed:
+    """One message of the event stream: its severity, its encoded Envelope, and how many were missed before it."""
+
+    severity: int
+    item: msgspec.Raw
+    dropped: int
+
+
 def read_secret(run_dir: Path) -> bytes:
     """The runtime's secret (readable only by its user)."""
     try:
@@ -133,7 +143,7 @@ class Client:
         self.send(request)
         return self.receive(timeout)
 
-    def events(self, backlog: int, follow: bool, poll: float = 0.5) -> Iterator[p.EventOut]:
+    def events(self, backlog: int, follow: bool, poll: float = 0.5) -> Iterator[Streamed]:
         """The last ``backlog`` messages, then (``follow``) every new one until the runtime ends."""
         self.send(p.SubscribeRequest(self.secret, backlog))
         while True:
@@ -146,8 +156,11 @@ class Client:
                 if not follow:
                     return
                 continue
-            if isinstance(reply, p.EventOut):
-                yield reply
+            if isinstance(reply, p.Events):
+                dropped = reply.dropped
+                for severity, item in zip(reply.severities, reply.items, strict=True):
+                    yield Streamed(severity, item, dropped)
+                    dropped = 0
 
 
 def _gone(run_dir: Path) -> bool:

@@ -9,6 +9,7 @@ from typing import Any
 
 import psutil
 
+from ._client import Streamed
 from .kernel import Severity
 from .kernel import protocol as p
 
@@ -101,7 +102,7 @@ def status_table(reply: p.StatusReply) -> str:
     return "\n".join([head, "", *lines])
 
 
-def event_record(evt: p.EventOut) -> dict[str, Any]:
+def event_record(evt: Streamed) -> dict[str, Any]:
     """A subscriber's event as plain data: time, name, severity, source, payload."""
     env = p.decode_item(evt.item)
     if not isinstance(env, p.Envelope):

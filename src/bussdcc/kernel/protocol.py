@@ -271,15 +271,18 @@ class Joined(_Frame, tag="joined", frozen=True):
     parent_pid: int
 
 
-class EventOut(_Frame, tag="event", frozen=True):
-    """One dispatched message for a subscriber; ``dropped`` counts those it missed before this one."""
+class Events(_Frame, tag="events", frozen=True):
+    """Dispatched messages for a subscriber, in order (encoded Envelopes and their severities).
 
-    severity: int
-    item: msgspec.Raw  # an encoded Envelope
-    dropped: int = 0
+    ``dropped`` counts the messages it missed (it read too slowly) just before these.
+    """
+
+    dropped: int
+    severities: list[int]
+    items: list[msgspec.Raw]
 
 
-ControlReply: TypeAlias = Refused | Failed | Done | StatusReply | Joined | EventOut
+ControlReply: TypeAlias = Refused | Failed | Done | StatusReply | Joined | Events
 
 # ---- codec ----------------------------------------------------------------------
 

@@ -40,6 +40,8 @@ _MAX_QUEUED = 10_000
 #: Recent messages kept for ``bussdcc events`` (its backlog).
 RECENT = 1000
 _MAX_REQUEST = 1024 * 1024
+#: Messages per frame to a subscriber.
+_CHUNK = 256
 _SUB_HWM = 1000
 
 
@@ -207,22 +209,23 @@ class ControlServer:
         while self._events:  # popleft, not clear(): a message tapped meanwhile stays queued
             batch.append(self._events.popleft())
         overflow, self._overflow = self._overflow, 0
-        if not self._subscribers:
-            return
         for identity in list(self._subscribers):
-            self._subscribers[identity] += overflow
-        self.dropped += overflow * len(self._subscribers)
-        for severity, item in batch:
-            for identity, missed in list(self._subscribers.items()):
-                if self._skip.get(identity):
-                    self._skip[identity] -= 1
-                    continue
-                frame = p.encode(p.EventOut(severity, msgspec.Raw(item), missed))
-                if self._send(sock, identity, frame):
-                    self._subscribers[identity] = 0
-                elif identity in self._subscribers:
-                    self._subscribers[identity] += 1
-                    self.dropped += 1
+            missed = self._subscribers[identity] + overflow
+            self.dropped += overflow
+            skip = self._skip.pop(identity, 0)  # queued before it subscribed: in its backlog already
+            if skip > len(batch):
+                self._skip[identity] = skip - len(batch)
+            ours = batch[skip:]
+            for start in range(0, len(ours), _CHUNK):
+                chunk = ours[start : start + _CHUNK]
+                frame = p.Events(missed, [sev for sev, _ in chunk], [msgspec.Raw(item) for _, item in chunk])
+                if self._send(sock, identity, p.encode(frame)):
+                    missed = 0
+                else:
+                    missed += len(chunk)
+                    self.dropped += len(chunk)
+            if identity in self._subscribers:
+                self._subscribers[identity] = missed
 
     # ---- requests -----------------------------------------------------------------
 
@@ -245,8 +248,10 @@ class ControlServer:
                     self._subscribers[identity] = 0
                     queued = len(self._events)
                 # Messages queued before it subscribed were meant for the others.
-                for severity, item in backlog:
-                    self._send(sock, identity, p.encode(p.EventOut(severity, msgspec.Raw(item))))
+                for start in range(0, len(backlog), _CHUNK):
+                    chunk = backlog[start : start + _CHUNK]
+                    events = p.Events(0, [sev for sev, _ in chunk], [msgspec.Raw(item) for _, item in chunk])
+                    self._send(sock, identity, p.encode(events))
                 reply = p.Done("subscribed")
                 if queued:
                     self._skip[identity] = queued
