@@ -505,6 +505,10 @@ def test_help_for_every_command() -> None:
         sub = bussdcc(command, "--help")
         assert sub.returncode == 0, sub.stderr
         assert sub.stdout.startswith(f"usage: bussdcc {command}")
+    # A usage error is one line too, and exit status 2.
+    done = bussdcc("spawn", "x:Y")
+    assert done.returncode == 2
+    assert done.stderr == "bussdcc spawn: the following arguments are required: --name (see bussdcc spawn --help)\n"
 
 
 def test_the_console_script_is_installed() -> None:

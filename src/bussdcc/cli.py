@@ -8,6 +8,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from . import _client, _launch, _render
 from ._config import parse_policy_value
@@ -130,8 +131,16 @@ def _worker(args: argparse.Namespace) -> int:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line too (``--help`` has the rest)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print one line and exit with status 2."""
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bussdcc", description=__doc__)
+    parser = _Parser(prog="bussdcc", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__import__('bussdcc').__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
