@@ -117,3 +117,24 @@ def test_worker_logging_reaches_the_parents_logging_with_the_worker_name(
     out, err = capfd.readouterr()
     assert f"[chatty {pid}] out 2" in out.splitlines()
     assert f"[chatty {pid}] to stderr" in err.splitlines()
+
+
+def test_a_spawned_worker_in_a_fresh_interpreter_is_captured_too() -> None:
+    collected = _Collect()
+    logging.getLogger("tests.chatty").addHandler(collected)
+    rt = ThreadedRuntime(name="spawned-output")
+    rt.start(timeout=30)
+    try:
+        done = bussdcc("spawn", "tests.cli_parts:Chatty", "--name", "talk", "--config", '{"lines": 2}')
+        assert done.returncode == 0, done.stderr
+        pid = {w.name: w.pid for w in rt.workers()}["talk"]
+        from ._helpers import wait_until
+
+        wait_until(lambda: len(collected.records) >= 2, what="the spawned worker's log records")
+        assert {(r.worker, r.worker_pid) for r in collected.records} == {("talk", pid)}  # type: ignore[attr-defined]
+        done = bussdcc("events", "--name", "worker.output", "--json")
+        lines = [json.loads(line)["payload"] for line in done.stdout.splitlines()]
+        assert [(x["pid"], x["line"]) for x in lines] == [(pid, "out 0"), (pid, "out 1"), (pid, "to stderr")]
+    finally:
+        rt.stop(timeout=30)
+        logging.getLogger("tests.chatty").removeHandler(collected)

@@ -66,8 +66,15 @@ class ControlServer:
         self.run_dir = run_dir
         self.endpoint = f"ipc://{run_dir / CONTROL_SOCKET}"
         self.started = time.time()
-        self._secret = write_identity(run_dir, runtime.name)
+        try:
+            self._secret = write_identity(run_dir, runtime.name)
+        except OSError as exc:
+            raise BootError(f"cannot write the control secret in {run_dir}: {exc}") from exc
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        # Emitting threads may still wake us while we stop: the pipe is closed under this lock,
+        # so no write lands on a reused descriptor.
+        self._wake_lock = threading.Lock()
+        self._closed = False
         self._running = True
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -100,6 +107,11 @@ class ControlServer:
             self._running = False
             self._wake()
             self.thread.join()
+        with self._wake_lock:
+            if not self._closed:
+                self._closed = True
+                os.close(self._wake_r)
+                os.close(self._wake_w)
 
     def tap(self, severity: int, item: bytes) -> None:
         """Keep a dispatched message (its encoded Envelope) and queue it for subscribers; never blocks.
@@ -118,10 +130,13 @@ class ControlServer:
             self._wake()
 
     def _wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"\0")
-        except OSError:
-            pass  # a wake-up is pending already, or the thread is gone
+        with self._wake_lock:
+            if self._closed:
+                return
+            try:
+                os.write(self._wake_w, b"\0")
+            except OSError:
+                pass  # a wake-up is pending already
 
     def watch(self, pid: int) -> None:
         """Tell the supervisor when process ``pid`` (not a child of ours) ends (any thread)."""
@@ -143,8 +158,6 @@ class ControlServer:
             self._error = exc
             sock.close(0)
             zctx.term()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
             self._ready.set()
             return
         self._ready.set()
@@ -164,8 +177,6 @@ class ControlServer:
                 os.close(fd)
             sock.close(0)
             zctx.term()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
 
     def _iterate(self, sock: zmq.Socket[bytes]) -> None:
         events = dict(self._poller.poll(1000))
