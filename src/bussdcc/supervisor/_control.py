@@ -249,6 +249,15 @@ class ControlServer:
         if not hmac.compare_digest(req.secret, self._secret):
             self._send(sock, identity, p.encode(p.Refused("wrong secret: nothing was done")))
             return
+        try:
+            reply = self._answer(sock, identity, req)
+        except Exception as exc:  # the client gets an answer, whatever went wrong here
+            reply = p.Failed(f"{type(exc).__name__}: {exc}")
+        if reply is not None:
+            self._send(sock, identity, p.encode(reply))
+
+    def _answer(self, sock: zmq.Socket[bytes], identity: bytes, req: p.ControlRequest) -> p.ControlReply | None:
+        """The reply to send now, or None if the pool will send it."""
         match req:
             case p.StatusRequest():
                 reply: p.ControlReply = ops.status(self.runtime, self)
@@ -271,8 +280,8 @@ class ControlServer:
                 reply = p.Done("shutting down")
             case _:
                 self._pool.submit(self._in_pool, identity, req)
-                return
-        self._send(sock, identity, p.encode(reply))
+                return None
+        return reply
 
     def _in_pool(self, identity: bytes, req: p.ControlRequest) -> None:
         reply: p.ControlReply

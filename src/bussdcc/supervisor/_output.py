@@ -53,7 +53,7 @@ class OutputSink:
             if self.tap is not None:
                 msg = m.WorkerOutput(worker=report.worker, pid=report.pid, stream=name, line=line)
                 self.tap(msg.severity, p.encode_envelope(msg, time.time(), report.worker))
-        if shown:
+        if shown and stream is not None:  # a daemon may have no stdout at all
             try:
                 stream.write("\n".join(shown) + "\n")
                 stream.flush()
