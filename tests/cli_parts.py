@@ -86,3 +86,12 @@ class Chatty(Service):
             sys.stdout.write("last words")  # no newline, no flush: still not lost
             sys.stdout.flush()
             os._exit(9)
+
+
+class Broken(Service):
+    """A Service whose start always raises."""
+
+    name = "broken"
+
+    def start(self, ctx: Context) -> None:
+        raise RuntimeError("no hardware here")

@@ -272,6 +272,22 @@ def test_spawn_refuses_a_bad_target_and_adds_nothing(
     assert {w.name for w in rt.workers()} == before
 
 
+def test_a_spawned_worker_that_cannot_start_is_reported_and_can_be_removed(
+    live: tuple[ThreadedRuntime, Recorder],
+) -> None:
+    rt, _ = live
+    done = bussdcc("spawn", "tests.cli_parts:Broken", "--name", "broken", "--restart", "false")
+    assert done.returncode == 1
+    assert done.stderr.startswith("bussdcc spawn: broken was added but did not start: ")
+    assert "RuntimeError('no hardware here')" in done.stderr
+    assert "bussdcc remove broken" in done.stderr and len(done.stderr.splitlines()) == 1
+    assert _worker(rt, "broken")["state"] == WorkerState.FAILED
+    done = bussdcc("remove", "broken")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "broken was failed; removed broken"
+    assert "broken" not in {w.name for w in rt.workers()}
+
+
 def test_spawn_refuses_a_name_in_use(live: tuple[ThreadedRuntime, Recorder]) -> None:
     _rt, _ = live
     done = bussdcc("spawn", "tests.cli_parts:Beeper", "--name", "echo")

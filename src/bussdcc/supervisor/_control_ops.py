@@ -162,7 +162,10 @@ def _spawn(rt: Runtime, server: ControlServer, req: p.SpawnRequest) -> str:
             rt._services[component.name] = component
     worker = _find(rt, req.name)
     if worker.state is not WorkerState.RUNNING:
-        raise ControlError(f"{req.name} was added but did not start: {worker.last_exit or worker.state}")
+        raise ControlError(
+            f"{req.name} was added but did not start: {worker.last_exit or worker.state} "
+            f"(it stays registered, {worker.state}; `bussdcc remove {req.name}` removes it)"
+        )
     inc = worker.current
     return f"spawned {req.name} (pid {inc.pid if inc is not None else '?'})"
 
