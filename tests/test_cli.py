@@ -383,14 +383,20 @@ def test_events_shows_recent_messages_filtered_by_severity(live: tuple[ThreadedR
     rt.emit(Alarm(text="first"))
     rt.emit(Ping(n=1))
     rt.emit(Alarm(text="second"))
-    rec.wait_for("test.alarm", count=2)
+    for n in range(50):  # more than -n: the filter comes before the count
+        rt.emit(Ping(n=n))
+    rec.wait_for("test.pong", lambda e: e.payload.n == 49)  # type: ignore[attr-defined]
     done = bussdcc("events", "--severity", "WARNING")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert [line.split()[1:3] for line in lines] == [["WARNING", "test.alarm"], ["WARNING", "test.alarm"]]
     assert '{"text": "first"}' in lines[0] and '{"text": "second"}' in lines[1]
+    done = bussdcc("events", "-n", "1", "--severity", "WARNING")
+    assert len(done.stdout.splitlines()) == 1 and '{"text": "second"}' in done.stdout
     done = bussdcc("events", "-n", "1000", "--name", "runtime.boot*", "--json")
     assert [json.loads(line)["name"] for line in done.stdout.splitlines()] == ["runtime.booting", "runtime.booted"]
+    done = bussdcc("events", "-n", "3", "--name", "test.pong", "--json")
+    assert [json.loads(line)["payload"]["n"] for line in done.stdout.splitlines()] == [47, 48, 49]
 
 
 # ---- finding runtimes -------------------------------------------------------------------------

@@ -143,8 +143,8 @@ class Client:
         self.send(request)
         return self.receive(timeout)
 
-    def events(self, backlog: int, follow: bool, poll: float = 0.5) -> Iterator[Streamed]:
-        """The last ``backlog`` messages, then (``follow``) every new one until the runtime ends."""
+    def events(self, backlog: int, follow: bool, poll: float = 0.5) -> Iterator[Streamed | None]:
+        """The last ``backlog`` messages, None, then (``follow``) every new one until the runtime ends."""
         self.send(p.SubscribeRequest(self.secret, backlog))
         while True:
             if not self._sock.poll(int(poll * 1000)):
@@ -153,6 +153,7 @@ class Client:
                 continue
             reply = self.receive(0)
             if isinstance(reply, p.Done):
+                yield None  # the end of the backlog
                 if not follow:
                     return
                 continue

@@ -6,6 +6,7 @@ import argparse
 import fnmatch
 import json
 import sys
+from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -15,6 +16,7 @@ from ._config import parse_policy_value
 from .errors import BussdccError
 from .kernel import Severity
 from .kernel import protocol as p
+from .supervisor._control import RECENT
 
 __all__ = ["main"]
 
@@ -101,8 +103,15 @@ def _remove(args: argparse.Namespace) -> int:
 
 def _events(args: argparse.Namespace) -> int:
     minimum = Severity[args.severity]
+    # The recent messages are filtered before the last --lines of them are shown.
+    recent: deque[str] | None = deque(maxlen=max(0, args.lines))
     with _client.Client(_target(args, args.name)) as client:
-        for evt in client.events(args.lines, args.follow):
+        for evt in client.events(RECENT if args.lines > 0 else 0, args.follow):
+            if evt is None:
+                for line in recent or ():
+                    print(line, flush=True)
+                recent = None
+                continue
             if evt.dropped:
                 print(f"-- {evt.dropped} events dropped (this reader was too slow)", file=sys.stderr, flush=True)
             if evt.severity < minimum:
@@ -110,7 +119,11 @@ def _events(args: argparse.Namespace) -> int:
             record = _render.event_record(evt)
             if args.pattern and not fnmatch.fnmatchcase(record["name"], args.pattern):
                 continue
-            print(json.dumps(record, default=str) if args.json else _render.event_line(record), flush=True)
+            line = json.dumps(record, default=str) if args.json else _render.event_line(record)
+            if recent is not None:
+                recent.append(line)
+            else:
+                print(line, flush=True)
     return 0
 
 
@@ -232,7 +245,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     find(cmd, positional_name=True)
     cmd.add_argument("-f", "--follow", action="store_true", help="keep printing new messages")
-    cmd.add_argument("-n", "--lines", type=int, default=20, help="recent messages to show first (default %(default)s)")
+    cmd.add_argument(
+        "-n", "--lines", type=int, default=20, help="recent matching messages to show first (default %(default)s)"
+    )
     cmd.add_argument("--severity", default="DEBUG", choices=[s.name for s in Severity], help="lowest severity shown")
     cmd.add_argument("--name", dest="pattern", metavar="GLOB", help="only messages whose name matches, e.g. 'worker.*'")
     cmd.add_argument("--json", action="store_true", help="one JSON object per line")
