@@ -196,7 +196,7 @@ def test_helpers_of_a_worker_die_with_it_when_killed_respawned_or_stopped(own_se
     assert _gone(second), "a stopped worker's helper is gone once shutdown returns"
 
 
-def test_helpers_die_when_the_parent_is_sigkilled(tmp_path: Path) -> None:
+def test_helpers_die_when_the_parent_is_sigkilled(tmp_path: Path, run_base: Path) -> None:
     script = tmp_path / "app.py"
     script.write_text(
         textwrap.dedent(
@@ -234,6 +234,8 @@ def test_helpers_die_when_the_parent_is_sigkilled(tmp_path: Path) -> None:
         app.kill()
         app.wait()
         wait_until(lambda: all(_gone(pid) for pid in helpers), timeout=5, what="the helpers to go")
+        # The orphaned fork server removes the run directory last; it is no child of ours to wait for.
+        wait_until(lambda: not any(run_base.iterdir()), timeout=10, what="the run directory to go")
     finally:
         app.kill()
         app.wait()
