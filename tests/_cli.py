@@ -16,7 +16,7 @@ PLANT = ROOT / "examples" / "plant.toml"
 
 
 def env(**extra: str) -> dict[str, str]:
-    """The environment of a command: this session's run base, and the tests importable."""
+    """The environment of a command: this test run's base directory, and the tests importable."""
     out = dict(os.environ)
     out["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "examples"), out.get("PYTHONPATH", "")])
     out.update(extra)
