@@ -6,6 +6,8 @@ __all__ = [
     "BootError",
     "BussdccError",
     "CallArgumentError",
+    "ConfigError",
+    "ControlError",
     "DeviceCallError",
     "DeviceCrashed",
     "DeviceError",
@@ -142,3 +144,11 @@ class UnknownMethod(DeviceCallError, LookupError):
 
 class CallArgumentError(DeviceCallError, TypeError):
     """The arguments (or the result) of a call cannot be encoded or decoded."""
+
+
+class ConfigError(BussdccError, ValueError):
+    """A system description (a TOML file, a ``module:Class`` target, a JSON config) is invalid."""
+
+
+class ControlError(BussdccError):
+    """A control request could not be made or was refused (no runtime, wrong secret, unknown worker)."""

@@ -30,6 +30,7 @@ from .kernel._builtin import (
     WorkerGaveUp,
     WorkerHung,
     WorkerLimitExceeded,
+    WorkerOutput,
     WorkerStarted,
 )
 from .kernel._message import Message, Severity
@@ -66,5 +67,6 @@ __all__ = [
     "WorkerGaveUp",
     "WorkerHung",
     "WorkerLimitExceeded",
+    "WorkerOutput",
     "WorkerStarted",
 ]

@@ -1,16 +1,20 @@
 """What the parent and a worker share besides frames: the spec and the counter slots.
 
-The slot table is an anonymous shared memory map created by the parent before
-it forks the fork server, so every worker inherits it. A worker counts there
-what it sent; after a crash the parent compares that with what it received,
-so nothing a dead worker emitted disappears without being counted.
+The slot table is a shared memory map created by the parent before it forks
+the fork server, so every forked worker inherits it. Backed by a file in the
+run directory, it is also open to workers that were not forked from it (a
+fresh interpreter, a standalone worker). A worker counts there what it sent;
+after a crash the parent compares that with what it received, so nothing a
+dead worker emitted disappears without being counted.
 """
 
 from __future__ import annotations
 
 import mmap
+import os
 import struct
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 __all__ = ["ACTIVITIES", "SlotTable", "WorkerSpec"]
@@ -33,9 +37,18 @@ class SlotTable:
     share (one clock per boot on Linux).
     """
 
-    def __init__(self, slots: int = 1024) -> None:
+    def __init__(self, slots: int = 1024, path: Path | None = None) -> None:
         self.size = slots
-        self._map = mmap.mmap(-1, slots * _STRIDE, flags=mmap.MAP_SHARED)
+        if path is None:
+            self._map = mmap.mmap(-1, slots * _STRIDE, flags=mmap.MAP_SHARED)
+            return
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            if os.fstat(fd).st_size < slots * _STRIDE:
+                os.ftruncate(fd, slots * _STRIDE)
+            self._map = mmap.mmap(fd, slots * _STRIDE, flags=mmap.MAP_SHARED)
+        finally:
+            os.close(fd)
 
     def reset(self, slot: int) -> None:
         """Zero a slot before a new incarnation uses it."""

@@ -333,3 +333,14 @@ class FrameRejected(Message):
     severity = Severity.WARNING
     worker: str
     error: str
+
+
+@dataclass(slots=True, frozen=True)
+class WorkerOutput(Message):
+    """A line a worker wrote to its stdout or stderr (in the control event stream; not dispatched)."""
+
+    name = "worker.output"
+    worker: str
+    pid: int
+    stream: str
+    line: str

@@ -5,6 +5,7 @@ Three channels use it:
 * worker → parent over ZeroMQ: :data:`WorkerFrame`
 * parent → worker over ZeroMQ: :data:`ParentFrame`
 * parent ↔ fork server over a local socket pair: :data:`ForkRequest` / :data:`ForkReport`
+* control client ↔ parent over the control endpoint: :data:`ControlRequest` / :data:`ControlReply`
 
 User messages travel as their registered ``name`` plus the msgspec-encoded
 dataclass (``msgspec.Raw``), and are decoded into their class where they land.
@@ -173,6 +174,8 @@ class Spawn(_Frame, tag="spawn", frozen=True):
     incarnation: int
     slot: int
     pickled: bytes | None = None
+    #: Exec this command instead (a worker in a fresh interpreter); slot and incarnation are appended.
+    argv: list[str] | None = None
 
 
 class Quit(_Frame, tag="quit", frozen=True):
@@ -202,8 +205,128 @@ class Reaped(_Frame, tag="reaped", frozen=True):
     exit_code: int
 
 
+class Output(_Frame, tag="output", frozen=True):
+    """Whole lines a worker wrote to its stdout (``stream`` 1) or stderr (2)."""
+
+    worker: str
+    pid: int
+    stream: int
+    lines: list[str]
+
+
+#: A worker's stderr line that carries a ``logging`` record (JSON follows) rather than text.
+LOG_MARK: Final = "\x1ebussdcc-log "
+#: Longest line forwarded whole; longer ones are split.
+MAX_LINE: Final = 64 * 1024
+
 ForkRequest: TypeAlias = Spawn | Quit
-ForkReport: TypeAlias = Spawned | SpawnFailed | Reaped
+ForkReport: TypeAlias = Spawned | SpawnFailed | Reaped | Output
+
+# ---- control client → parent (every request carries the runtime's secret) ------------
+
+
+class StatusRequest(_Frame, tag="status", frozen=True):
+    """Ask for the runtime's and every worker's status."""
+
+    secret: bytes
+
+
+class WorkerRequest(_Frame, tag="worker", frozen=True):
+    """Act on one worker: ``op`` is ``start``, ``stop``, ``restart`` or ``remove``."""
+
+    secret: bytes
+    op: str
+    worker: str
+
+
+class ShutdownRequest(_Frame, tag="shutdown", frozen=True):
+    """Shut the runtime down."""
+
+    secret: bytes
+    reason: str | None = None
+
+
+class SpawnRequest(_Frame, tag="spawn_worker", frozen=True):
+    """Add a Service or Device ``target`` (``module:Class``) as a new worker run in a fresh interpreter."""
+
+    secret: bytes
+    target: str
+    name: str
+    config: str = "null"  # JSON
+    policy: str = "{}"  # JSON: supervision settings
+
+
+class SubscribeRequest(_Frame, tag="subscribe", frozen=True):
+    """Send the last ``backlog`` dispatched messages, then :class:`Done`, then every new one (as :class:`EventOut`)."""
+
+    secret: bytes
+    backlog: int = 0
+
+
+class JoinRequest(_Frame, tag="join", frozen=True):
+    """A standalone worker process ``pid`` asks to be supervised as ``name``."""
+
+    secret: bytes
+    target: str
+    name: str
+    pid: int
+    config: str = "null"  # JSON
+    policy: str = "{}"  # JSON
+
+
+ControlRequest: TypeAlias = (
+    StatusRequest | WorkerRequest | ShutdownRequest | SpawnRequest | SubscribeRequest | JoinRequest
+)
+
+# ---- parent → control client ---------------------------------------------------
+
+
+class Refused(_Frame, tag="refused", frozen=True):
+    """The request was not acted on (no or wrong secret, malformed request); nothing changed."""
+
+    reason: str
+
+
+class Failed(_Frame, tag="failed", frozen=True):
+    """The request was understood but could not be carried out (unknown worker, bad target, ...)."""
+
+    error: str
+
+
+class Done(_Frame, tag="done", frozen=True):
+    """The request was carried out; ``outcome`` says how it ended."""
+
+    outcome: str
+
+
+class StatusReply(_Frame, tag="status_reply", frozen=True):
+    """The runtime (name, pid, uptime, counters) and one entry per worker (``WorkerStatus`` fields)."""
+
+    runtime: dict[str, Any]
+    workers: list[dict[str, Any]]
+
+
+class Joined(_Frame, tag="joined", frozen=True):
+    """A standalone worker may connect: its incarnation, counter slot, endpoint and the parent's pid."""
+
+    incarnation: int
+    slot: int
+    endpoint: str
+    parent_pid: int
+
+
+class Events(_Frame, tag="events", frozen=True):
+    """Dispatched messages for a subscriber, in order (encoded Envelopes and their severities).
+
+    ``dropped`` counts the messages it missed (it read too slowly) just before these.
+    """
+
+    dropped: int
+    severities: list[int]
+    items: list[msgspec.Raw]
+
+
+ControlReply: TypeAlias = Refused | Failed | Done | StatusReply | Joined | Events
 
 # ---- codec ----------------------------------------------------------------------
 
@@ -230,6 +353,8 @@ _parent_frames: Final = msgspec.msgpack.Decoder(ParentFrame)
 _items: Final = msgspec.msgpack.Decoder(Item)
 _fork_requests: Final = msgspec.msgpack.Decoder(ForkRequest)
 _fork_reports: Final = msgspec.msgpack.Decoder(ForkReport)
+_control_requests: Final = msgspec.msgpack.Decoder(ControlRequest)
+_control_replies: Final = msgspec.msgpack.Decoder(ControlReply)
 _any: Final = msgspec.msgpack.Decoder()
 _message_decoders: dict[type[Message], msgspec.msgpack.Decoder[Any]] = {}
 
@@ -280,6 +405,18 @@ def decode_fork_request(data: bytes) -> ForkRequest:
 def decode_fork_report(data: bytes) -> ForkReport:
     """Decode a report from the fork server."""
     rep: ForkReport = _checked(data, _fork_reports)
+    return rep
+
+
+def decode_control_request(data: bytes | memoryview) -> ControlRequest:
+    """Decode a request sent to the control endpoint."""
+    req: ControlRequest = _checked(data, _control_requests)
+    return req
+
+
+def decode_control_reply(data: bytes | memoryview) -> ControlReply:
+    """Decode a reply from the control endpoint."""
+    rep: ControlReply = _checked(data, _control_replies)
     return rep
 
 

@@ -133,9 +133,11 @@ class ForkServer:
         """The socket to poll for reports."""
         return self._sock.fileno()
 
-    def spawn(self, worker: str, incarnation: int, slot: int, pickled: bytes | None = None) -> None:
+    def spawn(
+        self, worker: str, incarnation: int, slot: int, pickled: bytes | None = None, argv: list[str] | None = None
+    ) -> None:
         """Ask for a new worker process; the answer arrives as a report."""
-        self._send(p.Spawn(worker, incarnation, slot, pickled))
+        self._send(p.Spawn(worker, incarnation, slot, pickled, argv))
 
     def _send(self, frame: p.Spawn | p.Quit) -> None:
         data = p.pack_stream(frame)
@@ -183,6 +185,50 @@ def _reap(pid: int, timeout: float) -> None:
         os.close(fd)
 
 
+def _exec_worker(req: p.Spawn, parent: int) -> NoReturn:  # pragma: no cover - runs in the child
+    argv = [*(req.argv or []), "--slot", str(req.slot), "--incarnation", str(req.incarnation)]
+    argv += ["--parent-pid", str(parent)]
+    env = dict(os.environ)
+    # The fresh interpreter imports the class from where the parent would have.
+    env["PYTHONPATH"] = os.pathsep.join(x for x in sys.path if x)
+    os.execve(argv[0], argv, env)
+
+
+class _Pipe:  # pragma: no cover - runs in the fork server
+    """One of a worker's output pipes, and the part of a line not yet ended."""
+
+    __slots__ = ("buffer", "pid", "stream", "worker")
+
+    def __init__(self, worker: str, pid: int, stream: int) -> None:
+        self.worker = worker
+        self.pid = pid
+        self.stream = stream
+        self.buffer = bytearray()
+
+    def take(self, flush: bool) -> list[str]:
+        """The complete lines buffered (and with ``flush``, the rest too)."""
+        if flush:
+            data = bytes(self.buffer)
+            self.buffer.clear()
+            if not data:
+                return []
+            data = data.removesuffix(b"\n")
+        else:
+            end = self.buffer.rfind(b"\n")
+            if end < 0:
+                if len(self.buffer) < p.MAX_LINE:
+                    return []
+                end = len(self.buffer)  # a line too long to wait for its end
+            data = bytes(self.buffer[:end])
+            del self.buffer[: end + 1]
+        text = data.decode("utf-8", "replace")
+        return [chunk for line in text.split("\n") for chunk in _split(line)]
+
+
+def _split(line: str) -> list[str]:  # pragma: no cover - runs in the fork server
+    return [line[i : i + p.MAX_LINE] for i in range(0, len(line), p.MAX_LINE)] or [""]
+
+
 class _Zygote:  # pragma: no cover - runs in the child
     def __init__(  # noqa: PLR0917 - one private call site
         self,
@@ -204,6 +250,7 @@ class _Zygote:  # pragma: no cover - runs in the child
         #: Adopted orphans seen alive at the last look: left by workers that are still alive.
         self.adopted: set[int] = set()
         self.tended = 0.0
+        self.pipes: dict[int, _Pipe] = {}  # read end -> the worker's stdout or stderr
         self.buffer = bytearray()
 
     def run(self) -> None:
@@ -245,6 +292,8 @@ class _Zygote:  # pragma: no cover - runs in the child
                             # Nobody else is left to remove the sockets.
                             shutil.rmtree(self.run_dir, ignore_errors=True)
                         return
+                elif fd in self.pipes:
+                    self._read_pipe(fd, poller)
                 else:
                     self._reaped(fd, poller)
 
@@ -264,21 +313,37 @@ class _Zygote:  # pragma: no cover - runs in the child
         return "more"
 
     def _spawn(self, req: p.Spawn, poller: select.poll) -> None:
-        try:
-            role, component = self.components[req.worker] if req.pickled is None else pickle.loads(req.pickled)
-        except Exception as exc:
-            self._report(p.SpawnFailed(req.worker, req.incarnation, repr(exc)))
-            return
-        spec = WorkerSpec(req.worker, role, req.incarnation, self.endpoint, req.slot, self.slots, self.parent)
+        spec: WorkerSpec | None = None
+        component: object = None
+        if req.argv is None:
+            try:
+                role, component = self.components[req.worker] if req.pickled is None else pickle.loads(req.pickled)
+            except Exception as exc:
+                self._report(p.SpawnFailed(req.worker, req.incarnation, repr(exc)))
+                return
+            spec = WorkerSpec(req.worker, role, req.incarnation, self.endpoint, req.slot, self.slots, self.parent)
         me = os.getpid()
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
         if pid == 0:
             try:
                 os.setpgid(0, 0)
                 _die_with_parent(me)
                 self.sock.close()
-                for fd in self.children:
+                for fd in [*self.children, *self.pipes, out_r, err_r]:
                     os.close(fd)
+                # Its output goes through us, so no line is lost when it dies and each carries its name.
+                os.dup2(out_w, 1)
+                os.dup2(err_w, 2)
+                os.close(out_w)
+                os.close(err_w)
+                # The host may have pointed sys.stdout elsewhere than fd 1 (a test runner's capture).
+                sys.stdout = open(1, "w", buffering=1, closefd=False, errors="backslashreplace")  # noqa: SIM115
+                sys.stderr = open(2, "w", buffering=1, closefd=False, errors="backslashreplace")  # noqa: SIM115
+                if spec is None:
+                    assert req.argv is not None
+                    _exec_worker(req, self.parent)
                 self.entry(spec, component)
             except BaseException:
                 traceback.print_exc()
@@ -287,10 +352,40 @@ class _Zygote:  # pragma: no cover - runs in the child
             os.setpgid(pid, pid)  # also here, so the group exists before anyone signals it
         except OSError:
             pass
+        os.close(out_w)
+        os.close(err_w)
+        for stream, fd in ((1, out_r), (2, err_r)):
+            os.set_blocking(fd, False)
+            self.pipes[fd] = _Pipe(req.worker, pid, stream)
+            poller.register(fd, select.POLLIN)
         fd = os.pidfd_open(pid)
         self.children[fd] = pid
         poller.register(fd, select.POLLIN)
         self._report(p.Spawned(req.worker, req.incarnation, pid))
+
+    def _read_pipe(self, fd: int, poller: select.poll, final: bool = False) -> None:
+        pipe = self.pipes[fd]
+        eof = False
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                break
+            except OSError:
+                chunk = b""
+            if not chunk:
+                eof = True
+                break
+            pipe.buffer += chunk
+            if len(pipe.buffer) >= 4 * 65536:
+                break  # forward some before reading more
+        lines = pipe.take(flush=eof or final)
+        if lines:
+            self._report(p.Output(pipe.worker, pipe.pid, pipe.stream, lines))
+        if eof or final:
+            poller.unregister(fd)
+            os.close(fd)
+            del self.pipes[fd]
 
     def _reaped(self, fd: int, poller: select.poll) -> None:
         pid = self.children.pop(fd)
@@ -298,6 +393,9 @@ class _Zygote:  # pragma: no cover - runs in the child
         os.close(fd)
         self._bury(pid)
         _, status = os.waitpid(pid, 0)
+        # Everything it wrote is in its pipes now: forward it before saying it ended.
+        for pipe_fd in [f for f, pipe in self.pipes.items() if pipe.pid == pid]:
+            self._read_pipe(pipe_fd, poller, final=True)
         self._report(p.Reaped(pid, os.waitstatus_to_exitcode(status)))
 
     def _bury(self, pid: int) -> None:
@@ -334,6 +432,9 @@ class _Zygote:  # pragma: no cover - runs in the child
         for fd in self.children:
             os.close(fd)
         self.children.clear()
+        for fd in self.pipes:
+            os.close(fd)
+        self.pipes.clear()
         deadline = time.monotonic() + _EXIT_GRACE
         while (left := _children(os.getpid())) and time.monotonic() < deadline:
             _kill_tree(left)

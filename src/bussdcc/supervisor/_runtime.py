@@ -36,8 +36,10 @@ from ..kernel import (
 from ..kernel import _builtin as m
 from ..kernel import protocol as p
 from ._calls import ParentPort
+from ._control import ControlServer
 from ._forkserver import ForkServer
 from ._hub import Hub
+from ._output import OutputSink
 from ._rundir import default_name, make_run_dir, remove_run_dir
 from ._specs import check_group, check_supervised
 from ._supervisor import Supervisor
@@ -119,6 +121,7 @@ class Runtime:
         self._fork: ForkServer | None = None
         self._hub: Hub | None = None
         self._sup: Supervisor | None = None
+        self._control: ControlServer | None = None
         self._last_stats = RuntimeStats(dispatched=0, rejected=0, lost=0, restarts={})
 
     # ---- the context ------------------------------------------------------------
@@ -186,15 +189,17 @@ class Runtime:
         self._add_worker(service)
         self._services[service.name] = service
 
-    def _add_worker(self, component: Service | Device) -> None:
+    def _add_worker(self, component: Service | Device, argv: list[str] | None = None) -> None:
         sup, hub = self._sup, self._hub
         if sup is None or hub is None:
             return  # not booted: it starts with the others at boot
         if self._stopping:
             raise RegistrationError(f"cannot start {component.name!r}: the runtime is shutting down")
+        pickled: bytes | None = None
         try:
             # The fork server was made at boot and never saw this object.
-            pickled = pickle.dumps(("device" if isinstance(component, Device) else "service", component))
+            if argv is None:
+                pickled = pickle.dumps(("device" if isinstance(component, Device) else "service", component))
         except Exception as exc:
             raise RegistrationError(
                 f"{component.name!r} is registered after boot, so it must be picklable: {exc!r}"
@@ -202,7 +207,7 @@ class Runtime:
         start = not (isinstance(component, Service) and not component.enabled)
 
         def add() -> None:
-            sup.add(component, pickled=pickled)
+            sup.add(component, pickled=pickled, argv=argv)
             if start:
                 sup.start(component.name)
 
@@ -304,6 +309,15 @@ class Runtime:
                     self._dispatch(Event(err, self.clock.now_utc(), RUNTIME_SOURCE))
             if sup is not None and sup.targets:
                 sup.post(item)
+            control = self._control
+            if control is not None:
+                control.tap(evt.payload.severity, item)
+
+    def _tap(self, severity: int, item: bytes) -> None:
+        control = self._control
+        if control is not None:
+            with self._dispatch_lock:  # the control stream keeps dispatch's order
+                control.tap(severity, item)
 
     def _dispatch_item(self, env: p.Envelope, item: bytes, worker: str) -> None:
         evt = p.envelope_event(env, worker)
@@ -378,7 +392,7 @@ class Runtime:
     def _start_infrastructure(self) -> None:
         self._run_dir = make_run_dir(self.name)
         self._endpoint = f"ipc://{self._run_dir}/workers.sock"
-        self._slots = SlotTable()
+        self._slots = SlotTable(path=self._run_dir / "slots")
         components: dict[str, tuple[str, object]] = {d.id: ("device", d) for d in self._devices.values()}
         components.update({s.name: ("service", s) for s in self._services.values()})
         try:
@@ -406,6 +420,9 @@ class Runtime:
         hub.start()
         self._sup, self._hub = sup, hub
         self._calls.attach(hub, sup.calls)
+        self._control = ControlServer(self, self._run_dir)
+        self._control.start()
+        sup.on_output = OutputSink(self._tap)
         atexit.register(self._at_exit)
 
     def _worker(self, name: str) -> Worker:
@@ -501,6 +518,9 @@ class Runtime:
     def _stop_infrastructure(self) -> None:
         atexit.unregister(self._at_exit)
         self._last_stats = self.stats()
+        if self._control is not None:
+            self._control.stop()
+            self._control = None
         if self._hub is not None:
             self._calls.detach()
             if self._sup is not None:

@@ -60,6 +60,8 @@ class Supervisor:
         self.dispatch_item = dispatch_item
         self.halt = halt
         self.hub: Hub | None = None
+        #: Shows what workers print (set by the runtime).
+        self.on_output: Callable[[p.Output], None] | None = None
         self.workers: dict[str, Worker] = {}
         self.groups: dict[str, Group] = {}
         self.outbox: deque[bytes] = deque()
@@ -80,14 +82,24 @@ class Supervisor:
 
     # ---- registry -----------------------------------------------------------------
 
-    def add(self, component: Service | Device, *, pickled: bytes | None = None) -> Worker:
-        """Know a component: in the fork server's memory, or (registered after boot) ``pickled``."""
+    def add(
+        self, component: Service | Device, *, pickled: bytes | None = None, argv: list[str] | None = None
+    ) -> Worker:
+        """Know a component: in the fork server's memory, ``pickled``, or run by exec'ing ``argv``."""
         if component.name in self.workers:
             raise RegistrationError(f"a worker named {component.name!r} exists already")
-        worker = Worker(component, forked=pickled is None)
+        worker = Worker(component, forked=pickled is None and argv is None)
         worker.pickled = pickled
+        worker.argv = argv
         self.workers[worker.name] = worker
         return worker
+
+    def remove(self, name: str) -> None:
+        """Forget a worker that is stopped or failed (hub thread)."""
+        worker = self.workers[name]
+        if worker.current is not None or worker.backoff_timer is not None or worker.group is not None:
+            raise RegistrationError(f"worker {name!r} is {worker.state} or in a group: it cannot be removed")
+        del self.workers[name]
 
     def add_group(self, name: str, strategy: Strategy, members: list[str]) -> None:
         """Tie known workers into a group with a restart strategy."""
@@ -128,7 +140,7 @@ class Supervisor:
         worker.state = WorkerState.STARTING
         self._by_identity[inc.identity] = (worker, inc)
         try:
-            self.fork.spawn(worker.name, inc.number, slot, worker.pickled)
+            self.fork.spawn(worker.name, inc.number, slot, worker.pickled, worker.argv)
         except OSError as exc:
             del self._by_identity[inc.identity]
             self._free_slots.append(slot)
@@ -268,7 +280,10 @@ class Supervisor:
         if inc.pid is None or inc.exited:
             return
         try:
-            os.killpg(inc.pid, sig)  # the worker leads its own process group
+            if inc.external:
+                os.kill(inc.pid, sig)  # its process group is its launcher's business
+            else:
+                os.killpg(inc.pid, sig)  # the worker leads its own process group
         except (ProcessLookupError, PermissionError):
             pass
 
@@ -426,13 +441,47 @@ class Supervisor:
                         entry[1].exited = True
                         self._finalize(*entry)
                 case p.Reaped():
-                    entry = self._by_pid.pop(report.pid, None)
-                    if entry is not None:
-                        entry[1].exit_code = report.exit_code
-                        entry[1].exited = True
-                        self.targets.pop(entry[1].identity, None)
-                        self._calls_end_early(entry[1])
-                        self._maybe_finalize(*entry)
+                    self.on_exit(report.pid, report.exit_code)
+                case p.Output():
+                    if self.on_output is not None:
+                        self.on_output(report)
+
+    def on_exit(self, pid: int, exit_code: int | None) -> None:
+        """Process ``pid`` ended (``exit_code`` None: not our child, so its status is unknown)."""
+        entry = self._by_pid.pop(pid, None)
+        if entry is not None:
+            entry[1].exit_code = exit_code
+            entry[1].exited = True
+            self.targets.pop(entry[1].identity, None)
+            self._calls_end_early(entry[1])
+            self._maybe_finalize(*entry)
+
+    def join(self, name: str, pid: int) -> Incarnation:
+        """Adopt process ``pid``, started outside the fork server, as the next incarnation of ``name``."""
+        assert self.hub is not None
+        worker = self.workers[name]
+        if worker.current is not None:
+            raise RegistrationError(f"worker {name!r} is {worker.state} already")
+        if not self._free_slots:
+            raise BussdccError("no free worker slot (too many live workers)")
+        worker.stop_requested = False
+        worker.held = False
+        worker.done.clear()
+        slot = self._free_slots.pop()
+        self.slots.reset(slot)
+        worker.incarnations += 1
+        inc = Incarnation(worker.incarnations, f"{worker.name}#{worker.incarnations}".encode(), slot)
+        inc.pid = pid
+        inc.external = True
+        worker.current = inc
+        worker.state = WorkerState.STARTING
+        self._by_identity[inc.identity] = (worker, inc)
+        self._by_pid[pid] = (worker, inc)
+        timeout = worker.component.start_timeout
+        inc.timers.append(self.hub.call_later(timeout, lambda: self._start_timed_out(worker, inc)))
+        if self._watching is None:
+            self._watching = self.hub.call_later(WATCH_PERIOD, self._watch)
+        return inc
 
     def _calls_end_early(self, inc: Incarnation) -> None:
         # Fail its calls at once, unless a reply may still be on its way (a control
@@ -495,6 +544,9 @@ class Supervisor:
         cause, reason, signame = _describe_exit(inc.exit_code)
         if inc.spawn_error:
             return "spawn_failed", f"spawn failed: {inc.spawn_error}", None
+        if inc.external and inc.exit_code is None:
+            # Only its parent may know how a standalone worker ended; without a Bye it was abnormal.
+            cause, reason = "exit_code", "ended (exit status unknown: not a child of the runtime)"
         if inc.cause is not None:
             return inc.cause, f"{inc.detail} ({reason})", signame
         if inc.start_failed is not None:

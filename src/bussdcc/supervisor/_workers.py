@@ -74,6 +74,8 @@ class Incarnation:
         self.exit_code: int | None = None
         self.exited = False
         self.finalized = False
+        #: A standalone process that joined, rather than one the fork server made.
+        self.external = False
         self.timers: list[Timer] = []
         #: Set once the incarnation is ready or has ended.
         self.outcome = threading.Event()
@@ -110,6 +112,8 @@ class Worker:
         self.forked = forked
         #: The component, pickled, for a fork server that never saw it.
         self.pickled: bytes | None = None
+        #: The command that runs it in a fresh interpreter, for a worker added from the command line.
+        self.argv: list[str] | None = None
         self.state = WorkerState.STOPPED
         self.current: Incarnation | None = None
         self.incarnations = 0

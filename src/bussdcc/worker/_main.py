@@ -15,6 +15,7 @@ from ..kernel.protocol import Hello
 from ._channel import Channel
 from ._context import make_context
 from ._host import run_component
+from ._logs import forward_logging
 
 # When a worker ends without an acknowledged goodbye (an exception, a failed
 # start), what it sent last may still be queued in ZeroMQ's I/O thread: give it
@@ -28,6 +29,7 @@ def _reset_process() -> None:
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, signal.SIG_DFL)
     faulthandler.enable()
+    forward_logging()
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(line_buffering=True)

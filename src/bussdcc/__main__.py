@@ -1,0 +1,5 @@
+"""``python -m bussdcc``: the same as the ``bussdcc`` command."""
+
+from .cli import main
+
+raise SystemExit(main())

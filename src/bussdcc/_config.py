@@ -1,0 +1,173 @@
+"""Systems described as data: ``module:Class`` targets, and TOML files declaring a whole runtime."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import sys
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .kernel import Device, Interface, Process, Service, Supervised
+
+#: Settings a TOML entry or ``--policy`` may give a Service or Device (class attributes).
+POLICY_KEYS = frozenset(
+    name
+    for cls in (Supervised, Service)
+    for name in vars(cls)
+    if not name.startswith("_") and not callable(vars(cls)[name])
+) - {"name"}
+_SECTIONS = {"devices": Device, "services": Service, "processes": Process, "interfaces": Interface}
+
+
+def import_target(target: str) -> Any:
+    """Import ``module:attribute`` (dots allowed in the attribute)."""
+    module, sep, attr = target.partition(":")
+    if not sep or not module or not attr:
+        raise ConfigError(f"{target!r} is not of the form module:attribute")
+    try:
+        obj: Any = importlib.import_module(module)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import {module!r}: {exc}") from exc
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ConfigError(f"module {module!r} has no attribute {attr!r}") from None
+    return obj
+
+
+def parse_policy_value(text: str) -> Any:
+    """A command-line setting: ``true``/``false``, a number, or a string as is."""
+    lowered = text.lower()
+    if lowered in ("true", "yes", "on"):
+        return True
+    if lowered in ("false", "no", "off"):
+        return False
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def build(target: str, name: str, config: Any = None, policy: Mapping[str, Any] | None = None) -> object:
+    """Instantiate a component class named by ``target``.
+
+    A Device is made as ``cls(id=name, config=config)``; any other component
+    as ``cls(**config)`` (``config`` a table, or nothing), then named ``name``.
+    ``policy`` sets supervision attributes (``restart``, ``max_restarts``, ...).
+    """
+    cls = import_target(target)
+    if not isinstance(cls, type) or not issubclass(cls, Device | Service | Process):
+        raise ConfigError(f"{target!r} is not a Device, Service, Process or Interface class")
+    try:
+        if issubclass(cls, Device):
+            component: Any = cls(id=name, config=config)
+        else:
+            if config is not None and not isinstance(config, dict):
+                raise ConfigError(f"config for {target!r} must be a table of constructor arguments")
+            component = cls(**(config or {}))
+            component.name = name
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"cannot create {target!r}: {exc!r}") from exc
+    for key, value in (policy or {}).items():
+        if key not in POLICY_KEYS or not isinstance(component, Supervised):
+            raise ConfigError(f"unknown setting {key!r} for {target!r}")
+        setattr(component, key, value)
+    return component
+
+
+# ---- TOML ------------------------------------------------------------------------
+
+
+class SystemSpec:
+    """A parsed TOML system: its name and its components, in declaration order per section."""
+
+    def __init__(self, name: str, components: dict[str, list[object]]) -> None:
+        self.name = name
+        self.components = components
+
+
+def _line_of(text: str, section: str, index: int | None, key: str | None) -> int:
+    lines = text.splitlines()
+    start = 0
+    if index is not None:
+        seen = -1
+        for i, line in enumerate(lines):
+            if re.match(rf"\s*\[\[\s*{re.escape(section)}\s*\]\]", line):
+                seen += 1
+                if seen == index:
+                    start = i
+                    break
+    if key is not None:
+        for i in range(start, len(lines)):
+            if re.match(rf"\s*{re.escape(key)}\s*=", lines[i]):
+                return i + 1
+            if i > start and lines[i].lstrip().startswith("["):
+                break
+    return start + 1
+
+
+def load_system(path: Path) -> SystemSpec:
+    """Parse a TOML system description; every error names the file, the line and the key."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+    def fail(section: str, index: int | None, key: str | None, why: str) -> ConfigError:
+        line = _line_of(text, section, index, key)
+        where = f"{section}[{index}]" if index is not None else section
+        return ConfigError(f"{path}:{line}: {where}{'.' + key if key else ''}: {why}")
+
+    for key in data:
+        if key not in _SECTIONS and key != "runtime":
+            raise fail(key, None, None, f"unknown section (expected runtime, {', '.join(_SECTIONS)})")
+    runtime = data.get("runtime", {})
+    if not isinstance(runtime, dict):
+        raise fail("runtime", None, None, "must be a table")
+    for key in runtime:
+        if key != "name":
+            raise fail("runtime", None, key, "unknown key (expected name)")
+    name = runtime.get("name", path.stem)
+    if not isinstance(name, str) or not name:
+        raise fail("runtime", None, "name", "must be a non-empty string")
+    # Import paths are relative to the file, as the file's author sees them.
+    folder = str(path.resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    components: dict[str, list[object]] = {}
+    for section, base in _SECTIONS.items():
+        entries = data.get(section, [])
+        if not isinstance(entries, list):
+            raise fail(section, None, None, f"must be an array of tables ([[{section}]])")
+        built: list[object] = []
+        for i, entry in enumerate(entries):
+            ident = "id" if section == "devices" else "name"
+            for key in ("class", ident):
+                if not isinstance(entry.get(key), str) or not entry[key]:
+                    raise fail(section, i, key if key in entry else None, f"{key!r} is required (a string)")
+            policy = {k: v for k, v in entry.items() if k not in ("class", ident, "config")}
+            for key in policy:
+                if key not in POLICY_KEYS or base in (Process, Interface):
+                    raise fail(section, i, key, "unknown key")
+            try:
+                component = build(entry["class"], entry[ident], entry.get("config"), policy)
+            except ConfigError as exc:
+                raise fail(section, i, "class", str(exc)) from None
+            if not isinstance(component, base) or (base is Process and isinstance(component, Interface)):
+                raise fail(section, i, "class", f"{entry['class']} is not a {base.__name__}")
+            built.append(component)
+        components[section] = built
+    return SystemSpec(name, components)

@@ -1,0 +1,146 @@
+"""``bussdcc run`` (a whole system in the foreground) and ``bussdcc worker`` (one worker process)."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from ._client import Client
+from ._config import build, import_target, load_system
+from ._notify import Watchdog, notify, watchdog_interval
+from .errors import ConfigError, ControlError
+from .kernel import Device, Event, Interface, Message, Process, Service, SlotTable, WorkerSpec
+from .kernel import _builtin as m
+from .kernel import protocol as p
+from .supervisor import Runtime, SignalRuntime
+from .worker._logs import STANDALONE_ENV
+
+
+def load_runtime(target: str, name: str | None = None) -> Runtime:
+    """A runtime from a ``.toml`` system file or a ``module:attribute`` (a Runtime, or a function making one)."""
+    if target.endswith(".toml"):
+        spec = load_system(Path(target))
+        rt: Runtime = SignalRuntime(name=name or spec.name)
+        for device in spec.components["devices"]:
+            assert isinstance(device, Device)
+            rt.attach_device(device)
+        for process in spec.components["processes"]:
+            assert isinstance(process, Process)
+            rt.register_process(process)
+        for interface in spec.components["interfaces"]:
+            assert isinstance(interface, Interface)
+            rt.register_interface(interface)
+        for service in spec.components["services"]:
+            assert isinstance(service, Service)
+            rt.register_service(service)
+        return rt
+    sys.path.insert(0, os.getcwd())  # as `python -m` would: modules beside the caller are importable
+    obj = import_target(target)
+    if not isinstance(obj, Runtime) and callable(obj):
+        try:
+            obj = obj()
+        except Exception as exc:
+            raise ConfigError(f"{target}() raised {exc!r}") from exc
+    if not isinstance(obj, Runtime):
+        raise ConfigError(f"{target} is not a Runtime, nor a function returning one")
+    if name:
+        obj.name = name
+    elif obj.name == "__main__":  # named after this command's own main module
+        obj.name = target.partition(":")[0].rsplit(".", 1)[-1]
+    return obj
+
+
+def run(target: str, name: str | None = None, verbose: bool = False) -> int:
+    """Boot the system, serve until a signal or a shutdown request, shut down; the exit code."""
+    rt = load_runtime(target, name)
+    if not isinstance(rt, SignalRuntime):
+        # Ours to stop, from the main thread's signal handler: never block in it.
+        def on_signal(signum: int, frame: Any) -> None:
+            threading.Thread(target=rt.shutdown, args=(signal.strsignal(signum),), name="bussdcc-stop").start()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, on_signal)
+
+    def stopping(evt: Event[m.RuntimeShuttingDown]) -> None:
+        notify("STOPPING=1")
+
+    rt.events.subscribe(m.RuntimeShuttingDown, stopping)
+    if verbose:
+        rt.events.subscribe(Message, _print_event)
+    rt.boot()
+    print(f"bussdcc: {rt.name} running (pid {os.getpid()}, {rt.run_dir})", file=sys.stderr, flush=True)
+    notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=running {rt.name}")
+    interval = watchdog_interval()
+    dog = Watchdog(interval) if interval else None
+    if dog is not None:
+        dog.start()
+    try:
+        rt.run()
+    finally:
+        if dog is not None:
+            dog.stop()
+    print(f"bussdcc: {rt.name} shut down ({rt.halt_reason or 'requested'})", file=sys.stderr, flush=True)
+    return 0
+
+
+def _print_event(evt: Event[Any]) -> None:
+    print(f"{evt.time.isoformat(timespec='milliseconds')} {evt.payload.name} [{evt.source}]", flush=True)
+
+
+def _watch_parent(pid: int) -> None:
+    # A standalone worker has no death signal from the runtime: it watches the runtime's pid itself.
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        os._exit(1)
+
+    def main() -> None:
+        select.select([fd], [], [])
+        os._exit(1)
+
+    threading.Thread(target=main, name="bussdcc-parent-watch", daemon=True).start()
+
+
+def worker(
+    run_dir: Path,
+    target: str,
+    name: str,
+    config: str,
+    policy: str,
+    *,
+    slot: int | None = None,
+    incarnation: int | None = None,
+    parent_pid: int | None = None,
+) -> int:
+    """Run one Service or Device as a worker of the runtime in ``run_dir`` (never returns on success)."""
+    sys.path.insert(0, os.getcwd())
+    try:
+        cfg, pol = json.loads(config), json.loads(policy)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"invalid JSON: {exc}") from exc
+    component = build(target, name, cfg, pol)
+    if not isinstance(component, Service | Device):
+        raise ConfigError(f"{target} is not a Service or a Device: only those run as workers")
+    role = "device" if isinstance(component, Device) else "service"
+    slots = SlotTable(path=run_dir / "slots")
+    if slot is not None and incarnation is not None and parent_pid is not None:
+        # Started by the runtime's fork server, which already counts on this slot.
+        endpoint = f"ipc://{run_dir / 'workers.sock'}"
+        spec = WorkerSpec(name, role, incarnation, endpoint, slot, slots, parent_pid)
+    else:
+        with Client(run_dir) as client:
+            reply = client.call(p.JoinRequest(client.secret, target, name, os.getpid(), config, policy), 30.0)
+        if not isinstance(reply, p.Joined):
+            raise ControlError(f"unexpected reply {type(reply).__name__}")
+        _watch_parent(reply.parent_pid)
+        os.environ[STANDALONE_ENV] = "1"
+        spec = WorkerSpec(name, role, reply.incarnation, reply.endpoint, reply.slot, slots, reply.parent_pid)
+    from .worker._main import run as run_worker
+
+    run_worker(spec, component)

@@ -1,0 +1,322 @@
+"""The control endpoint: a ROUTER beside the worker endpoint that steers a live runtime.
+
+Only holders of the runtime's secret (a 0600 file in the run directory) are
+served. Requests are answered from the ``bussdcc-control`` thread; those that
+wait for workers (start, stop, spawn, ...) run on a small pool so a slow stop
+never holds up a status. Subscribers receive every dispatched message; a slow
+one misses messages (counted) rather than slowing dispatch.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import msgspec
+import zmq
+
+from ..errors import BootError, BussdccError, ProtocolError
+from ..kernel import protocol as p
+from . import _control_ops as ops
+
+if TYPE_CHECKING:
+    from ._runtime import Runtime
+
+#: Files of the run directory the command line reads.
+SECRET_FILE = "secret"
+INFO_FILE = "runtime.json"
+CONTROL_SOCKET = "control.sock"
+#: Dispatched messages queued for subscribers before newer ones are dropped.
+_MAX_QUEUED = 10_000
+#: Recent messages kept for ``bussdcc events`` (its backlog).
+RECENT = 1000
+_MAX_REQUEST = 1024 * 1024
+#: Messages per frame to a subscriber.
+_CHUNK = 256
+_SUB_HWM = 1000
+
+
+def write_identity(run_dir: Path, name: str) -> bytes:
+    """Create the run directory's secret (mode 0600) and ``runtime.json``; return the secret."""
+    secret = secrets.token_bytes(32)
+    fd = os.open(run_dir / SECRET_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(secret)
+    info = {"name": name, "pid": os.getpid(), "started": time.time()}
+    tmp = run_dir / f"{INFO_FILE}.tmp"
+    tmp.write_text(json.dumps(info))
+    tmp.rename(run_dir / INFO_FILE)  # readers never see half a file
+    return secret
+
+
+class ControlServer:
+    """Serves the control endpoint of one runtime from its own thread."""
+
+    def __init__(self, runtime: Runtime, run_dir: Path) -> None:
+        self.runtime = runtime
+        self.run_dir = run_dir
+        self.endpoint = f"ipc://{run_dir / CONTROL_SOCKET}"
+        self.started = time.time()
+        try:
+            self._secret = write_identity(run_dir, runtime.name)
+        except OSError as exc:
+            raise BootError(f"cannot write the control secret in {run_dir}: {exc}") from exc
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        # Emitting threads may still wake us while we stop: the pipe is closed under this lock,
+        # so no write lands on a reused descriptor.
+        self._wake_lock = threading.Lock()
+        self._closed = False
+        self._running = True
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._replies: deque[tuple[bytes, bytes]] = deque()
+        self._calls: deque[Callable[[], None]] = deque()
+        self._events: deque[tuple[int, bytes]] = deque()
+        self._recent: deque[tuple[int, bytes]] = deque(maxlen=RECENT)
+        self._overflow = 0
+        self._subscribers: dict[bytes, int] = {}  # identity -> messages it missed, not yet told
+        self._skip: dict[bytes, int] = {}  # identity -> queued messages that predate its subscription
+        #: Messages dropped for slow subscribers since boot.
+        self.dropped = 0
+        self._watched: dict[int, int] = {}  # pidfd -> pid of a standalone worker
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="bussdcc-control-op")
+        self.thread = threading.Thread(target=self._main, name="bussdcc-control", daemon=True)
+
+    # ---- lifecycle ----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Bind the endpoint in the control thread; return once it serves."""
+        self.thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise BootError(f"cannot bind {self.endpoint}: {self._error}") from self._error
+
+    def stop(self) -> None:
+        """Stop serving (idempotent); waits for requests in progress."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self.thread.is_alive():
+            self._running = False
+            self._wake()
+            self.thread.join()
+        with self._wake_lock:
+            if not self._closed:
+                self._closed = True
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+
+    def tap(self, severity: int, item: bytes) -> None:
+        """Keep a dispatched message (its encoded Envelope) and queue it for subscribers; never blocks.
+
+        Called under the runtime's dispatch lock, so the recent list and the
+        subscriber set change in step with dispatch.
+        """
+        self._recent.append((severity, item))
+        if not self._subscribers:
+            return
+        if len(self._events) >= _MAX_QUEUED:
+            self._overflow += 1
+            return
+        self._events.append((severity, item))
+        if len(self._events) == 1:
+            self._wake()
+
+    def _wake(self) -> None:
+        with self._wake_lock:
+            if self._closed:
+                return
+            try:
+                os.write(self._wake_w, b"\0")
+            except OSError:
+                pass  # a wake-up is pending already
+
+    def watch(self, pid: int) -> None:
+        """Tell the supervisor when process ``pid`` (not a child of ours) ends (any thread)."""
+        self._calls.append(lambda: self._watch(pid))
+        self._wake()
+
+    # ---- the thread ---------------------------------------------------------------
+
+    def _main(self) -> None:
+        zctx = zmq.Context(io_threads=1)
+        sock: zmq.Socket[bytes] = zctx.socket(zmq.ROUTER)
+        try:
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            sock.setsockopt(zmq.MAXMSGSIZE, _MAX_REQUEST)
+            sock.setsockopt(zmq.SNDHWM, _SUB_HWM)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.bind(self.endpoint)
+        except zmq.ZMQError as exc:
+            self._error = exc
+            sock.close(0)
+            zctx.term()
+            self._ready.set()
+            return
+        self._ready.set()
+        self._poller = zmq.Poller()
+        self._poller.register(sock, zmq.POLLIN)
+        self._poller.register(self._wake_r, zmq.POLLIN)
+        try:
+            while self._running:
+                try:
+                    self._iterate(sock)
+                except Exception:
+                    import traceback
+
+                    traceback.print_exc()  # a bug here must not end the control plane
+        finally:
+            for fd in self._watched:
+                os.close(fd)
+            sock.close(0)
+            zctx.term()
+
+    def _iterate(self, sock: zmq.Socket[bytes]) -> None:
+        events = dict(self._poller.poll(1000))
+        if self._wake_r in events:
+            try:
+                while os.read(self._wake_r, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+        while self._calls:
+            self._calls.popleft()()
+        for fd in [fd for fd in self._watched if fd in events]:
+            self._exited(fd)
+        if sock in events:
+            while cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+                if len(frames) == 2:
+                    self._request(sock, frames[0], frames[1])
+        while self._replies:
+            identity, data = self._replies.popleft()
+            self._send(sock, identity, data)
+        self._publish(sock)
+
+    def _send(self, sock: zmq.Socket[bytes], identity: bytes, data: bytes) -> bool:
+        try:
+            sock.send_multipart([identity, data], zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            return False
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            self._subscribers.pop(identity, None)  # the client is gone
+            self._skip.pop(identity, None)
+            return False
+
+    def _publish(self, sock: zmq.Socket[bytes]) -> None:
+        if not self._events and not self._overflow:
+            return
+        batch: list[tuple[int, bytes]] = []
+        while self._events:  # popleft, not clear(): a message tapped meanwhile stays queued
+            batch.append(self._events.popleft())
+        overflow, self._overflow = self._overflow, 0
+        for identity in list(self._subscribers):
+            missed = self._subscribers[identity] + overflow
+            self.dropped += overflow
+            skip = self._skip.pop(identity, 0)  # queued before it subscribed: in its backlog already
+            if skip > len(batch):
+                self._skip[identity] = skip - len(batch)
+            ours = batch[skip:]
+            for start in range(0, len(ours), _CHUNK):
+                chunk = ours[start : start + _CHUNK]
+                frame = p.Events(missed, [sev for sev, _ in chunk], [msgspec.Raw(item) for _, item in chunk])
+                if self._send(sock, identity, p.encode(frame)):
+                    missed = 0
+                else:
+                    missed += len(chunk)
+                    self.dropped += len(chunk)
+            if identity in self._subscribers:
+                self._subscribers[identity] = missed
+
+    # ---- requests -----------------------------------------------------------------
+
+    def _request(self, sock: zmq.Socket[bytes], identity: bytes, data: bytes) -> None:
+        try:
+            req = p.decode_control_request(data)
+        except ProtocolError as exc:
+            self._send(sock, identity, p.encode(p.Refused(f"malformed request: {exc}")))
+            return
+        if not hmac.compare_digest(req.secret, self._secret):
+            self._send(sock, identity, p.encode(p.Refused("wrong secret: nothing was done")))
+            return
+        try:
+            reply = self._answer(sock, identity, req)
+        except Exception as exc:  # the client gets an answer, whatever went wrong here
+            reply = p.Failed(f"{type(exc).__name__}: {exc}")
+        if reply is not None:
+            self._send(sock, identity, p.encode(reply))
+
+    def _answer(self, sock: zmq.Socket[bytes], identity: bytes, req: p.ControlRequest) -> p.ControlReply | None:
+        """The reply to send now, or None if the pool will send it."""
+        match req:
+            case p.StatusRequest():
+                reply: p.ControlReply = ops.status(self.runtime, self)
+            case p.SubscribeRequest():
+                # Under the dispatch lock: no message is both in the backlog and queued for it, none in neither.
+                with self.runtime._dispatch_lock:
+                    backlog = list(self._recent)[-req.backlog :] if req.backlog > 0 else []
+                    self._subscribers[identity] = 0
+                    queued = len(self._events)
+                # Messages queued before it subscribed were meant for the others.
+                for start in range(0, len(backlog), _CHUNK):
+                    chunk = backlog[start : start + _CHUNK]
+                    events = p.Events(0, [sev for sev, _ in chunk], [msgspec.Raw(item) for _, item in chunk])
+                    self._send(sock, identity, p.encode(events))
+                reply = p.Done("subscribed")
+                if queued:
+                    self._skip[identity] = queued
+            case p.ShutdownRequest():
+                self.runtime._halt(req.reason or "shutdown requested over the control endpoint", requested=True)
+                reply = p.Done("shutting down")
+            case _:
+                self._pool.submit(self._in_pool, identity, req)
+                return None
+        return reply
+
+    def _in_pool(self, identity: bytes, req: p.ControlRequest) -> None:
+        reply: p.ControlReply
+        try:
+            reply = ops.act(self.runtime, self, req)
+        except BussdccError as exc:
+            reply = p.Failed(str(exc))
+        except Exception as exc:
+            reply = p.Failed(f"{type(exc).__name__}: {exc}")
+        self._replies.append((identity, p.encode(reply)))
+        self._wake()
+
+    # ---- standalone workers -----------------------------------------------------------
+
+    def _watch(self, pid: int) -> None:
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self._report_exit(pid)
+            return
+        self._watched[fd] = pid
+        self._poller.register(fd, zmq.POLLIN)
+
+    def _exited(self, fd: int) -> None:
+        pid = self._watched.pop(fd)
+        self._poller.unregister(fd)
+        os.close(fd)
+        self._report_exit(pid)
+
+    def _report_exit(self, pid: int) -> None:
+        hub, sup = self.runtime._hub, self.runtime._sup
+        if hub is not None and sup is not None:
+            hub.call_soon(lambda: sup.on_exit(pid, None))
+
+
+def describe(value: Any) -> Any:
+    """A JSON-able form of a status value."""
+    return msgspec.to_builtins(value)
