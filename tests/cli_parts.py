@@ -50,6 +50,14 @@ class Probe(Device):
     def __init__(self, *, id: str, config: Any = None) -> None:
         super().__init__(id=id, config=config)
 
+    def read(self, channel: int, scale: float = 1.0) -> dict[str, float]:
+        """A reading, taken in the device's own process."""
+        return {"channel": channel, "value": channel * scale, "pid": os.getpid()}
+
+    def jam(self) -> None:
+        """A command the hardware refuses."""
+        raise ValueError("the probe is jammed")
+
 
 def make_runtime() -> Runtime:
     """A small system, for ``bussdcc run tests.cli_parts:make_runtime``."""

@@ -608,3 +608,33 @@ def test_a_slow_subscriber_misses_messages_counted_and_never_slows_dispatch(
     finally:
         sock.close()
         zctx.term()
+
+
+# ---- call --------------------------------------------------------------------------
+
+
+def test_call_runs_a_device_method_in_its_process_and_prints_json(live: tuple[ThreadedRuntime, Recorder]) -> None:
+    rt, _ = live
+    done = bussdcc("call", "probe", "read", "[3]", "--kwargs", '{"scale": 2.5}', "-r", rt.name)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    (probe,) = [w for w in rt.workers() if w.name == "probe"]
+    assert result == {"channel": 3, "value": 7.5, "pid": probe.pid} and probe.pid != os.getpid()
+
+
+@pytest.mark.parametrize(
+    ("argv", "error"),
+    [
+        (["probe", "jam"], "DeviceError: probe.jam() raised ValueError: the probe is jammed"),
+        (["probe", "connect"], "has no callable method 'connect' (methods: jam, read)"),
+        (["nosuch", "read"], "unknown device 'nosuch' (devices: probe)"),
+        (["probe", "read", "[1"], "ARGS is not valid JSON"),
+        (["probe", "read", '{"channel": 1}'], "ARGS must be a JSON array"),
+    ],
+)
+def test_call_errors_are_one_clear_line(live: tuple[ThreadedRuntime, Recorder], argv: list[str], error: str) -> None:
+    rt, _ = live
+    done = bussdcc("call", *argv, "-r", rt.name)
+    assert done.returncode == 1
+    assert done.stderr.startswith("bussdcc call: ") and error in done.stderr, done.stderr
+    assert done.stderr.count("\n") == 1

@@ -101,6 +101,27 @@ def _remove(args: argparse.Namespace) -> int:
     return 0
 
 
+def _json_arg(text: str, what: str, kind: type) -> str:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BussdccError(f"{what} is not valid JSON: {exc}") from None
+    if not isinstance(value, kind):
+        raise BussdccError(f"{what} must be a JSON {'array' if kind is list else 'object'}")
+    return text
+
+
+def _call(args: argparse.Namespace) -> int:
+    call_args = _json_arg(args.args, "ARGS", list)
+    kwargs = _json_arg(args.kwargs, "--kwargs", dict)
+    request = (args.device, args.method, call_args, kwargs, args.timeout)
+    with _client.Client(_target(args)) as client:
+        reply = client.call(p.CallRequest(client.secret, *request), args.timeout + 10.0)
+    assert isinstance(reply, p.Done)
+    print(reply.outcome)
+    return 0
+
+
 def _events(args: argparse.Namespace) -> int:
     minimum = Severity[args.severity]
     # The recent messages are filtered before the last --lines of them are shown.
@@ -237,6 +258,19 @@ def _parser() -> argparse.ArgumentParser:
     for internal in ("--slot", "--incarnation", "--parent-pid"):
         cmd.add_argument(internal, type=int, help=argparse.SUPPRESS)  # set by the runtime when it starts one
     cmd.set_defaults(fn=_worker)
+
+    cmd = sub.add_parser(
+        "call",
+        help="call a device's method",
+        description="Call a public method of a Device in its own process and print the result as JSON.",
+    )
+    cmd.add_argument("device", help="the Device's id")
+    cmd.add_argument("method", help="the name of a public method its class defines")
+    cmd.add_argument("args", nargs="?", default="[]", help="positional arguments as a JSON array (default [])")
+    cmd.add_argument("--kwargs", default="{}", help="keyword arguments as a JSON object")
+    cmd.add_argument("--timeout", type=float, default=10.0, help="seconds the device has (default %(default)s)")
+    find(cmd)
+    cmd.set_defaults(fn=_call)
 
     cmd = sub.add_parser(
         "events",

@@ -2,7 +2,7 @@
 
 from ._boundary import ACTIVITIES, SlotTable, WorkerSpec
 from ._bus import EventBus, Subscription
-from ._calls import CallPort, DeviceHandle
+from ._calls import CallPort, DeviceHandle, callable_methods
 from ._clock import ClockProtocol, ManualClock, SystemClock
 from ._components import (
     Device,
@@ -46,6 +46,7 @@ __all__ = [
     "Supervised",
     "SystemClock",
     "WorkerSpec",
+    "callable_methods",
     "handles_events",
     "message_class",
     "message_names",

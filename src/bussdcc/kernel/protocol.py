@@ -274,8 +274,22 @@ class JoinRequest(_Frame, tag="join", frozen=True):
     policy: str = "{}"  # JSON
 
 
+class CallRequest(_Frame, tag="call_device", frozen=True):
+    """Call the public method ``method`` of the device ``device``; arguments as JSON.
+
+    Answered by :class:`Done` whose ``outcome`` is the result as JSON, or by :class:`Failed`.
+    """
+
+    secret: bytes
+    device: str
+    method: str
+    args: str = "[]"  # JSON array
+    kwargs: str = "{}"  # JSON object
+    timeout: float = 10.0
+
+
 ControlRequest: TypeAlias = (
-    StatusRequest | WorkerRequest | ShutdownRequest | SpawnRequest | SubscribeRequest | JoinRequest
+    StatusRequest | WorkerRequest | ShutdownRequest | SpawnRequest | SubscribeRequest | JoinRequest | CallRequest
 )
 
 # ---- parent → control client ---------------------------------------------------

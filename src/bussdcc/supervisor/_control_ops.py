@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from .._config import build
-from ..errors import ConfigError, ControlError
-from ..kernel import Device, Service
+from ..errors import ConfigError, ControlError, DeviceCallError
+from ..kernel import Device, Service, callable_methods
 from ..kernel import protocol as p
 from ._hub import Hub
 from ._specs import check_supervised
@@ -54,6 +54,8 @@ def act(rt: Runtime, server: ControlServer, req: p.ControlRequest) -> p.ControlR
             return p.Done(_spawn(rt, server, req))
         case p.JoinRequest():
             return _join(rt, server, req)
+        case p.CallRequest():
+            return p.Done(_call(rt, req))
     raise ControlError(f"unexpected request {type(req).__name__}")
 
 
@@ -130,6 +132,35 @@ def _stop(rt: Runtime, worker: Worker) -> str:
     if worker.state not in _IDLE:
         raise ControlError(f"{worker.name} did not stop: it is {worker.state}")
     return f"{worker.name} stopped"
+
+
+def _call(rt: Runtime, req: p.CallRequest) -> str:
+    """Call a device's method with JSON arguments; return the result as JSON."""
+    _live(rt)
+    device = rt._devices.get(req.device)
+    if device is None:
+        known = ", ".join(sorted(rt._devices)) or "none"
+        raise ControlError(f"unknown device {req.device!r} (devices: {known})")
+    methods = callable_methods(type(device))
+    method = methods.get(req.method)
+    if method is None:
+        known = ", ".join(sorted(methods)) or "none"
+        raise ControlError(f"{req.device} has no callable method {req.method!r} (methods: {known})")
+    try:
+        args, kwargs = json.loads(req.args), json.loads(req.kwargs)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"arguments are not valid JSON: {exc}") from None
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        raise ConfigError("arguments are a JSON array, keyword arguments a JSON object")
+    handle = rt.device(type(device), req.device, timeout=req.timeout)
+    try:
+        result = handle.call(method, *args, **kwargs)
+    except DeviceCallError as exc:
+        raise ControlError(f"{type(exc).__name__}: {exc}") from None
+    try:
+        return msgspec.json.encode(result).decode()
+    except (TypeError, msgspec.EncodeError):
+        return json.dumps(repr(result))
 
 
 def _component(target: str, name: str, config: str, policy: str) -> Service | Device:
