@@ -71,6 +71,8 @@ class Motor(Device):
         raise ValueError(why)
 
     def nap(self, seconds: float, tag: str = "") -> str:
+        if tag.startswith("announce:") and self.ctx is not None:
+            self.ctx.emit(Answer(who="nap", value=tag))  # the call is running now
         with self.guard:
             self.active += 1
             self.most_active = max(self.most_active, self.active)

@@ -7,10 +7,9 @@ import os
 import threading
 import time
 
-import msgspec
 import pytest
 
-from bussdcc import Context, DeviceHandle, Event, Message, Process, Runtime
+from bussdcc import Context, DeviceHandle, Event, Message, Process, Runtime, Service
 from bussdcc.errors import (
     CallArgumentError,
     DeviceCrashed,
@@ -24,7 +23,7 @@ from bussdcc.errors import (
 from bussdcc.kernel._calls import Latch, Outgoing
 
 from ._devices import Answer, Motor, PooledMotor, Reading, Relay, Target
-from ._helpers import Echo, Ping, Pong, Recorder, wait_until
+from ._helpers import Echo, Ping, Pong, Recorder, Seq, wait_until
 
 
 def _runtime(name: str, *devices: Motor | Relay) -> Runtime:
@@ -293,7 +292,7 @@ def test_a_device_calls_another_device() -> None:
 
 
 def test_a_process_reacting_to_a_worker_message_can_call_a_device() -> None:
-    # Messages from workers are dispatched on the hub thread, which also carries the replies.
+    # Messages from workers are dispatched on the dispatch thread: the hub thread carries the replies meanwhile.
     outcome: list[object] = []
 
     class Commander(Process):
@@ -321,7 +320,7 @@ def test_a_process_reacting_to_a_worker_message_can_call_a_device() -> None:
         wait_until(lambda: len(outcome) == 9, what="the commander's calls", timeout=20)
         assert outcome[0::3] == [0.0, 2.0, 4.0]
         assert outcome[1::3] == ["killed by SIGSEGV"] * 3
-        assert outcome[2::3] == ["bussdcc-hub"] * 3
+        assert outcome[2::3] == ["bussdcc-dispatch"] * 3
         assert time.monotonic() - t0 < 10.0, "each crash was seen at once, not at the 30 s deadline"
         # Everything the workers sent meanwhile was dispatched, in order.
         pongs = [e.payload.n for e in rec.of("test.pong") if isinstance(e.payload, Pong)]
@@ -353,23 +352,47 @@ def test_while_a_process_waits_on_a_slow_device_other_callers_are_served() -> No
         wait_until(lambda: state["finished"], what="the slow call to end")
 
 
-def test_the_hub_recognises_the_frames_it_takes_early_without_decoding_them() -> None:
-    from bussdcc.kernel import protocol as p
-    from bussdcc.supervisor._hub import _NESTED_TAGS
+class Chatter(Service):
+    """Emits a numbered stream, steadily."""
 
-    raw = msgspec.Raw(b"\x90")
-    early = [
-        p.Reply(1, p.NIL),
-        p.Reply(2**40, p.NIL, p.Failure("error", "x")),
-        p.Hello(1),
-        p.Ready(),
-        p.StartFailed("e"),
-        p.Request(1, "d", "m", raw, raw, 1.0),
-    ]
-    for frame in early:
-        assert p.encode(frame)[1:].startswith(_NESTED_TAGS), frame
-    for frame in (p.Batch(1, [raw]), p.Bye(3)):
-        assert not p.encode(frame)[1:].startswith(_NESTED_TAGS), frame
+    name = "chatter"
+    interval = 0.005
+
+    def start(self, ctx: Context) -> None:
+        self.i = 0
+
+    def tick(self, ctx: Context) -> None:
+        ctx.emit(Seq(i=self.i))
+        self.i += 1
+
+
+def test_a_handler_waiting_on_a_device_loses_nothing_and_blocks_no_other_caller() -> None:
+    # A handler runs under the dispatch lock; the hub thread, which routes the replies,
+    # must never wait for that lock, whoever holds it and however long.
+    answers: list[str] = []
+
+    class Caller(Process):
+        name = "caller"
+
+        def handle_event(self, ctx: Context, evt: Event[Message]) -> None:
+            motor = ctx.device(Motor, "axis-1", timeout=5.0)
+            if isinstance(evt.payload, Ping):  # on the emitting thread
+                answers.append(motor.call(Motor.nap, 0.05, tag=f"ping{evt.payload.n}"))
+            elif isinstance(evt.payload, Seq) and evt.payload.i == 3:  # on the dispatch thread
+                answers.append(motor.call(Motor.nap, 0.5, tag="seq3"))
+
+    rec = Recorder()
+    rt = _runtime("calls-handlers", Motor(id="axis-1"))
+    rt.register_process(Caller())
+    rt.register_process(rec)
+    rt.register_service(Chatter())
+    with rt:
+        for n in range(5):
+            rt.emit(Ping(n=n))  # each handler call waits while the chatter keeps emitting
+        seqs = rec.wait_for("test.seq", count=200, timeout=30)
+        assert [e.payload.to_dict()["i"] for e in seqs[:200]] == list(range(200))
+        assert {"ping0", "ping4", "seq3"} <= set(answers)
+        assert rt.stats().rejected == 0 and rt.stats().lost == 0
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True])

@@ -145,17 +145,19 @@ def test_starting_and_backoff_refuse_at_once_or_wait_for_the_next_incarnation(tm
 
 @pytest.mark.parametrize("cls", [Motor, PooledMotor], ids=["inline", "pooled"])
 def test_a_call_running_at_shutdown_still_gets_its_answer(cls: type[Motor]) -> None:
+    rec = Recorder()
     rt = Runtime(name=f"calls-shutdown-{cls.__name__.lower()}")
+    rt.register_process(rec)
     rt.attach_device(cls(id="axis-1"))
     rt.boot()
     motor = rt.device(cls, "axis-1", timeout=30.0)
     answers: list[object] = []
-    caller = threading.Thread(target=lambda: answers.append(motor.call(Motor.nap, 0.5, tag="done")))
+    caller = threading.Thread(target=lambda: answers.append(motor.call(Motor.nap, 0.5, tag="announce:done")))
     caller.start()
-    wait_until(lambda: rt._sup is not None and rt._sup.calls._pending, what="the call in flight")
+    rec.wait_for("test.answer")  # running in the device, not merely routed
     rt.shutdown()
     caller.join(10)
-    assert answers == ["done"]
+    assert answers == ["announce:done"]
 
 
 def test_a_call_waiting_for_a_device_fails_when_the_runtime_shuts_down(tmp_path: object) -> None:

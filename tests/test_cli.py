@@ -638,3 +638,32 @@ def test_call_errors_are_one_clear_line(live: tuple[ThreadedRuntime, Recorder], 
     assert done.returncode == 1
     assert done.stderr.startswith("bussdcc call: ") and error in done.stderr, done.stderr
     assert done.stderr.count("\n") == 1
+
+
+def test_run_exits_non_zero_when_a_critical_worker_fails(tmp_path: Path) -> None:
+    system = tmp_path / "critical.toml"
+    system.write_text(
+        "[runtime]\n"
+        'name = "critical-run"\n\n'
+        "[[services]]\n"
+        'class = "tests.cli_parts:Chatty"\n'
+        'name = "chatty"\n'
+        "config = { lines = 1, crash = true }\n"
+        "critical = true\n"
+        "restart = false\n"
+    )
+    done = bussdcc("run", str(system), timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert "critical service 'chatty' failed" in done.stderr
+
+
+def test_removing_a_group_member_is_refused_before_anything_changes() -> None:
+    rt = ThreadedRuntime(name=f"live{next(_names)}")
+    rt.register_group("pair", [Echo()])
+    rt.start(timeout=30)
+    try:
+        done = bussdcc("remove", "echo", "-r", rt.name)
+        assert done.returncode == 1 and "member of the group 'pair'" in done.stderr, done.stderr
+        assert [(w.name, w.state) for w in rt.workers()] == [("echo", WorkerState.RUNNING)]
+    finally:
+        rt.stop(timeout=30)

@@ -86,7 +86,8 @@ def run(target: str, name: str | None = None, verbose: bool = False) -> int:
         if dog is not None:
             dog.stop()
     print(f"bussdcc: {rt.name} shut down ({rt.halt_reason or 'requested'})", file=sys.stderr, flush=True)
-    return 0
+    # A failure exits non-zero, so a service manager's restart-on-failure applies.
+    return 1 if rt.failure is not None else 0
 
 
 def _print_event(evt: Event[Any]) -> None:

@@ -23,6 +23,7 @@ from ..errors import (
     DeviceCrashed,
     DeviceTimeout,
     DeviceUnavailable,
+    RuntimeStateError,
     UnknownDevice,
     UnknownMethod,
 )
@@ -286,9 +287,8 @@ class ParentPort:
             hub.call_soon(lambda: router.cancel(call_id))
 
     def block(self, latch: Latch, timeout: float) -> bool:
-        """Wait on the latch; on the hub thread (a handler reacting to a worker), serve replies meanwhile."""
+        """Wait on the latch (never on the hub thread, which must route the reply)."""
         found = self._up
         if found is not None and found[0].in_hub:
-            found[0].serve_replies(lambda: latch.reply is not None, time.monotonic() + timeout)
-            return latch.reply is not None
+            raise RuntimeStateError("a device cannot be called from the runtime's I/O thread")
         return latch.wait(timeout)

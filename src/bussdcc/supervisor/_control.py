@@ -102,7 +102,8 @@ class ControlServer:
 
     def stop(self) -> None:
         """Stop serving (idempotent); waits for requests in progress."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        # Not waiting: a request stuck in user code (a target whose import hangs) must not hold shutdown.
+        self._pool.shutdown(wait=False, cancel_futures=True)
         if self.thread.is_alive():
             self._running = False
             self._wake()
@@ -289,7 +290,7 @@ class ControlServer:
             reply = ops.act(self.runtime, self, req)
         except BussdccError as exc:
             reply = p.Failed(str(exc))
-        except Exception as exc:
+        except BaseException as exc:  # a target whose import raises SystemExit still gets an answer
             reply = p.Failed(f"{type(exc).__name__}: {exc}")
         self._replies.append((identity, p.encode(reply)))
         self._wake()

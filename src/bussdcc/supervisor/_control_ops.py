@@ -92,6 +92,11 @@ def _worker_op(rt: Runtime, op: str, name: str) -> str:
         raise ControlError(f"unknown operation {op!r}")
     with _lifecycle(rt):  # not while the runtime boots or shuts down
         worker = _find(rt, name)
+        # Refuse before acting: a refused request changes nothing.
+        if op == "remove" and worker.group is not None:
+            raise ControlError(f"{name} is a member of the group {worker.group!r}: it cannot be removed")
+        if op == "restart" and worker.argv == []:
+            raise ControlError(f"{name} is a standalone worker: restart it where it was started")
         if op == "start":
             return _start(rt, worker)
         if op == "restart":

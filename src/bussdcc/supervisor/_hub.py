@@ -36,15 +36,6 @@ _RETRY = 0.002
 # Undelivered events other threads may queue before their emit waits.
 _MAX_OUTBOX = 10_000
 _MAX_OUTBOX_BYTES = 16 * 1024 * 1024
-# Frames a handler waiting for a reply on this thread may need handled meanwhile
-# (the reply, or a respawned device's hello and ready, or another worker's call),
-# told apart by their encoded tag, which follows a one-byte array header. None
-# of them is part of a worker's numbered stream, so taking them early is safe.
-_NESTED_TAGS = tuple(
-    msgspec.msgpack.encode(cls.__struct_config__.tag) for cls in (p.Reply, p.Hello, p.Ready, p.StartFailed, p.Request)
-)
-_NESTED_SLICE = 0.005
-_MAX_STASH_BYTES = 64 * 1024 * 1024
 
 
 class HubClient(Protocol):
@@ -56,6 +47,8 @@ class HubClient(Protocol):
     def on_fatal(self, reason: str) -> None: ...
     def stalled_for(self, identity: bytes, since: float) -> float: ...
     def outbox_load(self) -> tuple[int, int]: ...
+    def backlogged(self) -> bool: ...
+    def takes_events(self, identity: bytes) -> bool: ...
     def on_stalled(self, identity: bytes, seconds: float) -> None: ...
     def drain_outbox(self) -> list[bytes]: ...
     def delivery_targets(self) -> list[bytes]: ...
@@ -96,10 +89,6 @@ class Hub:
         self._stalled_since: dict[bytes, float] = {}
         self._retry: Timer | None = None
         self._reading = True
-        # Frames read while a handler on this thread waited for a device's reply,
-        # handled in their order before anything read after them.
-        self._stash: deque[list[bytes]] = deque()
-        self._stash_bytes = 0
         #: Notified whenever the hub has taken the outbox.
         self.outbox_taken = threading.Condition()
         self._room_waiters = 0
@@ -195,8 +184,13 @@ class Hub:
 
     @property
     def congested(self) -> bool:
-        """Whether some worker is so far behind that the hub stops reading (back-pressure)."""
-        return any(len(q) >= _MAX_QUEUE for q in self._queues.values())
+        """Whether some worker is so far behind with its events that the hub stops reading (back-pressure).
+
+        Only event deliveries count: calls queued for a slow device wait for it
+        alone (each caller is blocked on its own call, which bounds them).
+        """
+        takes = self._client.takes_events
+        return any(len(q) >= _MAX_QUEUE and takes(i) for i, q in self._queues.items())
 
     def _pump(self, identity: bytes, queue: deque[bytes]) -> None:
         assert self.sock is not None
@@ -211,7 +205,7 @@ class Hub:
                 queue.clear()  # the worker is gone
                 break
             queue.popleft()
-        if len(queue) < _MAX_QUEUE:
+        if len(queue) < _MAX_QUEUE or not self._client.takes_events(identity):
             self._stalled_since.pop(identity, None)
         else:
             since = self._stalled_since.setdefault(identity, time.monotonic())
@@ -274,7 +268,7 @@ class Hub:
             os.close(self._wake_w)
 
     def _iterate(self, poller: zmq.Poller, sock: zmq.Socket[bytes]) -> None:
-        reading = not self.congested
+        reading = not self.congested and not self._client.backlogged()
         if reading != self._reading:
             poller.modify(sock, zmq.POLLIN if reading else 0)
             self._reading = reading
@@ -284,14 +278,14 @@ class Hub:
         self._run_calls()
         if self._fork_fd in events:
             self._client.on_fork_readable()
-        if sock in events or self._stash:
+        if sock in events:
             self._read_frames(sock)
         self._run_due_timers()
         if not self.congested:  # else leave events in the outbox: emitters feel the back-pressure
             self.flush_outbox()
 
     def _next_timeout(self) -> int | None:
-        if self._calls or self._stash:
+        if self._calls:
             return 0
         while self._timers and self._timers[0][2].cancelled:
             heapq.heappop(self._timers)
@@ -320,64 +314,13 @@ class Hub:
     def _read_frames(self, sock: zmq.Socket[bytes]) -> None:
         # Asking EVENTS is far cheaper than ending each burst on a zmq.Again.
         for _ in range(_READ_BURST):
-            if self._stash:
-                frames = self._stash.popleft()
-                self._stash_bytes -= sum(len(f) for f in frames)
-            elif not cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            if not cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                 return
-            else:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+            frames = sock.recv_multipart(zmq.NOBLOCK)
             if len(frames) != 2:
                 self._client.on_stranger()
                 continue  # not [identity, payload]: nothing a worker of ours sends
             self._client.on_frame(frames[0], frames[1])
-
-    def serve_replies(self, until: Callable[[], bool], deadline: float) -> None:
-        """Until ``until()`` or ``deadline``, run the loop but for workers' streams (hub thread only).
-
-        A handler running on this thread that waits for a device's reply would
-        otherwise wait on itself. Replies, exit reports, timers and other threads'
-        calls (a stop, another caller's request) go on meanwhile; the frames of
-        workers' numbered streams are kept, in order, for the loop.
-        """
-        sock = self.sock
-        assert sock is not None and self.in_hub
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        poller.register(self._fork_fd, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
-        watch_fork = reading = True
-        while self._running and not until():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            if self._queues:
-                self._pump_all()
-            self._run_due_timers()
-            if until():
-                return
-            events = dict(poller.poll(max(1, int(min(left, _NESTED_SLICE) * 1000))))
-            if self._wake_r in events:
-                self._drain_wake()
-            self._run_calls()
-            if watch_fork and self._fork_fd in events:
-                try:
-                    self._client.on_fork_readable()
-                except BootError:
-                    poller.unregister(self._fork_fd)  # the loop reports it once this handler returns
-                    watch_fork = False
-            while reading and cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-                if len(frames) == 2 and frames[1][1:].startswith(_NESTED_TAGS):
-                    self._client.on_frame(frames[0], frames[1])
-                else:
-                    self._stash.append(frames)
-                    self._stash_bytes += sum(len(f) for f in frames)
-                    if self._stash_bytes > _MAX_STASH_BYTES:
-                        # Memory stays bounded: read no more until the handler returns
-                        # (its call then ends at its deadline, or when its device dies).
-                        poller.unregister(sock)
-                        reading = False
 
     def flush_outbox(self) -> None:
         """Send the dispatched events to every worker that handles events (hub thread, not congested)."""

@@ -36,7 +36,7 @@ def _log(report: p.Output, payload: str) -> None:
 
 
 class OutputSink:
-    """Shows worker output (hub thread); ``tap`` feeds the control event stream."""
+    """Shows worker output (dispatch thread); ``tap`` feeds the control event stream."""
 
     def __init__(self, tap: Callable[[int, bytes], None] | None) -> None:
         self.tap = tap

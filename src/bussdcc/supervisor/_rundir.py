@@ -43,7 +43,12 @@ def make_run_dir(name: str) -> Path:
         raise BootError(f"cannot create the run base {base}: {exc}") from exc
     if info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o022:
         raise BootError(f"run base {base} must be owned by uid {os.getuid()} and not group/world writable")
-    path = Path(tempfile.mkdtemp(prefix=f"{name[:40]}-", dir=base))
+    # Any name is safe as a prefix: it cannot leave the base or name a directory that is not there.
+    prefix = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:40].lstrip(".") or "runtime"
+    try:
+        path = Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir=base))
+    except OSError as exc:
+        raise BootError(f"cannot create a run directory in {base}: {exc}") from exc
     if len(str(path / "workers.sock")) > _SUN_PATH_MAX:
         shutil.rmtree(path, ignore_errors=True)
         raise BootError(f"run directory {path} is too long for an ipc:// socket; set {RUN_BASE_ENV}")

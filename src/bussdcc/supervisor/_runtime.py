@@ -37,6 +37,7 @@ from ..kernel import _builtin as m
 from ..kernel import protocol as p
 from ._calls import ParentPort
 from ._control import ControlServer
+from ._dispatcher import Dispatcher
 from ._forkserver import ForkServer
 from ._hub import Hub
 from ._output import OutputSink
@@ -96,6 +97,8 @@ class Runtime:
         self._calls = ParentPort(lambda: self._devices)
         self.ctx = self._context(RUNTIME_SOURCE)
         self.halt_reason: str | None = None
+        #: Why the runtime halted on a failure (not a request or a signal); None otherwise.
+        self.failure: str | None = None
         self._devices: dict[str, Device] = {}
         self._processes: dict[str, Process] = {}
         self._interfaces: dict[str, Interface] = {}
@@ -121,6 +124,7 @@ class Runtime:
         self._fork: ForkServer | None = None
         self._hub: Hub | None = None
         self._sup: Supervisor | None = None
+        self._dispatcher: Dispatcher | None = None
         self._control: ControlServer | None = None
         self._last_stats = RuntimeStats(dispatched=0, rejected=0, lost=0, restarts={})
 
@@ -281,14 +285,19 @@ class Runtime:
         hub = self._hub
         if hub is not None and sup is not None and sup.outbox and not hub.in_hub:
             hub.wake()
-            # Shutdown never waits on back-pressure: it is what ends a stuck consumer.
-            if local.depth == 0 and not self._stopping:
+            # Shutdown never waits on back-pressure: it is what ends a stuck consumer;
+            # nor does the dispatch thread, which the hub's own back-pressure already bounds.
+            if local.depth == 0 and not self._stopping and not self._on_dispatch_thread():
                 hub.wait_for_room()
 
+    def _on_dispatch_thread(self) -> bool:
+        disp = self._dispatcher
+        return disp is not None and disp.on_thread
+
     def _in_handler(self) -> bool:
-        """Whether this thread is inside a dispatch, or is the hub thread (so must not wait on the hub)."""
+        """Whether this thread is inside a dispatch, or is a runtime thread (so must not wait on the hub)."""
         hub = self._hub
-        return getattr(self._local, "depth", 0) > 0 or (hub is not None and hub.in_hub)
+        return getattr(self._local, "depth", 0) > 0 or (hub is not None and hub.in_hub) or self._on_dispatch_thread()
 
     def _dispatch_locked(self, evt: Event[Message], item: bytes, sup: Supervisor | None) -> None:
         with self._dispatch_lock:
@@ -349,6 +358,7 @@ class Runtime:
             self._dispatched = 0
             self._down.clear()
             self.halt_reason = None
+            self.failure = None
             self._receivers = tuple(
                 _Receiver(name, comp, self._context(name))
                 for name, comp in [*self._processes.items(), *self._interfaces.items()]
@@ -401,14 +411,18 @@ class Runtime:
             )
         except OSError as exc:
             raise BootError(f"cannot start the fork server: {exc}") from exc
+        disp = self._dispatcher = Dispatcher(on_room=self._wake_hub)
+        disp.start()
         sup = Supervisor(
             fork=self._fork,
             slots=self._slots,
             state=self.state,
             clock=self.clock,
-            emit=self.emit,
+            emit=self._emit_queued,
+            emit_now=self.emit,
             dispatch_item=self._dispatch_item,
-            halt=self._halt,
+            dispatcher=disp,
+            halt=self._fail,
         )
         supervised: list[Service | Device] = [*self._devices.values(), *self._services.values()]
         for comp in supervised:
@@ -439,6 +453,7 @@ class Runtime:
         inc = worker.current
         if inc is not None and not inc.outcome.wait(worker.component.start_timeout + _BOOT_GRACE):
             raise BootError(f"worker {worker.name!r} neither became ready nor failed in time")
+        self._settle()
         if self._halt_pending is not None:
             raise BootError(f"boot interrupted: {self._halt_pending}")
 
@@ -478,6 +493,27 @@ class Runtime:
         worker = hub.call(lambda: sup.stop(name))
         comp = worker.component
         worker.done.wait(comp.stop_timeout + comp.kill_timeout + _BOOT_GRACE)
+        self._settle()
+
+    def _settle(self) -> None:
+        """Wait until what the hub has handed over so far is dispatched (keeps lifecycle order)."""
+        disp = self._dispatcher
+        if disp is not None:
+            disp.barrier(_BOOT_GRACE)
+
+    def _emit_queued(self, message: Message) -> None:
+        """Dispatch ``message`` on the dispatch thread, after everything queued before it (hub thread)."""
+        disp = self._dispatcher
+        evt = Event(message, self.clock.now_utc(), RUNTIME_SOURCE)
+        if disp is None:
+            self._dispatch(evt)
+        else:
+            disp.post(lambda: self._dispatch(evt))
+
+    def _wake_hub(self) -> None:
+        hub = self._hub
+        if hub is not None:
+            hub.wake()
 
     def shutdown(self, reason: str | None = None) -> None:
         """Stop everything in reverse boot order: graceful, then SIGTERM, then SIGKILL."""
@@ -501,6 +537,7 @@ class Runtime:
                 self._hub.release_waiters()
             if self._hub is not None and self._sup is not None:
                 self._hub.call(self._sup.close)
+            self._settle()
             self._booted = False
             self.emit(m.RuntimeShuttingDown(reason=reason))
             for name in reversed(self._services):
@@ -530,14 +567,21 @@ class Runtime:
                 except Exception:
                     pass  # the hub is gone: its callers' own deadlines end their waits
             self._hub.stop()
+        if self._dispatcher is not None:
+            self._dispatcher.stop()
         if self._fork is not None:
             self._fork.close()
         if self._slots is not None:
             self._slots.close()
         if self._run_dir is not None:
             remove_run_dir(self._run_dir)
-        self._hub = self._sup = self._fork = self._slots = None
+        self._hub = self._sup = self._fork = self._slots = self._dispatcher = None
         self._run_dir = self._endpoint = None
+
+    def _fail(self, reason: str) -> None:
+        """A failure the runtime cannot go on with (a critical worker given up on, the fork server lost)."""
+        self.failure = reason
+        self._halt(reason)
 
     def _halt(self, reason: str, requested: bool = False) -> None:
         if not requested:
@@ -587,7 +631,7 @@ class Runtime:
             return self._last_stats
         return RuntimeStats(
             dispatched=self._dispatched,
-            rejected=sup.rejected,
+            rejected=sup.rejected + sup.rejected_items,
             lost=sup.lost,
             restarts={w.name: w.restarts for w in sup.workers.values()},
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import signal
@@ -10,11 +11,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+import msgspec
+
 from ..errors import BussdccError, ProtocolError, RegistrationError
 from ..kernel import ClockProtocol, Device, Message, Service, SlotTable, StateStore, Strategy, restart_policy
 from ..kernel import _builtin as m
 from ..kernel import protocol as p
 from ._calls import CallRouter
+from ._dispatcher import Dispatcher
 from ._forkserver import ForkServer
 from ._groups import Group, Plan
 from ._hub import Hub, Timer
@@ -49,15 +53,20 @@ class Supervisor:
         state: StateStore,
         clock: ClockProtocol,
         emit: Callable[[Message], None],
+        emit_now: Callable[[Message], None],
         dispatch_item: Callable[[p.Envelope, bytes, str], None],
+        dispatcher: Dispatcher,
         halt: Callable[[str], None],
     ) -> None:
         self.fork = fork
         self.slots = slots
         self.state = state
         self.clock = clock
+        #: Dispatch a message from the hub thread: queued, in order, for the dispatch thread.
         self.emit = emit
+        self._emit_now = emit_now
         self.dispatch_item = dispatch_item
+        self.dispatcher = dispatcher
         self.halt = halt
         self.hub: Hub | None = None
         #: Shows what workers print (set by the runtime).
@@ -75,6 +84,8 @@ class Supervisor:
         #: Set when shutdown begins: nothing is respawned after that.
         self.closing = False
         self.rejected = 0
+        #: Items that failed to decode or apply (counted on the dispatch thread).
+        self.rejected_items = 0
         self.lost = 0
         self.fatal: str | None = None
         #: Calls to devices: routed here, answered by the device incarnations.
@@ -370,8 +381,11 @@ class Supervisor:
                 inc.bye = frame
                 self._skip_to(worker, inc, frame.last_seq + 1)
                 self.targets.pop(identity, None)
-                assert self.hub is not None
-                self.hub.send(identity, p.encode(p.ByeAck()))
+                hub = self.hub
+                assert hub is not None
+                ack = p.encode(p.ByeAck())
+                # Acknowledged once everything before it has been dispatched, not just received.
+                self.dispatcher.post(lambda: hub.call_soon(lambda: hub.send(identity, ack)), 0)
         if inc.exited and not inc.finalized:
             self._maybe_finalize(worker, inc)
 
@@ -384,20 +398,35 @@ class Supervisor:
             self._reject(worker, ProtocolError(f"items from {frame.first_seq} were sent already"))
             return
         self._skip_to(worker, inc, frame.first_seq)
-        for raw in frame.items:
-            inc.next_seq += 1
-            inc.received += 1
+        items = frame.items
+        inc.next_seq += len(items)
+        inc.received += len(items)
+        name = worker.name
+        self.dispatcher.post(lambda: self._apply(name, items), len(items), sum(len(raw) for raw in items))
+
+    def takes_events(self, identity: bytes) -> bool:
+        """Whether the worker ``identity`` is sent dispatched events (only those can congest the hub)."""
+        return identity in self.targets
+
+    def backlogged(self) -> bool:
+        """Whether dispatch is so far behind that the hub should stop reading (back-pressure)."""
+        return self.dispatcher.full()
+
+    def _apply(self, worker: str, items: list[msgspec.Raw]) -> None:
+        """Dispatch a worker's messages and apply its state writes, in order (dispatch thread)."""
+        for raw in items:
             try:
                 item = p.decode_item(raw)
                 match item:
                     case p.Envelope():
-                        self.dispatch_item(item, bytes(raw), worker.name)
+                        self.dispatch_item(item, bytes(raw), worker)
                     case p.StateSet():
                         self.state.set(item.path, p.decode_value(item.value))
                     case p.StateDelete():
                         self.state.delete(item.path)
             except (ProtocolError, ValueError) as exc:
-                self._reject(worker, exc)
+                self.rejected_items += 1
+                self._emit_now(m.FrameRejected(worker=worker, error=f"{type(exc).__name__}: {exc}"))
 
     def _skip_to(self, worker: Worker, inc: Incarnation, seq: int) -> None:
         # Items that never arrived are not "received": they count as lost.
@@ -443,8 +472,11 @@ class Supervisor:
                 case p.Reaped():
                     self.on_exit(report.pid, report.exit_code)
                 case p.Output():
-                    if self.on_output is not None:
-                        self.on_output(report)
+                    show = self.on_output
+                    if show is not None:
+                        # Shown from the dispatch thread: a blocked stdout never stops the hub.
+                        size = sum(len(line) for line in report.lines)
+                        self.dispatcher.post(functools.partial(show, report), 1, size)
 
     def on_exit(self, pid: int, exit_code: int | None) -> None:
         """Process ``pid`` ended (``exit_code`` None: not our child, so its status is unknown)."""

@@ -131,6 +131,7 @@ class SignalRuntime(ThreadedRuntime):
             self._emit_later(m.SystemSignal(signal=signum, action=action))
 
     def _emit_later(self, message: Message) -> None:
+        # Only a lock-free hand-off is safe in a signal handler: the hub queues it for dispatch.
         hub = self._hub
         if hub is not None:
-            hub.call_soon(lambda: self.emit(message))
+            hub.call_soon(lambda: self._emit_queued(message))

@@ -46,6 +46,16 @@ _SLICE = 0.005
 _YIELD = 0.0005
 
 
+#: Longest error text a reply carries: a reply must stay far below the frame limit.
+_MAX_ERROR_TEXT = 64 * 1024
+
+
+def _clip(text: str) -> str:
+    if len(text) <= _MAX_ERROR_TEXT:
+        return text
+    return text[:_MAX_ERROR_TEXT] + f"... ({len(text) - _MAX_ERROR_TEXT} more characters)"
+
+
 class CallServer:
     """Runs the calls sent to one Device on its call threads."""
 
@@ -95,13 +105,14 @@ class CallServer:
         try:
             result = fn(dev, *args, **kwargs)
         except BaseException as exc:  # the device keeps serving; the caller gets the error
+            message = _clip(str(exc))
             return fail(
                 frame.call_id,
                 DeviceError(
-                    f"{dev.id}.{frame.method}() raised {type(exc).__name__}: {exc}",
+                    f"{dev.id}.{frame.method}() raised {type(exc).__name__}: {message}",
                     remote_type=type(exc).__name__,
-                    remote_message=str(exc),
-                    remote_traceback=traceback.format_exc(),
+                    remote_message=message,
+                    remote_traceback=_clip(traceback.format_exc()),
                 ),
             )
         try:

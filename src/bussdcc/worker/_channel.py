@@ -142,6 +142,21 @@ class Channel:
             return self._flush(block)
 
     def _flush(self, block: bool) -> bool:
+        if not self._flush_items(block):
+            return False
+        while self._foreign_controls:
+            # A control frame from another thread (a call's reply) leaves after every
+            # item queued before it, including those that thread pushed just before.
+            if not self._flush_items(block=True):
+                return False
+            with self._lock:
+                data = self._foreign_controls.popleft()
+                self._controls += 1
+                self.spec.slots.write(self.spec.slot, self._seq, self._controls)
+            self._send(data, block=True)
+        return True
+
+    def _flush_items(self, block: bool) -> bool:
         with self._lock:
             if self._foreign:
                 self._take_foreign()
@@ -162,12 +177,6 @@ class Channel:
             del self._pending[:count]
             self._pending_bytes -= size
         self._congested = False
-        while self._foreign_controls:
-            with self._lock:
-                data = self._foreign_controls.popleft()
-                self._controls += 1
-                self.spec.slots.write(self.spec.slot, self._seq, self._controls)
-            self._send(data, block=True)
         return True
 
     def post_control(self, frame: p.WorkerFrame) -> None:

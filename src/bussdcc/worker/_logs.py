@@ -6,7 +6,7 @@ import json
 import logging
 import os
 
-from ..kernel.protocol import LOG_MARK
+from ..kernel.protocol import LOG_MARK, MAX_LINE
 
 
 class ForwardHandler(logging.Handler):
@@ -19,6 +19,11 @@ class ForwardHandler(logging.Handler):
             if record.exc_info:
                 message += "\n" + logging.Formatter().formatException(record.exc_info)
             data = json.dumps({"level": record.levelno, "logger": record.name, "message": message})
+            if len(data) + len(LOG_MARK) >= MAX_LINE:
+                # The fork server forwards lines of up to MAX_LINE whole: a record must fit in one.
+                keep = max(0, len(message) - (len(data) + len(LOG_MARK) - MAX_LINE) - 64)
+                message = message[:keep] + " ... (cut)"
+                data = json.dumps({"level": record.levelno, "logger": record.name, "message": message})
             # One write per record: whole, and never behind a buffered print.
             os.write(2, (LOG_MARK + data + "\n").encode())
         except Exception:

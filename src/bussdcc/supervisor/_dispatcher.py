@@ -1,0 +1,94 @@
+"""The dispatch thread: it runs, in arrival order, everything the hub thread hands over.
+
+The hub thread only moves frames; what it receives (workers' messages and state
+writes) and what the supervisor says (lifecycle messages) is dispatched here.
+So a handler that blocks (calling a device, waiting on a lock another thread
+holds across its own dispatch) never stops the hub from routing replies or
+noticing deaths, and a handler is never re-entered by the hub.
+"""
+
+from __future__ import annotations
+
+import threading
+import traceback
+from collections import deque
+from collections.abc import Callable
+
+#: Items and bytes waiting for dispatch above which the hub stops reading from workers.
+_HIGH_ITEMS = 20_000
+_HIGH_BYTES = 32 * 1024 * 1024
+
+
+class Dispatcher:
+    """A FIFO of jobs and the thread that runs them; bounded by back-pressure on the hub."""
+
+    def __init__(self, on_room: Callable[[], None]) -> None:
+        self._jobs: deque[tuple[Callable[[], None], int, int]] = deque()
+        self._cond = threading.Condition()
+        self._items = 0
+        self._bytes = 0
+        self._running = True
+        self._throttled = False
+        self._on_room = on_room
+        self.thread = threading.Thread(target=self._main, name="bussdcc-dispatch", daemon=True)
+
+    def start(self) -> None:
+        """Start the thread."""
+        self.thread.start()
+
+    @property
+    def on_thread(self) -> bool:
+        """Whether the caller is the dispatch thread."""
+        return threading.current_thread() is self.thread
+
+    def post(self, job: Callable[[], None], items: int = 1, size: int = 0) -> None:
+        """Queue ``job`` (any thread, never blocks); ``items`` and ``size`` weigh it for back-pressure."""
+        with self._cond:
+            self._jobs.append((job, items, size))
+            self._items += items
+            self._bytes += size
+            self._cond.notify()
+
+    def full(self) -> bool:
+        """Whether the hub should stop reading from workers until the backlog shrinks."""
+        if self._items >= _HIGH_ITEMS or self._bytes >= _HIGH_BYTES:
+            self._throttled = True
+        return self._throttled
+
+    def barrier(self, timeout: float) -> bool:
+        """Wait until everything queued before now has been dispatched (False on timeout)."""
+        if self.on_thread or not self.thread.is_alive():
+            return True
+        done = threading.Event()
+        self.post(done.set, 0)
+        return done.wait(timeout)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Run what is queued, then end the thread."""
+        with self._cond:
+            self._running = False
+            self._cond.notify()
+        if self.thread.is_alive() and not self.on_thread:
+            self.thread.join(timeout)
+
+    def _main(self) -> None:
+        while True:
+            with self._cond:
+                while not self._jobs and self._running:
+                    self._cond.wait()
+                if not self._jobs:
+                    return
+                job, items, size = self._jobs.popleft()
+            try:
+                job()
+            except BaseException:
+                # A bug (or a sys.exit) in one job must not end dispatch for the rest.
+                traceback.print_exc()
+            with self._cond:
+                self._items -= items
+                self._bytes -= size
+                room = self._throttled and self._items < _HIGH_ITEMS // 2 and self._bytes < _HIGH_BYTES // 2
+                if room:
+                    self._throttled = False
+            if room:
+                self._on_room()
