@@ -401,3 +401,39 @@ def test_a_device_concurrency_must_be_a_positive_int(bad: object) -> None:
     dev.concurrency = bad  # type: ignore[misc,assignment]
     with pytest.raises(RegistrationError, match="concurrency"):
         Runtime(name="calls-bad-pool").attach_device(dev)
+
+
+def test_calls_in_flight_at_once_run_in_arrival_order() -> None:
+    async def many(motor: DeviceHandle[Motor]) -> list[int]:
+        # All 300 are submitted before the first answer can come back: only the device's
+        # queue orders them, and it must keep the order they arrived in.
+        return await asyncio.gather(*(motor.acall(Motor.record, 0, i) for i in range(300)))
+
+    with _runtime("calls-arrival") as rt:
+        motor = rt.device(Motor, "axis-1", timeout=30.0)
+        assert asyncio.run(many(motor)) == list(range(1, 301))
+        assert motor.call(Motor.history) == [(0, i) for i in range(300)]
+
+
+def test_a_backlog_of_calls_to_a_slow_device_does_not_hold_up_dispatch() -> None:
+    async def backlog(motor: DeviceHandle[Motor]) -> list[str]:
+        return await asyncio.gather(*(motor.acall(Motor.nap, 0.002) for _ in range(1500)))
+
+    rec = Recorder()
+    rt = _runtime("calls-backlog")
+    rt.register_process(rec)
+    rt.register_service(Chatter())
+    with rt:
+        motor = rt.device(Motor, "axis-1", timeout=60.0)
+        flood = threading.Thread(target=lambda: asyncio.run(backlog(motor)), name="test-flood")
+        flood.start()
+        try:
+            # ~3 s of calls queue for the device; the chatter's stream keeps being dispatched.
+            wait_until(lambda: rt._sup is not None and len(rt._sup.calls._pending) > 500, what="a backlog")
+            seen = len(rec.of("test.seq"))
+            rec.wait_for("test.seq", count=seen + 50, timeout=2.0)
+            sup = rt._sup
+            assert sup is not None and len(sup.calls._pending) > 100, "the backlog was still there meanwhile"
+        finally:
+            flood.join(60)
+        assert not rec.of("worker.hung") and [w.incarnation for w in rt.workers()] == [1, 1]

@@ -98,7 +98,8 @@ class CallRouter:
         self._expire_at(call)
         if worker.state is WorkerState.RUNNING and inc is not None and inc.ready and not inc.exited:
             self._send(inc, call)
-        elif call.wait:
+        elif call.wait and worker.state in (WorkerState.STARTING, WorkerState.BACKOFF):
+            # On its way back: wait for it. A stopped or failed device is not coming back by itself.
             self._parked.setdefault(worker.name, []).append(call)
         else:
             del self._pending[call.call_id]
@@ -165,6 +166,13 @@ class CallRouter:
         for call in parked or ():
             if call.call_id in self._pending:
                 self._send(inc, call)
+
+    def down(self, worker: Worker) -> None:
+        """A device will not come back (stopped or given up on): calls waiting for it fail now."""
+        state = worker.state.value
+        for call in self._parked.pop(worker.name, None) or ():
+            if self._pending.pop(call.call_id, None) is not None:
+                self._fail(call, DeviceUnavailable(f"device {call.device!r} is {state}", state=state))
 
     def ended(self, inc: Incarnation, reason: str, *, crashed: bool) -> None:
         """An incarnation is gone: its calls in flight fail now, not at their deadline."""

@@ -596,6 +596,7 @@ class Supervisor:
             worker.state = WorkerState.BACKOFF if worker.held else WorkerState.STOPPED
             self._announce_stopped(worker)
             if not worker.held:
+                self.calls.down(worker)
                 worker.done.set()
             self._advance_group(worker)
             return
@@ -704,6 +705,7 @@ class Supervisor:
         worker.state = WorkerState.FAILED
         worker.current = None
         worker.last_exit = f"gave up: {error}"
+        self.calls.down(worker)
         pid = (inc.pid or 0) if inc is not None else 0
         self.emit(m.WorkerGaveUp(worker.name, worker.role, pid, worker.restarts, error))
         if isinstance(worker.component, Service):
