@@ -514,9 +514,24 @@ def test_bad_config_is_one_line_naming_file_line_and_key(tmp_path: Path) -> None
     bad.write_text("[[devices]\n")
     done = bussdcc("run", str(bad))
     assert done.returncode == 1 and "(at line 1, column" in done.stderr
+    service = '[[services]]\nclass = "plant:Controller"\nname = "c"\n'
+    for text, error in [
+        ("services = [1, 2]\n", ":1: services[0]: must be a table ([[services]]), not 1"),
+        (
+            service + 'max_restarts = "lots"\n',
+            ":4: services[0].max_restarts: max_restarts must be an int >= 0, not 'lots'",
+        ),
+        (service + "interval = -1\n", ":4: services[0].interval: interval must be a number >= 0"),
+        (service + 'restart = "sometimes"\n', ":4: services[0].restart: restart must be True, False or one of"),
+        (service + "\n" + service, ":7: services[1].name: 'c' is used twice"),
+    ]:
+        bad.write_text(text)
+        done = bussdcc("run", str(bad))
+        assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+        assert done.stderr.startswith(f"bussdcc run: {bad}{error}"), done.stderr
 
 
-COMMANDS = ["run", "status", "start", "stop", "restart", "shutdown", "spawn", "remove", "worker", "events"]
+COMMANDS = ["run", "status", "start", "stop", "restart", "shutdown", "spawn", "remove", "worker", "events", "call"]
 
 
 def test_help_for_every_command() -> None:
@@ -570,10 +585,27 @@ def test_run_speaks_systemds_notify_protocol(tmp_path: Path) -> None:
         sock.close()
 
 
+@pytest.fixture
+def narrow(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[ThreadedRuntime, Recorder]]:
+    """A live runtime whose control socket queues one frame per subscriber: a reader that stops falls behind."""
+    from bussdcc.supervisor import _control
+
+    monkeypatch.setattr(_control, "_SUB_HWM", 1)
+    rec = Recorder()
+    rt = ThreadedRuntime(name=f"live{next(_names)}")
+    rt.register_process(rec)
+    rt.register_service(Echo())
+    rt.start(timeout=30)
+    try:
+        yield rt, rec
+    finally:
+        rt.stop(timeout=30)
+
+
 def test_a_slow_subscriber_misses_messages_counted_and_never_slows_dispatch(
-    live: tuple[ThreadedRuntime, Recorder],
+    narrow: tuple[ThreadedRuntime, Recorder],
 ) -> None:
-    rt, rec = live
+    rt, rec = narrow
     assert rt.run_dir is not None
     secret = (rt.run_dir / "secret").read_bytes()
     zctx = zmq.Context()

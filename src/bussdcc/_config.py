@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import math
 import re
 import sys
 import tomllib
@@ -10,8 +11,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, RegistrationError
 from .kernel import Device, Interface, Process, Service, Supervised
+from .supervisor._specs import check_supervised
 
 #: Settings a TOML entry or ``--policy`` may give a Service or Device (class attributes).
 POLICY_KEYS = frozenset(
@@ -115,6 +117,15 @@ def _line_of(text: str, section: str, index: int | None, key: str | None) -> int
     return start + 1
 
 
+def _family(section: str) -> str:
+    # Workers share one namespace (a Service's name, a Device's id); Processes and Interfaces another.
+    return "workers" if section in ("devices", "services") else "receivers"
+
+
+def _interval_ok(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
 def load_system(path: Path) -> SystemSpec:
     """Parse a TOML system description; every error names the file, the line and the key."""
     try:
@@ -148,12 +159,15 @@ def load_system(path: Path) -> SystemSpec:
     if folder not in sys.path:
         sys.path.insert(0, folder)
     components: dict[str, list[object]] = {}
+    seen: dict[str, set[str]] = {}
     for section, base in _SECTIONS.items():
         entries = data.get(section, [])
         if not isinstance(entries, list):
             raise fail(section, None, None, f"must be an array of tables ([[{section}]])")
         built: list[object] = []
         for i, entry in enumerate(entries):
+            if not isinstance(entry, dict):
+                raise fail(section, i, None, f"must be a table ([[{section}]]), not {entry!r}")
             ident = "id" if section == "devices" else "name"
             for key in ("class", ident):
                 if not isinstance(entry.get(key), str) or not entry[key]:
@@ -168,6 +182,19 @@ def load_system(path: Path) -> SystemSpec:
                 raise fail(section, i, "class", str(exc)) from None
             if not isinstance(component, base) or (base is Process and isinstance(component, Interface)):
                 raise fail(section, i, "class", f"{entry['class']} is not a {base.__name__}")
+            if entry[ident] in seen.get(_family(section), set()):
+                raise fail(section, i, ident, f"{entry[ident]!r} is used twice")
+            seen.setdefault(_family(section), set()).add(entry[ident])
+            if isinstance(component, Service | Device):
+                try:
+                    check_supervised(component)
+                    if isinstance(component, Service) and not _interval_ok(component.interval):
+                        raise RegistrationError(f"{entry[ident]!r}: interval must be a number >= 0")
+                except RegistrationError as exc:
+                    # Point at the setting at fault when the file sets it.
+                    found = re.search(r": (\w+) must be", str(exc))
+                    key = found.group(1) if found and found.group(1) in entry else "class"
+                    raise fail(section, i, key, str(exc).split(": ", 1)[-1]) from None
             built.append(component)
         components[section] = built
     return SystemSpec(name, components)

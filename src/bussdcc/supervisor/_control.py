@@ -82,6 +82,7 @@ class ControlServer:
         self._calls: deque[Callable[[], None]] = deque()
         self._events: deque[tuple[int, bytes]] = deque()
         self._recent: deque[tuple[int, bytes]] = deque(maxlen=RECENT)
+        self._tap_lock = threading.Lock()
         self._overflow = 0
         self._subscribers: dict[bytes, int] = {}  # identity -> messages it missed, not yet told
         self._skip: dict[bytes, int] = {}  # identity -> queued messages that predate its subscription
@@ -117,17 +118,19 @@ class ControlServer:
     def tap(self, severity: int, item: bytes) -> None:
         """Keep a dispatched message (its encoded Envelope) and queue it for subscribers; never blocks.
 
-        Called under the runtime's dispatch lock, so the recent list and the
-        subscriber set change in step with dispatch.
+        Called in dispatch order (under the runtime's dispatch lock); the tap
+        lock keeps the recent list and the subscriber set in step with it.
         """
-        self._recent.append((severity, item))
-        if not self._subscribers:
-            return
-        if len(self._events) >= _MAX_QUEUED:
-            self._overflow += 1
-            return
-        self._events.append((severity, item))
-        if len(self._events) == 1:
+        with self._tap_lock:
+            self._recent.append((severity, item))
+            if not self._subscribers:
+                return
+            if len(self._events) >= _MAX_QUEUED:
+                self._overflow += 1
+                return
+            self._events.append((severity, item))
+            first = len(self._events) == 1
+        if first:
             self._wake()
 
     def _wake(self) -> None:
@@ -217,10 +220,10 @@ class ControlServer:
     def _publish(self, sock: zmq.Socket[bytes]) -> None:
         if not self._events and not self._overflow:
             return
-        batch: list[tuple[int, bytes]] = []
-        while self._events:  # popleft, not clear(): a message tapped meanwhile stays queued
-            batch.append(self._events.popleft())
-        overflow, self._overflow = self._overflow, 0
+        with self._tap_lock:  # taken together: no message both counted as missed and sent
+            batch = list(self._events)
+            self._events.clear()
+            overflow, self._overflow = self._overflow, 0
         for identity in list(self._subscribers):
             missed = self._subscribers[identity] + overflow
             self.dropped += overflow
@@ -263,8 +266,9 @@ class ControlServer:
             case p.StatusRequest():
                 reply: p.ControlReply = ops.status(self.runtime, self)
             case p.SubscribeRequest():
-                # Under the dispatch lock: no message is both in the backlog and queued for it, none in neither.
-                with self.runtime._dispatch_lock:
+                # Under the tap lock (never the dispatch lock, which a slow handler may hold):
+                # no message is both in the backlog and queued for it, none in neither.
+                with self._tap_lock:
                     backlog = list(self._recent)[-req.backlog :] if req.backlog > 0 else []
                     self._subscribers[identity] = 0
                     queued = len(self._events)
