@@ -29,7 +29,7 @@ from bussdcc import Context, Event, Message, Process, Runtime, Service, message
 
 KILLS = int(sys.argv[1]) if len(sys.argv) > 1 else 50
 FLOOD = 100_000
-ROUNDS = 3
+ROUNDS = 5
 
 
 class Victim(Service):
