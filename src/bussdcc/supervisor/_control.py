@@ -27,6 +27,7 @@ import zmq
 from ..errors import BootError, BussdccError, ProtocolError
 from ..kernel import protocol as p
 from . import _control_ops as ops
+from ._wake import WakePipe
 
 if TYPE_CHECKING:
     from ._runtime import Runtime
@@ -70,11 +71,7 @@ class ControlServer:
             self._secret = write_identity(run_dir, runtime.name)
         except OSError as exc:
             raise BootError(f"cannot write the control secret in {run_dir}: {exc}") from exc
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        # Emitting threads may still wake us while we stop: the pipe is closed under this lock,
-        # so no write lands on a reused descriptor.
-        self._wake_lock = threading.Lock()
-        self._closed = False
+        self._waker = WakePipe()
         self._running = True
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -109,11 +106,7 @@ class ControlServer:
             self._running = False
             self._wake()
             self.thread.join()
-        with self._wake_lock:
-            if not self._closed:
-                self._closed = True
-                os.close(self._wake_r)
-                os.close(self._wake_w)
+        self._waker.close()
 
     def tap(self, severity: int, item: bytes) -> None:
         """Keep a dispatched message (its encoded Envelope) and queue it for subscribers; never blocks.
@@ -134,13 +127,7 @@ class ControlServer:
             self._wake()
 
     def _wake(self) -> None:
-        with self._wake_lock:
-            if self._closed:
-                return
-            try:
-                os.write(self._wake_w, b"\0")
-            except OSError:
-                pass  # a wake-up is pending already
+        self._waker.wake()
 
     def watch(self, pid: int) -> None:
         """Tell the supervisor when process ``pid`` (not a child of ours) ends (any thread)."""
@@ -167,7 +154,7 @@ class ControlServer:
         self._ready.set()
         self._poller = zmq.Poller()
         self._poller.register(sock, zmq.POLLIN)
-        self._poller.register(self._wake_r, zmq.POLLIN)
+        self._poller.register(self._waker.fd, zmq.POLLIN)
         try:
             while self._running:
                 try:
@@ -184,12 +171,8 @@ class ControlServer:
 
     def _iterate(self, sock: zmq.Socket[bytes]) -> None:
         events = dict(self._poller.poll(1000))
-        if self._wake_r in events:
-            try:
-                while os.read(self._wake_r, 4096):
-                    pass
-            except BlockingIOError:
-                pass
+        if self._waker.fd in events:
+            self._waker.drain()
         while self._calls:
             self._calls.popleft()()
         for fd in [fd for fd in self._watched if fd in events]:

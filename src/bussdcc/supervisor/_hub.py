@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import os
 import threading
 import time
 import traceback
@@ -23,6 +22,7 @@ import zmq
 
 from ..errors import BootError, RuntimeStateError
 from ..kernel import protocol as p
+from ._wake import WakePipe
 
 T = TypeVar("T")
 
@@ -77,7 +77,7 @@ class Hub:
         self._fork_fd = fork_fd
         self._client = client
         self._calls: deque[Callable[[], None]] = deque()
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._waker = WakePipe()
         self._timers: list[tuple[float, int, Timer]] = []
         self._counter = itertools.count()
         self._running = True
@@ -121,13 +121,8 @@ class Hub:
     # ---- cross-thread calls -------------------------------------------------------
 
     def wake(self) -> None:
-        """Make the hub loop run once more (e.g. to flush the outbox)."""
-        if not self.thread.is_alive():
-            return
-        try:
-            os.write(self._wake_w, b"\0")
-        except (BlockingIOError, OSError):
-            pass  # a wake-up is already pending, or the hub just ended
+        """Make the hub loop run once more (e.g. to flush the outbox); safe from any thread, at any time."""
+        self._waker.wake()
 
     def call_soon(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the hub thread."""
@@ -248,7 +243,7 @@ class Hub:
         self._ready.set()
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
+        poller.register(self._waker.fd, zmq.POLLIN)
         poller.register(self._fork_fd, zmq.POLLIN)
         try:
             while self._running:
@@ -264,8 +259,7 @@ class Hub:
             self.sock = None
             sock.close(0)
             zctx.term()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+            self._waker.close()
 
     def _iterate(self, poller: zmq.Poller, sock: zmq.Socket[bytes]) -> None:
         reading = not self.congested and not self._client.backlogged()
@@ -273,8 +267,8 @@ class Hub:
             poller.modify(sock, zmq.POLLIN if reading else 0)
             self._reading = reading
         events = dict(poller.poll(self._next_timeout()))
-        if self._wake_r in events:
-            self._drain_wake()
+        if self._waker.fd in events:
+            self._waker.drain()
         self._run_calls()
         if self._fork_fd in events:
             self._client.on_fork_readable()
@@ -292,13 +286,6 @@ class Hub:
         if not self._timers:
             return None
         return max(0, int((self._timers[0][0] - time.monotonic()) * 1000) + 1)
-
-    def _drain_wake(self) -> None:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
 
     def _run_calls(self) -> None:
         while self._calls:
