@@ -316,6 +316,22 @@ def test_a_standalone_worker_joins_with_the_secret_and_is_dispatched(live: tuple
         worker.stop()
 
 
+def test_a_standalone_worker_stopped_with_sigterm_stops_gracefully(live: tuple[ThreadedRuntime, Recorder]) -> None:
+    rt, rec = live
+    assert rt.run_dir is not None
+    worker = Background(["worker", "--connect", str(rt.run_dir), "tests.cli_parts:Beeper", "--name", "solo3"])
+    try:
+        rec.wait_for("test.beep", lambda e: e.source == "solo3", timeout=30)
+        worker.proc.send_signal(signal.SIGTERM)  # what systemd does to stop the unit
+        assert worker.wait() == 0
+        exited = rec.wait_for("worker.exited", lambda e: e.payload.worker == "solo3")  # type: ignore[attr-defined]
+        assert exited[0].payload.cause == "stopped" and not exited[0].payload.abnormal  # type: ignore[attr-defined]
+        assert rec.wait_for("service.stopped", lambda e: e.payload.service == "solo3")  # type: ignore[attr-defined]
+        assert _worker(rt, "solo3")["state"] == WorkerState.STOPPED
+    finally:
+        worker.stop()
+
+
 def test_a_standalone_worker_that_dies_is_noticed(live: tuple[ThreadedRuntime, Recorder]) -> None:
     rt, rec = live
     assert rt.run_dir is not None

@@ -144,4 +144,13 @@ def worker(
         spec = WorkerSpec(name, role, reply.incarnation, reply.endpoint, reply.slot, slots, reply.parent_pid)
     from .worker._main import run as run_worker
 
-    run_worker(spec, component)
+    def stop_gracefully() -> None:
+        # SIGTERM (systemd stopping the unit, say): ask the runtime for a graceful stop,
+        # so the worker runs stop()/disconnect() and is recorded as stopped, not failed.
+        try:
+            with Client(run_dir) as client:
+                client.call(p.WorkerRequest(client.secret, "stop", name), 60.0)
+        except BaseException:
+            os._exit(128 + signal.SIGTERM)  # no runtime to ask: end as SIGTERM would have
+
+    run_worker(spec, component, on_term=None if slot is not None else stop_gracefully)

@@ -7,7 +7,9 @@ import io
 import os
 import signal
 import sys
+import threading
 import traceback
+from collections.abc import Callable
 from typing import NoReturn
 
 from ..kernel import WorkerSpec
@@ -35,11 +37,17 @@ def _reset_process() -> None:
             stream.reconfigure(line_buffering=True)
 
 
-def run(spec: WorkerSpec, component: object) -> NoReturn:
-    """Host ``component`` until it stops, then exit the process (never returns)."""
+def run(spec: WorkerSpec, component: object, on_term: Callable[[], None] | None = None) -> NoReturn:
+    """Host ``component`` until it stops, then exit the process (never returns).
+
+    ``on_term``, if given, runs on a thread of its own when SIGTERM arrives (a
+    standalone worker asks its runtime for a graceful stop); otherwise SIGTERM kills.
+    """
     code = 1
     try:
         _reset_process()
+        if on_term is not None:
+            signal.signal(signal.SIGTERM, lambda signum, frame: threading.Thread(target=on_term, daemon=True).start())
         channel = Channel(spec)
         try:
             channel.send_control(Hello(os.getpid()))
