@@ -33,6 +33,7 @@ from ..kernel._calls import MAX_TIMEOUT, Latch, Outgoing, callable_methods, fail
 from ._workers import WorkerState
 
 if TYPE_CHECKING:
+    from ._dispatcher import Dispatcher
     from ._hub import Hub, Timer
     from ._workers import Incarnation, Worker
 
@@ -52,6 +53,18 @@ class _Pending:
         self.wait = call.wait
         self.done = done
         self.identity: bytes | None = None  # the incarnation it was sent to
+
+
+def _coming_back(worker: Worker) -> bool:
+    """Whether a device that is not ready now will be without anyone asking (worth waiting for)."""
+    if worker.stop_requested:
+        return False
+    state = worker.state
+    return (
+        state in (WorkerState.STARTING, WorkerState.BACKOFF)
+        or (state is WorkerState.STOPPING and worker.held)  # its group restarts it
+        or (state is WorkerState.STOPPED and worker.incarnations == 0)  # boot has not started it yet
+    )
 
 
 class CallRouter:
@@ -98,7 +111,7 @@ class CallRouter:
         self._expire_at(call)
         if worker.state is WorkerState.RUNNING and inc is not None and inc.ready and not inc.exited:
             self._send(inc, call)
-        elif call.wait and worker.state in (WorkerState.STARTING, WorkerState.BACKOFF):
+        elif call.wait and _coming_back(worker):
             # On its way back: wait for it. A stopped or failed device is not coming back by itself.
             self._parked.setdefault(worker.name, []).append(call)
         else:
@@ -242,10 +255,12 @@ class ParentPort:
     def __init__(self, devices: Callable[[], dict[str, Device]]) -> None:
         self._devices = devices
         self._up: tuple[Hub, CallRouter] | None = None
+        self._dispatcher: Dispatcher | None = None
 
-    def attach(self, hub: Hub, router: CallRouter) -> None:
+    def attach(self, hub: Hub, router: CallRouter, dispatcher: Dispatcher) -> None:
         """The runtime is up: route calls through ``hub`` to ``router``."""
         self._up = hub, router
+        self._dispatcher = dispatcher
 
     def detach(self) -> None:
         """The runtime is down: calls are unavailable."""
@@ -299,4 +314,8 @@ class ParentPort:
         found = self._up
         if found is not None and found[0].in_hub:
             raise RuntimeStateError("a device cannot be called from the runtime's I/O thread")
+        disp = self._dispatcher
+        if disp is not None and disp.on_thread:
+            with disp.waiting():  # nothing is dispatched meanwhile: the hub must not wait for room
+                return latch.wait(timeout)
         return latch.wait(timeout)

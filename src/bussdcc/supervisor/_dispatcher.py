@@ -12,11 +12,13 @@ from __future__ import annotations
 import threading
 import traceback
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
-#: Items and bytes waiting for dispatch above which the hub stops reading from workers.
-_HIGH_ITEMS = 20_000
-_HIGH_BYTES = 32 * 1024 * 1024
+#: Items and bytes waiting for dispatch above which the hub stops reading from workers. Small, so
+#: that a worker's ready, goodbye or reply frame waits behind a few thousand messages at most.
+_HIGH_ITEMS = 4096
+_HIGH_BYTES = 8 * 1024 * 1024
 
 
 class Dispatcher:
@@ -30,6 +32,7 @@ class Dispatcher:
         self._running = True
         self._throttled = False
         self._on_room = on_room
+        self._waiting = 0
         self.thread = threading.Thread(target=self._main, name="bussdcc-dispatch", daemon=True)
 
     def start(self) -> None:
@@ -51,11 +54,23 @@ class Dispatcher:
 
     def full(self) -> bool:
         """Whether the hub should stop reading from workers until the backlog shrinks."""
+        if self._waiting:
+            return False  # a handler waits on a reply only the hub can read: nothing drains meanwhile
         if self._items >= _HIGH_ITEMS or self._bytes >= _HIGH_BYTES:
             self._throttled = True
         return self._throttled
 
-    def barrier(self, timeout: float) -> bool:
+    @contextmanager
+    def waiting(self) -> Iterator[None]:
+        """Mark the dispatch thread as blocked on the hub (a device call): the hub reads on meanwhile."""
+        self._waiting += 1
+        self._on_room()
+        try:
+            yield
+        finally:
+            self._waiting -= 1
+
+    def barrier(self, timeout: float | None) -> bool:
         """Wait until everything queued before now has been dispatched (False on timeout)."""
         if self.on_thread or not self.thread.is_alive():
             return True
@@ -63,13 +78,13 @@ class Dispatcher:
         self.post(done.set, 0)
         return done.wait(timeout)
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Run what is queued, then end the thread."""
+    def stop(self) -> None:
+        """Run what is queued, then end the thread (a handler that never returns holds this up)."""
         with self._cond:
             self._running = False
             self._cond.notify()
         if self.thread.is_alive() and not self.on_thread:
-            self.thread.join(timeout)
+            self.thread.join()
 
     def _main(self) -> None:
         while True:

@@ -433,7 +433,7 @@ class Runtime:
         sup.hub = sup.calls.hub = hub
         hub.start()
         self._sup, self._hub = sup, hub
-        self._calls.attach(hub, sup.calls)
+        self._calls.attach(hub, sup.calls, disp)
         self._control = ControlServer(self, self._run_dir)
         self._control.start()
         sup.on_output = OutputSink(self._tap)
@@ -499,7 +499,8 @@ class Runtime:
         """Wait until what the hub has handed over so far is dispatched (keeps lifecycle order)."""
         disp = self._dispatcher
         if disp is not None:
-            disp.barrier(_BOOT_GRACE)
+            # As long as dispatch needs: the order of lifecycle messages is part of the contract.
+            disp.barrier(None)
 
     def _emit_queued(self, message: Message) -> None:
         """Dispatch ``message`` on the dispatch thread, after everything queued before it (hub thread)."""

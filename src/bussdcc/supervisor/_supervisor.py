@@ -86,6 +86,8 @@ class Supervisor:
         self.rejected = 0
         #: Items that failed to decode or apply (counted on the dispatch thread).
         self.rejected_items = 0
+        #: Lines of worker output not shown because dispatch was far behind.
+        self.output_dropped = 0
         self.lost = 0
         self.fatal: str | None = None
         #: Calls to devices: routed here, answered by the device incarnations.
@@ -234,6 +236,7 @@ class Supervisor:
         if inc is None or inc.exited:
             if worker.state in (WorkerState.BACKOFF, WorkerState.STARTING):
                 worker.state = WorkerState.STOPPED
+            self.calls.down(worker)
             worker.done.set()
             return worker
         self._begin_stop(worker, inc)
@@ -250,8 +253,7 @@ class Supervisor:
                 worker.backoff_timer.cancel()
                 worker.backoff_timer = None
             if worker.state is WorkerState.BACKOFF and worker.current is None:
-                worker.state = WorkerState.STOPPED
-                worker.done.set()
+                self._settle_stopped(worker)
 
     def hold(self, worker: Worker) -> None:
         """Stop a group member for its group's restart (its exit is not a failure)."""
@@ -424,7 +426,7 @@ class Supervisor:
                         self.state.set(item.path, p.decode_value(item.value))
                     case p.StateDelete():
                         self.state.delete(item.path)
-            except (ProtocolError, ValueError) as exc:
+            except BaseException as exc:  # a bad item, or a handler that raised SystemExit: the rest still goes
                 self.rejected_items += 1
                 self._emit_now(m.FrameRejected(worker=worker, error=f"{type(exc).__name__}: {exc}"))
 
@@ -473,10 +475,24 @@ class Supervisor:
                     self.on_exit(report.pid, report.exit_code)
                 case p.Output():
                     show = self.on_output
-                    if show is not None:
-                        # Shown from the dispatch thread: a blocked stdout never stops the hub.
-                        size = sum(len(line) for line in report.lines)
-                        self.dispatcher.post(functools.partial(show, report), 1, size)
+                    if show is None:
+                        continue
+                    if self.dispatcher.full():
+                        # Memory stays bounded: what cannot be shown now is counted, not queued.
+                        self.output_dropped += len(report.lines)
+                        continue
+                    if self.output_dropped:
+                        dropped = p.Output(
+                            report.worker,
+                            report.pid,
+                            2,
+                            [f"({self.output_dropped} lines of worker output dropped: the parent was behind)"],
+                        )
+                        self.output_dropped = 0
+                        self.dispatcher.post(functools.partial(show, dropped), 1, 0)
+                    # Shown from the dispatch thread: a blocked stdout never stops the hub.
+                    size = sum(len(line) for line in report.lines)
+                    self.dispatcher.post(functools.partial(show, report), 1, size)
 
     def on_exit(self, pid: int, exit_code: int | None) -> None:
         """Process ``pid`` ended (``exit_code`` None: not our child, so its status is unknown)."""
@@ -606,8 +622,7 @@ class Supervisor:
             if policy == "permanent":
                 self._restart(worker, inc, reason, None)
             else:
-                worker.state = WorkerState.STOPPED
-                worker.done.set()
+                self._settle_stopped(worker)
             return
         if cause == "error" and inc.bye is not None:  # a temporary service's tick raised: it gave up itself
             self._announce_stopped(worker)
@@ -631,6 +646,12 @@ class Supervisor:
         else:
             self._restart(worker, inc, error, tb)
 
+    def _settle_stopped(self, worker: Worker) -> None:
+        """The worker is stopped for good: say so to whoever waits for it."""
+        worker.state = WorkerState.STOPPED
+        self.calls.down(worker)
+        worker.done.set()
+
     def _announce_failure(self, worker: Worker, error: str, tb: str | None) -> None:
         if isinstance(worker.component, Service):
             self.emit(m.ServiceError(service=worker.name, error=error, traceback=tb))
@@ -647,8 +668,7 @@ class Supervisor:
         """Respawn per the intensity and backoff rules, or give up; with the group's strategy."""
         comp = worker.component
         if self.closing:
-            worker.state = WorkerState.STOPPED
-            worker.done.set()
+            self._settle_stopped(worker)
             return
         now = time.monotonic()
         while worker.restart_times and now - worker.restart_times[0] > comp.restart_window:
@@ -680,16 +700,14 @@ class Supervisor:
     def _respawn_after_backoff(self, worker: Worker) -> None:
         worker.backoff_timer = None
         if worker.stop_requested:
-            worker.state = WorkerState.STOPPED
-            worker.done.set()
+            self._settle_stopped(worker)
             return
         self.respawn(worker)
 
     def respawn(self, worker: Worker) -> None:
         """Start the next incarnation of a worker that is waiting to come back."""
         if self.closing:
-            worker.state = WorkerState.STOPPED
-            worker.done.set()
+            self._settle_stopped(worker)
             return
         worker.held = False
         worker.restarts += 1
