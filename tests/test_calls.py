@@ -437,3 +437,37 @@ def test_a_backlog_of_calls_to_a_slow_device_does_not_hold_up_dispatch() -> None
         finally:
             flood.join(60)
         assert not rec.of("worker.hung") and [w.incarnation for w in rt.workers()] == [1, 1]
+
+
+class Burst(Service):
+    """Emits 20,000 messages in one tick: far more than dispatch keeps in hand."""
+
+    name = "burst"
+    interval = 3600.0
+
+    def tick(self, ctx: Context) -> None:
+        for i in range(20_000):
+            ctx.emit(Seq(i=i))
+
+
+def test_a_handler_calling_a_device_behind_a_backlog_gets_its_answer() -> None:
+    answers: list[object] = []
+
+    class Caller(Process):
+        name = "caller"
+
+        def handle_event(self, ctx: Context, evt: Event[Message]) -> None:
+            if isinstance(evt.payload, Seq) and evt.payload.i in (0, 10_000):
+                t0 = time.monotonic()
+                answers.append(ctx.device(Motor, "axis-1", timeout=10.0).call(Motor.move, 1.0))
+                answers.append(time.monotonic() - t0)
+
+    rec = Recorder()
+    rt = _runtime("calls-backlog-handler")
+    rt.register_process(Caller())
+    rt.register_process(rec)
+    rt.register_service(Burst())
+    with rt:
+        rec.wait_for("test.seq", lambda e: e.payload.to_dict()["i"] == 19_999, timeout=60)
+        assert answers[0::2] == [1.0, 1.0]
+        assert all(took < 5.0 for took in answers[1::2]), answers  # not waiting out the 10 s deadline

@@ -559,3 +559,35 @@ def test_shutdown_never_waits_behind_a_stuck_consumer() -> None:
     assert not emitter.is_alive(), "a waiting emitter is released by shutdown"
     # stop_timeout + kill_timeout of the stuck worker, with room for a loaded machine.
     assert took < 1.0 + 5, f"shutdown took {took:.1f}s"
+
+
+class SlowReader(Process):
+    """Takes a while on the first numbered messages: dispatch falls behind the worker."""
+
+    name = "slowreader"
+
+    def handle_event(self, ctx: Context, evt: Event[Message]) -> None:
+        if isinstance(evt.payload, Seq) and evt.payload.i < 300:
+            time.sleep(0.005)  # the stimulus: a slow consumer
+
+
+def test_shutdown_behind_a_slow_handler_keeps_the_lifecycle_order() -> None:
+    rec = Recorder()
+    rt = Runtime(name="slow-order")
+    rt.register_process(SlowReader())
+    rt.register_process(rec)
+    rt.register_service(Burst())
+    rt.boot()
+    rec.wait_for("test.seq")  # the burst has begun; most of it is still to be dispatched
+    rt.shutdown()
+    names = rec.names()
+    assert names.count("test.seq") == 5000, "everything the worker sent was dispatched"
+    tail = [n for n in names if n != "test.seq"][-6:]
+    assert tail == [
+        "runtime.shutting_down",
+        "worker.exited",
+        "service.stopped",
+        "process.stopped",
+        "process.stopped",
+        "runtime.shutdown",
+    ], tail
