@@ -33,6 +33,11 @@ class Dispatcher:
         self._throttled = False
         self._on_room = on_room
         self._waiting = 0
+        #: Jobs posted and jobs finished so far: a ticket is the number of jobs posted at some point.
+        self.posted = 0
+        self._completed = 0
+        self._done = threading.Condition()
+        self._done_waiters = 0
         self.thread = threading.Thread(target=self._main, name="bussdcc-dispatch", daemon=True)
 
     def start(self) -> None:
@@ -50,6 +55,7 @@ class Dispatcher:
             self._jobs.append((job, items, size))
             self._items += items
             self._bytes += size
+            self.posted += 1
             self._cond.notify()
 
     def full(self) -> bool:
@@ -72,11 +78,18 @@ class Dispatcher:
 
     def barrier(self, timeout: float | None) -> bool:
         """Wait until everything queued before now has been dispatched (False on timeout)."""
-        if self.on_thread or not self.thread.is_alive():
+        return self.wait_for(self.posted, timeout)
+
+    def wait_for(self, ticket: int, timeout: float | None) -> bool:
+        """Wait until the first ``ticket`` jobs have been dispatched (False on timeout)."""
+        if self.on_thread:
             return True
-        done = threading.Event()
-        self.post(done.set, 0)
-        return done.wait(timeout)
+        with self._done:
+            self._done_waiters += 1
+            try:
+                return self._done.wait_for(lambda: self._completed >= ticket or not self.thread.is_alive(), timeout)
+            finally:
+                self._done_waiters -= 1
 
     def stop(self) -> None:
         """Run what is queued, then end the thread (a handler that never returns holds this up)."""
@@ -92,13 +105,17 @@ class Dispatcher:
                 while not self._jobs and self._running:
                     self._cond.wait()
                 if not self._jobs:
-                    return
+                    break
                 job, items, size = self._jobs.popleft()
             try:
                 job()
             except BaseException:
                 # A bug (or a sys.exit) in one job must not end dispatch for the rest.
                 traceback.print_exc()
+            with self._done:
+                self._completed += 1
+                if self._done_waiters:
+                    self._done.notify_all()
             with self._cond:
                 self._items -= items
                 self._bytes -= size
@@ -107,3 +124,5 @@ class Dispatcher:
                     self._throttled = False
             if room:
                 self._on_room()
+        with self._done:
+            self._done.notify_all()  # the thread is ending: nobody waits on it any longer

@@ -453,7 +453,11 @@ class Runtime:
         inc = worker.current
         if inc is not None and not inc.outcome.wait(worker.component.start_timeout + _BOOT_GRACE):
             raise BootError(f"worker {worker.name!r} neither became ready nor failed in time")
-        self._settle()
+        # What was said about its start is dispatched before boot goes on; what the worker
+        # sends afterwards need not be (a handler may well wait for boot to return).
+        disp = self._dispatcher
+        if inc is not None and disp is not None:
+            disp.wait_for(inc.ticket, None)
         if self._halt_pending is not None:
             raise BootError(f"boot interrupted: {self._halt_pending}")
 

@@ -451,6 +451,7 @@ class Supervisor:
             self.emit(m.DeviceAttached(device=worker.name, kind=worker.kind))
         else:
             self.emit(m.ServiceStarted(service=worker.name))
+        inc.ticket = self.dispatcher.posted
         inc.outcome.set()
         self.calls.ready(worker, inc)
         self._advance_group(worker)
@@ -585,6 +586,7 @@ class Supervisor:
                 worker.streak = 0  # it ran long enough to count as healthy
             self._decide(worker, inc, cause, reason, lost)
         # Last: whoever waits on the outcome (boot) sees the decision made, too.
+        inc.ticket = self.dispatcher.posted
         inc.outcome.set()
 
     def _classify(self, inc: Incarnation) -> tuple[str, str, str | None]:

@@ -79,6 +79,8 @@ class Incarnation:
         self.timers: list[Timer] = []
         #: Set once the incarnation is ready or has ended.
         self.outcome = threading.Event()
+        #: The dispatch ticket of what was said about that outcome (see ``Dispatcher.wait_for``).
+        self.ticket = 0
 
     def cancel_timers(self) -> None:
         for timer in self.timers:
