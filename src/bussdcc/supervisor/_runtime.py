@@ -125,6 +125,7 @@ class Runtime:
         self._hub: Hub | None = None
         self._sup: Supervisor | None = None
         self._dispatcher: Dispatcher | None = None
+        self._output: OutputSink | None = None
         self._control: ControlServer | None = None
         self._last_stats = RuntimeStats(dispatched=0, rejected=0, lost=0, restarts={})
 
@@ -436,7 +437,7 @@ class Runtime:
         self._calls.attach(hub, sup.calls, disp)
         self._control = ControlServer(self, self._run_dir)
         self._control.start()
-        sup.on_output = OutputSink(self._tap)
+        sup.on_output = self._output = OutputSink(self._tap)
         atexit.register(self._at_exit)
 
     def _worker(self, name: str) -> Worker:
@@ -574,6 +575,9 @@ class Runtime:
             self._hub.stop()
         if self._dispatcher is not None:
             self._dispatcher.stop()
+        if self._output is not None:
+            self._output.close()
+            self._output = None
         if self._fork is not None:
             self._fork.close()
         if self._slots is not None:
