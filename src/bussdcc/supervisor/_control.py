@@ -99,7 +99,7 @@ class ControlServer:
             raise BootError(f"cannot bind {self.endpoint}: {self._error}") from self._error
 
     def stop(self) -> None:
-        """Stop serving (idempotent); waits for requests in progress."""
+        """Stop serving (idempotent); requests still running in user code are not waited for."""
         # Not waiting: a request stuck in user code (a target whose import hangs) must not hold shutdown.
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self.thread.is_alive():
