@@ -42,6 +42,21 @@ class RuntimeShutdown(Message):
     reason: str | None = None
 
 
+@dataclass(slots=True, frozen=True)
+class RuntimeFault(Message):
+    """The supervisor's own machinery met a fault of its environment, and carries on.
+
+    ``part`` names the machinery (``watchdog``, ``fork_server``, ``control``, ``fds``,
+    ``run_dir``, ``threads``, ...); ``kind`` says what happened in one word.
+    """
+
+    name = "runtime.fault"
+    severity = Severity.ERROR
+    part: str
+    kind: str
+    error: str
+
+
 # ---- devices ----------------------------------------------------------------
 
 
