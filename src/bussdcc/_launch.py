@@ -14,7 +14,7 @@ from typing import Any
 from ._client import Client
 from ._config import build, import_target, load_system
 from ._notify import Watchdog, notify, watchdog_interval
-from .errors import ConfigError, ControlError
+from .errors import ConfigError, ControlError, ProtocolError
 from .kernel import Device, Event, Interface, Message, Process, Service, SlotTable, WorkerSpec
 from .kernel import _builtin as m
 from .kernel import protocol as p
@@ -108,6 +108,32 @@ def _watch_parent(pid: int) -> None:
     threading.Thread(target=main, name="bussdcc-parent-watch", daemon=True).start()
 
 
+def _read_key() -> tuple[bytes, bytes]:
+    """The routing id and secret the fork server left in the pipe it handed down (read once, then closed)."""
+    fd_text = os.environ.pop(p.KEY_FD_ENV, "")
+    try:
+        fd = int(fd_text)
+    except ValueError:
+        raise ConfigError(
+            f"--slot, --incarnation and --parent-pid are for workers the runtime starts itself ({p.KEY_FD_ENV} unset)"
+        ) from None
+    data = b""
+    try:
+        while len(data) < 65536 and (chunk := os.read(fd, 4096)):  # a few dozen bytes are expected
+            data += chunk
+    except OSError as exc:
+        raise ConfigError(f"cannot read the worker's key from fd {fd}: {exc.strerror}") from None
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    try:
+        return p.decode_key(data)
+    except ProtocolError as exc:
+        raise ConfigError(f"the worker's key is malformed: {exc}") from None
+
+
 def worker(
     run_dir: Path,
     target: str,
@@ -133,7 +159,8 @@ def worker(
     if slot is not None and incarnation is not None and parent_pid is not None:
         # Started by the runtime's fork server, which already counts on this slot.
         endpoint = f"ipc://{run_dir / 'workers.sock'}"
-        spec = WorkerSpec(name, role, incarnation, endpoint, slot, slots, parent_pid)
+        identity, token = _read_key()
+        spec = WorkerSpec(name, role, incarnation, endpoint, slot, slots, parent_pid, identity, token)
     else:
         with Client(run_dir) as client:
             reply = client.call(p.JoinRequest(client.secret, target, name, os.getpid(), config, policy), 30.0)
@@ -141,7 +168,9 @@ def worker(
             raise ControlError(f"unexpected reply {type(reply).__name__}")
         _watch_parent(reply.parent_pid)
         os.environ[STANDALONE_ENV] = "1"
-        spec = WorkerSpec(name, role, reply.incarnation, reply.endpoint, reply.slot, slots, reply.parent_pid)
+        spec = WorkerSpec(
+            name, role, reply.incarnation, reply.endpoint, reply.slot, slots, reply.parent_pid, reply.identity, reply.token
+        )
     from .worker._main import run as run_worker
 
     def stop_gracefully() -> None:

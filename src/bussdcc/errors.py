@@ -23,6 +23,7 @@ __all__ = [
     "UnknownDevice",
     "UnknownMessage",
     "UnknownMethod",
+    "UnknownPeer",
     "WorkerStartError",
 ]
 
@@ -53,6 +54,10 @@ class FrameTooLarge(ProtocolError):
 
 class MalformedFrame(ProtocolError):
     """A frame could not be decoded."""
+
+
+class UnknownPeer(ProtocolError):
+    """A frame from a peer that is no verified worker of this runtime (unknown routing id, or a wrong token)."""
 
 
 class StatePathError(BussdccError, ValueError):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -114,8 +114,7 @@ class WorkerSpec:
     slot: int
     slots: SlotTable
     parent_pid: int
-
-    @property
-    def identity(self) -> bytes:
-        """The worker's ZeroMQ routing id: unique per incarnation."""
-        return f"{self.name}#{self.incarnation}".encode()
+    #: The ZeroMQ routing id the parent chose for this incarnation (random: nobody else can predict it).
+    identity: bytes
+    #: The incarnation's secret, proved in its ``Hello``: only the process the parent made knows it.
+    token: bytes = field(repr=False)

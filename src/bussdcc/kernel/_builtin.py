@@ -342,12 +342,17 @@ class WorkerGaveUp(Message):
 
 @dataclass(slots=True, frozen=True)
 class FrameRejected(Message):
-    """A frame from a worker was malformed, oversized or named an unknown message."""
+    """A frame was malformed, oversized, named an unknown message, or came from no verified worker.
+
+    ``worker`` is empty for a peer that is no worker of ours; ``count`` is how many
+    frames this report stands for (reports about strangers are rate-limited).
+    """
 
     name = "worker.frame_rejected"
     severity = Severity.WARNING
     worker: str
     error: str
+    count: int = 1
 
 
 @dataclass(slots=True, frozen=True)

@@ -29,6 +29,8 @@ from ._message import Message, message_class
 MAX_FRAME: Final = 16 * 1024 * 1024
 #: A worker flushes a batch once its encoded items reach this many bytes.
 BATCH_BYTES: Final = 256 * 1024
+#: The environment variable naming the inherited pipe an exec'd worker reads its routing id and token from.
+KEY_FD_ENV: Final = "BUSSDCC_KEY_FD"
 #: Largest single item (an encoded message or state write); a batch of them stays under MAX_FRAME.
 MAX_ITEM: Final = 2 * 1024 * 1024
 
@@ -41,9 +43,10 @@ class _Frame(msgspec.Struct, frozen=True, forbid_unknown_fields=True, array_like
 
 
 class Hello(_Frame, tag="hello", frozen=True):
-    """First frame of every worker incarnation."""
+    """First frame of every worker incarnation: ``token`` is the secret its parent gave that incarnation."""
 
     pid: int
+    token: bytes
 
 
 class Ready(_Frame, tag="ready", frozen=True):
@@ -176,6 +179,9 @@ class Spawn(_Frame, tag="spawn", frozen=True):
     pickled: bytes | None = None
     #: Exec this command instead (a worker in a fresh interpreter); slot and incarnation are appended.
     argv: list[str] | None = None
+    #: The incarnation's routing id and secret (never on argv: an exec'd worker reads them from a pipe).
+    identity: bytes = b""
+    token: bytes = b""
 
 
 class Quit(_Frame, tag="quit", frozen=True):
@@ -321,12 +327,15 @@ class StatusReply(_Frame, tag="status_reply", frozen=True):
 
 
 class Joined(_Frame, tag="joined", frozen=True):
-    """A standalone worker may connect: its incarnation, counter slot, endpoint and the parent's pid."""
+    """A standalone worker may connect: its incarnation, counter slot, endpoint, the parent's pid,
+    and the routing id and secret its ``Hello`` must carry."""
 
     incarnation: int
     slot: int
     endpoint: str
     parent_pid: int
+    identity: bytes = b""
+    token: bytes = b""
 
 
 class Events(_Frame, tag="events", frozen=True):
@@ -481,6 +490,20 @@ def envelope_event(env: Envelope, source: str | None = None) -> Event[Message]:
     """Turn a decoded envelope into the Event it carries."""
     ts = _dt.datetime.fromtimestamp(env.ts, tz=_dt.UTC)
     return Event(decode_message(env.name, env.body), ts, source if source is not None else env.source)
+
+
+_keys: Final = msgspec.msgpack.Decoder(tuple[bytes, bytes])
+
+
+def encode_key(identity: bytes, token: bytes) -> bytes:
+    """What an exec'd worker reads from its key pipe: its routing id and its token."""
+    return encode((identity, token))
+
+
+def decode_key(data: bytes) -> tuple[bytes, bytes]:
+    """The ``(identity, token)`` of :func:`encode_key` (raises :class:`ProtocolError`)."""
+    key: tuple[bytes, bytes] = _checked(data, _keys)
+    return key
 
 
 # ---- length-prefixed framing for the fork server's stream socket ---------------

@@ -223,4 +223,4 @@ def _join(rt: Runtime, server: ControlServer, req: p.JoinRequest) -> p.Joined:
             raise ControlError(f"a worker named {req.name!r} exists and is not a standalone one")
         inc = hub.call(lambda: sup.join(req.name, req.pid))
     server.watch(req.pid)
-    return p.Joined(inc.number, inc.slot, rt.endpoint, os.getpid())
+    return p.Joined(inc.number, inc.slot, rt.endpoint, os.getpid(), inc.identity, inc.token)

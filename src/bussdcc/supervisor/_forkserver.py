@@ -133,11 +133,19 @@ class ForkServer:
         """The socket to poll for reports."""
         return self._sock.fileno()
 
-    def spawn(
-        self, worker: str, incarnation: int, slot: int, pickled: bytes | None = None, argv: list[str] | None = None
+    def spawn(  # noqa: PLR0913, PLR0917 - mirrors the Spawn frame
+        self,
+        worker: str,
+        incarnation: int,
+        slot: int,
+        pickled: bytes | None = None,
+        argv: list[str] | None = None,
+        *,
+        identity: bytes,
+        token: bytes,
     ) -> None:
-        """Ask for a new worker process; the answer arrives as a report."""
-        self._send(p.Spawn(worker, incarnation, slot, pickled, argv))
+        """Ask for a new worker process with this routing id and secret; the answer arrives as a report."""
+        self._send(p.Spawn(worker, incarnation, slot, pickled, argv, identity, token))
 
     def _send(self, frame: p.Spawn | p.Quit) -> None:
         data = p.pack_stream(frame)
@@ -191,6 +199,13 @@ def _exec_worker(req: p.Spawn, parent: int) -> NoReturn:  # pragma: no cover - r
     env = dict(os.environ)
     # The fresh interpreter imports the class from where the parent would have.
     env["PYTHONPATH"] = os.pathsep.join(x for x in sys.path if x)
+    # Its routing id and secret go through a pipe it inherits and empties at once: argv is
+    # public (ps), and the environment stays readable in /proc for the process's whole life.
+    key_r, key_w = os.pipe()
+    os.write(key_w, p.encode_key(req.identity, req.token))
+    os.close(key_w)
+    os.set_inheritable(key_r, True)
+    env[p.KEY_FD_ENV] = str(key_r)
     os.execve(argv[0], argv, env)
 
 
@@ -321,7 +336,17 @@ class _Zygote:  # pragma: no cover - runs in the child
             except Exception as exc:
                 self._report(p.SpawnFailed(req.worker, req.incarnation, repr(exc)))
                 return
-            spec = WorkerSpec(req.worker, role, req.incarnation, self.endpoint, req.slot, self.slots, self.parent)
+            spec = WorkerSpec(
+                req.worker,
+                role,
+                req.incarnation,
+                self.endpoint,
+                req.slot,
+                self.slots,
+                self.parent,
+                req.identity,
+                req.token,
+            )
         me = os.getpid()
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)

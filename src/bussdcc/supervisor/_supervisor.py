@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import hmac
 import os
 import random
+import secrets
 import signal
 import threading
 import time
@@ -13,7 +15,7 @@ from collections.abc import Callable
 
 import msgspec
 
-from ..errors import BussdccError, ProtocolError, RegistrationError
+from ..errors import BussdccError, ProtocolError, RegistrationError, UnknownPeer
 from ..kernel import ClockProtocol, Device, Message, Service, SlotTable, StateStore, Strategy, restart_policy
 from ..kernel import _builtin as m
 from ..kernel import protocol as p
@@ -27,6 +29,8 @@ from ._workers import Incarnation, Worker, WorkerState, WorkerStatus
 
 #: How long a dead worker's last frames may take to arrive before they count as lost.
 DRAIN_GRACE = 0.5
+#: Frames from no verified worker are reported at once, then at most once per this many seconds.
+REFUSAL_PERIOD = 1.0
 
 
 def _describe_exit(code: int | None) -> tuple[str, str, str | None]:
@@ -84,6 +88,12 @@ class Supervisor:
         #: Set when shutdown begins: nothing is respawned after that.
         self.closing = False
         self.rejected = 0
+        #: Frames refused because no verified worker sent them (strangers, wrong tokens, before a Hello).
+        self.refused = 0
+        self._refusals_held = 0
+        self._refusal_timer: Timer | None = None
+        #: Incarnations the fork server has yet to report on, by (worker, incarnation number).
+        self._spawning: dict[tuple[str, int], tuple[Worker, Incarnation]] = {}
         #: Items that failed to decode or apply (counted on the dispatch thread).
         self.rejected_items = 0
         #: Lines of worker output not shown because dispatch was far behind.
@@ -145,18 +155,16 @@ class Supervisor:
             raise BussdccError(f"cannot start workers: {self.fatal}")
         if not self._free_slots:
             raise BussdccError("no free worker slot (too many live workers)")
-        slot = self._free_slots.pop()
-        self.slots.reset(slot)
-        worker.incarnations += 1
-        inc = Incarnation(worker.incarnations, f"{worker.name}#{worker.incarnations}".encode(), slot)
-        worker.current = inc
-        worker.state = WorkerState.STARTING
-        self._by_identity[inc.identity] = (worker, inc)
+        inc = self._new_incarnation(worker)
+        self._spawning[worker.name, inc.number] = (worker, inc)
         try:
-            self.fork.spawn(worker.name, inc.number, slot, worker.pickled, worker.argv)
+            self.fork.spawn(
+                worker.name, inc.number, inc.slot, worker.pickled, worker.argv, identity=inc.identity, token=inc.token
+            )
         except OSError as exc:
             del self._by_identity[inc.identity]
-            self._free_slots.append(slot)
+            del self._spawning[worker.name, inc.number]
+            self._free_slots.append(inc.slot)
             worker.current = None
             raise BussdccError(f"cannot reach the fork server: {exc}") from exc
         timeout = worker.component.start_timeout
@@ -165,12 +173,38 @@ class Supervisor:
             self._watching = self.hub.call_later(WATCH_PERIOD, self._watch)
         return inc
 
+    def _new_incarnation(self, worker: Worker) -> Incarnation:
+        """The next incarnation of ``worker``, with a fresh slot, routing id and secret (hub thread)."""
+        slot = self._free_slots.pop()
+        self.slots.reset(slot)
+        worker.incarnations += 1
+        # Random, so that nobody can claim an incarnation's routing id before it connects
+        # (a ROUTER ignores a second peer with a taken id), and the secret proves the Hello.
+        inc = Incarnation(worker.incarnations, secrets.token_hex(16).encode(), slot)
+        inc.token = secrets.token_bytes(32)
+        inc.refused_at = self.refused
+        worker.current = inc
+        worker.state = WorkerState.STARTING
+        self._by_identity[inc.identity] = (worker, inc)
+        return inc
+
     def _start_timed_out(self, worker: Worker, inc: Incarnation) -> None:
         if inc.ready or inc.exited:
             return
         limit = worker.component.start_timeout
         if worker.role == "device" and self.slots.activity(inc.slot)[0] == "start":
             verdict = Verdict("hung", f"hung: connect ran longer than start_timeout {limit:g}s")
+        elif not inc.hello and self.slots.read(inc.slot)[1] == 0:
+            # Not even sent (its own count in shared memory says so): it never got as far as its socket.
+            verdict = Verdict("start_timeout", f"start timeout: the worker never said hello within {limit:g}s")
+            refused = self.refused - inc.refused_at
+            seen = []
+            if inc.wrong_tokens:
+                seen.append(f"{inc.wrong_tokens} hello(s) with a wrong token")
+            if refused > inc.wrong_tokens:
+                seen.append(f"{refused - inc.wrong_tokens} frames from unknown peers")
+            if seen:
+                verdict = Verdict(verdict.cause, f"{verdict.reason}; {' and '.join(seen)} were rejected meanwhile")
         else:
             verdict = Verdict("start_timeout", f"start timeout: not ready within {limit:g}s")
         self._kill(worker, inc, verdict)
@@ -340,18 +374,24 @@ class Supervisor:
         self._kill(worker, inc, Verdict("hung", f"hung: took no events for {seconds:.1f}s"))
 
     def on_stranger(self) -> None:
-        self.rejected += 1
+        self._refuse("", "a message of other than one part from a peer: no worker of ours sends that")
 
     def on_frame(self, identity: bytes, data: bytes) -> None:
         entry = self._by_identity.get(identity)
         if entry is None:
-            self.rejected += 1
+            self._refuse("", f"a frame from routing id {identity[:40]!r}, which is no worker of this runtime")
             return
         worker, inc = entry
         try:
             frame = p.decode_worker_frame(data)
         except ProtocolError as exc:
-            self._reject(worker, exc)
+            if inc.hello:
+                self._reject(worker, exc)
+            else:
+                inc.unverified += 1
+                self._refuse(worker.name, f"an undecodable frame before a verified hello ({exc})")
+            return
+        if not inc.hello and not self._verified(worker, inc, frame):
             return
         match frame:
             case p.Batch():
@@ -394,6 +434,46 @@ class Supervisor:
     def _reject(self, worker: Worker, exc: Exception) -> None:
         self.rejected += 1
         self.emit(m.FrameRejected(worker=worker.name, error=f"{type(exc).__name__}: {exc}"))
+
+    def _verified(self, worker: Worker, inc: Incarnation, frame: p.WorkerFrame) -> bool:
+        """Whether the first frame of an incarnation proves it is the process we made (else it is refused)."""
+        if not isinstance(frame, p.Hello):
+            # Nothing is dispatched, applied, routed or believed before the proof.
+            inc.unverified += 1
+            self._refuse(worker.name, f"a {type(frame).__name__} frame before a verified hello")
+            return False
+        if not hmac.compare_digest(frame.token, inc.token):
+            inc.wrong_tokens += 1
+            self._refuse(worker.name, "a hello with a wrong token")
+            return False
+        return True
+
+    def _refuse(self, worker: str, error: str) -> None:
+        """Count a frame no verified worker sent; report the first at once, then one summary a period at most.
+
+        A flood of junk costs a counter increment per frame, never a message each.
+        """
+        self.rejected += 1
+        self.refused += 1
+        if self._refusal_timer is not None:
+            self._refusals_held += 1
+            return
+        self.emit(m.FrameRejected(worker=worker, error=f"{UnknownPeer.__name__}: {error}"))
+        assert self.hub is not None
+        self._refusal_timer = self.hub.call_later(REFUSAL_PERIOD, self._report_refusals)
+
+    def _report_refusals(self) -> None:
+        self._refusal_timer = None
+        held, self._refusals_held = self._refusals_held, 0
+        if not held:
+            return
+        error = (
+            f"{UnknownPeer.__name__}: {held} more frames from unknown peers, or before a verified hello, "
+            f"rejected within {REFUSAL_PERIOD:g}s"
+        )
+        self.emit(m.FrameRejected(worker="", error=error, count=held))
+        assert self.hub is not None
+        self._refusal_timer = self.hub.call_later(REFUSAL_PERIOD, self._report_refusals)
 
     def _on_batch(self, worker: Worker, inc: Incarnation, frame: p.Batch) -> None:
         if frame.first_seq < inc.next_seq:
@@ -462,12 +542,12 @@ class Supervisor:
         for report in self.fork.reports():
             match report:
                 case p.Spawned():
-                    entry = self._by_identity.get(f"{report.worker}#{report.incarnation}".encode())
+                    entry = self._spawning.pop((report.worker, report.incarnation), None)
                     if entry is not None:
                         entry[1].pid = report.pid
                         self._by_pid[report.pid] = entry
                 case p.SpawnFailed():
-                    entry = self._by_identity.get(f"{report.worker}#{report.incarnation}".encode())
+                    entry = self._spawning.pop((report.worker, report.incarnation), None)
                     if entry is not None:
                         entry[1].spawn_error = report.error
                         entry[1].exited = True
@@ -516,15 +596,9 @@ class Supervisor:
         worker.stop_requested = False
         worker.held = False
         worker.done.clear()
-        slot = self._free_slots.pop()
-        self.slots.reset(slot)
-        worker.incarnations += 1
-        inc = Incarnation(worker.incarnations, f"{worker.name}#{worker.incarnations}".encode(), slot)
+        inc = self._new_incarnation(worker)
         inc.pid = pid
         inc.external = True
-        worker.current = inc
-        worker.state = WorkerState.STARTING
-        self._by_identity[inc.identity] = (worker, inc)
         self._by_pid[pid] = (worker, inc)
         timeout = worker.component.start_timeout
         inc.timers.append(self.hub.call_later(timeout, lambda: self._start_timed_out(worker, inc)))
@@ -556,6 +630,7 @@ class Supervisor:
         lost = max(0, emitted - inc.received)
         self.lost += lost
         self._by_identity.pop(inc.identity, None)
+        self._spawning.pop((worker.name, inc.number), None)
         self.targets.pop(inc.identity, None)
         if self.hub is not None:
             self.hub.forget(inc.identity)

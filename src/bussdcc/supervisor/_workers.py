@@ -55,6 +55,13 @@ class Incarnation:
         self.number = number
         self.identity = identity
         self.slot = slot
+        #: The secret its Hello must carry: until then nothing it sends is believed.
+        self.token = b""
+        #: Frames refused from its identity before a verified Hello, and Hellos with a wrong token.
+        self.unverified = 0
+        self.wrong_tokens = 0
+        #: The supervisor's count of refused frames when this incarnation began (for diagnosis).
+        self.refused_at = 0
         self.pid: int | None = None
         self.received = 0  # items that arrived
         self.next_seq = 1  # the item number expected next (items before it arrived or were skipped)

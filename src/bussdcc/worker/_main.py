@@ -50,7 +50,7 @@ def run(spec: WorkerSpec, component: object, on_term: Callable[[], None] | None 
             signal.signal(signal.SIGTERM, lambda signum, frame: threading.Thread(target=on_term, daemon=True).start())
         channel = Channel(spec)
         try:
-            channel.send_control(Hello(os.getpid()))
+            channel.send_control(Hello(os.getpid(), spec.token))
             code = run_component(component, make_context(spec, channel), channel)
         finally:
             # After an acknowledged goodbye nothing is left to send.
