@@ -8,6 +8,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 
 import msgspec
@@ -77,10 +78,7 @@ class Impostor:
         def main() -> None:
             while not self._stop.is_set():
                 with self._lock:
-                    if not self.sock.poll(0):
-                        frame = None
-                    else:
-                        frame = p.decode_parent_frame(self.sock.recv())
+                    frame = p.decode_parent_frame(self.sock.recv()) if self.sock.poll(0) else None
                     if isinstance(frame, p.Call):
                         self.calls_seen += 1
                         self.sock.send(p.encode(p.Reply(frame.call_id, FORGED)))
@@ -164,6 +162,11 @@ def test_an_impostor_of_the_next_incarnation_is_shut_out_and_reported() -> None:
         assert rt.workers()[0].pid is None or rt.workers()[0].pid == new_pid
 
 
+def _run_dir(rt: Runtime) -> Path:
+    assert rt.run_dir is not None
+    return rt.run_dir
+
+
 def _waiter() -> subprocess.Popen[bytes]:
     """A process that stands for a standalone worker (the runtime watches, and may kill, its pid)."""
     return subprocess.Popen(["sleep", "600"])
@@ -178,7 +181,7 @@ def test_the_right_identity_with_a_wrong_token_is_rejected_and_diagnosed() -> No
         stand_in = _waiter()
         try:
             policy = msgspec.json.encode({"start_timeout": 3.0, "restart": False}).decode()
-            with Client(rt.run_dir) as client:
+            with Client(_run_dir(rt)) as client:
                 joined = client.call(
                     p.JoinRequest(client.secret, "tests._helpers:Echo", "solo", stand_in.pid, "null", policy), 30
                 )
@@ -197,9 +200,7 @@ def test_the_right_identity_with_a_wrong_token_is_rejected_and_diagnosed() -> No
                 imp.send(p.Ready())
                 wait_until(lambda: rt.stats().rejected >= before + 3, what="the three frames to be rejected")
                 # It never said a verified hello: the start timeout says so, and what was seen meanwhile.
-                (exited,) = rec.wait_for(
-                    "worker.exited", lambda e: e.payload.to_dict()["worker"] == "solo", timeout=30
-                )
+                (exited,) = rec.wait_for("worker.exited", lambda e: e.payload.to_dict()["worker"] == "solo", timeout=30)
                 reason = exited.payload.to_dict()["reason"]
                 assert "never said hello" in reason, reason
                 assert "wrong token" in reason, reason
@@ -218,7 +219,7 @@ def test_the_right_token_joins_after_strangers_were_turned_away() -> None:
     with rt:
         stand_in = _waiter()
         try:
-            with Client(rt.run_dir) as client:
+            with Client(_run_dir(rt)) as client:
                 joined = client.call(p.JoinRequest(client.secret, "tests._helpers:Echo", "solo", stand_in.pid), 30)
             assert isinstance(joined, p.Joined)
             with Impostor(joined.endpoint, joined.identity) as worker:

@@ -169,7 +169,15 @@ def worker(
         _watch_parent(reply.parent_pid)
         os.environ[STANDALONE_ENV] = "1"
         spec = WorkerSpec(
-            name, role, reply.incarnation, reply.endpoint, reply.slot, slots, reply.parent_pid, reply.identity, reply.token
+            name,
+            role,
+            reply.incarnation,
+            reply.endpoint,
+            reply.slot,
+            slots,
+            reply.parent_pid,
+            reply.identity,
+            reply.token,
         )
     from .worker._main import run as run_worker
 

@@ -133,7 +133,7 @@ class ForkServer:
         """The socket to poll for reports."""
         return self._sock.fileno()
 
-    def spawn(  # noqa: PLR0913, PLR0917 - mirrors the Spawn frame
+    def spawn(
         self,
         worker: str,
         incarnation: int,
