@@ -198,12 +198,16 @@ def test_the_right_identity_with_a_wrong_token_is_rejected_and_diagnosed() -> No
                 # Frames before a verified hello are ignored, whatever they say.
                 imp.send(p.Batch(1, [msgspec.Raw(p.encode_envelope(Forged("early"), time.time(), "solo"))]))
                 imp.send(p.Ready())
-                wait_until(lambda: rt.stats().rejected >= before + 3, what="the three frames to be rejected")
+                with Impostor(joined.endpoint, b"solo#1") as guesser:  # the id it would once have had
+                    guesser.send(p.Hello(stand_in.pid, joined.token))
+                    wait_until(lambda: rt.stats().rejected >= before + 4, what="the four frames to be rejected")
                 # It never said a verified hello: the start timeout says so, and what was seen meanwhile.
                 (exited,) = rec.wait_for("worker.exited", lambda e: e.payload.to_dict()["worker"] == "solo", timeout=30)
                 reason = exited.payload.to_dict()["reason"]
                 assert "never said hello" in reason, reason
-                assert "wrong token" in reason, reason
+                assert "1 hello with a wrong token" in reason, reason
+                assert "2 frames before a verified hello" in reason, reason
+                assert "1 frame from an unknown peer" in reason, reason
             assert all(e.payload.to_dict()["worker"] != "solo" for e in rec.of("worker.started"))
             assert not rec.of("test.forged")
         finally:
@@ -298,3 +302,26 @@ def test_a_flood_of_junk_from_strangers_neither_stops_workers_nor_floods_dispatc
         # At most one report a second (and a first at once), however many frames came.
         assert len(reports) <= 2 + elapsed, (len(reports), elapsed, total)
         assert total >= 1_000 and all(isinstance(e.payload, message.FrameRejected) for e in reports)
+
+
+def test_a_worker_run_in_a_fresh_interpreter_gets_its_secret_outside_argv_and_environment() -> None:
+    rec = Recorder()
+    rt = Runtime(name="ident-exec")
+    rt.register_process(rec)
+    with rt:
+        with Client(_run_dir(rt)) as client:
+            done = client.call(p.SpawnRequest(client.secret, "tests.cli_parts:Beeper", "beeper", '{"every": 3600}'), 60)
+        assert isinstance(done, p.Done), done
+        (started,) = rec.wait_for("worker.started", lambda e: e.payload.to_dict()["worker"] == "beeper", timeout=60)
+        pid = started.payload.to_dict()["pid"]
+        assert rt._sup is not None
+        inc = rt._sup.workers["beeper"].current
+        assert inc is not None and inc.pid == pid and inc.hello
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            environ = f.read()
+        assert b"worker" in cmdline  # a fresh interpreter, not a fork
+        for public in (cmdline, environ):
+            assert inc.token not in public and inc.token.hex().encode() not in public
+            assert inc.identity not in public

@@ -197,14 +197,18 @@ class Supervisor:
         elif not inc.hello and self.slots.read(inc.slot)[1] == 0:
             # Not even sent (its own count in shared memory says so): it never got as far as its socket.
             verdict = Verdict("start_timeout", f"start timeout: the worker never said hello within {limit:g}s")
-            refused = self.refused - inc.refused_at
-            seen = []
-            if inc.wrong_tokens:
-                seen.append(f"{inc.wrong_tokens} hello(s) with a wrong token")
-            if refused > inc.wrong_tokens:
-                seen.append(f"{refused - inc.wrong_tokens} frames from unknown peers")
+            elsewhere = self.refused - inc.refused_at - inc.wrong_tokens - inc.unverified
+            seen = [
+                f"{n} {one if n == 1 else many}"
+                for n, one, many in (
+                    (elsewhere, "frame from an unknown peer", "frames from unknown peers"),
+                    (inc.wrong_tokens, "hello with a wrong token", "hellos with a wrong token"),
+                    (inc.unverified, "frame before a verified hello", "frames before a verified hello"),
+                )
+                if n
+            ]
             if seen:
-                verdict = Verdict(verdict.cause, f"{verdict.reason}; {' and '.join(seen)} were rejected meanwhile")
+                verdict = Verdict(verdict.cause, f"{verdict.reason}; {', '.join(seen)} were rejected meanwhile")
         else:
             verdict = Verdict("start_timeout", f"start timeout: not ready within {limit:g}s")
         self._kill(worker, inc, verdict)
