@@ -31,6 +31,8 @@ from ._workers import Incarnation, Worker, WorkerState, WorkerStatus
 DRAIN_GRACE = 0.5
 #: Frames from no verified worker are reported at once, then at most once per this many seconds.
 REFUSAL_PERIOD = 1.0
+#: Routing ids of ended incarnations remembered, so that their late frames are not taken for a stranger's.
+_RETIRED = 256
 
 
 def _describe_exit(code: int | None) -> tuple[str, str, str | None]:
@@ -94,6 +96,7 @@ class Supervisor:
         self._refusal_timer: Timer | None = None
         #: Incarnations the fork server has yet to report on, by (worker, incarnation number).
         self._spawning: dict[tuple[str, int], tuple[Worker, Incarnation]] = {}
+        self._retired: dict[bytes, None] = {}
         #: Items that failed to decode or apply (counted on the dispatch thread).
         self.rejected_items = 0
         #: Lines of worker output not shown because dispatch was far behind.
@@ -383,6 +386,9 @@ class Supervisor:
     def on_frame(self, identity: bytes, data: bytes) -> None:
         entry = self._by_identity.get(identity)
         if entry is None:
+            if identity in self._retired:
+                self.rejected += 1  # ours, too late: already counted as lost when it ended
+                return
             self._refuse("", f"a frame from routing id {identity[:40]!r}, which is no worker of this runtime")
             return
         worker, inc = entry
@@ -635,6 +641,10 @@ class Supervisor:
         self.lost += lost
         self._by_identity.pop(inc.identity, None)
         self._spawning.pop((worker.name, inc.number), None)
+        if inc.hello:
+            self._retired[inc.identity] = None
+            if len(self._retired) > _RETIRED:
+                del self._retired[next(iter(self._retired))]
         self.targets.pop(inc.identity, None)
         if self.hub is not None:
             self.hub.forget(inc.identity)
