@@ -286,6 +286,26 @@ def test_a_service_raising_unencodable_or_huge_text_is_reported_and_keeps_runnin
         assert not rec.of("worker.exited")
 
 
+class GivesUp(Ticker):
+    """Temporary: its first failing tick ends it, and its goodbye carries the error."""
+
+    restart = False
+
+
+def test_a_temporary_service_whose_tick_raises_such_text_says_goodbye_with_it() -> None:
+    rec = Recorder()
+    rt = Runtime(name="text-bye")
+    rt.register_process(rec)
+    rt.register_service(GivesUp("once"))
+    with rt:
+        (exited,) = rec.wait_for("worker.exited", timeout=30)
+        report = exited.payload.to_dict()
+        assert report["cause"] == "error" and ESCAPED in report["reason"], report
+        (failure,) = rec.wait_for("service.failure")
+        assert ESCAPED in failure.payload.to_dict()["error"]
+        assert ESCAPED in (failure.payload.to_dict()["traceback"] or "")
+
+
 class Port(Device):
     """A device that fails the way drivers of odd device paths do."""
 
@@ -305,6 +325,9 @@ class Port(Device):
 
     def pid(self) -> int:
         return os.getpid()
+
+    def same(self, text: str) -> str:
+        return text
 
 
 @pytest.mark.timeout(120)
@@ -329,6 +352,8 @@ def test_a_device_raising_or_returning_such_text_fails_that_call_only() -> None:
         assert port.call(Port.pid) == pid
         with pytest.raises(CallArgumentError):
             port.call(Port.blob)
+        with pytest.raises(CallArgumentError):
+            port.call(Port.same, BAD)  # refused before it is sent
         assert port.call(Port.pid) == pid
         assert not rec.of("worker.exited") and not rec.of("device.failed")
 
