@@ -1,4 +1,9 @@
-"""The messages the kernel itself emits."""
+"""The messages the kernel itself emits.
+
+The text of every error report (exception text, tracebacks, reasons) is made safe
+where the report is built and where it is decoded: lone surrogates escaped, length
+bounded (:func:`~bussdcc.kernel._text.safe_text`), so a report can always be sent.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ from dataclasses import dataclass
 
 from ._event import Event
 from ._message import Message, Severity
+from ._text import safe_fields
 
 # ---- runtime lifecycle ----------------------------------------------------
 
@@ -33,6 +39,9 @@ class RuntimeShuttingDown(Message):
     name = "runtime.shutting_down"
     reason: str | None = None
 
+    def __post_init__(self) -> None:
+        safe_fields(self, "reason")
+
 
 @dataclass(slots=True, frozen=True)
 class RuntimeShutdown(Message):
@@ -40,6 +49,9 @@ class RuntimeShutdown(Message):
 
     name = "runtime.shutdown"
     reason: str | None = None
+
+    def __post_init__(self) -> None:
+        safe_fields(self, "reason")
 
 
 @dataclass(slots=True, frozen=True)
@@ -55,6 +67,9 @@ class RuntimeFault(Message):
     part: str
     kind: str
     error: str
+
+    def __post_init__(self) -> None:
+        safe_fields(self, "error")
 
 
 # ---- devices ----------------------------------------------------------------
@@ -107,6 +122,9 @@ class DeviceFailed(Message):
     error: str
     traceback: str | None = None
 
+    def __post_init__(self) -> None:
+        safe_fields(self, "error", "traceback")
+
 
 # ---- processes and interfaces ---------------------------------------------
 
@@ -138,6 +156,9 @@ class ProcessError(Message):
     evt: Event[Message] | None = None
     traceback: str | None = None
 
+    def __post_init__(self) -> None:
+        safe_fields(self, "error", "traceback")
+
 
 @dataclass(slots=True, frozen=True)
 class InterfaceStarted(Message):
@@ -165,6 +186,9 @@ class InterfaceError(Message):
     error: str
     evt: Event[Message] | None = None
     traceback: str | None = None
+
+    def __post_init__(self) -> None:
+        safe_fields(self, "error", "traceback")
 
 
 # ---- services ---------------------------------------------------------------
@@ -197,6 +221,9 @@ class ServiceError(Message):
     evt: Event[Message] | None = None
     traceback: str | None = None
 
+    def __post_init__(self) -> None:
+        safe_fields(self, "error", "traceback")
+
 
 @dataclass(slots=True, frozen=True)
 class ServiceRestart(Message):
@@ -215,6 +242,9 @@ class ServiceFailure(Message):
     service: str
     error: str
     traceback: str | None = None
+
+    def __post_init__(self) -> None:
+        safe_fields(self, "error", "traceback")
 
 
 # ---- system -------------------------------------------------------------------
@@ -246,6 +276,9 @@ class EventSubscriberError(Message):
     handler: str
     error: str
     traceback: str | None = None
+
+    def __post_init__(self) -> None:
+        safe_fields(self, "handler", "error", "traceback")
 
 
 # ---- workers (the process boundary) -------------------------------------------
@@ -283,6 +316,9 @@ class WorkerExited(Message):
     #: cpu_limit, start_timeout, start_failed, spawn_failed or error.
     cause: str = "exited"
 
+    def __post_init__(self) -> None:
+        safe_fields(self, "reason")
+
 
 @dataclass(slots=True, frozen=True)
 class WorkerHung(Message):
@@ -295,6 +331,9 @@ class WorkerHung(Message):
     pid: int
     incarnation: int
     reason: str
+
+    def __post_init__(self) -> None:
+        safe_fields(self, "reason")
 
 
 @dataclass(slots=True, frozen=True)
@@ -312,6 +351,9 @@ class WorkerLimitExceeded(Message):
     maximum: float
     reason: str
 
+    def __post_init__(self) -> None:
+        safe_fields(self, "reason")
+
 
 @dataclass(slots=True, frozen=True)
 class WorkerBackoff(Message):
@@ -326,6 +368,9 @@ class WorkerBackoff(Message):
     attempt: int
     reason: str
 
+    def __post_init__(self) -> None:
+        safe_fields(self, "reason")
+
 
 @dataclass(slots=True, frozen=True)
 class WorkerGaveUp(Message):
@@ -338,6 +383,9 @@ class WorkerGaveUp(Message):
     pid: int
     restarts: int
     reason: str
+
+    def __post_init__(self) -> None:
+        safe_fields(self, "reason")
 
 
 @dataclass(slots=True, frozen=True)
@@ -354,6 +402,9 @@ class FrameRejected(Message):
     error: str
     count: int = 1
 
+    def __post_init__(self) -> None:
+        safe_fields(self, "error")
+
 
 @dataclass(slots=True, frozen=True)
 class WorkerOutput(Message):
@@ -364,3 +415,6 @@ class WorkerOutput(Message):
     pid: int
     stream: str
     line: str
+
+    def __post_init__(self) -> None:
+        safe_fields(self, "line")

@@ -24,6 +24,7 @@ import msgspec
 from ..errors import FrameTooLarge, MalformedFrame
 from ._event import Event
 from ._message import Message, message_class
+from ._text import safe_fields
 
 #: Largest frame either side accepts (and the parent's ZMQ_MAXMSGSIZE).
 MAX_FRAME: Final = 16 * 1024 * 1024
@@ -59,6 +60,9 @@ class StartFailed(_Frame, tag="start_failed", frozen=True):
     error: str
     traceback: str | None = None
 
+    def __post_init__(self) -> None:
+        safe_fields(self, "error", "traceback")
+
 
 class Batch(_Frame, tag="batch", frozen=True):
     """Items ``first_seq .. first_seq+len(items)-1`` of this incarnation's stream."""
@@ -74,6 +78,9 @@ class Bye(_Frame, tag="bye", frozen=True):
     error: str | None = None
     traceback: str | None = None
 
+    def __post_init__(self) -> None:
+        safe_fields(self, "error", "traceback")
+
 
 # ---- calls to devices (both directions) ---------------------------------------------
 
@@ -88,6 +95,10 @@ class Failure(msgspec.Struct, frozen=True, forbid_unknown_fields=True, array_lik
     traceback: str = ""
     detail: str = ""  # a crash's exit reason, or the state of an unavailable device
     available: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Made of exception text: escaped and bounded wherever it is built or decoded.
+        safe_fields(self, "message", "remote_message", "traceback", "detail")
 
 
 class Call(_Frame, tag="call", frozen=True):
@@ -203,6 +214,9 @@ class SpawnFailed(_Frame, tag="spawn_failed", frozen=True):
     incarnation: int
     error: str
 
+    def __post_init__(self) -> None:
+        safe_fields(self, "error")
+
 
 class Reaped(_Frame, tag="reaped", frozen=True):
     """A worker ended; ``exit_code`` as :func:`os.waitstatus_to_exitcode` (negative: signal)."""
@@ -306,11 +320,17 @@ class Refused(_Frame, tag="refused", frozen=True):
 
     reason: str
 
+    def __post_init__(self) -> None:
+        safe_fields(self, "reason")
+
 
 class Failed(_Frame, tag="failed", frozen=True):
     """The request was understood but could not be carried out (unknown worker, bad target, ...)."""
 
     error: str
+
+    def __post_init__(self) -> None:
+        safe_fields(self, "error")
 
 
 class Done(_Frame, tag="done", frozen=True):
@@ -388,7 +408,8 @@ def encode(obj: Any) -> bytes:
     """Encode a frame, an item, a message or a plain value."""
     try:
         return _encoder.encode(obj)
-    except (TypeError, NotImplementedError, msgspec.EncodeError) as exc:
+    # ValueError: text with a lone surrogate (UnicodeEncodeError); OverflowError: an int over 64 bits.
+    except (TypeError, ValueError, OverflowError, RecursionError, NotImplementedError, msgspec.EncodeError) as exc:
         raise MalformedFrame(f"cannot encode {type(obj).__name__}: {exc}") from exc
 
 

@@ -35,6 +35,7 @@ from ..kernel import (
 )
 from ..kernel import _builtin as m
 from ..kernel import protocol as p
+from ..kernel._text import emit_report
 from ._calls import ParentPort
 from ._control import ControlServer
 from ._dispatcher import Dispatcher
@@ -316,12 +317,17 @@ class Runtime:
                         err = m.InterfaceError(interface=rec.name, error=repr(exc), evt=evt, traceback=tb)
                     else:
                         err = m.ProcessError(process=rec.name, error=repr(exc), evt=evt, traceback=tb)
-                    self._dispatch(Event(err, self.clock.now_utc(), RUNTIME_SOURCE))
+                    # Whatever the handler's exception says, its report must not stop the loop:
+                    # the receivers after it still get this event.
+                    emit_report(self._emit_report, err)
             if sup is not None and sup.targets:
                 sup.post(item)
             control = self._control
             if control is not None:
                 control.tap(evt.payload.severity, item)
+
+    def _emit_report(self, report: Message) -> None:
+        self._dispatch(Event(report, self.clock.now_utc(), RUNTIME_SOURCE))
 
     def _tap(self, severity: int, item: bytes) -> None:
         control = self._control

@@ -29,6 +29,7 @@ from ..errors import (
 from ..kernel import Device
 from ..kernel import protocol as p
 from ..kernel._calls import Latch, Outgoing, callable_methods, fail, method_spec
+from ..kernel._text import safe_text
 from ._channel import Channel
 
 
@@ -44,16 +45,6 @@ def concurrency_of(device: Device) -> int:
 # short slices, so that the main thread's own sends never wait long for it.
 _SLICE = 0.005
 _YIELD = 0.0005
-
-
-#: Longest error text a reply carries: a reply must stay far below the frame limit.
-_MAX_ERROR_TEXT = 64 * 1024
-
-
-def _clip(text: str) -> str:
-    if len(text) <= _MAX_ERROR_TEXT:
-        return text
-    return text[:_MAX_ERROR_TEXT] + f"... ({len(text) - _MAX_ERROR_TEXT} more characters)"
 
 
 class CallServer:
@@ -105,14 +96,14 @@ class CallServer:
         try:
             result = fn(dev, *args, **kwargs)
         except BaseException as exc:  # the device keeps serving; the caller gets the error
-            message = _clip(str(exc))
+            message = safe_text(str(exc))
             return fail(
                 frame.call_id,
                 DeviceError(
                     f"{dev.id}.{frame.method}() raised {type(exc).__name__}: {message}",
                     remote_type=type(exc).__name__,
                     remote_message=message,
-                    remote_traceback=_clip(traceback.format_exc()),
+                    remote_traceback=safe_text(traceback.format_exc()),
                 ),
             )
         try:

@@ -11,6 +11,7 @@ from ..kernel import Context, Device, Service, Severity, handles_events, restart
 from ..kernel import _builtin as m
 from ..kernel import protocol as p
 from ..kernel._calls import fail
+from ..kernel._text import emit_report
 from ._calls import CallServer
 from ._channel import Channel
 from ._watchdog import Watchdog
@@ -43,7 +44,8 @@ def _deliver(svc: Service, ctx: Context, channel: Channel, frame: p.Deliver) -> 
         except Exception as exc:
             if evt.payload.severity >= Severity.ERROR:
                 continue
-            ctx.emit(m.ServiceError(service=svc.name, error=repr(exc), evt=evt, traceback=traceback.format_exc()))
+            report = m.ServiceError(service=svc.name, error=repr(exc), evt=evt, traceback=traceback.format_exc())
+            emit_report(ctx.emit, report)  # with the event if it fits, or without: never a crash
 
 
 def _normal_exit(exc: SystemExit) -> bool:
