@@ -25,7 +25,7 @@ the wait is not taken:
 Queues that cannot wait for room drop and count instead, and say so: worker output
 (:data:`OUTPUT_BYTES`, the lines not shown) and the control plane's subscribers
 (:data:`SUBSCRIBER_BYTES`, the messages a slow follower missed). Calls to devices
-are refused with a typed error beyond :data:`CALL_BYTES` (each caller learns it).
+are bounded by their callers, each blocked on its own call until its timeout.
 """
 
 from __future__ import annotations
@@ -47,8 +47,6 @@ DISPATCH_HARD_BYTES: Final = 64 * 1024 * 1024
 OUTPUT_BYTES: Final = 4 * 1024 * 1024
 #: Messages queued for the control plane's subscribers, and kept as its backlog.
 SUBSCRIBER_BYTES: Final = 16 * 1024 * 1024
-#: Encoded device calls pending in the parent before a new one is refused.
-CALL_BYTES: Final = 64 * 1024 * 1024
 
 
 def weigh(items: int, size: int) -> int:
