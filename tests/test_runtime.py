@@ -439,9 +439,11 @@ def test_a_service_that_stops_taking_events_is_killed_as_hung_and_emitters_resum
     rt.register_process(rec)
     rt.register_service(Stuck())
     with rt:
-        for i in range(20_000):  # far more than the pipes hold: emit must wait, not queue without bound
-            rt.emit(Seq(i=i, pad="x" * 200))
-        (exited,) = rec.wait_for("worker.exited")
+        # Some 30 MB, far more than the outbox, the worker's queue and its pipe hold together:
+        # emit must wait, not queue without bound, and resume well before the end once the hang is cut.
+        for i in range(60_000):
+            rt.emit(Seq(i=i, pad="x" * 500))
+        exited = rec.wait_for("worker.exited")[0]  # its next incarnation may be stuck as well
         # Whichever sees it first: the hub (its queue to the worker stopped moving) or the
         # watchdog (one handle_event past event_timeout).
         reason = exited.payload.to_dict()["reason"]
