@@ -439,9 +439,11 @@ def test_a_service_that_stops_taking_events_is_killed_as_hung_and_emitters_resum
     rt.register_process(rec)
     rt.register_service(Stuck())
     with rt:
-        for i in range(20_000):  # far more than the pipes hold: emit must wait, not queue without bound
-            rt.emit(Seq(i=i, pad="x" * 200))
-        (exited,) = rec.wait_for("worker.exited")
+        # Some 30 MB, far more than the outbox, the worker's queue and its pipe hold together:
+        # emit must wait, not queue without bound, and resume well before the end once the hang is cut.
+        for i in range(60_000):
+            rt.emit(Seq(i=i, pad="x" * 500))
+        exited = rec.wait_for("worker.exited")[0]  # its next incarnation may be stuck as well
         # Whichever sees it first: the hub (its queue to the worker stopped moving) or the
         # watchdog (one handle_event past event_timeout).
         reason = exited.payload.to_dict()["reason"]
@@ -549,9 +551,9 @@ def test_shutdown_never_waits_behind_a_stuck_consumer() -> None:
 
     emitter = threading.Thread(target=flood, daemon=True)
     emitter.start()
-    sup = rt._sup
-    assert sup is not None
-    wait_until(lambda: sup.outbox_load()[0] >= 10_000 or sup.outbox_load()[1] >= 16 << 20, what="a full outbox")
+    hub = rt._hub
+    assert hub is not None
+    wait_until(lambda: hub.room_waiters, timeout=30, what="the emitter to wait for room in a full outbox")
     t0 = time.monotonic()
     rt.shutdown()
     took = time.monotonic() - t0

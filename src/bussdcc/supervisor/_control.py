@@ -27,6 +27,7 @@ import zmq
 from ..errors import BootError, BussdccError, ProtocolError
 from ..kernel import protocol as p
 from . import _control_ops as ops
+from ._flow import SUBSCRIBER_BYTES, weigh
 from ._wake import WakePipe
 
 if TYPE_CHECKING:
@@ -41,9 +42,10 @@ _MAX_QUEUED = 10_000
 #: Recent messages kept for ``bussdcc events`` (its backlog).
 RECENT = 1000
 _MAX_REQUEST = 1024 * 1024
-#: Messages per frame to a subscriber.
+#: Messages per frame to a subscriber, and frames libzmq holds for one (together, its bound in bytes).
 _CHUNK = 256
-_SUB_HWM = 1000
+_CHUNK_BYTES = 256 * 1024
+_SUB_HWM = 256
 
 
 def write_identity(run_dir: Path, name: str) -> bytes:
@@ -78,7 +80,9 @@ class ControlServer:
         self._replies: deque[tuple[bytes, bytes]] = deque()
         self._calls: deque[Callable[[], None]] = deque()
         self._events: deque[tuple[int, bytes]] = deque()
+        self._events_bytes = 0
         self._recent: deque[tuple[int, bytes]] = deque(maxlen=RECENT)
+        self._recent_bytes = 0
         self._tap_lock = threading.Lock()
         self._overflow = 0
         self._subscribers: dict[bytes, int] = {}  # identity -> messages it missed, not yet told
@@ -114,14 +118,21 @@ class ControlServer:
         Called in dispatch order (under the runtime's dispatch lock); the tap
         lock keeps the recent list and the subscriber set in step with it.
         """
+        weight = weigh(1, len(item))
         with self._tap_lock:
+            if len(self._recent) == RECENT:
+                self._recent_bytes -= weigh(1, len(self._recent[0][1]))
             self._recent.append((severity, item))
+            self._recent_bytes += weight
+            while self._recent_bytes > SUBSCRIBER_BYTES and len(self._recent) > 1:
+                self._recent_bytes -= weigh(1, len(self._recent.popleft()[1]))
             if not self._subscribers:
                 return
-            if len(self._events) >= _MAX_QUEUED:
+            if len(self._events) >= _MAX_QUEUED or self._events_bytes + weight > SUBSCRIBER_BYTES:
                 self._overflow += 1
                 return
             self._events.append((severity, item))
+            self._events_bytes += weight
             first = len(self._events) == 1
         if first:
             self._wake()
@@ -206,6 +217,7 @@ class ControlServer:
         with self._tap_lock:  # taken together: no message both counted as missed and sent
             batch = list(self._events)
             self._events.clear()
+            self._events_bytes = 0
             overflow, self._overflow = self._overflow, 0
         for identity in list(self._subscribers):
             missed = self._subscribers[identity] + overflow
@@ -214,8 +226,7 @@ class ControlServer:
             if skip > len(batch):
                 self._skip[identity] = skip - len(batch)
             ours = batch[skip:]
-            for start in range(0, len(ours), _CHUNK):
-                chunk = ours[start : start + _CHUNK]
+            for chunk in _chunks(ours):
                 frame = p.Events(missed, [sev for sev, _ in chunk], [msgspec.Raw(item) for _, item in chunk])
                 if self._send(sock, identity, p.encode(frame)):
                     missed = 0
@@ -303,6 +314,22 @@ class ControlServer:
         hub, sup = self.runtime._hub, self.runtime._sup
         if hub is not None and sup is not None:
             hub.call_soon(lambda: sup.on_exit(pid, None))
+
+
+def _chunks(items: list[tuple[int, bytes]]) -> list[list[tuple[int, bytes]]]:
+    """Split ``items`` into frames of at most _CHUNK messages and about _CHUNK_BYTES."""
+    out: list[list[tuple[int, bytes]]] = []
+    chunk: list[tuple[int, bytes]] = []
+    size = 0
+    for entry in items:
+        if chunk and (len(chunk) >= _CHUNK or size + len(entry[1]) > _CHUNK_BYTES):
+            out.append(chunk)
+            chunk, size = [], 0
+        chunk.append(entry)
+        size += len(entry[1])
+    if chunk:
+        out.append(chunk)
+    return out
 
 
 def describe(value: Any) -> Any:

@@ -15,10 +15,11 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-#: Items and bytes waiting for dispatch above which the hub stops reading from workers. Small, so
-#: that a worker's ready, goodbye or reply frame waits behind a few thousand messages at most.
+from ._flow import DISPATCH_BYTES, DISPATCH_HARD_BYTES, weigh
+
+#: Items waiting for dispatch above which the hub stops reading from workers, besides their
+#: weight (_flow): small, so that a worker's ready or goodbye waits behind a few thousand at most.
 _HIGH_ITEMS = 4096
-_HIGH_BYTES = 8 * 1024 * 1024
 
 
 class Dispatcher:
@@ -54,15 +55,17 @@ class Dispatcher:
         with self._cond:
             self._jobs.append((job, items, size))
             self._items += items
-            self._bytes += size
+            self._bytes += weigh(items, size)
             self.posted += 1
             self._cond.notify()
 
     def full(self) -> bool:
         """Whether the hub should stop reading from workers until the backlog shrinks."""
         if self._waiting:
-            return False  # a handler waits on a reply only the hub can read: nothing drains meanwhile
-        if self._items >= _HIGH_ITEMS or self._bytes >= _HIGH_BYTES:
+            # A handler waits on a reply only the hub can read: nothing drains meanwhile, so the
+            # hub reads on, up to a hard bound (past it, that call ends at its own timeout).
+            return self._bytes >= DISPATCH_HARD_BYTES
+        if self._items >= _HIGH_ITEMS or self._bytes >= DISPATCH_BYTES:
             self._throttled = True
         return self._throttled
 
@@ -118,8 +121,8 @@ class Dispatcher:
                     self._done.notify_all()
             with self._cond:
                 self._items -= items
-                self._bytes -= size
-                room = self._throttled and self._items < _HIGH_ITEMS // 2 and self._bytes < _HIGH_BYTES // 2
+                self._bytes -= weigh(items, size)
+                room = self._throttled and self._items < _HIGH_ITEMS // 2 and self._bytes < DISPATCH_BYTES // 2
                 if room:
                     self._throttled = False
             if room:

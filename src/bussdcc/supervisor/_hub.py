@@ -22,20 +22,16 @@ import zmq
 
 from ..errors import BootError, RuntimeStateError
 from ..kernel import protocol as p
+from ._flow import OUTBOX_BYTES, QUEUE_BYTES, weigh
 from ._wake import WakePipe
 
 T = TypeVar("T")
 
-# Per-worker pipe depth in frames; with batching this bounds the parent's
-# memory per worker while keeping the pipe full.
+# Per-worker pipe depth in frames; frames are at most BATCH_BYTES (plus one item), so
+# this bounds what libzmq holds per worker while keeping the pipe full.
 _HWM = 32
 _READ_BURST = 256
-# Frames queued for one worker before the hub stops reading from all of them.
-_MAX_QUEUE = 64
 _RETRY = 0.002
-# Undelivered events other threads may queue before their emit waits.
-_MAX_OUTBOX = 10_000
-_MAX_OUTBOX_BYTES = 16 * 1024 * 1024
 
 
 class HubClient(Protocol):
@@ -86,6 +82,7 @@ class Hub:
         self.thread = threading.Thread(target=self._main, name="bussdcc-hub", daemon=True)
         self.sock: zmq.Socket[bytes] | None = None
         self._queues: dict[bytes, deque[bytes]] = {}
+        self._queued: dict[bytes, int] = {}  # identity -> weight of its queue (see _flow)
         self._stalled_since: dict[bytes, float] = {}
         self._retry: Timer | None = None
         self._reading = True
@@ -170,11 +167,13 @@ class Hub:
         if queue is None:
             queue = self._queues[identity] = deque()
         queue.append(data)
+        self._queued[identity] = self._queued.get(identity, 0) + weigh(1, len(data))
         self._pump(identity, queue)
 
     def forget(self, identity: bytes) -> None:
         """Drop what is still queued for a worker that is gone."""
         self._queues.pop(identity, None)
+        self._queued.pop(identity, None)
         self._stalled_since.pop(identity, None)
 
     @property
@@ -185,7 +184,7 @@ class Hub:
         alone (each caller is blocked on its own call, which bounds them).
         """
         takes = self._client.takes_events
-        return any(len(q) >= _MAX_QUEUE and takes(i) for i, q in self._queues.items())
+        return any(size >= QUEUE_BYTES and takes(i) for i, size in self._queued.items())
 
     def _pump(self, identity: bytes, queue: deque[bytes]) -> None:
         assert self.sock is not None
@@ -198,9 +197,10 @@ class Hub:
                 if exc.errno != zmq.EHOSTUNREACH:
                     raise
                 queue.clear()  # the worker is gone
+                self._queued[identity] = 0
                 break
-            queue.popleft()
-        if len(queue) < _MAX_QUEUE or not self._client.takes_events(identity):
+            self._queued[identity] -= weigh(1, len(queue.popleft()))
+        if self._queued.get(identity, 0) < QUEUE_BYTES or not self._client.takes_events(identity):
             self._stalled_since.pop(identity, None)
         else:
             since = self._stalled_since.setdefault(identity, time.monotonic())
@@ -212,6 +212,7 @@ class Hub:
                 return
         if not queue:
             self._queues.pop(identity, None)
+            self._queued.pop(identity, None)
         elif self._retry is None:
             # ROUTER cannot say when one peer's pipe has room again: look shortly.
             self._retry = self.call_later(_RETRY, self._pump_all)
@@ -335,9 +336,15 @@ class Hub:
             for frame in frames:
                 self.send(identity, frame)
 
-    def _full(self) -> bool:
+    def full(self) -> bool:
+        """Whether the outbox is at its bound (the flow-control rule is in ``_flow``)."""
         items, size = self._client.outbox_load()
-        return items >= _MAX_OUTBOX or size >= _MAX_OUTBOX_BYTES
+        return weigh(items, size) >= OUTBOX_BYTES
+
+    @property
+    def room_waiters(self) -> int:
+        """Emitters waiting for room in the outbox now."""
+        return self._room_waiters
 
     def release_waiters(self) -> None:
         """Let every emitter waiting for room go on (shutdown has begun)."""
@@ -346,13 +353,13 @@ class Hub:
             self.outbox_taken.notify_all()
 
     def wait_for_room(self) -> None:
-        """Block a non-hub emitter while too many undelivered events are queued."""
-        if self.closing or not self._full():
+        """Block a non-hub emitter while the outbox is full (see ``_flow`` for why this always ends)."""
+        if self.closing or self.in_hub or not self.full():
             return
         with self.outbox_taken:
             self._room_waiters += 1
             try:
-                while self._full() and self.thread.is_alive() and not self.closing:
+                while self.full() and self.thread.is_alive() and not self.closing:
                     self.outbox_taken.wait(0.1)
             finally:
                 self._room_waiters -= 1

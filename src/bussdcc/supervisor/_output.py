@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from ..kernel import _builtin as m
 from ..kernel import protocol as p
+from ._flow import OUTPUT_BYTES, weigh
 
 #: Chunks of worker output waiting for our own stdout/stderr before new ones are dropped.
 _MAX_PENDING = 1000
@@ -52,6 +53,7 @@ class OutputSink:
         #: Lines not shown because our own output was not being read.
         self.dropped = 0
         self._queued = 0
+        self._pending_bytes = 0  # weight of what waits for the writer (see _flow)
         self._written = 0
         self._cond = threading.Condition()
         self._stuck = False
@@ -78,6 +80,7 @@ class OutputSink:
                 pass  # our own output is closed: the lines still reached the event stream
             finally:
                 with self._cond:
+                    self._pending_bytes -= weigh(1, len(item[1]))
                     self._written += 1
                     if self._written >= self._queued:
                         self._stuck = False
@@ -96,12 +99,17 @@ class OutputSink:
                 self.tap(msg.severity, p.encode_envelope(msg, time.time(), report.worker))
         if not shown:
             return
+        text = "\n".join(shown) + "\n"
         with self._cond:
+            if self._pending_bytes + weigh(1, len(text)) > OUTPUT_BYTES:
+                self.dropped += len(shown)
+                return
             try:
-                self._lines.put_nowait((report.stream, "\n".join(shown) + "\n"))
+                self._lines.put_nowait((report.stream, text))
             except queue.Full:
                 self.dropped += len(shown)
                 return
+            self._pending_bytes += weigh(1, len(text))
             self._queued += 1
             ticket = self._queued
             # Shown before what is dispatched next (a worker's exit after its last words), unless

@@ -61,6 +61,8 @@ class RuntimeStats:
     rejected: int
     lost: int
     restarts: dict[str, int]
+    #: Events not delivered to the Services because shutdown had begun while they were behind.
+    undelivered: int = 0
 
 
 class _Receiver:
@@ -287,10 +289,9 @@ class Runtime:
         hub = self._hub
         if hub is not None and sup is not None and sup.outbox and not hub.in_hub:
             hub.wake()
-            # Shutdown never waits on back-pressure: it is what ends a stuck consumer;
-            # nor does the dispatch thread, which the hub's own back-pressure already bounds.
-            if local.depth == 0 and not self._stopping and not self._on_dispatch_thread():
-                hub.wait_for_room()
+            # Every emitter waits for room, handlers and the dispatch thread too: the hub
+            # makes room without them (the rule, and why it always ends, is in _flow).
+            hub.wait_for_room()
 
     def _on_dispatch_thread(self) -> bool:
         disp = self._dispatcher
@@ -558,6 +559,10 @@ class Runtime:
                 self._stop_receiver(rec)
             for name in reversed(self._devices):
                 self._stop_worker(name)
+            if self._sup is not None and self._sup.undelivered:
+                undelivered = self._sup.undelivered
+                error = f"{undelivered} events were not delivered to Services that were behind when shutdown began"
+                self.emit(m.RuntimeFault(part="outbox", kind="undelivered", error=error))
             self.emit(m.RuntimeShutdown(reason=reason))
             self._stop_infrastructure()
             self._receivers = ()
@@ -649,6 +654,7 @@ class Runtime:
             rejected=sup.rejected + sup.rejected_items,
             lost=sup.lost,
             restarts={w.name: w.restarts for w in sup.workers.values()},
+            undelivered=sup.undelivered,
         )
 
 

@@ -102,6 +102,8 @@ class Supervisor:
         #: Lines of worker output not shown because dispatch was far behind.
         self.output_dropped = 0
         self.lost = 0
+        #: Events dropped for the Services once shutdown had begun with the outbox full.
+        self.undelivered = 0
         self.fatal: str | None = None
         #: Calls to devices: routed here, answered by the device incarnations.
         self.calls = CallRouter(self.workers)
@@ -855,7 +857,11 @@ class Supervisor:
 
     def post(self, item: bytes) -> None:
         """Queue an encoded event for the workers that handle events (any thread)."""
+        hub = self.hub
         with self._outbox_lock:
+            if hub is not None and (hub.closing or not hub.thread.is_alive()) and hub.full():
+                self.undelivered += 1  # shutdown waits for nobody: see _flow
+                return
             self.outbox.append(item)
             self.outbox_bytes += len(item)
 
