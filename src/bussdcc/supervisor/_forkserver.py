@@ -160,6 +160,8 @@ class ForkServer:
                 chunk = self._sock.recv(65536)
             except BlockingIOError:
                 break
+            except OSError as exc:  # ECONNRESET: it died with requests unread
+                raise BootError(f"the fork server exited ({exc})") from exc
             if not chunk:
                 raise BootError("the fork server exited")
             self._buffer += chunk
