@@ -208,11 +208,17 @@ class Spawned(_Frame, tag="spawned", frozen=True):
 
 
 class SpawnFailed(_Frame, tag="spawn_failed", frozen=True):
-    """The fork server could not create the worker."""
+    """The fork server could not create the worker.
+
+    ``errno`` is set when the environment refused (``fork``, ``pipe2`` or ``pidfd_open``
+    failed: a limit, which may lift); None when the request itself cannot be served
+    (a component the fork server cannot unpickle or import), which no retry fixes.
+    """
 
     worker: str
     incarnation: int
     error: str
+    errno: int | None = None
 
     def __post_init__(self) -> None:
         safe_fields(self, "error")

@@ -10,6 +10,7 @@ It exits, killing its workers, when the parent closes the socket pair or dies.
 from __future__ import annotations
 
 import ctypes
+import errno
 import importlib
 import os
 import pickle
@@ -39,6 +40,8 @@ _TEND_PERIOD = 1.0
 #: Seconds the fork server waits, when it exits, for the processes it killed to end.
 _EXIT_GRACE = 1.0
 _Entry = Callable[[WorkerSpec, object], NoReturn]
+#: Signals sent to the whole process group that only the parent acts on.
+_PARENTS_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
 
 def _resolve(entry: str) -> _Entry:
@@ -120,6 +123,8 @@ class ForkServer:
             try:
                 ours.close()
                 _Zygote(theirs, dict(components), endpoint, slots, fn, run_dir).run()
+            except BaseException:  # say why, or the parent only learns that it exited
+                traceback.print_exc()
             finally:
                 os._exit(0)
         theirs.close()
@@ -163,6 +168,8 @@ class ForkServer:
                 chunk = self._sock.recv(65536)
             except BlockingIOError:
                 break
+            except OSError as exc:  # ECONNRESET: it died with requests unread
+                raise BootError(f"the fork server exited ({exc})") from exc
             if not chunk:
                 raise BootError("the fork server exited")
             self._buffer += chunk
@@ -240,6 +247,19 @@ class _Pipe:  # pragma: no cover - runs in the fork server
         return [chunk for line in text.split("\n") for chunk in _split(line)]
 
 
+def _describe(exc: BaseException) -> str:  # pragma: no cover - runs in the fork server
+    try:
+        return repr(exc)
+    except BaseException:  # a repr that raises must not take the fork server down either
+        return f"{type(exc).__name__} (unprintable)"
+
+
+def _describe_os(step: str, exc: OSError) -> str:
+    """``fork: [Errno 11] Resource temporarily unavailable (EAGAIN)``."""
+    name = errno.errorcode.get(exc.errno, "") if exc.errno is not None else ""
+    return f"{step}: {exc} ({name})" if name else f"{step}: {exc}"
+
+
 def _split(line: str) -> list[str]:  # pragma: no cover - runs in the fork server
     return [line[i : i + p.MAX_LINE] for i in range(0, len(line), p.MAX_LINE)] or [""]
 
@@ -271,9 +291,11 @@ class _Zygote:  # pragma: no cover - runs in the child
     def run(self) -> None:
         # What a dead worker's helpers leave behind is adopted here, to be killed and reaped.
         _prctl(_PR_SET_CHILD_SUBREAPER, 1)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
-            signal.signal(sig, signal.SIG_DFL)
+        # A signal to the whole process group (systemd's KillMode=control-group, a shell,
+        # `timeout`) is the parent's to handle: this process ends with the parent anyway.
+        # Workers inherit these until they install their own handlers, so none dies early.
+        for sig in _PARENTS_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
         try:
             signal.set_wakeup_fd(-1)
         except ValueError:
@@ -321,10 +343,17 @@ class _Zygote:  # pragma: no cover - runs in the child
             return "orphaned"
         self.buffer += chunk
         for data in p.unpack_stream(self.buffer):
-            req = p.decode_fork_request(data)
+            try:
+                req = p.decode_fork_request(data)
+            except Exception:  # the parent is trusted, so a bug: serve the next request regardless
+                traceback.print_exc()
+                continue
             if isinstance(req, p.Quit):
                 return "quit"
-            self._spawn(req, poller)
+            try:
+                self._spawn(req, poller)
+            except BaseException as exc:  # one bad request is one failed spawn, never this process's end
+                self._report(p.SpawnFailed(req.worker, req.incarnation, _describe(exc)))
         return "more"
 
     def _spawn(self, req: p.Spawn, poller: select.poll) -> None:
@@ -333,8 +362,8 @@ class _Zygote:  # pragma: no cover - runs in the child
         if req.argv is None:
             try:
                 role, component = self.components[req.worker] if req.pickled is None else pickle.loads(req.pickled)
-            except Exception as exc:
-                self._report(p.SpawnFailed(req.worker, req.incarnation, repr(exc)))
+            except BaseException as exc:  # even SystemExit from a __reduce__: the request fails, not us
+                self._report(p.SpawnFailed(req.worker, req.incarnation, _describe(exc)))
                 return
             spec = WorkerSpec(
                 req.worker,
@@ -348,9 +377,20 @@ class _Zygote:  # pragma: no cover - runs in the child
                 req.token,
             )
         me = os.getpid()
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        pid = os.fork()
+        opened: list[int] = []
+        step = "pipe2"
+        try:
+            out_r, out_w = os.pipe2(os.O_CLOEXEC)
+            opened += (out_r, out_w)
+            err_r, err_w = os.pipe2(os.O_CLOEXEC)
+            opened += (err_r, err_w)
+            step = "fork"
+            pid = os.fork()
+        except OSError as exc:  # EMFILE at the fd limit, EAGAIN at a pids limit: this spawn fails, later ones may not
+            for fd in opened:
+                os.close(fd)
+            self._report(p.SpawnFailed(req.worker, req.incarnation, _describe_os(step, exc), exc.errno))
+            return
         if pid == 0:
             try:
                 os.setpgid(0, 0)
@@ -379,11 +419,27 @@ class _Zygote:  # pragma: no cover - runs in the child
             pass
         os.close(out_w)
         os.close(err_w)
-        for stream, fd in ((1, out_r), (2, err_r)):
-            os.set_blocking(fd, False)
-            self.pipes[fd] = _Pipe(req.worker, pid, stream)
-            poller.register(fd, select.POLLIN)
-        fd = os.pidfd_open(pid)
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError as exc:
+            # Without a pidfd it could be neither watched nor reaped: end it now, unseen.
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
+            _kill_tree([pid])
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+            os.close(out_r)
+            os.close(err_r)
+            self._report(p.SpawnFailed(req.worker, req.incarnation, _describe_os("pidfd_open", exc), exc.errno))
+            return
+        for stream, pipe_fd in ((1, out_r), (2, err_r)):
+            os.set_blocking(pipe_fd, False)
+            self.pipes[pipe_fd] = _Pipe(req.worker, pid, stream)
+            poller.register(pipe_fd, select.POLLIN)
         self.children[fd] = pid
         poller.register(fd, select.POLLIN)
         self._report(p.Spawned(req.worker, req.incarnation, pid))
@@ -417,7 +473,10 @@ class _Zygote:  # pragma: no cover - runs in the child
         poller.unregister(fd)
         os.close(fd)
         self._bury(pid)
-        _, status = os.waitpid(pid, 0)
+        try:
+            _, status = os.waitpid(pid, 0)
+        except ChildProcessError:  # reaped already (by a _tend that mistook it): its status is lost
+            status = 255 << 8
         # Everything it wrote is in its pipes now: forward it before saying it ended.
         for pipe_fd in [f for f, pipe in self.pipes.items() if pipe.pid == pid]:
             self._read_pipe(pipe_fd, poller, final=True)

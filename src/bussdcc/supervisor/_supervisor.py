@@ -562,6 +562,7 @@ class Supervisor:
                     entry = self._spawning.pop((report.worker, report.incarnation), None)
                     if entry is not None:
                         entry[1].spawn_error = report.error
+                        entry[1].spawn_errno = report.errno
                         entry[1].exited = True
                         self._finalize(*entry)
                 case p.Reaped():
@@ -721,7 +722,7 @@ class Supervisor:
             self._announce_stopped(worker)
             self._give_up(worker, inc, inc.bye.error or reason, inc.bye.traceback)
             return
-        if cause == "spawn_failed":
+        if cause == "spawn_failed" and inc.spawn_errno is None:  # no retry makes it loadable
             error = (
                 f"the fork server could not create {worker.name!r}: {inc.spawn_error} "
                 "(a component registered after boot must be picklable and its class importable)"
@@ -729,7 +730,12 @@ class Supervisor:
             self._announce_failure(worker, error, None)
             self._give_up(worker, inc, error, None)
             return
-        error = inc.start_failed.error if inc.start_failed else f"worker process {inc.pid} {reason}"
+        if cause == "spawn_failed":  # the environment refused (a limit): retried like a crash
+            error = reason
+        elif inc.start_failed:
+            error = inc.start_failed.error
+        else:
+            error = f"worker process {inc.pid} {reason}"
         if lost:
             error += f" ({lost} messages lost)"
         tb = inc.start_failed.traceback if inc.start_failed else None

@@ -77,6 +77,8 @@ class Incarnation:
         self.stop_sent = False
         self.usage = Usage()
         self.spawn_error: str | None = None
+        #: Set when the environment refused the spawn (a limit, which may lift): it is retried.
+        self.spawn_errno: int | None = None
         self.bye: p.Bye | None = None
         self.exit_code: int | None = None
         self.exited = False

@@ -62,6 +62,10 @@ class Channel:
         self._inbox: deque[p.ParentFrame] = deque()
         #: The parent confirmed it has everything (set by :meth:`bye`).
         self.acknowledged = False
+        #: When to hand the host a Stop of our own (a SIGTERM the parent did not follow up).
+        self._stop_at: float | None = None
+        self._stop_given = False
+        self._closed = False
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._poller = zmq.Poller()
         self._poller.register(self.sock, zmq.POLLIN)
@@ -118,6 +122,17 @@ class Channel:
             with self._lock:
                 self._drained.wait(_FOREIGN_RETRY)
                 crowded = len(self._foreign) >= _MAX_FOREIGN
+
+    def stop_later(self, delay: float) -> None:
+        """Have :meth:`wait` return a Stop in ``delay`` seconds unless the parent's comes first.
+
+        Safe in a signal handler: it takes no lock.
+        """
+        if self._closed:
+            return
+        if self._stop_at is None:
+            self._stop_at = time.monotonic() + delay
+        self._wake()  # a wait() already blocking recomputes its timeout
 
     def _wake(self) -> None:
         try:
@@ -295,6 +310,10 @@ class Channel:
         with self._io:
             if self._inbox:
                 timeout = 0
+            stop_at = None if self._stop_given else self._stop_at
+            if stop_at is not None:
+                left = max(0.0, stop_at - time.monotonic())
+                timeout = left if timeout is None else min(timeout, left)
             self._flush(block=True)
             ms = None if timeout is None else max(0, int(timeout * 1000))
             events = dict(self._poller.poll(ms))
@@ -305,6 +324,12 @@ class Channel:
                 self._read_available()
             frames = list(self._inbox)
             self._inbox.clear()
+            if not self._stop_given:
+                if any(isinstance(frame, p.Stop) for frame in frames):
+                    self._stop_given = True
+                elif stop_at is not None and time.monotonic() >= stop_at:
+                    self._stop_given = True
+                    frames.append(p.Stop())
             return frames
 
     def bye(self, error: str | None = None, traceback: str | None = None, timeout: float = 30.0) -> bool:
@@ -321,6 +346,7 @@ class Channel:
     def close(self, linger_ms: int = 0) -> None:
         """Close the socket (waiting up to ``linger_ms`` to send what is queued) and its context."""
         with self._io:
+            self._closed = True
             self.sock.close(linger=linger_ms)
             self.zctx.term()
             os.close(self._wake_r)

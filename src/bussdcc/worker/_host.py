@@ -14,6 +14,7 @@ from ..kernel._calls import fail
 from ..kernel._text import emit_report
 from ._calls import CallServer
 from ._channel import Channel
+from ._signals import stop_arrived
 from ._watchdog import Watchdog
 
 #: Exit code of a worker whose ``start``/``connect`` raised.
@@ -101,6 +102,7 @@ def run_service(svc: Service, ctx: Context, channel: Channel, dog: Watchdog) -> 
                             stopping = True
                 case p.Stop():
                     stopping = True
+                    stop_arrived()
                 case p.ByeAck() | p.Reply():
                     pass
                 case p.Call():  # the parent routes calls to devices only
@@ -139,6 +141,7 @@ def run_device(dev: Device, ctx: Context, channel: Channel, dog: Watchdog) -> in
                     server.submit(frame)
                 case p.Stop():
                     stopping = True
+                    stop_arrived()
                 case p.Deliver() | p.ByeAck() | p.Reply():
                     pass
                 case _:

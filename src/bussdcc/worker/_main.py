@@ -18,6 +18,7 @@ from ._channel import Channel
 from ._context import make_context
 from ._host import run_component
 from ._logs import forward_logging
+from ._signals import DeferredTerm, take_signals
 
 # When a worker ends without an acknowledged goodbye (an exception, a failed
 # start), what it sent last may still be queued in ZeroMQ's I/O thread: give it
@@ -25,30 +26,33 @@ from ._logs import forward_logging
 _LINGER_MS = 2000
 
 
-def _reset_process() -> None:
-    # The terminal's Ctrl-C goes to the parent, which stops workers in order.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
-        signal.signal(sig, signal.SIG_DFL)
+def _reset_process(component: object) -> DeferredTerm:
+    stop_timeout = getattr(component, "stop_timeout", 5.0)
+    term = take_signals(float(stop_timeout) if isinstance(stop_timeout, int | float) else 5.0)
     faulthandler.enable()
     forward_logging()
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(line_buffering=True)
+    return term
 
 
 def run(spec: WorkerSpec, component: object, on_term: Callable[[], None] | None = None) -> NoReturn:
     """Host ``component`` until it stops, then exit the process (never returns).
 
     ``on_term``, if given, runs on a thread of its own when SIGTERM arrives (a
-    standalone worker asks its runtime for a graceful stop); otherwise SIGTERM kills.
+    standalone worker asks its runtime for a graceful stop). Otherwise SIGTERM
+    before the parent's Stop is left to the parent (also signalled, when the whole
+    group is), and the worker stops by itself after its ``stop_timeout`` if no Stop
+    comes; once Stop has arrived, SIGTERM kills.
     """
     code = 1
     try:
-        _reset_process()
+        term = _reset_process(component)
         if on_term is not None:
             signal.signal(signal.SIGTERM, lambda signum, frame: threading.Thread(target=on_term, daemon=True).start())
         channel = Channel(spec)
+        term.attach(channel)
         try:
             channel.send_control(Hello(os.getpid(), spec.token))
             code = run_component(component, make_context(spec, channel), channel)
