@@ -9,8 +9,10 @@ It exits, killing its workers, when the parent closes the socket pair or dies.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib
+import logging
 import os
 import pickle
 import select
@@ -38,6 +40,10 @@ _PR_SET_CHILD_SUBREAPER = 36
 _TEND_PERIOD = 1.0
 #: Seconds the fork server waits, when it exits, for the processes it killed to end.
 _EXIT_GRACE = 1.0
+#: Seconds the fork at boot waits, in all, for logging threads to finish the record they are writing.
+_QUIET_WAIT = 2.0
+#: Thread names made by the runtime itself: none of them is inside user code at the fork.
+_OWN_THREADS = "bussdcc-"
 _Entry = Callable[[WorkerSpec, object], NoReturn]
 
 
@@ -96,6 +102,59 @@ def _reap_if_done(pid: int) -> bool:
         return True
 
 
+def other_threads() -> list[str]:
+    """The names of the live threads, other than the caller's and the runtime's own."""
+    me = threading.current_thread()
+    return [t.name for t in threading.enumerate() if t is not me and not t.name.startswith(_OWN_THREADS)]
+
+
+def _handlers() -> list[logging.Handler]:
+    """Every live logging handler, in the order they were made (the order their locks are taken in)."""
+    refs: list[Any] = list(getattr(logging, "_handlerList", ()))
+    handlers = [ref() for ref in refs]
+    return [h for h in handlers if isinstance(h, logging.Handler)]
+
+
+@contextlib.contextmanager
+def _logging_quiet() -> Any:
+    """Hold logging's lock and every handler's lock, their streams flushed, for a fork.
+
+    A thread caught inside a handler's write at the fork leaves the file's
+    buffer lock held in the child for ever (CPython reinitialises the
+    handler's own lock after fork, never the buffer's): with every handler
+    lock held, no logging thread is inside a write. Flushing first keeps the
+    child from writing the parent's buffered records a second time.
+    """
+    module_lock: Any = getattr(logging, "_lock", None)
+    parent = os.getpid()
+    held: list[Any] = []
+    deadline = time.monotonic() + _QUIET_WAIT
+    # Module lock first, then handlers: the order logging's own configuration
+    # takes them in. A handler closing takes them the other way round, so each
+    # handler lock is waited for a bounded time, and one not had is passed over.
+    if module_lock is not None:
+        module_lock.acquire()
+    try:
+        for handler in _handlers():
+            lock: Any = handler.lock
+            if lock is None or not lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                continue
+            held.append(lock)
+            try:
+                handler.flush()
+            except Exception:
+                pass  # a closed or broken stream: nothing to flush, and not ours to report
+        yield
+    finally:
+        if os.getpid() != parent:  # pragma: no cover - the child: logging made its locks anew
+            held.clear()
+            module_lock = None
+        for lock in reversed(held):
+            lock.release()
+        if module_lock is not None:
+            module_lock.release()
+
+
 class ForkServer:
     """The parent's handle on the fork server process."""
 
@@ -112,9 +171,14 @@ class ForkServer:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         for stream in (sys.stdout, sys.stderr):
             stream.flush()  # or the children would print the parent's buffered output again
-        with warnings.catch_warnings():
+        #: The threads (other than the runtime's) alive at the fork: what they held stays held in every worker.
+        self.threads: list[str] = []
+        #: Where the workers' sockets live.
+        self.run_dir = run_dir
+        with warnings.catch_warnings(), _logging_quiet():
             # Forking a threaded host is safe here: the child only runs this module's loop.
             warnings.simplefilter("ignore", DeprecationWarning)
+            self.threads = other_threads()
             pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
             try:
