@@ -108,6 +108,32 @@ def other_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t is not me and not t.name.startswith(_OWN_THREADS)]
 
 
+def threads_fault(threads: list[str]) -> str:
+    """What the threads alive at the fork of the fork server mean, for a ``runtime.fault``."""
+    shown = ", ".join(repr(name) for name in threads[:10])
+    if len(threads) > 10:
+        shown += f" and {len(threads) - 10} more"
+    return (
+        f"{_count(threads)} running when the fork server was made at boot: {shown}. A lock one of them "
+        "held then (a file it was writing, say) stays held for ever in every worker, which then hangs; "
+        "logging's handlers were made safe, other locks cannot be. Boot the runtime before starting threads"
+    )
+
+
+def threads_hint(threads: list[str]) -> str:
+    """Why a worker forked from a threaded host may hang at start (empty if none was threaded)."""
+    if not threads:
+        return ""
+    return (
+        f" ({_count(threads)} running when the fork server was made at boot: a lock they held may be "
+        "held for ever in the worker; boot the runtime before starting threads)"
+    )
+
+
+def _count(threads: list[str]) -> str:
+    return "1 other thread was" if len(threads) == 1 else f"{len(threads)} other threads were"
+
+
 def _handlers() -> list[logging.Handler]:
     """Every live logging handler, in the order they were made (the order their locks are taken in)."""
     refs: list[Any] = list(getattr(logging, "_handlerList", ()))

@@ -38,7 +38,7 @@ from ..kernel import protocol as p
 from ._calls import ParentPort
 from ._control import ControlServer
 from ._dispatcher import Dispatcher
-from ._forkserver import ForkServer
+from ._forkserver import ForkServer, threads_fault
 from ._hub import Hub
 from ._output import OutputSink
 from ._rundir import default_name, make_run_dir, remove_run_dir
@@ -377,6 +377,9 @@ class Runtime:
             self._stopping = False
         try:
             self.emit(m.RuntimeBooting(version=self.version))
+            if self._fork is not None and self._fork.threads:
+                error = threads_fault(self._fork.threads)
+                self.emit(m.RuntimeFault(part="threads", kind="threads_at_boot", error=error))
             for device in self._devices.values():
                 self._start_worker(self._worker(device.id))
             for rec in self._receivers:

@@ -19,7 +19,7 @@ from ..kernel import _builtin as m
 from ..kernel import protocol as p
 from ._calls import CallRouter
 from ._dispatcher import Dispatcher
-from ._forkserver import ForkServer
+from ._forkserver import ForkServer, threads_hint
 from ._groups import Group, Plan
 from ._hub import Hub, Timer
 from ._watchdog import SAMPLE_PERIOD, WATCH_PERIOD, Verdict, hang, over_limit, sample
@@ -173,6 +173,8 @@ class Supervisor:
             verdict = Verdict("hung", f"hung: connect ran longer than start_timeout {limit:g}s")
         else:
             verdict = Verdict("start_timeout", f"start timeout: not ready within {limit:g}s")
+        if worker.argv is None and not inc.external:  # forked from the fork server
+            verdict = Verdict(verdict.cause, verdict.reason + threads_hint(self.fork.threads))
         self._kill(worker, inc, verdict)
 
     # ---- watching -----------------------------------------------------------------
