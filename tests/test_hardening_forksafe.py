@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -10,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from bussdcc import Context, Runtime, Service
+from bussdcc import Context, Device, Runtime, Service, WorkerState
+from bussdcc._client import Client, read_secret
+from bussdcc.kernel import protocol as p
 
-from ._helpers import Recorder
+from ._helpers import Recorder, wait_until
 
 # A program that logs to a file from a thread of its own, in a tight loop, while it
 # boots runtimes whose workers log to the same file: the fork at boot is made while
@@ -188,3 +193,58 @@ def test_a_worker_hung_at_start_by_a_lock_held_at_boot_names_the_likely_cause() 
         rt.shutdown()
         release.set()
         thread.join()
+
+
+class _Ticker(Service):
+    name = "ticker"
+    interval = 0.05
+    start_timeout = 5.0
+
+
+class _Probe(Device):
+    kind = "probe"
+    start_timeout = 5.0
+
+
+def _running_pid(rt: Runtime, name: str, other_than: int | None = None) -> int | None:
+    for w in rt.workers():
+        if w.name == name and w.state is WorkerState.RUNNING and w.pid not in (None, other_than):
+            return w.pid
+    return None
+
+
+@pytest.mark.timeout(90)
+def test_a_run_directory_deleted_under_a_live_runtime_is_reported_and_made_again() -> None:
+    rec = Recorder()
+    rt = Runtime(name="lostdir")
+    rt.register_process(rec)
+    rt.attach_device(_Probe(id="probe"))
+    rt.register_service(_Ticker())
+    with rt:
+        run_dir = rt.run_dir
+        assert run_dir is not None
+        secret = read_secret(run_dir)
+        old = wait_until(lambda: _running_pid(rt, "ticker"), what="the ticker running")
+        probe = wait_until(lambda: _running_pid(rt, "probe"), what="the probe running")
+        shutil.rmtree(run_dir)
+        os.kill(old, signal.SIGKILL)
+        (fault,) = rec.wait_for("runtime.fault", lambda e: e.payload.part == "run_dir", timeout=30)  # type: ignore[attr-defined]
+        assert fault.payload.kind == "run_dir_lost"  # type: ignore[attr-defined]
+        error: str = fault.payload.error  # type: ignore[attr-defined]
+        assert str(run_dir) in error
+        assert "slots file cannot be restored" in error
+        # The respawn connects: a new process, ready.
+        new = wait_until(lambda: _running_pid(rt, "ticker", other_than=old), timeout=30, what="the ticker back")
+        assert new != old
+        exited = rec.wait_for("worker.exited", lambda e: e.payload.pid == old)  # type: ignore[attr-defined]
+        assert "killed by SIGKILL" in exited[0].payload.reason  # type: ignore[attr-defined]
+        # The worker that was connected all along was never disturbed.
+        assert _running_pid(rt, "probe") == probe
+        # The control endpoint answers again, with the secret its clients already hold.
+        assert os.stat(run_dir).st_mode & 0o777 == 0o700
+        with Client(run_dir) as client:
+            assert client.secret == secret
+            reply = client.call(p.StatusRequest(secret), timeout=30)
+        assert isinstance(reply, p.StatusReply)
+        assert len(rec.of("runtime.fault")) == 1  # reported once
+    assert not run_dir.exists()

@@ -41,7 +41,7 @@ from ._dispatcher import Dispatcher
 from ._forkserver import ForkServer, threads_fault
 from ._hub import Hub
 from ._output import OutputSink
-from ._rundir import default_name, make_run_dir, remove_run_dir
+from ._rundir import RunDirGuard, default_name, make_run_dir, remove_run_dir
 from ._specs import check_group, check_supervised
 from ._supervisor import Supervisor
 from ._workers import Worker, WorkerStatus
@@ -127,6 +127,7 @@ class Runtime:
         self._dispatcher: Dispatcher | None = None
         self._output: OutputSink | None = None
         self._control: ControlServer | None = None
+        self._guard: RunDirGuard | None = None
         self._last_stats = RuntimeStats(dispatched=0, rejected=0, lost=0, restarts={})
 
     # ---- the context ------------------------------------------------------------
@@ -438,8 +439,18 @@ class Runtime:
         hub.start()
         self._sup, self._hub = sup, hub
         self._calls.attach(hub, sup.calls, disp)
-        self._control = ControlServer(self, self._run_dir)
+        control = self._control = ControlServer(self, self._run_dir)
         self._control.start()
+        self._guard = sup.run_dir_guard = RunDirGuard(
+            self._run_dir,
+            schedule=hub.call_later,
+            rebind=hub.rebind,
+            restore=lambda: control.restore(
+                lambda error: self.emit(m.RuntimeFault(part="control", kind="rebind_failed", error=error))
+            ),
+            report=lambda error: self._emit_queued(m.RuntimeFault(part="run_dir", kind="run_dir_lost", error=error)),
+        )
+        hub.call_soon(self._guard.start)
         sup.on_output = self._output = OutputSink(self._tap)
         atexit.register(self._at_exit)
 
@@ -563,6 +574,9 @@ class Runtime:
 
     def _stop_infrastructure(self) -> None:
         atexit.unregister(self._at_exit)
+        if self._guard is not None:
+            self._guard.stop()  # the directory is ours to remove now
+            self._guard = None
         self._last_stats = self.stats()
         if self._control is not None:
             self._control.stop()

@@ -22,6 +22,7 @@ from ._dispatcher import Dispatcher
 from ._forkserver import ForkServer, threads_hint
 from ._groups import Group, Plan
 from ._hub import Hub, Timer
+from ._rundir import RunDirGuard
 from ._watchdog import SAMPLE_PERIOD, WATCH_PERIOD, Verdict, hang, over_limit, sample
 from ._workers import Incarnation, Worker, WorkerState, WorkerStatus
 
@@ -90,6 +91,8 @@ class Supervisor:
         self.output_dropped = 0
         self.lost = 0
         self.fatal: str | None = None
+        #: Watches the run directory (set by the runtime).
+        self.run_dir_guard: RunDirGuard | None = None
         #: Calls to devices: routed here, answered by the device incarnations.
         self.calls = CallRouter(self.workers)
 
@@ -145,6 +148,8 @@ class Supervisor:
             raise BussdccError(f"cannot start workers: {self.fatal}")
         if not self._free_slots:
             raise BussdccError("no free worker slot (too many live workers)")
+        if worker.argv is not None:
+            self._check_slots_file()
         slot = self._free_slots.pop()
         self.slots.reset(slot)
         worker.incarnations += 1
@@ -165,6 +170,17 @@ class Supervisor:
             self._watching = self.hub.call_later(WATCH_PERIOD, self._watch)
         return inc
 
+    def _check_slots_file(self) -> None:
+        """Refuse a worker that would open the slots file by path, once that file is lost."""
+        guard = self.run_dir_guard
+        if guard is not None and guard.slots_lost:
+            # It would make a slots file of its own, which we never read: its counters and
+            # heartbeats unseen, it would be killed as hung over and over.
+            raise BussdccError(
+                f"the run directory {guard.path} was deleted under the runtime and its slots file cannot be "
+                "restored: a worker started by exec cannot join until the runtime restarts"
+            )
+
     def _start_timed_out(self, worker: Worker, inc: Incarnation) -> None:
         if inc.ready or inc.exited:
             return
@@ -175,6 +191,10 @@ class Supervisor:
             verdict = Verdict("start_timeout", f"start timeout: not ready within {limit:g}s")
         if worker.argv is None and not inc.external:  # forked from the fork server
             verdict = Verdict(verdict.cause, verdict.reason + threads_hint(self.fork.threads))
+        guard = self.run_dir_guard
+        if guard is not None and guard.missing():
+            hint = f" (the run directory {guard.path} is gone, deleted under the live runtime: workers cannot connect)"
+            verdict = Verdict(verdict.cause, verdict.reason + hint)
         self._kill(worker, inc, verdict)
 
     # ---- watching -----------------------------------------------------------------
@@ -515,6 +535,7 @@ class Supervisor:
             raise RegistrationError(f"worker {name!r} is {worker.state} already")
         if not self._free_slots:
             raise BussdccError("no free worker slot (too many live workers)")
+        self._check_slots_file()
         worker.stop_requested = False
         worker.held = False
         worker.done.clear()
