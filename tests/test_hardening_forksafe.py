@@ -226,6 +226,7 @@ def test_a_run_directory_deleted_under_a_live_runtime_is_reported_and_made_again
         secret = read_secret(run_dir)
         old = wait_until(lambda: _running_pid(rt, "ticker"), what="the ticker running")
         probe = wait_until(lambda: _running_pid(rt, "probe"), what="the probe running")
+        assert old is not None
         shutil.rmtree(run_dir)
         os.kill(old, signal.SIGKILL)
         (fault,) = rec.wait_for("runtime.fault", lambda e: e.payload.part == "run_dir", timeout=30)  # type: ignore[attr-defined]
@@ -248,3 +249,39 @@ def test_a_run_directory_deleted_under_a_live_runtime_is_reported_and_made_again
         assert isinstance(reply, p.StatusReply)
         assert len(rec.of("runtime.fault")) == 1  # reported once
     assert not run_dir.exists()
+
+
+class _Once(Service):
+    name = "once"
+    interval = 3600.0
+    start_timeout = 1.0
+    restart = "transient"
+
+
+@pytest.mark.timeout(90)
+def test_a_start_timeout_while_the_run_directory_cannot_be_made_again_names_that_cause() -> None:
+    rec = Recorder()
+    rt = Runtime(name="nodir")
+    rt.register_process(rec)
+    rt.register_service(_Once())
+    with rt:
+        run_dir = rt.run_dir
+        assert run_dir is not None
+        pid = wait_until(lambda: _running_pid(rt, "once"), what="the service running")
+        assert pid is not None
+        shutil.rmtree(run_dir)
+        run_dir.write_text("not a directory")  # in the way of making it again
+        try:
+            os.kill(pid, signal.SIGKILL)
+            (fault,) = rec.wait_for("runtime.fault", lambda e: e.payload.part == "run_dir", timeout=30)  # type: ignore[attr-defined]
+            assert "cannot be made again" in fault.payload.error  # type: ignore[attr-defined]
+            timed_out = rec.wait_for(
+                "worker.exited",
+                lambda e: e.payload.reason.startswith("start timeout"),  # type: ignore[attr-defined]
+                timeout=30,
+            )
+            reason: str = timed_out[0].payload.reason  # type: ignore[attr-defined]
+            assert f"the run directory {run_dir} is gone" in reason
+            assert len(rec.of("runtime.fault")) == 1  # reported once, though every look fails
+        finally:
+            run_dir.unlink()

@@ -117,7 +117,7 @@ class RunDirGuard:
             os.stat(self.path / WORKERS_SOCKET)
             self.lost = False
             return
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             pass
         except OSError:
             return  # not a deletion (EACCES, ELOOP, ...): nothing this can make again
