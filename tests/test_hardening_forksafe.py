@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bussdcc import Context, Device, Runtime, Service, WorkerState
+from bussdcc import Context, Device, Runtime, Service, ThreadedRuntime, WorkerState
 from bussdcc._client import Client, read_secret
 from bussdcc.kernel import protocol as p
 
@@ -285,3 +285,16 @@ def test_a_start_timeout_while_the_run_directory_cannot_be_made_again_names_that
             assert len(rec.of("runtime.fault")) == 1  # reported once, though every look fails
         finally:
             run_dir.unlink()
+
+
+def test_a_threaded_runtime_is_not_told_of_the_thread_waiting_for_its_boot() -> None:
+    rec = Recorder()
+    rt = ThreadedRuntime(name="threaded")
+    rt.register_process(rec)
+    rt.register_service(_Idle())
+    rt.start(timeout=30)
+    try:
+        rec.wait_for("service.started")
+        assert rec.of("runtime.fault") == []
+    finally:
+        rt.stop(timeout=30)

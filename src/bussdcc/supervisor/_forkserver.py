@@ -24,7 +24,7 @@ import threading
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -102,10 +102,12 @@ def _reap_if_done(pid: int) -> bool:
         return True
 
 
-def other_threads() -> list[str]:
-    """The names of the live threads, other than the caller's and the runtime's own."""
+def other_threads(ignore: Collection[threading.Thread] = ()) -> list[str]:
+    """The names of the live threads, other than the caller's, the runtime's own and ``ignore``."""
     me = threading.current_thread()
-    return [t.name for t in threading.enumerate() if t is not me and not t.name.startswith(_OWN_THREADS)]
+    return [
+        t.name for t in threading.enumerate() if t is not me and t not in ignore and not t.name.startswith(_OWN_THREADS)
+    ]
 
 
 def threads_fault(threads: list[str]) -> str:
@@ -192,7 +194,9 @@ class ForkServer:
         slots: SlotTable,
         entry: str,
         run_dir: Path,
+        waiting: Collection[threading.Thread] = (),
     ) -> None:
+        """Fork the fork server; ``waiting``: threads known to wait for the boot, holding nothing."""
         fn = _resolve(entry)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         for stream in (sys.stdout, sys.stderr):
@@ -204,7 +208,7 @@ class ForkServer:
         with warnings.catch_warnings(), _logging_quiet():
             # Forking a threaded host is safe here: the child only runs this module's loop.
             warnings.simplefilter("ignore", DeprecationWarning)
-            self.threads = other_threads()
+            self.threads = other_threads(waiting)
             pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
             try:

@@ -128,6 +128,8 @@ class Runtime:
         self._output: OutputSink | None = None
         self._control: ControlServer | None = None
         self._guard: RunDirGuard | None = None
+        #: A thread that does nothing but wait while another boots this runtime (not a fork hazard).
+        self._boot_waiter: threading.Thread | None = None
         self._last_stats = RuntimeStats(dispatched=0, rejected=0, lost=0, restarts={})
 
     # ---- the context ------------------------------------------------------------
@@ -412,7 +414,12 @@ class Runtime:
         components.update({s.name: ("service", s) for s in self._services.values()})
         try:
             self._fork = ForkServer(
-                components, endpoint=self._endpoint, slots=self._slots, entry=WORKER_ENTRY, run_dir=self._run_dir
+                components,
+                endpoint=self._endpoint,
+                slots=self._slots,
+                entry=WORKER_ENTRY,
+                run_dir=self._run_dir,
+                waiting=() if self._boot_waiter is None else (self._boot_waiter,),
             )
         except OSError as exc:
             raise BootError(f"cannot start the fork server: {exc}") from exc
