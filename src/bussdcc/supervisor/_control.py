@@ -48,13 +48,23 @@ _CHUNK_BYTES = 256 * 1024
 _SUB_HWM = 256
 
 
-def write_identity(run_dir: Path, name: str) -> bytes:
-    """Create the run directory's secret (mode 0600) and ``runtime.json``; return the secret."""
-    secret = secrets.token_bytes(32)
-    fd = os.open(run_dir / SECRET_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(secret)
-    info = {"name": name, "pid": os.getpid(), "started": time.time()}
+def write_identity(run_dir: Path, name: str, secret: bytes | None = None, started: float | None = None) -> bytes:
+    """Create the run directory's secret (mode 0600) and ``runtime.json``; return the secret.
+
+    With ``secret``, write that one unless the file is there already (restoring a
+    run directory deleted under the runtime: clients keep the secret they hold).
+    """
+    if secret is None:
+        secret = secrets.token_bytes(32)
+    try:
+        fd = os.open(run_dir / SECRET_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        if started is None:
+            raise
+    else:
+        with os.fdopen(fd, "wb") as f:
+            f.write(secret)
+    info = {"name": name, "pid": os.getpid(), "started": time.time() if started is None else started}
     tmp = run_dir / f"{INFO_FILE}.tmp"
     tmp.write_text(json.dumps(info))
     tmp.rename(run_dir / INFO_FILE)  # readers never see half a file
@@ -91,6 +101,7 @@ class ControlServer:
         self.dropped = 0
         self._watched: dict[int, int] = {}  # pidfd -> pid of a standalone worker
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="bussdcc-control-op")
+        self._sock: zmq.Socket[bytes] | None = None  # the control thread's, while it runs
         self.thread = threading.Thread(target=self._main, name="bussdcc-control", daemon=True)
 
     # ---- lifecycle ----------------------------------------------------------------
@@ -111,6 +122,26 @@ class ControlServer:
             self._wake()
             self.thread.join()
         self._waker.close()
+
+    def restore(self, report: Callable[[str], None]) -> None:
+        """Write the secret and ``runtime.json`` again and bind the endpoint anew (run directory remade).
+
+        The old listener goes on serving the clients connected through it; the
+        new one gives the endpoint's path back to new clients. ``report`` is told
+        (from the control thread) if the bind fails.
+        """
+        write_identity(self.run_dir, self.runtime.name, self._secret, self.started)
+        self._calls.append(lambda: self._rebind(report))
+        self._wake()
+
+    def _rebind(self, report: Callable[[str], None]) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        try:
+            sock.bind(self.endpoint)
+        except zmq.ZMQError as exc:
+            report(f"cannot bind the control endpoint {self.endpoint} again: {exc}")
 
     def tap(self, severity: int, item: bytes) -> None:
         """Keep a dispatched message (its encoded Envelope) and queue it for subscribers; never blocks.
@@ -162,6 +193,7 @@ class ControlServer:
             zctx.term()
             self._ready.set()
             return
+        self._sock = sock
         self._ready.set()
         self._poller = zmq.Poller()
         self._poller.register(sock, zmq.POLLIN)
@@ -177,6 +209,7 @@ class ControlServer:
         finally:
             for fd in self._watched:
                 os.close(fd)
+            self._sock = None
             sock.close(0)
             zctx.term()
 

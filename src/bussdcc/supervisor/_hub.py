@@ -110,6 +110,15 @@ class Hub:
     def _halt(self) -> None:
         self._running = False
 
+    def rebind(self) -> None:
+        """Bind the endpoint again, its file having been deleted (hub thread).
+
+        The old listener keeps the workers connected through it (unbinding would
+        drop them with what they have queued); the new one lets others connect.
+        """
+        if self.sock is not None:
+            self.sock.bind(self.endpoint)
+
     @property
     def in_hub(self) -> bool:
         """Whether the caller runs on the hub thread."""

@@ -8,6 +8,7 @@ import shutil
 import stat
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import BootError
@@ -15,6 +16,12 @@ from ..errors import BootError
 #: Environment variable that overrides the base directory of run directories.
 RUN_BASE_ENV = "BUSSDCC_RUN_BASE"
 _SUN_PATH_MAX = 107
+#: The socket workers connect to, in the run directory.
+WORKERS_SOCKET = "workers.sock"
+#: The shared counters, in the run directory: workers started by exec open it by path.
+SLOTS_FILE = "slots"
+#: Seconds between looks at whether the run directory is still there (one stat each).
+CHECK_PERIOD = 0.5
 
 
 def run_base() -> Path:
@@ -58,3 +65,96 @@ def make_run_dir(name: str) -> Path:
 def remove_run_dir(path: Path) -> None:
     """Remove a run directory and its sockets."""
     shutil.rmtree(path, ignore_errors=True)
+
+
+class RunDirGuard:
+    """Notices the run directory deleted under a live runtime, says so once, and makes it again.
+
+    Without it every worker (re)started afterwards times out at start, unable
+    to connect, and nothing says why. Driven by ``schedule`` (the hub's timers):
+    ``rebind`` binds the workers' endpoint again (on the hub thread), ``restore``
+    rewrites the control files and binds the control endpoint again, ``report``
+    says what happened (once per loss).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        schedule: Callable[[float, Callable[[], None]], object],
+        rebind: Callable[[], None],
+        restore: Callable[[], None],
+        report: Callable[[str], None],
+    ) -> None:
+        self.path = path
+        self._schedule = schedule
+        self._rebind = rebind
+        self._restore = restore
+        self._report = report
+        #: Whether the directory is gone and not made again yet (reported already).
+        self.lost = False
+        #: Whether the slots file was lost with it: it cannot be restored (workers map the old one).
+        self.slots_lost = False
+        self._stopped = False
+
+    def start(self) -> None:
+        """Look every CHECK_PERIOD seconds from now on."""
+        self._schedule(CHECK_PERIOD, self._tick)
+
+    def stop(self) -> None:
+        """Look no more (shutdown removes the directory itself)."""
+        self._stopped = True
+
+    def missing(self) -> bool:
+        """Whether workers cannot connect now: the directory or its socket is gone."""
+        return not os.path.exists(self.path / WORKERS_SOCKET)
+
+    def _tick(self) -> None:
+        if self._stopped:
+            return
+        self._schedule(CHECK_PERIOD, self._tick)  # first: a failure below must not end the looking
+        try:
+            os.stat(self.path / WORKERS_SOCKET)
+            self.lost = False
+            return
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        except OSError:
+            return  # not a deletion (EACCES, ELOOP, ...): nothing this can make again
+        try:
+            self._repair()
+        except Exception as exc:
+            if not self.lost:
+                self.lost = True
+                self._report(
+                    f"the run directory {self.path} (or its socket) was deleted under the live runtime and "
+                    f"cannot be made again: {exc!r}; workers (re)started now cannot connect and will time out"
+                )
+            return
+        first = not self.lost
+        self.lost = False
+        if first:
+            self._report(self._repaired())
+
+    def _repair(self) -> None:
+        self.path.parent.mkdir(mode=0o700, exist_ok=True)
+        self.path.mkdir(mode=0o700, exist_ok=True)
+        info = self.path.stat()
+        if info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
+            raise BootError(f"{self.path} was made again by someone else (uid {info.st_uid}, mode {info.st_mode:o})")
+        if not (self.path / SLOTS_FILE).exists():
+            self.slots_lost = True
+        self._rebind()
+        self._restore()
+
+    def _repaired(self) -> str:
+        text = (
+            f"the run directory {self.path} (or its socket) was deleted under the live runtime: workers could "
+            "not connect to it. It was made again and its sockets bound again; running workers were not affected"
+        )
+        if self.slots_lost:
+            text += (
+                "; its shared slots file cannot be restored (the workers map the deleted one), so workers "
+                "started by exec (`bussdcc spawn`, `bussdcc worker`) cannot join until the runtime restarts"
+            )
+        return text

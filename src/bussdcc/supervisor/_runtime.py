@@ -39,10 +39,10 @@ from ..kernel._text import emit_report
 from ._calls import ParentPort
 from ._control import ControlServer
 from ._dispatcher import Dispatcher
-from ._forkserver import ForkServer
+from ._forkserver import ForkServer, threads_fault
 from ._hub import Hub
 from ._output import OutputSink
-from ._rundir import default_name, make_run_dir, remove_run_dir
+from ._rundir import RunDirGuard, default_name, make_run_dir, remove_run_dir
 from ._specs import check_group, check_supervised
 from ._supervisor import Supervisor
 from ._workers import Worker, WorkerStatus
@@ -130,6 +130,9 @@ class Runtime:
         self._dispatcher: Dispatcher | None = None
         self._output: OutputSink | None = None
         self._control: ControlServer | None = None
+        self._guard: RunDirGuard | None = None
+        #: A thread that does nothing but wait while another boots this runtime (not a fork hazard).
+        self._boot_waiter: threading.Thread | None = None
         self._last_stats = RuntimeStats(dispatched=0, rejected=0, lost=0, restarts={})
 
     # ---- the context ------------------------------------------------------------
@@ -384,6 +387,9 @@ class Runtime:
             self._stopping = False
         try:
             self.emit(m.RuntimeBooting(version=self.version))
+            if self._fork is not None and self._fork.threads:
+                error = threads_fault(self._fork.threads)
+                self.emit(m.RuntimeFault(part="threads", kind="threads_at_boot", error=error))
             for device in self._devices.values():
                 self._start_worker(self._worker(device.id))
             for rec in self._receivers:
@@ -415,7 +421,12 @@ class Runtime:
         components.update({s.name: ("service", s) for s in self._services.values()})
         try:
             self._fork = ForkServer(
-                components, endpoint=self._endpoint, slots=self._slots, entry=WORKER_ENTRY, run_dir=self._run_dir
+                components,
+                endpoint=self._endpoint,
+                slots=self._slots,
+                entry=WORKER_ENTRY,
+                run_dir=self._run_dir,
+                waiting=() if self._boot_waiter is None else (self._boot_waiter,),
             )
         except OSError as exc:
             raise BootError(f"cannot start the fork server: {exc}") from exc
@@ -442,8 +453,18 @@ class Runtime:
         hub.start()
         self._sup, self._hub = sup, hub
         self._calls.attach(hub, sup.calls, disp)
-        self._control = ControlServer(self, self._run_dir)
+        control = self._control = ControlServer(self, self._run_dir)
         self._control.start()
+        self._guard = sup.run_dir_guard = RunDirGuard(
+            self._run_dir,
+            schedule=hub.call_later,
+            rebind=hub.rebind,
+            restore=lambda: control.restore(
+                lambda error: self.emit(m.RuntimeFault(part="control", kind="rebind_failed", error=error))
+            ),
+            report=lambda error: self._emit_queued(m.RuntimeFault(part="run_dir", kind="run_dir_lost", error=error)),
+        )
+        hub.call_soon(self._guard.start)
         sup.on_output = self._output = OutputSink(self._tap)
         atexit.register(self._at_exit)
 
@@ -571,6 +592,9 @@ class Runtime:
 
     def _stop_infrastructure(self) -> None:
         atexit.unregister(self._at_exit)
+        if self._guard is not None:
+            self._guard.stop()  # the directory is ours to remove now
+            self._guard = None
         self._last_stats = self.stats()
         if self._control is not None:
             self._control.stop()

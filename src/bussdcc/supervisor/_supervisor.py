@@ -21,9 +21,10 @@ from ..kernel import _builtin as m
 from ..kernel import protocol as p
 from ._calls import CallRouter
 from ._dispatcher import Dispatcher
-from ._forkserver import ForkServer
+from ._forkserver import ForkServer, threads_hint
 from ._groups import Group, Plan
 from ._hub import Hub, Timer
+from ._rundir import RunDirGuard
 from ._watchdog import SAMPLE_PERIOD, WATCH_PERIOD, Verdict, hang, over_limit, sample
 from ._workers import Incarnation, Worker, WorkerState, WorkerStatus
 
@@ -105,6 +106,8 @@ class Supervisor:
         #: Events dropped for the Services once shutdown had begun with the outbox full.
         self.undelivered = 0
         self.fatal: str | None = None
+        #: Watches the run directory (set by the runtime).
+        self.run_dir_guard: RunDirGuard | None = None
         #: Calls to devices: routed here, answered by the device incarnations.
         self.calls = CallRouter(self.workers)
 
@@ -160,6 +163,8 @@ class Supervisor:
             raise BussdccError(f"cannot start workers: {self.fatal}")
         if not self._free_slots:
             raise BussdccError("no free worker slot (too many live workers)")
+        if worker.argv is not None:
+            self._check_slots_file()
         inc = self._new_incarnation(worker)
         self._spawning[worker.name, inc.number] = (worker, inc)
         try:
@@ -193,6 +198,17 @@ class Supervisor:
         self._by_identity[inc.identity] = (worker, inc)
         return inc
 
+    def _check_slots_file(self) -> None:
+        """Refuse a worker that would open the slots file by path, once that file is lost."""
+        guard = self.run_dir_guard
+        if guard is not None and guard.slots_lost:
+            # It would make a slots file of its own, which we never read: its counters and
+            # heartbeats unseen, it would be killed as hung over and over.
+            raise BussdccError(
+                f"the run directory {guard.path} was deleted under the runtime and its slots file cannot be "
+                "restored: a worker started by exec cannot join until the runtime restarts"
+            )
+
     def _start_timed_out(self, worker: Worker, inc: Incarnation) -> None:
         if inc.ready or inc.exited:
             return
@@ -216,6 +232,12 @@ class Supervisor:
                 verdict = Verdict(verdict.cause, f"{verdict.reason}; {', '.join(seen)} were rejected meanwhile")
         else:
             verdict = Verdict("start_timeout", f"start timeout: not ready within {limit:g}s")
+        if worker.argv is None and not inc.external:  # forked from the fork server
+            verdict = Verdict(verdict.cause, verdict.reason + threads_hint(self.fork.threads))
+        guard = self.run_dir_guard
+        if guard is not None and guard.missing():
+            hint = f" (the run directory {guard.path} is gone, deleted under the live runtime: workers cannot connect)"
+            verdict = Verdict(verdict.cause, verdict.reason + hint)
         self._kill(worker, inc, verdict)
 
     # ---- watching -----------------------------------------------------------------
@@ -606,6 +628,7 @@ class Supervisor:
             raise RegistrationError(f"worker {name!r} is {worker.state} already")
         if not self._free_slots:
             raise BussdccError("no free worker slot (too many live workers)")
+        self._check_slots_file()
         worker.stop_requested = False
         worker.held = False
         worker.done.clear()

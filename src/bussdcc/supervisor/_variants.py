@@ -32,6 +32,7 @@ class ThreadedRuntime(Runtime):
             return
         self._boot_done.clear()
         self._boot_error = None
+        self._boot_waiter = threading.current_thread()  # it only waits for the boot below
         self._thread = threading.Thread(target=self._thread_main, name="bussdcc-runtime", daemon=True)
         self._thread.start()
         if not self._boot_done.wait(timeout):
