@@ -33,13 +33,22 @@ def import_target(target: str) -> Any:
     try:
         obj: Any = importlib.import_module(module)
     except ImportError as exc:
-        raise ConfigError(f"cannot import {module!r}: {exc}") from exc
+        raise ConfigError(f"cannot import {module!r}: {_one_line(str(exc))}") from exc
+    except SystemExit as exc:  # a script's sys.exit() is no way to end the command that imports it
+        raise ConfigError(f"cannot import {module!r}: importing it called sys.exit({exc.code!r})") from None
+    except Exception as exc:  # its own bug (a SyntaxError, a RuntimeError): one line, not a traceback
+        raise ConfigError(f"cannot import {module!r}: {type(exc).__name__}: {_one_line(str(exc))}") from exc
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError:
             raise ConfigError(f"module {module!r} has no attribute {attr!r}") from None
     return obj
+
+
+def _one_line(text: str) -> str:
+    # An error is reported on one line, whatever the text an import raised with.
+    return " ".join(text.split())
 
 
 def parse_policy_value(text: str) -> Any:
@@ -129,9 +138,15 @@ def _interval_ok(value: object) -> bool:
 def load_system(path: Path) -> SystemSpec:
     """Parse a TOML system description; every error names the file, the line and the key."""
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    try:
+        text = raw.decode("utf-8")  # TOML is UTF-8, whatever the locale says
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        why = f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})"
+        raise ConfigError(f"{path}:{line}: {why}") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -1,0 +1,104 @@
+"""Lesser faults of the environment and of the supervisor's own machinery, each with real processes."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bussdcc import ThreadedRuntime
+
+from ._cli import ROOT, bussdcc
+from ._helpers import Recorder
+
+_names = itertools.count()
+
+
+# ---- 1. a target that cannot be imported, a file that is not UTF-8 -------------------------------
+
+_BAD_IMPORTS = {
+    "raises": ("raise RuntimeError('no bus on this board')\n", "RuntimeError: no bus on this board"),
+    "syntax": ("def broken(:\n    pass\n", "SyntaxError: "),
+    "exits": ("import sys\nsys.exit(3)\n", "sys.exit(3)"),
+    "exits_quietly": ("raise SystemExit\n", "sys.exit(None)"),
+}
+
+
+def _bad_module(folder: Path, kind: str) -> str:
+    name = f"lesser_{kind}_{next(_names)}"
+    (folder / f"{name}.py").write_text(_BAD_IMPORTS[kind][0])
+    return name
+
+
+def _one_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("kind", sorted(_BAD_IMPORTS))
+def test_run_of_a_module_that_fails_at_import_is_one_line_and_exit_1(tmp_path: Path, kind: str) -> None:
+    module = _bad_module(tmp_path, kind)
+    done = bussdcc("run", f"{module}:rt", PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)]))
+    line = _one_line(done.stderr)
+    assert done.returncode == 1, done
+    assert line.startswith(f"bussdcc run: cannot import {module!r}"), line
+    assert _BAD_IMPORTS[kind][1] in line, line
+
+
+@pytest.mark.parametrize("kind", ["raises", "exits"])
+def test_worker_of_a_module_that_fails_at_import_is_one_line_and_exit_1(tmp_path: Path, kind: str) -> None:
+    module = _bad_module(tmp_path, kind)
+    done = bussdcc(
+        "worker",
+        "--connect",
+        str(tmp_path),
+        f"{module}:Thing",
+        "--name",
+        "w",
+        PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)]),
+    )
+    line = _one_line(done.stderr)
+    assert done.returncode == 1, done
+    assert line.startswith(f"bussdcc worker: cannot import {module!r}") and _BAD_IMPORTS[kind][1] in line, line
+
+
+@pytest.fixture
+def live() -> Iterator[tuple[ThreadedRuntime, Recorder]]:
+    """A runtime in this process, for ``bussdcc spawn`` to talk to."""
+    rec = Recorder()
+    rt = ThreadedRuntime(name=f"lesser{next(_names)}")
+    rt.register_process(rec)
+    rt.start(timeout=30)
+    try:
+        yield rt, rec
+    finally:
+        rt.stop(timeout=30)
+
+
+@pytest.mark.parametrize("kind", ["raises", "syntax", "exits"])
+def test_spawn_of_a_module_that_fails_at_import_is_one_line_and_adds_nothing(
+    live: tuple[ThreadedRuntime, Recorder], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    rt, _ = live
+    monkeypatch.syspath_prepend(str(tmp_path))  # the runtime (this process) imports the target too
+    module = _bad_module(tmp_path, kind)
+    path = os.pathsep.join([str(tmp_path), str(ROOT)])
+    done = bussdcc("spawn", f"{module}:Thing", "--name", "thing", PYTHONPATH=path)
+    line = _one_line(done.stderr)
+    assert done.returncode == 1, done
+    assert line.startswith(f"bussdcc spawn: cannot import {module!r}") and _BAD_IMPORTS[kind][1] in line, line
+    assert rt.workers() == [] and rt.booted
+
+
+def test_a_system_file_that_is_not_utf8_is_one_line_naming_the_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "latin1.toml"
+    bad.write_bytes('[runtime]\nname = "x"\n# caf\xe9 du coin\n'.encode("latin-1"))
+    done = bussdcc("run", str(bad))
+    line = _one_line(done.stderr)
+    assert done.returncode == 1, done
+    assert line.startswith(f"bussdcc run: {bad}:3: not UTF-8"), line
+    assert "0xe9" in line, line
