@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from bussdcc import ThreadedRuntime
+from bussdcc import Device, Runtime, Service, ThreadedRuntime
+from bussdcc.errors import RegistrationError
 
 from ._cli import ROOT, bussdcc
 from ._helpers import Recorder
+from .cli_parts import Probe
 
 _names = itertools.count()
 
@@ -102,3 +104,46 @@ def test_a_system_file_that_is_not_utf8_is_one_line_naming_the_file_and_line(tmp
     assert done.returncode == 1, done
     assert line.startswith(f"bussdcc run: {bad}:3: not UTF-8"), line
     assert "0xe9" in line, line
+
+
+# ---- 2. a group refused late registers nothing ------------------------------------------------
+
+
+class Idle(Service):
+    """A Service that starts and does nothing."""
+
+    name = "idle"
+    interval = 3600.0
+
+
+class Crowded(Probe):
+    """A device that cannot take even one call at a time."""
+
+    concurrency = 0
+
+
+def _late_service() -> list[Service | Device]:
+    bad = Idle()
+    bad.name = "late"
+    bad.interval = -1.0
+    return [Idle(), bad]
+
+
+@pytest.mark.parametrize(
+    ("rest", "error"),
+    [
+        (_late_service, "'late': interval must be a number >= 0"),
+        (lambda: [Crowded(id="late"), Idle()], "'late': concurrency must be an int >= 1, not 0"),
+    ],
+)
+def test_a_group_refused_for_a_later_member_registers_none_of_them(
+    rest: Callable[[], list[Service | Device]], error: str
+) -> None:
+    first = Probe(id="first")
+    rt = Runtime(name=f"lesser{next(_names)}")
+    with pytest.raises(RegistrationError, match=error):
+        rt.register_group("g", [first, *rest()])
+    # Nothing of it stayed: a member can be registered again, and only what was registered boots.
+    rt.attach_device(first)
+    with rt:
+        assert [(w.name, w.group) for w in rt.workers()] == [("first", None)]

@@ -172,14 +172,26 @@ class Runtime:
     def _worker_names(self) -> dict[str, object]:
         return {**self._devices, **self._services}
 
+    def _check_worker(self, component: Service | Device, what: str, taken: dict[str, object]) -> None:
+        """Refuse a bad name or setting of a Service or Device (checks only: it changes nothing)."""
+        self._check_name(component.name, what, taken)
+        check_supervised(component)
+        if isinstance(component, Device):
+            level = component.concurrency
+            if not isinstance(level, int) or isinstance(level, bool) or level < 1:
+                raise RegistrationError(f"{component.name!r}: concurrency must be an int >= 1, not {level!r}")
+        elif (
+            not isinstance(component.interval, int | float)
+            or not math.isfinite(component.interval)
+            or component.interval < 0
+        ):
+            raise RegistrationError(f"{component.name!r}: interval must be a number >= 0")
+
     def attach_device(self, device: Device) -> None:
         """Register a device; it connects in its own process at boot (or now, if booted)."""
         if not isinstance(device, Device):
             raise RegistrationError(f"attach_device() takes a Device, not {type(device).__name__}")
-        self._check_name(device.id, "device", self._worker_names())
-        check_supervised(device)
-        if not isinstance(device.concurrency, int) or isinstance(device.concurrency, bool) or device.concurrency < 1:
-            raise RegistrationError(f"{device.id!r}: concurrency must be an int >= 1, not {device.concurrency!r}")
+        self._check_worker(device, "device", self._worker_names())
         self._add_worker(device)
         self._devices[device.id] = device
 
@@ -187,10 +199,7 @@ class Runtime:
         """Register a service; it starts in its own process at boot (or now, if booted)."""
         if not isinstance(service, Service):
             raise RegistrationError(f"register_service() takes a Service, not {type(service).__name__}")
-        self._check_name(service.name, "service", self._worker_names())
-        check_supervised(service)
-        if not isinstance(service.interval, int | float) or not math.isfinite(service.interval) or service.interval < 0:
-            raise RegistrationError(f"{service.name!r}: interval must be a number >= 0")
+        self._check_worker(service, "service", self._worker_names())
         self._add_worker(service)
         self._services[service.name] = service
 
@@ -236,9 +245,10 @@ class Runtime:
         check_group(name, members, strategy)
         if name in self._groups:
             raise RegistrationError(f"a group named {name!r} is registered already")
+        # Every member is checked before any is registered: a refused group registers nothing.
         taken = dict(self._worker_names())
         for member in members:
-            self._check_name(member.name, "group member", taken)
+            self._check_worker(member, "group member", taken)
             taken[member.name] = member
         for member in members:
             if isinstance(member, Device):
