@@ -147,3 +147,41 @@ def test_a_group_refused_for_a_later_member_registers_none_of_them(
     rt.attach_device(first)
     with rt:
         assert [(w.name, w.group) for w in rt.workers()] == [("first", None)]
+
+
+# ---- 4. a Device has no Service settings ------------------------------------------------------
+
+
+@pytest.mark.parametrize(("key", "value"), [("enabled", False), ("interval", 2.0)])
+def test_a_device_given_a_service_setting_is_refused_naming_it(key: str, value: object) -> None:
+    device = Probe(id="probe")
+    setattr(device, key, value)
+    rt = Runtime(name=f"lesser{next(_names)}")
+    with pytest.raises(RegistrationError, match=rf"^'probe': {key} is a Service setting; a Device has none$"):
+        rt.attach_device(device)
+    with pytest.raises(RegistrationError, match=f"{key} is a Service setting"):
+        rt.register_group("g", [device])
+    assert rt.workers() == []
+
+
+@pytest.mark.parametrize(("key", "value"), [("enabled", "false"), ("interval", "2.0")])
+def test_a_device_given_a_service_setting_in_a_file_is_one_line_naming_the_key(
+    tmp_path: Path, key: str, value: str
+) -> None:
+    bad = tmp_path / "device.toml"
+    bad.write_text(
+        f'[runtime]\nname = "x"\n\n[[devices]]\nid = "p"\nclass = "tests.cli_parts:Probe"\n{key} = {value}\n'
+    )
+    done = bussdcc("run", str(bad), timeout=30)
+    assert done.returncode == 1, done
+    assert _one_line(done.stderr) == f"bussdcc run: {bad}:7: devices[0].{key}: a Service setting: a Device has none"
+
+
+def test_spawn_of_a_device_with_a_service_setting_is_one_line_and_adds_nothing(
+    live: tuple[ThreadedRuntime, Recorder],
+) -> None:
+    rt, _ = live
+    done = bussdcc("spawn", "tests.cli_parts:Probe", "--name", "p", "--set", "enabled=false")
+    assert done.returncode == 1, done
+    assert "'enabled' is a Service setting" in _one_line(done.stderr), done.stderr
+    assert rt.workers() == []

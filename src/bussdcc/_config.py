@@ -13,7 +13,7 @@ from typing import Any
 
 from .errors import ConfigError, RegistrationError
 from .kernel import Device, Interface, Process, Service, Supervised
-from .supervisor._specs import check_supervised
+from .supervisor._specs import SERVICE_SETTINGS, check_supervised
 
 #: Settings a TOML entry or ``--policy`` may give a Service or Device (class attributes).
 POLICY_KEYS = frozenset(
@@ -91,6 +91,8 @@ def build(target: str, name: str, config: Any = None, policy: Mapping[str, Any] 
     for key, value in (policy or {}).items():
         if key not in POLICY_KEYS or not isinstance(component, Supervised):
             raise ConfigError(f"unknown setting {key!r} for {target!r}")
+        if isinstance(component, Device) and key in SERVICE_SETTINGS:
+            raise ConfigError(f"{key!r} is a Service setting: {target!r} is a Device, which has none")
         setattr(component, key, value)
     return component
 
@@ -191,6 +193,8 @@ def load_system(path: Path) -> SystemSpec:
             for key in policy:
                 if key not in POLICY_KEYS or base in (Process, Interface):
                     raise fail(section, i, key, "unknown key")
+                if base is Device and key in SERVICE_SETTINGS:
+                    raise fail(section, i, key, "a Service setting: a Device has none")
             try:
                 component = build(entry["class"], entry[ident], entry.get("config"), policy)
             except ConfigError as exc:
