@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -185,3 +187,63 @@ def test_spawn_of_a_device_with_a_service_setting_is_one_line_and_adds_nothing(
     assert done.returncode == 1, done
     assert "'enabled' is a Service setting" in _one_line(done.stderr), done.stderr
     assert rt.workers() == []
+
+
+# ---- 5. reading the supervisor's tables while the hub changes them -----------------------------------
+
+
+class Dormant(Service):
+    """A Service registered disabled: the supervisor knows it, no process runs it."""
+
+    enabled = False
+    interval = 3600.0
+
+
+_ADDED = 2000
+
+
+@pytest.mark.timeout(120)
+def test_stats_and_workers_can_be_read_while_the_hub_adds_workers() -> None:
+    rt = Runtime(name=f"lesser{next(_names)}")
+    for i in range(500):  # a table long enough to be changed while it is read
+        svc = Dormant()
+        svc.name = f"d{i}"
+        rt.register_service(svc)
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def add() -> None:
+        try:
+            for i in range(_ADDED):
+                if errors:
+                    return
+                svc = Dormant()
+                svc.name = f"late{i}"
+                rt.register_service(svc)  # after boot: added by the hub thread
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            done.set()
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads take turns often: a read that is not atomic gets interleaved
+    try:
+        with rt:
+            adder = threading.Thread(target=add)
+            adder.start()
+            reads = 0
+            while not done.is_set():
+                try:
+                    stats = rt.stats()
+                    rt.workers()
+                except RuntimeError as exc:  # "dictionary changed size during iteration"
+                    errors.append(exc)
+                    break
+                reads += 1
+            adder.join()
+            assert not errors, errors
+            assert reads > 0
+            stats = rt.stats()
+            assert len(stats.restarts) == 500 + _ADDED and set(stats.restarts.values()) == {0}
+    finally:
+        sys.setswitchinterval(switch)

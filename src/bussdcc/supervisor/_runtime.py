@@ -652,7 +652,8 @@ class Runtime:
             dispatched=self._dispatched,
             rejected=sup.rejected + sup.rejected_items,
             lost=sup.lost,
-            restarts={w.name: w.restarts for w in sup.workers.values()},
+            # The hub thread adds and removes workers meanwhile: copy the table in one C call first.
+            restarts={w.name: w.restarts for w in tuple(sup.workers.values())},
         )
 
 
