@@ -6,13 +6,19 @@ import itertools
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import CodeType, FrameType
+from typing import Any
 
+import msgspec
 import pytest
 
 from bussdcc import Device, Runtime, Service, ThreadedRuntime
 from bussdcc.errors import RegistrationError
+from bussdcc.kernel import protocol as p
+from bussdcc.kernel._calls import Latch
 
 from ._cli import ROOT, bussdcc
 from ._helpers import Recorder
@@ -247,3 +253,51 @@ def test_stats_and_workers_can_be_read_while_the_hub_adds_workers() -> None:
             assert len(stats.restarts) == 500 + _ADDED and set(stats.restarts.values()) == {0}
     finally:
         sys.setswitchinterval(switch)
+
+
+# ---- 6. a call's reply delivered twice at once ------------------------------------------------
+
+
+def _yield_between_lines_of(code: CodeType) -> Callable[[FrameType, str, Any], Any]:
+    """A trace function that hands the GIL over between every line of ``code``: races show at once."""
+
+    def in_code(frame: FrameType, event: str, arg: Any) -> Any:
+        if event == "line":
+            time.sleep(0)  # releases the GIL: another thread runs its next line here
+        return in_code
+
+    def on_call(frame: FrameType, event: str, arg: Any) -> Any:
+        return in_code if frame.f_code is code else None
+
+    return on_call
+
+
+@pytest.mark.timeout(120)
+def test_a_latch_set_from_several_threads_at_once_takes_the_first_reply_only() -> None:
+    latches = [Latch() for _ in range(2_000)]
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def deliver(who: int) -> None:
+        reply = p.Reply(who, msgspec.Raw(msgspec.msgpack.encode(who)))
+        start.wait()
+        sys.settrace(_yield_between_lines_of(Latch.set.__code__))
+        try:
+            for latch in latches:
+                latch.set(reply)
+                seen = latch.reply
+                # Once set, a reply never changes: a caller that saw one must not find another.
+                assert seen is not None and latch.reply is seen
+        except BaseException as exc:  # "release unlocked lock", or a reply replaced under a caller
+            errors.append(exc)
+        finally:
+            sys.settrace(None)
+
+    threads = [threading.Thread(target=deliver, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors[:3]
+    for latch in latches:
+        assert latch.wait(0) and latch.wait(0)  # released exactly once: waiting never blocks
