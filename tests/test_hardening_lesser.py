@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import sys
 import threading
 import time
@@ -15,8 +16,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from bussdcc import Device, Runtime, Service, ThreadedRuntime
-from bussdcc.errors import RegistrationError
+from bussdcc import Device, Runtime, Service, ThreadedRuntime, WorkerState
+from bussdcc.errors import MalformedFrame, RegistrationError
 from bussdcc.kernel import protocol as p
 from bussdcc.kernel._calls import Latch
 
@@ -301,3 +302,57 @@ def test_a_latch_set_from_several_threads_at_once_takes_the_first_reply_only() -
     assert not errors, errors[:3]
     for latch in latches:
         assert latch.wait(0) and latch.wait(0)  # released exactly once: waiting never blocks
+
+
+# ---- 7. a respawn gives up for a refusal, and lets a bug through ----------------------------------
+
+
+class Survivor(Service):
+    """A Service that comes back quickly after it is killed."""
+
+    name = "survivor"
+    interval = 3600.0
+    backoff_initial = 0.0
+
+
+def _fork_spawn_raising(rt: Runtime, exc: BaseException) -> None:
+    """From now on, asking the runtime's fork server for a process raises ``exc`` (as a broken pipe would)."""
+    fork = rt._fork
+    assert fork is not None
+
+    def spawn(*args: object, **kwargs: object) -> None:
+        raise exc
+
+    fork.spawn = spawn  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize(
+    ("exc", "reason", "surfaces"),
+    [
+        (BrokenPipeError(32, "Broken pipe"), "cannot reach the fork server: [Errno 32] Broken pipe", False),
+        (MalformedFrame("a bug of ours"), "internal error while respawning: MalformedFrame('a bug of ours')", True),
+    ],
+)
+def test_a_respawn_gives_up_on_a_refusal_and_lets_a_bug_surface(
+    capfd: pytest.CaptureFixture[str], exc: BaseException, reason: str, surfaces: bool
+) -> None:
+    rec = Recorder()
+    rt = Runtime(name=f"lesser{next(_names)}")
+    rt.register_process(rec)
+    rt.register_service(Survivor())
+    rt.attach_device(Probe(id="bystander"))
+    with rt:
+        pid = rec.wait_for("worker.started", lambda e: e.payload.worker == "survivor")[0].payload.pid  # type: ignore[attr-defined]
+        _fork_spawn_raising(rt, exc)
+        os.kill(pid, signal.SIGKILL)
+        gave_up = rec.wait_for("worker.gave_up", timeout=30)[0].payload
+        assert (gave_up.worker, gave_up.reason) == ("survivor", reason)  # type: ignore[attr-defined]
+        status = {w.name: w for w in rt.workers()}
+        assert (status["survivor"].state, status["survivor"].pid) == (WorkerState.FAILED, None)
+        assert status["bystander"].state is WorkerState.RUNNING  # the runtime carries on
+        assert rt.device(Probe, "bystander", timeout=30.0).call(Probe.read, 2)["channel"] == 2
+    err = capfd.readouterr().err
+    # A refusal is a reason to give up, nothing more; a bug is reported where bugs are.
+    assert (
+        "a bug of ours" in err or any("a bug of ours" in str(e.payload) for e in rec.of("runtime.fault"))
+    ) is surfaces

@@ -29,6 +29,18 @@ from ._workers import Incarnation, Worker, WorkerState, WorkerStatus
 DRAIN_GRACE = 0.5
 
 
+class SpawnRefused(BussdccError):
+    """No worker process can be started now (nothing was started)."""
+
+
+class NoForkServer(SpawnRefused):
+    """The fork server is gone or cannot be reached."""
+
+
+class NoFreeSlot(SpawnRefused):
+    """Every worker slot is taken by a live worker."""
+
+
 def _describe_exit(code: int | None) -> tuple[str, str, str | None]:
     """(cause, reason, signal name) of a process exit code."""
     if code is None:
@@ -142,9 +154,9 @@ class Supervisor:
     def _spawn(self, worker: Worker) -> Incarnation:
         assert self.hub is not None
         if self.fatal is not None:
-            raise BussdccError(f"cannot start workers: {self.fatal}")
+            raise NoForkServer(f"cannot start workers: {self.fatal}")
         if not self._free_slots:
-            raise BussdccError("no free worker slot (too many live workers)")
+            raise NoFreeSlot("no free worker slot (too many live workers)")
         slot = self._free_slots.pop()
         self.slots.reset(slot)
         worker.incarnations += 1
@@ -154,11 +166,14 @@ class Supervisor:
         self._by_identity[inc.identity] = (worker, inc)
         try:
             self.fork.spawn(worker.name, inc.number, slot, worker.pickled, worker.argv)
-        except OSError as exc:
+        except BaseException as exc:
+            # Nothing was started: no identity or slot stays taken for it, whatever went wrong.
             del self._by_identity[inc.identity]
             self._free_slots.append(slot)
             worker.current = None
-            raise BussdccError(f"cannot reach the fork server: {exc}") from exc
+            if isinstance(exc, OSError):
+                raise NoForkServer(f"cannot reach the fork server: {exc}") from exc
+            raise
         timeout = worker.component.start_timeout
         inc.timers.append(self.hub.call_later(timeout, lambda: self._start_timed_out(worker, inc)))
         if self._watching is None:
@@ -512,7 +527,7 @@ class Supervisor:
         if worker.current is not None:
             raise RegistrationError(f"worker {name!r} is {worker.state} already")
         if not self._free_slots:
-            raise BussdccError("no free worker slot (too many live workers)")
+            raise NoFreeSlot("no free worker slot (too many live workers)")
         worker.stop_requested = False
         worker.held = False
         worker.done.clear()
@@ -717,9 +732,15 @@ class Supervisor:
             self.emit(m.ServiceRestart(service=worker.name))
         try:
             self._spawn(worker)
-        except BussdccError as exc:  # no fork server, or no slot: nothing to wait for
+        except SpawnRefused as exc:  # no fork server, or no slot: nothing to wait for
             worker.current = None
             self._give_up(worker, None, str(exc), None)
+        except BaseException as exc:
+            # A bug of ours is not passed off as a reason to give up: it goes on to the hub,
+            # which reports it; the worker is not left waiting for a process that never comes.
+            worker.current = None
+            self._give_up(worker, None, f"internal error while respawning: {exc!r}", None)
+            raise
 
     def _give_up(self, worker: Worker, inc: Incarnation | None, error: str, tb: str | None) -> None:
         worker.state = WorkerState.FAILED
