@@ -14,6 +14,7 @@ from types import CodeType, FrameType
 from typing import Any
 
 import msgspec
+import psutil
 import pytest
 
 from bussdcc import Device, Runtime, Service, ThreadedRuntime, WorkerState
@@ -22,7 +23,7 @@ from bussdcc.kernel import protocol as p
 from bussdcc.kernel._calls import Latch
 
 from ._cli import ROOT, bussdcc
-from ._helpers import Recorder
+from ._helpers import Recorder, wait_until
 from .cli_parts import Probe
 
 _names = itertools.count()
@@ -356,3 +357,58 @@ def test_a_respawn_gives_up_on_a_refusal_and_lets_a_bug_surface(
     assert (
         "a bug of ours" in err or any("a bug of ours" in str(e.payload) for e in rec.of("runtime.fault"))
     ) is surfaces
+
+
+# ---- 3. a registration after boot that fails leaves no phantom -------------------------------------
+
+
+class Late(Service):
+    """A Service registered after boot, given up on at its first failure."""
+
+    name = "late"
+    interval = 3600.0
+    restart = False
+    start_timeout = 1.0
+
+
+@pytest.mark.timeout(90)
+def test_a_worker_whose_process_never_comes_ends_failed_not_starting_with_no_pid() -> None:
+    rec = Recorder()
+    rt = Runtime(name=f"lesser{next(_names)}")
+    rt.register_process(rec)
+    with rt:
+        fork = rt._fork
+        assert fork is not None
+        os.kill(fork.pid, signal.SIGSTOP)  # a fork server far behind: no process is reported in time
+        try:
+            rt.register_service(Late())
+            late = {w.name: w for w in rt.workers()}["late"]
+            assert (late.state, late.pid) == (WorkerState.FAILED, None), late
+            assert late.last_exit is not None and "reported no process within 1s" in late.last_exit
+            exited = rec.wait_for("worker.exited", lambda e: e.payload.worker == "late")[0].payload  # type: ignore[attr-defined]
+            assert exited.cause == "start_timeout"  # type: ignore[attr-defined]
+        finally:
+            os.kill(fork.pid, signal.SIGCONT)
+        # The process it makes late is not wanted any more: it is killed, and the runtime carries on.
+        again = Idle()
+        again.name = "again"
+        rt.register_service(again)
+        assert {w.name: w.state for w in rt.workers()} == {"late": WorkerState.FAILED, "again": WorkerState.RUNNING}
+        wait_until(lambda: len(psutil.Process(fork.pid).children()) == 1, timeout=30, what="the late process killed")
+
+
+@pytest.mark.parametrize("exc", [BrokenPipeError(32, "Broken pipe"), MalformedFrame("a bug of ours")])
+def test_a_start_refused_after_boot_registers_nothing_and_frees_the_name(exc: BaseException) -> None:
+    rt = Runtime(name=f"lesser{next(_names)}")
+    with rt:
+        fork = rt._fork
+        assert fork is not None
+        spawn = fork.spawn
+        _fork_spawn_raising(rt, exc)
+        error = RegistrationError if isinstance(exc, OSError) else MalformedFrame
+        with pytest.raises(error, match="cannot reach the fork server" if error is RegistrationError else "a bug"):
+            rt.register_service(Idle())
+        assert rt.workers() == []
+        fork.spawn = spawn  # type: ignore[method-assign]
+        rt.register_service(Idle())  # the name is free again
+        assert [(w.name, w.state) for w in rt.workers()] == [("idle", WorkerState.RUNNING)]

@@ -43,7 +43,7 @@ from ._hub import Hub
 from ._output import OutputSink
 from ._rundir import default_name, make_run_dir, remove_run_dir
 from ._specs import check_group, check_supervised
-from ._supervisor import Supervisor
+from ._supervisor import SpawnRefused, Supervisor
 from ._workers import Worker, WorkerStatus
 
 #: The worker entry point, named rather than imported: supervisor and worker stay apart.
@@ -204,6 +204,13 @@ class Runtime:
         self._services[service.name] = service
 
     def _add_worker(self, component: Service | Device, argv: list[str] | None = None) -> None:
+        """Supervise a component registered after boot, and start it (nothing to do before boot).
+
+        All or nothing: if the supervisor refuses to start it (no fork server, no free slot),
+        this raises :class:`RegistrationError` and nothing stays registered, so the name can
+        be used again. A worker that did start and then failed stays registered, as at boot:
+        ``failed`` (or in backoff, per its policy) with the reason in ``last_exit``.
+        """
         sup, hub = self._sup, self._hub
         if sup is None or hub is None:
             return  # not booted: it starts with the others at boot
@@ -222,13 +229,29 @@ class Runtime:
 
         def add() -> None:
             sup.add(component, pickled=pickled, argv=argv)
-            if start:
+            if not start:
+                return
+            try:
                 sup.start(component.name)
+            except BaseException as exc:
+                # A refused start leaves no worker behind, `starting` with no process and its name taken.
+                sup.remove(component.name)
+                table = self._devices if isinstance(component, Device) else self._services
+                if table.get(component.name) is component:
+                    del table[component.name]
+                if isinstance(exc, SpawnRefused):
+                    raise RegistrationError(f"cannot start {component.name!r}: {exc}") from exc
+                raise
 
         if self._in_handler():
             hub.call_soon(add)  # waiting here could deadlock the hub: it starts in the background
             return
         hub.call(add)
+        # Registered from now on, whatever the wait below says: the supervisor has it.
+        if isinstance(component, Device):
+            self._devices[component.name] = component
+        else:
+            self._services[component.name] = component
         if start:
             self._wait_started(sup.workers[component.name])
 

@@ -149,7 +149,11 @@ class Supervisor:
         worker.stop_requested = False
         worker.held = False
         worker.done.clear()
-        return self._spawn(worker)
+        try:
+            return self._spawn(worker)
+        except BaseException:
+            worker.done.set()  # refused: it stays as it was, stopped or failed
+            raise
 
     def _spawn(self, worker: Worker) -> Incarnation:
         assert self.hub is not None
@@ -161,6 +165,7 @@ class Supervisor:
         self.slots.reset(slot)
         worker.incarnations += 1
         inc = Incarnation(worker.incarnations, f"{worker.name}#{worker.incarnations}".encode(), slot)
+        prior = worker.state
         worker.current = inc
         worker.state = WorkerState.STARTING
         self._by_identity[inc.identity] = (worker, inc)
@@ -171,6 +176,7 @@ class Supervisor:
             del self._by_identity[inc.identity]
             self._free_slots.append(slot)
             worker.current = None
+            worker.state = prior  # not `starting`: no process is on its way
             if isinstance(exc, OSError):
                 raise NoForkServer(f"cannot reach the fork server: {exc}") from exc
             raise
@@ -184,6 +190,14 @@ class Supervisor:
         if inc.ready or inc.exited:
             return
         limit = worker.component.start_timeout
+        if inc.pid is None:
+            # No process was ever reported (a fork server stopped or far behind): there is nothing
+            # to kill, so it ends now rather than stay `starting` with no pid; a late one is killed.
+            inc.cause = "start_timeout"
+            inc.detail = f"start timeout: the fork server reported no process within {limit:g}s"
+            inc.exited = True
+            self._finalize(worker, inc)
+            return
         if worker.role == "device" and self.slots.activity(inc.slot)[0] == "start":
             verdict = Verdict("hung", f"hung: connect ran longer than start_timeout {limit:g}s")
         else:
@@ -481,6 +495,11 @@ class Supervisor:
                     if entry is not None:
                         entry[1].pid = report.pid
                         self._by_pid[report.pid] = entry
+                    else:  # an incarnation already ended without it (its start timed out): not wanted
+                        try:
+                            os.killpg(report.pid, signal.SIGKILL)
+                        except OSError:
+                            pass
                 case p.SpawnFailed():
                     entry = self._by_identity.get(f"{report.worker}#{report.incarnation}".encode())
                     if entry is not None:
@@ -653,7 +672,10 @@ class Supervisor:
             self._announce_failure(worker, error, None)
             self._give_up(worker, inc, error, None)
             return
-        error = inc.start_failed.error if inc.start_failed else f"worker process {inc.pid} {reason}"
+        if inc.start_failed is not None:
+            error = inc.start_failed.error
+        else:
+            error = f"worker process {inc.pid} {reason}" if inc.pid is not None else reason
         if lost:
             error += f" ({lost} messages lost)"
         tb = inc.start_failed.traceback if inc.start_failed else None
