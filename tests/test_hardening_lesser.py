@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -22,7 +24,7 @@ from bussdcc.errors import MalformedFrame, RegistrationError
 from bussdcc.kernel import protocol as p
 from bussdcc.kernel._calls import Latch
 
-from ._cli import ROOT, bussdcc
+from ._cli import ROOT, bussdcc, env
 from ._helpers import Recorder, wait_until
 from .cli_parts import Probe
 
@@ -412,3 +414,88 @@ def test_a_start_refused_after_boot_registers_nothing_and_frees_the_name(exc: Ba
         fork.spawn = spawn  # type: ignore[method-assign]
         rt.register_service(Idle())  # the name is free again
         assert [(w.name, w.state) for w in rt.workers()] == [("idle", WorkerState.RUNNING)]
+
+
+# ---- 8. an OOM kill says so ---------------------------------------------------------------------
+
+_OOM_SCRIPT = """
+import json, sys, threading
+with open(sys.argv[1], "w") as procs:  # into the memory cgroup before anything is forked
+    procs.write(str(__import__("os").getpid()))
+from bussdcc import Runtime, Service
+from bussdcc.message import WorkerExited
+
+class Hog(Service):
+    name = "hog"
+    interval = 0.01
+    restart = False
+    def tick(self, ctx):
+        self.hoard = [b"x" * (16 << 20) for _ in range(256)]  # 4 GiB, each page touched
+
+exited = []
+done = threading.Event()
+def record(evt):
+    exited.append(evt.payload)
+    done.set()
+rt = Runtime(name=sys.argv[2])
+rt.events.subscribe(WorkerExited, record)
+rt.register_service(Hog())
+with rt:
+    done.wait(60)
+print(json.dumps([{"reason": e.reason, "cause": e.cause, "signal": e.signal} for e in exited]))
+"""
+
+
+def _memory_cgroup(name: str, limit: int) -> tuple[Path, Path]:
+    """A fresh memory cgroup limited to ``limit`` bytes without swap: (its directory, its procs file)."""
+    if os.geteuid() != 0:
+        pytest.skip("making a memory cgroup needs root")
+    v2 = Path("/sys/fs/cgroup")
+    if "memory" in (v2 / "cgroup.controllers").read_text().split() if (v2 / "cgroup.controllers").exists() else ():
+        try:
+            (v2 / "cgroup.subtree_control").write_text("+memory")
+            group = v2 / name
+            group.mkdir()
+            (group / "memory.max").write_text(str(limit))
+            if (group / "memory.swap.max").exists():
+                (group / "memory.swap.max").write_text("0")
+            return group, group / "cgroup.procs"
+        except OSError as exc:
+            pytest.skip(f"cgroup v2 is here but its memory controller is not writable: {exc}")
+    # A v1 memory hierarchy: a child of our own memory cgroup.
+    mine = [line.split(":", 2)[2] for line in Path("/proc/self/cgroup").read_text().splitlines() if ":memory:" in line]
+    root = Path("/sys/fs/cgroup/memory")
+    if not mine or not root.is_dir():
+        pytest.skip("no cgroup v2 with a memory controller, nor a v1 memory hierarchy, is mounted here")
+    try:
+        group = root / mine[0].lstrip("/") / name
+        group.mkdir()
+        (group / "memory.limit_in_bytes").write_text(str(limit))
+        if (group / "memory.memsw.limit_in_bytes").exists():
+            (group / "memory.memsw.limit_in_bytes").write_text(str(limit))
+        return group, group / "cgroup.procs"
+    except OSError as exc:
+        pytest.skip(f"the v1 memory hierarchy is not writable here: {exc}")
+
+
+@pytest.mark.timeout(150)
+def test_a_worker_killed_by_the_oom_killer_is_reported_as_out_of_memory(tmp_path: Path) -> None:
+    group, procs = _memory_cgroup(f"bussdcc-test-{os.getpid()}-{next(_names)}", 256 << 20)
+    try:
+        script = tmp_path / "oom.py"
+        script.write_text(_OOM_SCRIPT)
+        done = subprocess.run(
+            [sys.executable, str(script), str(procs), f"lesser{next(_names)}"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env(),
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        exited = json.loads(done.stdout.strip().splitlines()[-1])
+        assert [(e["cause"], e["signal"]) for e in exited] == [("signal", "SIGKILL")], exited
+        assert exited[0]["reason"] == "killed by SIGKILL (out of memory: the cgroup's oom_kill count rose)"
+    finally:
+        wait_until(lambda: not procs.read_text().split(), timeout=30, what="the cgroup to empty")
+        group.rmdir()

@@ -18,6 +18,7 @@ from ..kernel import ClockProtocol, Device, Message, Service, SlotTable, StateSt
 from ..kernel import _builtin as m
 from ..kernel import protocol as p
 from ._calls import CallRouter
+from ._cgroup import oom_counter, oom_kills
 from ._dispatcher import Dispatcher
 from ._forkserver import ForkServer
 from ._groups import Group, Plan
@@ -391,6 +392,7 @@ class Supervisor:
                 if inc.pid is None:  # the fork server's report may come after the worker's own word
                     inc.pid = frame.pid
                     self._by_pid[frame.pid] = (worker, inc)
+                    inc.oom = oom_counter(frame.pid)
                 if worker.wants_events and not inc.stop_sent:
                     self.targets[identity] = worker
                 if inc.stop_sent:
@@ -495,6 +497,7 @@ class Supervisor:
                     if entry is not None:
                         entry[1].pid = report.pid
                         self._by_pid[report.pid] = entry
+                        entry[1].oom = oom_counter(report.pid)
                     else:  # an incarnation already ended without it (its start timed out): not wanted
                         try:
                             os.killpg(report.pid, signal.SIGKILL)
@@ -534,6 +537,11 @@ class Supervisor:
         entry = self._by_pid.pop(pid, None)
         if entry is not None:
             entry[1].exit_code = exit_code
+            oom = entry[1].oom
+            if exit_code == -signal.SIGKILL and oom is not None:
+                # Read now, once: SIGKILL is also what the OOM killer sends.
+                count = oom_kills(oom[0])
+                entry[1].oom_killed = count is not None and count > oom[1]
             entry[1].exited = True
             self.targets.pop(entry[1].identity, None)
             self._calls_end_early(entry[1])
@@ -626,6 +634,8 @@ class Supervisor:
     def _classify(self, inc: Incarnation) -> tuple[str, str, str | None]:
         """(cause, reason, signal name) of an incarnation's end."""
         cause, reason, signame = _describe_exit(inc.exit_code)
+        if inc.oom_killed:
+            reason += " (out of memory: the cgroup's oom_kill count rose)"
         if inc.spawn_error:
             return "spawn_failed", f"spawn failed: {inc.spawn_error}", None
         if inc.external and inc.exit_code is None:

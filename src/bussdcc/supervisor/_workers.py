@@ -7,6 +7,7 @@ import enum
 import threading
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 
@@ -70,6 +71,10 @@ class Incarnation:
         self.stop_sent = False
         self.usage = Usage()
         self.spawn_error: str | None = None
+        #: Its memory cgroup's OOM kill counter and the count when it started (None where unknown).
+        self.oom: tuple[Path, int] | None = None
+        #: It died of SIGKILL while that count rose: the OOM killer's doing.
+        self.oom_killed = False
         self.bye: p.Bye | None = None
         self.exit_code: int | None = None
         self.exited = False
