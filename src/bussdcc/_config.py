@@ -13,7 +13,7 @@ from typing import Any
 
 from .errors import ConfigError, RegistrationError
 from .kernel import Device, Interface, Process, Service, Supervised
-from .supervisor._specs import check_supervised
+from .supervisor._specs import SERVICE_SETTINGS, check_supervised
 
 #: Settings a TOML entry or ``--policy`` may give a Service or Device (class attributes).
 POLICY_KEYS = frozenset(
@@ -33,13 +33,22 @@ def import_target(target: str) -> Any:
     try:
         obj: Any = importlib.import_module(module)
     except ImportError as exc:
-        raise ConfigError(f"cannot import {module!r}: {exc}") from exc
+        raise ConfigError(f"cannot import {module!r}: {_one_line(str(exc))}") from exc
+    except SystemExit as exc:  # a script's sys.exit() is no way to end the command that imports it
+        raise ConfigError(f"cannot import {module!r}: importing it called sys.exit({exc.code!r})") from None
+    except Exception as exc:  # its own bug (a SyntaxError, a RuntimeError): one line, not a traceback
+        raise ConfigError(f"cannot import {module!r}: {type(exc).__name__}: {_one_line(str(exc))}") from exc
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError:
             raise ConfigError(f"module {module!r} has no attribute {attr!r}") from None
     return obj
+
+
+def _one_line(text: str) -> str:
+    # An error is reported on one line, whatever the text an import raised with.
+    return " ".join(text.split())
 
 
 def parse_policy_value(text: str) -> Any:
@@ -82,6 +91,8 @@ def build(target: str, name: str, config: Any = None, policy: Mapping[str, Any] 
     for key, value in (policy or {}).items():
         if key not in POLICY_KEYS or not isinstance(component, Supervised):
             raise ConfigError(f"unknown setting {key!r} for {target!r}")
+        if isinstance(component, Device) and key in SERVICE_SETTINGS:
+            raise ConfigError(f"{key!r} is a Service setting: {target!r} is a Device, which has none")
         setattr(component, key, value)
     return component
 
@@ -129,9 +140,15 @@ def _interval_ok(value: object) -> bool:
 def load_system(path: Path) -> SystemSpec:
     """Parse a TOML system description; every error names the file, the line and the key."""
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    try:
+        text = raw.decode("utf-8")  # TOML is UTF-8, whatever the locale says
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        why = f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})"
+        raise ConfigError(f"{path}:{line}: {why}") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -176,6 +193,8 @@ def load_system(path: Path) -> SystemSpec:
             for key in policy:
                 if key not in POLICY_KEYS or base in (Process, Interface):
                     raise fail(section, i, key, "unknown key")
+                if base is Device and key in SERVICE_SETTINGS:
+                    raise fail(section, i, key, "a Service setting: a Device has none")
             try:
                 component = build(entry["class"], entry[ident], entry.get("config"), policy)
             except ConfigError as exc:

@@ -45,7 +45,7 @@ def load_runtime(target: str, name: str | None = None) -> Runtime:
     if not isinstance(obj, Runtime) and callable(obj):
         try:
             obj = obj()
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             raise ConfigError(f"{target}() raised {exc!r}") from exc
     if not isinstance(obj, Runtime):
         raise ConfigError(f"{target} is not a Runtime, nor a function returning one")

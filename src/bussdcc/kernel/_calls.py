@@ -205,18 +205,22 @@ def fail(call_id: int, exc: DeviceCallError) -> p.Reply:
 class Latch:
     """Where one call's reply lands; set once, from any thread."""
 
-    __slots__ = ("_lock", "reply")
+    __slots__ = ("_guard", "_lock", "reply")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._lock.acquire()
+        #: Makes "is there a reply yet? then this one" one step: a reply and a timeout can race.
+        self._guard = threading.Lock()
         self.reply: p.Reply | None = None
 
     def set(self, reply: p.Reply) -> None:
         """Deliver the reply (a second one is ignored)."""
-        if self.reply is None:
+        with self._guard:
+            if self.reply is not None:
+                return
             self.reply = reply
-            self._lock.release()
+        self._lock.release()  # once only: only the first caller gets past the guard
 
     def wait(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the reply."""

@@ -44,7 +44,7 @@ from ._hub import Hub
 from ._output import OutputSink
 from ._rundir import RunDirGuard, default_name, make_run_dir, remove_run_dir
 from ._specs import check_group, check_supervised
-from ._supervisor import Supervisor
+from ._supervisor import SpawnRefused, Supervisor
 from ._workers import Worker, WorkerStatus
 
 #: The worker entry point, named rather than imported: supervisor and worker stay apart.
@@ -178,14 +178,26 @@ class Runtime:
     def _worker_names(self) -> dict[str, object]:
         return {**self._devices, **self._services}
 
+    def _check_worker(self, component: Service | Device, what: str, taken: dict[str, object]) -> None:
+        """Refuse a bad name or setting of a Service or Device (checks only: it changes nothing)."""
+        self._check_name(component.name, what, taken)
+        check_supervised(component)
+        if isinstance(component, Device):
+            level = component.concurrency
+            if not isinstance(level, int) or isinstance(level, bool) or level < 1:
+                raise RegistrationError(f"{component.name!r}: concurrency must be an int >= 1, not {level!r}")
+        elif (
+            not isinstance(component.interval, int | float)
+            or not math.isfinite(component.interval)
+            or component.interval < 0
+        ):
+            raise RegistrationError(f"{component.name!r}: interval must be a number >= 0")
+
     def attach_device(self, device: Device) -> None:
         """Register a device; it connects in its own process at boot (or now, if booted)."""
         if not isinstance(device, Device):
             raise RegistrationError(f"attach_device() takes a Device, not {type(device).__name__}")
-        self._check_name(device.id, "device", self._worker_names())
-        check_supervised(device)
-        if not isinstance(device.concurrency, int) or isinstance(device.concurrency, bool) or device.concurrency < 1:
-            raise RegistrationError(f"{device.id!r}: concurrency must be an int >= 1, not {device.concurrency!r}")
+        self._check_worker(device, "device", self._worker_names())
         self._add_worker(device)
         self._devices[device.id] = device
 
@@ -193,14 +205,18 @@ class Runtime:
         """Register a service; it starts in its own process at boot (or now, if booted)."""
         if not isinstance(service, Service):
             raise RegistrationError(f"register_service() takes a Service, not {type(service).__name__}")
-        self._check_name(service.name, "service", self._worker_names())
-        check_supervised(service)
-        if not isinstance(service.interval, int | float) or not math.isfinite(service.interval) or service.interval < 0:
-            raise RegistrationError(f"{service.name!r}: interval must be a number >= 0")
+        self._check_worker(service, "service", self._worker_names())
         self._add_worker(service)
         self._services[service.name] = service
 
     def _add_worker(self, component: Service | Device, argv: list[str] | None = None) -> None:
+        """Supervise a component registered after boot, and start it (nothing to do before boot).
+
+        All or nothing: if the supervisor refuses to start it (no fork server, no free slot),
+        this raises :class:`RegistrationError` and nothing stays registered, so the name can
+        be used again. A worker that did start and then failed stays registered, as at boot:
+        ``failed`` (or in backoff, per its policy) with the reason in ``last_exit``.
+        """
         sup, hub = self._sup, self._hub
         if sup is None or hub is None:
             return  # not booted: it starts with the others at boot
@@ -219,13 +235,29 @@ class Runtime:
 
         def add() -> None:
             sup.add(component, pickled=pickled, argv=argv)
-            if start:
+            if not start:
+                return
+            try:
                 sup.start(component.name)
+            except BaseException as exc:
+                # A refused start leaves no worker behind, `starting` with no process and its name taken.
+                sup.remove(component.name)
+                table = self._devices if isinstance(component, Device) else self._services
+                if table.get(component.name) is component:
+                    del table[component.name]
+                if isinstance(exc, SpawnRefused):
+                    raise RegistrationError(f"cannot start {component.name!r}: {exc}") from exc
+                raise
 
         if self._in_handler():
             hub.call_soon(add)  # waiting here could deadlock the hub: it starts in the background
             return
         hub.call(add)
+        # Registered from now on, whatever the wait below says: the supervisor has it.
+        if isinstance(component, Device):
+            self._devices[component.name] = component
+        else:
+            self._services[component.name] = component
         if start:
             self._wait_started(sup.workers[component.name])
 
@@ -242,9 +274,10 @@ class Runtime:
         check_group(name, members, strategy)
         if name in self._groups:
             raise RegistrationError(f"a group named {name!r} is registered already")
+        # Every member is checked before any is registered: a refused group registers nothing.
         taken = dict(self._worker_names())
         for member in members:
-            self._check_name(member.name, "group member", taken)
+            self._check_worker(member, "group member", taken)
             taken[member.name] = member
         for member in members:
             if isinstance(member, Device):
@@ -677,7 +710,8 @@ class Runtime:
             dispatched=self._dispatched,
             rejected=sup.rejected + sup.rejected_items,
             lost=sup.lost,
-            restarts={w.name: w.restarts for w in sup.workers.values()},
+            # The hub thread adds and removes workers meanwhile: copy the table in one C call first.
+            restarts={w.name: w.restarts for w in tuple(sup.workers.values())},
             undelivered=sup.undelivered,
         )
 

@@ -9,6 +9,10 @@ from ..errors import RegistrationError
 from ..kernel import Device, Service, restart_policy
 
 _STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one")
+#: Settings only a Service has (a Device never ticks, and runs whenever it is attached).
+SERVICE_SETTINGS = frozenset(
+    key for key, value in vars(Service).items() if not key.startswith("_") and not callable(value)
+) - {"name"}
 
 
 def _number(value: object) -> bool:
@@ -16,12 +20,17 @@ def _number(value: object) -> bool:
 
 
 def check_supervised(component: Service | Device) -> None:
-    """Raise :class:`RegistrationError` naming the first bad supervision setting."""
+    """Raise :class:`RegistrationError` naming the first bad supervision setting (a Service's on a Device too)."""
     name = component.name
 
     def bad(attr: str, rule: str) -> RegistrationError:
         return RegistrationError(f"{name!r}: {attr} must be {rule}, not {getattr(component, attr)!r}")
 
+    if isinstance(component, Device):
+        for attr in sorted(SERVICE_SETTINGS):
+            # Set by mistake it would be ignored in silence: a Device that seems disabled still runs.
+            if hasattr(component, attr):
+                raise RegistrationError(f"{name!r}: {attr} is a Service setting; a Device has none")
     try:
         restart_policy(component)
     except ValueError as exc:

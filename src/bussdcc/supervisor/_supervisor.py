@@ -20,6 +20,7 @@ from ..kernel import ClockProtocol, Device, Message, Service, SlotTable, StateSt
 from ..kernel import _builtin as m
 from ..kernel import protocol as p
 from ._calls import CallRouter
+from ._cgroup import oom_counter, oom_kills
 from ._dispatcher import Dispatcher
 from ._forkserver import ForkServer, threads_hint
 from ._groups import Group, Plan
@@ -34,6 +35,18 @@ DRAIN_GRACE = 0.5
 REFUSAL_PERIOD = 1.0
 #: Routing ids of ended incarnations remembered, so that their late frames are not taken for a stranger's.
 _RETIRED = 256
+
+
+class SpawnRefused(BussdccError):
+    """No worker process can be started now (nothing was started)."""
+
+
+class NoForkServer(SpawnRefused):
+    """The fork server is gone or cannot be reached."""
+
+
+class NoFreeSlot(SpawnRefused):
+    """Every worker slot is taken by a live worker."""
 
 
 def _describe_exit(code: int | None) -> tuple[str, str, str | None]:
@@ -155,28 +168,37 @@ class Supervisor:
         worker.stop_requested = False
         worker.held = False
         worker.done.clear()
-        return self._spawn(worker)
+        try:
+            return self._spawn(worker)
+        except BaseException:
+            worker.done.set()  # refused: it stays as it was, stopped or failed
+            raise
 
     def _spawn(self, worker: Worker) -> Incarnation:
         assert self.hub is not None
         if self.fatal is not None:
-            raise BussdccError(f"cannot start workers: {self.fatal}")
+            raise NoForkServer(f"cannot start workers: {self.fatal}")
         if not self._free_slots:
-            raise BussdccError("no free worker slot (too many live workers)")
+            raise NoFreeSlot("no free worker slot (too many live workers)")
         if worker.argv is not None:
             self._check_slots_file()
+        prior = worker.state
         inc = self._new_incarnation(worker)
         self._spawning[worker.name, inc.number] = (worker, inc)
         try:
             self.fork.spawn(
                 worker.name, inc.number, inc.slot, worker.pickled, worker.argv, identity=inc.identity, token=inc.token
             )
-        except OSError as exc:
+        except BaseException as exc:
+            # Nothing was started: no identity or slot stays taken for it, whatever went wrong.
             del self._by_identity[inc.identity]
             del self._spawning[worker.name, inc.number]
             self._free_slots.append(inc.slot)
             worker.current = None
-            raise BussdccError(f"cannot reach the fork server: {exc}") from exc
+            worker.state = prior  # not `starting`: no process is on its way
+            if isinstance(exc, OSError):
+                raise NoForkServer(f"cannot reach the fork server: {exc}") from exc
+            raise
         timeout = worker.component.start_timeout
         inc.timers.append(self.hub.call_later(timeout, lambda: self._start_timed_out(worker, inc)))
         if self._watching is None:
@@ -204,7 +226,7 @@ class Supervisor:
         if guard is not None and guard.slots_lost:
             # It would make a slots file of its own, which we never read: its counters and
             # heartbeats unseen, it would be killed as hung over and over.
-            raise BussdccError(
+            raise SpawnRefused(
                 f"the run directory {guard.path} was deleted under the runtime and its slots file cannot be "
                 "restored: a worker started by exec cannot join until the runtime restarts"
             )
@@ -213,6 +235,14 @@ class Supervisor:
         if inc.ready or inc.exited:
             return
         limit = worker.component.start_timeout
+        if inc.pid is None:
+            # No process was ever reported (a fork server stopped or far behind): there is nothing
+            # to kill, so it ends now rather than stay `starting` with no pid; a late one is killed.
+            inc.cause = "start_timeout"
+            inc.detail = f"start timeout: the fork server reported no process within {limit:g}s"
+            inc.exited = True
+            self._finalize(worker, inc)
+            return
         if worker.role == "device" and self.slots.activity(inc.slot)[0] == "start":
             verdict = Verdict("hung", f"hung: connect ran longer than start_timeout {limit:g}s")
         elif not inc.hello and self.slots.read(inc.slot)[1] == 0:
@@ -436,6 +466,7 @@ class Supervisor:
                 if inc.pid is None:  # the fork server's report may come after the worker's own word
                     inc.pid = frame.pid
                     self._by_pid[frame.pid] = (worker, inc)
+                    inc.oom = oom_counter(frame.pid)
                 if worker.wants_events and not inc.stop_sent:
                     self.targets[identity] = worker
                 if inc.stop_sent:
@@ -580,6 +611,12 @@ class Supervisor:
                     if entry is not None:
                         entry[1].pid = report.pid
                         self._by_pid[report.pid] = entry
+                        entry[1].oom = oom_counter(report.pid)
+                    else:  # an incarnation already ended without it (its start timed out): not wanted
+                        try:
+                            os.killpg(report.pid, signal.SIGKILL)
+                        except OSError:
+                            pass
                 case p.SpawnFailed():
                     entry = self._spawning.pop((report.worker, report.incarnation), None)
                     if entry is not None:
@@ -615,6 +652,11 @@ class Supervisor:
         entry = self._by_pid.pop(pid, None)
         if entry is not None:
             entry[1].exit_code = exit_code
+            oom = entry[1].oom
+            if exit_code == -signal.SIGKILL and oom is not None:
+                # Read now, once: SIGKILL is also what the OOM killer sends.
+                count = oom_kills(oom[0])
+                entry[1].oom_killed = count is not None and count > oom[1]
             entry[1].exited = True
             self.targets.pop(entry[1].identity, None)
             self._calls_end_early(entry[1])
@@ -627,7 +669,7 @@ class Supervisor:
         if worker.current is not None:
             raise RegistrationError(f"worker {name!r} is {worker.state} already")
         if not self._free_slots:
-            raise BussdccError("no free worker slot (too many live workers)")
+            raise NoFreeSlot("no free worker slot (too many live workers)")
         self._check_slots_file()
         worker.stop_requested = False
         worker.held = False
@@ -707,6 +749,8 @@ class Supervisor:
     def _classify(self, inc: Incarnation) -> tuple[str, str, str | None]:
         """(cause, reason, signal name) of an incarnation's end."""
         cause, reason, signame = _describe_exit(inc.exit_code)
+        if inc.oom_killed:
+            reason += " (out of memory: the cgroup's oom_kill count rose)"
         if inc.spawn_error:
             return "spawn_failed", f"spawn failed: {inc.spawn_error}", None
         if inc.external and inc.exit_code is None:
@@ -755,10 +799,10 @@ class Supervisor:
             return
         if cause == "spawn_failed":  # the environment refused (a limit): retried like a crash
             error = reason
-        elif inc.start_failed:
+        elif inc.start_failed is not None:
             error = inc.start_failed.error
         else:
-            error = f"worker process {inc.pid} {reason}"
+            error = f"worker process {inc.pid} {reason}" if inc.pid is not None else reason
         if lost:
             error += f" ({lost} messages lost)"
         tb = inc.start_failed.traceback if inc.start_failed else None
@@ -837,9 +881,15 @@ class Supervisor:
             self.emit(m.ServiceRestart(service=worker.name))
         try:
             self._spawn(worker)
-        except BussdccError as exc:  # no fork server, or no slot: nothing to wait for
+        except SpawnRefused as exc:  # no fork server, or no slot: nothing to wait for
             worker.current = None
             self._give_up(worker, None, str(exc), None)
+        except BaseException as exc:
+            # A bug of ours is not passed off as a reason to give up: it goes on to the hub,
+            # which reports it; the worker is not left waiting for a process that never comes.
+            worker.current = None
+            self._give_up(worker, None, f"internal error while respawning: {exc!r}", None)
+            raise
 
     def _give_up(self, worker: Worker, inc: Incarnation | None, error: str, tb: str | None) -> None:
         worker.state = WorkerState.FAILED

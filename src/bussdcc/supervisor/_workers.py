@@ -7,6 +7,7 @@ import enum
 import threading
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 
@@ -79,6 +80,10 @@ class Incarnation:
         self.spawn_error: str | None = None
         #: Set when the environment refused the spawn (a limit, which may lift): it is retried.
         self.spawn_errno: int | None = None
+        #: Its memory cgroup's OOM kill counter and the count when it started (None where unknown).
+        self.oom: tuple[Path, int] | None = None
+        #: It died of SIGKILL while that count rose: the OOM killer's doing.
+        self.oom_killed = False
         self.bye: p.Bye | None = None
         self.exit_code: int | None = None
         self.exited = False
