@@ -17,6 +17,7 @@ from ..errors import BussdccError, ProtocolError, RegistrationError
 from ..kernel import ClockProtocol, Device, Message, Service, SlotTable, StateStore, Strategy, restart_policy
 from ..kernel import _builtin as m
 from ..kernel import protocol as p
+from ._backoff import backoff_delay
 from ._calls import CallRouter
 from ._dispatcher import Dispatcher
 from ._forkserver import ForkServer
@@ -693,11 +694,8 @@ class Supervisor:
 
     def _backoff(self, worker: Worker) -> float:
         comp = worker.component
-        if worker.streak == 0:
-            return 0.0
-        delay: float = min(comp.backoff_max, comp.backoff_initial * 2.0 ** (worker.streak - 1))
         # Jitter keeps workers that failed together from coming back in lock step.
-        return min(comp.backoff_max, delay * random.uniform(0.75, 1.25))
+        return backoff_delay(worker.streak, comp.backoff_initial, comp.backoff_max, random.uniform(0.75, 1.25))
 
     def _respawn_after_backoff(self, worker: Worker) -> None:
         worker.backoff_timer = None
