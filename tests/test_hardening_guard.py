@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -13,6 +16,8 @@ from hypothesis import strategies as st
 from bussdcc import Context, Event, Message, Process, Runtime, Service
 from bussdcc.kernel import _builtin as m
 from bussdcc.supervisor._backoff import backoff_delay
+
+from . import _cli
 
 # ---- class 3: the backoff is capped arithmetic ------------------------------------------
 
@@ -97,3 +102,90 @@ def test_a_worker_failing_over_a_thousand_times_in_a_row_is_still_respawned() ->
         assert reached >= 1040, f"respawns stopped after {reached} failures in a row"
     finally:
         rt.shutdown()
+
+
+# ---- class 2: the supervisor's own periodic jobs survive their environment ----------------
+
+_WATCHDOG_SCRIPT = r"""
+import os, resource, sys, time
+from pathlib import Path
+
+from bussdcc import Context, Runtime, Service
+from tests._helpers import Recorder, wait_until
+
+FLAG = Path(sys.argv[1])
+
+
+class Hangs(Service):
+    name = "hangs"
+    interval = 0.05
+    tick_timeout = 1.0
+    restart = False
+
+    def tick(self, ctx: Context) -> None:
+        if FLAG.exists():
+            time.sleep(3600)
+
+
+def starve() -> list[int]:
+    # Nothing new can be opened: every fd below the (lowered) soft limit is taken.
+    fds = sorted(int(n) for n in os.listdir("/proc/self/fd"))
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (fds[-1] + 1, hard))
+    held = []
+    while True:
+        try:
+            held.append(os.open("/dev/null", os.O_RDONLY))
+        except OSError:
+            return held
+
+
+rec = Recorder()
+rt = Runtime()
+rt.register_process(rec)
+rt.register_service(Hangs())
+rt.boot()
+try:
+    rec.wait_for("worker.started")
+    wait_until(lambda: rt.workers()[0].rss, 20, "a first sample of the worker")
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)
+    held = starve()
+    try:
+        (fault,) = rec.wait_for("runtime.fault", lambda e: e.payload.part == "watchdog", timeout=30)
+        time.sleep(1.5)  # several sampling periods, each failing again
+        again = rec.of("runtime.fault")
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, limit)
+    print("fault", fault.payload.kind, fault.payload.error, flush=True)
+    print("watchdog faults", sum(1 for e in again if e.payload.part == "watchdog"), flush=True)
+    FLAG.touch()
+    (hung,) = rec.wait_for("worker.hung", timeout=30)
+    print("hung", hung.payload.reason, flush=True)
+finally:
+    rt.shutdown()
+"""
+
+
+def _python(script: str, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=_cli.env(),
+        cwd=_cli.ROOT,
+        check=False,
+    )
+
+
+@pytest.mark.timeout(180)
+def test_the_watchdog_survives_the_fd_limit_reports_it_once_and_still_finds_hangs(tmp_path: Path) -> None:
+    done = _python(_WATCHDOG_SCRIPT, str(tmp_path / "hang"), timeout=150)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    fault = next(line for line in lines if line.startswith("fault "))
+    assert "Too many open files" in fault, fault
+    assert "watchdog faults 1" in lines, lines
+    assert any(line.startswith("hung hung: tick ran longer") for line in lines), lines
