@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from bussdcc.kernel import _builtin as m
 from bussdcc.supervisor._backoff import backoff_delay
 
 from . import _cli
+from ._helpers import wait_until as _wait_until
 
 # ---- class 3: the backoff is capped arithmetic ------------------------------------------
 
@@ -189,3 +191,62 @@ def test_the_watchdog_survives_the_fd_limit_reports_it_once_and_still_finds_hang
     assert "Too many open files" in fault, fault
     assert "watchdog faults 1" in lines, lines
     assert any(line.startswith("hung hung: tick ran longer") for line in lines), lines
+
+
+# ---- class 9: the control plane is never starved by spawns stuck in an import ------------
+
+_STUCK_MODULE = """
+import os, time
+from pathlib import Path
+
+from bussdcc import Service
+
+Path(os.environ["STUCK_MARKS"], __name__).touch()
+time.sleep(3600)
+
+
+class Never(Service):
+    name = "never"
+"""
+
+
+@pytest.mark.timeout(240)
+def test_spawns_stuck_in_an_import_starve_nothing_and_shutdown_ends_the_process(tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    for i in range(6):
+        (tmp_path / f"stuck{i}.py").write_text(_STUCK_MODULE)
+    extra = {
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), _cli.env()["PYTHONPATH"]]),
+        "STUCK_MARKS": str(marks),
+    }
+    run = _cli.Background(["run", "tests.cli_parts:make_runtime", "--name", "starved"], **extra)
+    spawns: list[_cli.Background] = []
+    try:
+        run.wait_line("starved running", err=True)
+        for i in range(5):
+            args = ["spawn", f"stuck{i}:Never", "--name", f"s{i}", "--set", "start_timeout=3600"]
+            spawns.append(_cli.Background(args, **extra))
+        # Every one of them is blocked in its import inside the runtime.
+        _wait_until(lambda: len(list(marks.iterdir())) == 5, 60, "five imports to block")
+        status = _cli.bussdcc("status", "starved", "--json", **extra)
+        assert status.returncode == 0, status.stderr
+        stop = _cli.bussdcc("stop", "beeper", **extra)
+        assert (stop.returncode, stop.stdout.strip()) == (0, "beeper stopped"), stop.stderr
+        start = _cli.bussdcc("start", "beeper", **extra)
+        assert start.returncode == 0, start.stderr
+        # A stuck spawn is bounded by its start_timeout: one line, and nothing added.
+        bounded = _cli.bussdcc("spawn", "stuck5:Never", "--name", "s5", "--set", "start_timeout=1", **extra)
+        assert bounded.returncode == 1
+        (line,) = bounded.stderr.splitlines()
+        assert "did not finish within start_timeout 1s" in line, line
+        names = {w["name"] for w in json.loads(_cli.bussdcc("status", "--json", **extra).stdout)["workers"]}
+        assert names == {"probe", "beeper"}
+        assert all(s.proc.poll() is None for s in spawns)  # still stuck, all along
+        done = _cli.bussdcc("shutdown", "starved", "--timeout", "60", **extra)
+        assert done.returncode == 0, done.stderr
+        assert run.wait(60) == 0, run.err
+    finally:
+        for spawn in spawns:
+            spawn.stop()
+        run.stop()

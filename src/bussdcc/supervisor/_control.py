@@ -2,9 +2,11 @@
 
 Only holders of the runtime's secret (a 0600 file in the run directory) are
 served. Requests are answered from the ``bussdcc-control`` thread; those that
-wait for workers (start, stop, spawn, ...) run on a small pool so a slow stop
-never holds up a status. Subscribers receive every dispatched message; a slow
-one misses messages (counted) rather than slowing dispatch.
+wait for workers (start, stop, spawn, ...) each run on a daemon thread of their
+own, so a slow stop never holds up a status, a spawn stuck in an import never
+holds up a stop, and nothing stuck in user code keeps the process alive at exit.
+Subscribers receive every dispatched message; a slow one misses messages
+(counted) rather than slowing dispatch.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -44,6 +45,8 @@ _MAX_REQUEST = 1024 * 1024
 #: Messages per frame to a subscriber.
 _CHUNK = 256
 _SUB_HWM = 1000
+#: Requests that wait on workers (each on a thread of its own) served at once; more are refused.
+_MAX_OPS = 64
 
 
 def write_identity(run_dir: Path, name: str) -> bytes:
@@ -86,7 +89,8 @@ class ControlServer:
         #: Messages dropped for slow subscribers since boot.
         self.dropped = 0
         self._watched: dict[int, int] = {}  # pidfd -> pid of a standalone worker
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="bussdcc-control-op")
+        self._ops = 0  # requests running on threads of their own
+        self._ops_lock = threading.Lock()
         self.thread = threading.Thread(target=self._main, name="bussdcc-control", daemon=True)
 
     # ---- lifecycle ----------------------------------------------------------------
@@ -100,8 +104,8 @@ class ControlServer:
 
     def stop(self) -> None:
         """Stop serving (idempotent); requests still running in user code are not waited for."""
-        # Not waiting: a request stuck in user code (a target whose import hangs) must not hold shutdown.
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        # Not waiting: a request stuck in user code (a target whose import hangs) must not hold
+        # shutdown; its thread is a daemon, which the interpreter does not join at exit either.
         if self.thread.is_alive():
             self._running = False
             self._wake()
@@ -267,11 +271,19 @@ class ControlServer:
                 self.runtime._halt(req.reason or "shutdown requested over the control endpoint", requested=True)
                 reply = p.Done("shutting down")
             case _:
-                self._pool.submit(self._in_pool, identity, req)
+                with self._ops_lock:
+                    busy = self._ops >= _MAX_OPS
+                    if not busy:
+                        self._ops += 1
+                if busy:
+                    return p.Failed(f"busy: {_MAX_OPS} requests are in progress already; try again later")
+                # A thread per request, never a shared pool: none waits behind another stuck in user code.
+                name = f"bussdcc-control-op-{type(req).__name__}"
+                threading.Thread(target=self._in_thread, args=(identity, req), name=name, daemon=True).start()
                 return None
         return reply
 
-    def _in_pool(self, identity: bytes, req: p.ControlRequest) -> None:
+    def _in_thread(self, identity: bytes, req: p.ControlRequest) -> None:
         reply: p.ControlReply
         try:
             reply = ops.act(self.runtime, self, req)
@@ -279,6 +291,9 @@ class ControlServer:
             reply = p.Failed(str(exc))
         except BaseException as exc:  # a target whose import raises SystemExit still gets an answer
             reply = p.Failed(f"{type(exc).__name__}: {exc}")
+        finally:
+            with self._ops_lock:
+                self._ops -= 1
         self._replies.append((identity, p.encode(reply)))
         self._wake()
 
