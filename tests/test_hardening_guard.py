@@ -210,6 +210,19 @@ class Never(Service):
 """
 
 
+def _command(extra: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``bussdcc ARGS`` with ``extra`` in its environment, run to completion."""
+    return subprocess.run(
+        [sys.executable, "-m", "bussdcc", *args],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=_cli.env(**extra),
+        cwd=_cli.ROOT,
+        check=False,
+    )
+
+
 @pytest.mark.timeout(240)
 def test_spawns_stuck_in_an_import_starve_nothing_and_shutdown_ends_the_process(tmp_path: Path) -> None:
     marks = tmp_path / "marks"
@@ -229,21 +242,21 @@ def test_spawns_stuck_in_an_import_starve_nothing_and_shutdown_ends_the_process(
             spawns.append(_cli.Background(args, **extra))
         # Every one of them is blocked in its import inside the runtime.
         _wait_until(lambda: len(list(marks.iterdir())) == 5, 60, "five imports to block")
-        status = _cli.bussdcc("status", "starved", "--json", **extra)
+        status = _command(extra, "status", "starved", "--json")
         assert status.returncode == 0, status.stderr
-        stop = _cli.bussdcc("stop", "beeper", **extra)
+        stop = _command(extra, "stop", "beeper")
         assert (stop.returncode, stop.stdout.strip()) == (0, "beeper stopped"), stop.stderr
-        start = _cli.bussdcc("start", "beeper", **extra)
+        start = _command(extra, "start", "beeper")
         assert start.returncode == 0, start.stderr
         # A stuck spawn is bounded by its start_timeout: one line, and nothing added.
-        bounded = _cli.bussdcc("spawn", "stuck5:Never", "--name", "s5", "--set", "start_timeout=1", **extra)
+        bounded = _command(extra, "spawn", "stuck5:Never", "--name", "s5", "--set", "start_timeout=1")
         assert bounded.returncode == 1
         (line,) = bounded.stderr.splitlines()
         assert "did not finish within start_timeout 1s" in line, line
-        names = {w["name"] for w in json.loads(_cli.bussdcc("status", "--json", **extra).stdout)["workers"]}
+        names = {w["name"] for w in json.loads(_command(extra, "status", "--json").stdout)["workers"]}
         assert names == {"probe", "beeper"}
         assert all(s.proc.poll() is None for s in spawns)  # still stuck, all along
-        done = _cli.bussdcc("shutdown", "starved", "--timeout", "60", **extra)
+        done = _command(extra, "shutdown", "starved", "--timeout", "60")
         assert done.returncode == 0, done.stderr
         assert run.wait(60) == 0, run.err
     finally:
