@@ -263,3 +263,73 @@ def test_spawns_stuck_in_an_import_starve_nothing_and_shutdown_ends_the_process(
         for spawn in spawns:
             spawn.stop()
         run.stop()
+
+
+_LOW_LIMIT_RUN = """
+import resource, runpy, sys
+
+_, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+sys.argv = ["bussdcc", "run", "tests.cli_parts:make_runtime", "--name", "crowded"]
+runpy.run_module("bussdcc", run_name="__main__")
+"""
+
+_STRANGER = """
+import socket, sys, time
+
+held = []
+for _ in range(int(sys.argv[2])):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(sys.argv[1])
+    held.append(s)
+print("holding", len(held), flush=True)
+sys.stdin.read()  # until told to let go
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_stranger_holding_idle_control_connections_cannot_exhaust_the_parents_fds(run_base: Path) -> None:
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 4096:
+        pytest.skip(f"the hard fd limit ({hard}) leaves no room to raise the soft one")
+    runtime = subprocess.Popen(
+        [sys.executable, "-c", _LOW_LIMIT_RUN],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_cli.env(),
+        cwd=_cli.ROOT,
+    )
+    stranger: subprocess.Popen[str] | None = None
+    try:
+        assert runtime.stderr is not None
+        line = runtime.stderr.readline()
+        assert "crowded running" in line, line
+        (run_dir,) = run_base.iterdir()
+        stranger = subprocess.Popen(
+            [sys.executable, "-c", _STRANGER, str(run_dir / "control.sock"), "1100"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert stranger.stdout is not None
+        assert stranger.stdout.readline().strip() == "holding 1100"
+        # Connections that never said a word are closed by the parent: its fds come back.
+        fds = f"/proc/{runtime.pid}/fd"
+        _wait_until(lambda: len(os.listdir(fds)) < 200, 60, "the idle connections to be closed")
+        assert runtime.poll() is None
+        status = _command({}, "status", "crowded", "--json")
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["runtime"]["pid"] == runtime.pid
+        done = _command({}, "shutdown", "crowded", "--timeout", "60")
+        assert done.returncode == 0, done.stderr
+        assert runtime.wait(60) == 0
+    finally:
+        if stranger is not None:
+            stranger.kill()
+            stranger.communicate()
+        if runtime.poll() is None:
+            runtime.kill()
+        runtime.communicate()

@@ -47,6 +47,9 @@ _CHUNK = 256
 _SUB_HWM = 1000
 #: Requests that wait on workers (each on a thread of its own) served at once; more are refused.
 _MAX_OPS = 64
+#: A connection that has not completed the ZMTP handshake within this is closed: strangers
+#: cannot hold the parent's fds for free.
+_HANDSHAKE_MS = 2000
 
 
 def write_identity(run_dir: Path, name: str) -> bytes:
@@ -89,6 +92,9 @@ class ControlServer:
         #: Messages dropped for slow subscribers since boot.
         self.dropped = 0
         self._watched: dict[int, int] = {}  # pidfd -> pid of a standalone worker
+        #: Whether the endpoint is bound (it is not while the parent is short of fds).
+        self.accepting = True
+        self._sock: zmq.Socket[bytes] | None = None
         self._ops = 0  # requests running on threads of their own
         self._ops_lock = threading.Lock()
         self.thread = threading.Thread(target=self._main, name="bussdcc-control", daemon=True)
@@ -133,6 +139,22 @@ class ControlServer:
     def _wake(self) -> None:
         self._waker.wake()
 
+    def accept(self, on: bool) -> None:
+        """Serve new control connections, or not (``on`` False closes the endpoint and its connections); any thread."""
+        self._calls.append(lambda: self._accept(on))
+        self._wake()
+
+    def _accept(self, on: bool) -> None:
+        sock = self._sock
+        if on == self.accepting or sock is None:
+            return
+        # Unbinding also closes every connection it accepted: what strangers held is freed.
+        if on:
+            sock.bind(self.endpoint)
+        else:
+            sock.unbind(self.endpoint)
+        self.accepting = on
+
     def watch(self, pid: int) -> None:
         """Tell the supervisor when process ``pid`` (not a child of ours) ends (any thread)."""
         self._calls.append(lambda: self._watch(pid))
@@ -148,6 +170,7 @@ class ControlServer:
             sock.setsockopt(zmq.MAXMSGSIZE, _MAX_REQUEST)
             sock.setsockopt(zmq.SNDHWM, _SUB_HWM)
             sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.HANDSHAKE_IVL, _HANDSHAKE_MS)
             sock.bind(self.endpoint)
         except zmq.ZMQError as exc:
             self._error = exc
@@ -156,6 +179,7 @@ class ControlServer:
             self._ready.set()
             return
         self._ready.set()
+        self._sock = sock
         self._poller = zmq.Poller()
         self._poller.register(sock, zmq.POLLIN)
         self._poller.register(self._waker.fd, zmq.POLLIN)

@@ -36,6 +36,8 @@ _RETRY = 0.002
 # Undelivered events other threads may queue before their emit waits.
 _MAX_OUTBOX = 10_000
 _MAX_OUTBOX_BYTES = 16 * 1024 * 1024
+#: A peer that has not completed the ZMTP handshake within this is disconnected (its fd freed).
+HANDSHAKE_MS = 5000
 
 
 class HubClient(Protocol):
@@ -298,6 +300,7 @@ class Hub:
             sock.setsockopt(zmq.SNDHWM, _HWM)
             sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_FRAME)
             sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
             sock.bind(self.endpoint)
         except zmq.ZMQError as exc:
             self._error = exc

@@ -35,6 +35,7 @@ from ..kernel import (
 )
 from ..kernel import _builtin as m
 from ..kernel import protocol as p
+from . import _fds
 from ._calls import ParentPort
 from ._control import ControlServer
 from ._dispatcher import Dispatcher
@@ -401,6 +402,8 @@ class Runtime:
             raise
 
     def _start_infrastructure(self) -> None:
+        # Before anything is made: the fork server and every worker inherit it too.
+        _fds.raise_limit()
         self._run_dir = make_run_dir(self.name)
         self._endpoint = f"ipc://{self._run_dir}/workers.sock"
         self._slots = SlotTable(path=self._run_dir / "slots")
@@ -435,8 +438,14 @@ class Runtime:
         hub.start()
         self._sup, self._hub = sup, hub
         self._calls.attach(hub, sup.calls, disp)
-        self._control = ControlServer(self, self._run_dir)
-        self._control.start()
+        control = self._control = ControlServer(self, self._run_dir)
+        control.start()
+        guard = _fds.FdGuard(control.accept, hub.fault, hub.recovered)
+
+        def watch_fds() -> None:
+            hub.every(_fds.PERIOD, guard.check, "fd_watch")
+
+        hub.call_soon(watch_fds)
         sup.on_output = self._output = OutputSink(self._tap)
         atexit.register(self._at_exit)
 
