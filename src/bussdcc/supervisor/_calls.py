@@ -231,22 +231,25 @@ class CallRouter:
         assert self.hub is not None
         self._timer = None
         now = time.monotonic()
-        while self._deadlines and self._deadlines[0][0] <= now:
-            _, call_id = heapq.heappop(self._deadlines)
-            call = self._pending.pop(call_id, None)
-            if call is None:
-                continue
-            self._unlink(call)
-            if call.identity is None:  # parked: the device never became ready
-                late = DeviceUnavailable(f"device {call.device!r} did not become ready in time", state="waiting")
-                self._fail(call, late)
-            else:
-                self._fail(call, DeviceTimeout(f"{call.device}.{call.method}() did not answer in time"))
-        while self._deadlines and self._deadlines[0][1] not in self._pending:
-            heapq.heappop(self._deadlines)
-        if self._deadlines:
-            self._timer_at = self._deadlines[0][0]
-            self._timer = self.hub.call_later(max(0.0, self._timer_at - now), self._expire)
+        try:
+            while self._deadlines and self._deadlines[0][0] <= now:
+                _, call_id = heapq.heappop(self._deadlines)
+                call = self._pending.pop(call_id, None)
+                if call is None:
+                    continue
+                self._unlink(call)
+                if call.identity is None:  # parked: the device never became ready
+                    late = DeviceUnavailable(f"device {call.device!r} did not become ready in time", state="waiting")
+                    self._fail(call, late)
+                else:
+                    self._fail(call, DeviceTimeout(f"{call.device}.{call.method}() did not answer in time"))
+        finally:
+            # Re-armed whatever one failure raised: the other deadlines still hold.
+            while self._deadlines and self._deadlines[0][1] not in self._pending:
+                heapq.heappop(self._deadlines)
+            if self._deadlines:
+                self._timer_at = self._deadlines[0][0]
+                self._timer = self.hub.call_later(max(0.0, self._timer_at - now), self._expire)
 
 
 class ParentPort:

@@ -2,9 +2,11 @@
 
 Only holders of the runtime's secret (a 0600 file in the run directory) are
 served. Requests are answered from the ``bussdcc-control`` thread; those that
-wait for workers (start, stop, spawn, ...) run on a small pool so a slow stop
-never holds up a status. Subscribers receive every dispatched message; a slow
-one misses messages (counted) rather than slowing dispatch.
+wait for workers (start, stop, spawn, ...) each run on a daemon thread of their
+own, so a slow stop never holds up a status, a spawn stuck in an import never
+holds up a stop, and nothing stuck in user code keeps the process alive at exit.
+Subscribers receive every dispatched message; a slow one misses messages
+(counted) rather than slowing dispatch.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -46,6 +47,11 @@ _MAX_REQUEST = 1024 * 1024
 _CHUNK = 256
 _CHUNK_BYTES = 256 * 1024
 _SUB_HWM = 256
+#: Requests that wait on workers (each on a thread of its own) served at once; more are refused.
+_MAX_OPS = 64
+#: A connection that has not completed the ZMTP handshake within this is closed: strangers
+#: cannot hold the parent's fds for free.
+_HANDSHAKE_MS = 2000
 
 
 def write_identity(run_dir: Path, name: str, secret: bytes | None = None, started: float | None = None) -> bytes:
@@ -100,8 +106,11 @@ class ControlServer:
         #: Messages dropped for slow subscribers since boot.
         self.dropped = 0
         self._watched: dict[int, int] = {}  # pidfd -> pid of a standalone worker
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="bussdcc-control-op")
-        self._sock: zmq.Socket[bytes] | None = None  # the control thread's, while it runs
+        #: Whether the endpoint is bound (it is not while the parent is short of fds).
+        self.accepting = True
+        self._sock: zmq.Socket[bytes] | None = None
+        self._ops = 0  # requests running on threads of their own
+        self._ops_lock = threading.Lock()
         self.thread = threading.Thread(target=self._main, name="bussdcc-control", daemon=True)
 
     # ---- lifecycle ----------------------------------------------------------------
@@ -115,8 +124,8 @@ class ControlServer:
 
     def stop(self) -> None:
         """Stop serving (idempotent); requests still running in user code are not waited for."""
-        # Not waiting: a request stuck in user code (a target whose import hangs) must not hold shutdown.
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        # Not waiting: a request stuck in user code (a target whose import hangs) must not hold
+        # shutdown; its thread is a daemon, which the interpreter does not join at exit either.
         if self.thread.is_alive():
             self._running = False
             self._wake()
@@ -171,6 +180,22 @@ class ControlServer:
     def _wake(self) -> None:
         self._waker.wake()
 
+    def accept(self, on: bool) -> None:
+        """Serve new control connections, or not (``on`` False closes the endpoint and its connections); any thread."""
+        self._calls.append(lambda: self._accept(on))
+        self._wake()
+
+    def _accept(self, on: bool) -> None:
+        sock = self._sock
+        if on == self.accepting or sock is None:
+            return
+        # Unbinding also closes every connection it accepted: what strangers held is freed.
+        if on:
+            sock.bind(self.endpoint)
+        else:
+            sock.unbind(self.endpoint)
+        self.accepting = on
+
     def watch(self, pid: int) -> None:
         """Tell the supervisor when process ``pid`` (not a child of ours) ends (any thread)."""
         self._calls.append(lambda: self._watch(pid))
@@ -186,6 +211,7 @@ class ControlServer:
             sock.setsockopt(zmq.MAXMSGSIZE, _MAX_REQUEST)
             sock.setsockopt(zmq.SNDHWM, _SUB_HWM)
             sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.HANDSHAKE_IVL, _HANDSHAKE_MS)
             sock.bind(self.endpoint)
         except zmq.ZMQError as exc:
             self._error = exc
@@ -195,6 +221,7 @@ class ControlServer:
             return
         self._sock = sock
         self._ready.set()
+        self._sock = sock
         self._poller = zmq.Poller()
         self._poller.register(sock, zmq.POLLIN)
         self._poller.register(self._waker.fd, zmq.POLLIN)
@@ -311,11 +338,19 @@ class ControlServer:
                 self.runtime._halt(req.reason or "shutdown requested over the control endpoint", requested=True)
                 reply = p.Done("shutting down")
             case _:
-                self._pool.submit(self._in_pool, identity, req)
+                with self._ops_lock:
+                    busy = self._ops >= _MAX_OPS
+                    if not busy:
+                        self._ops += 1
+                if busy:
+                    return p.Failed(f"busy: {_MAX_OPS} requests are in progress already; try again later")
+                # A thread per request, never a shared pool: none waits behind another stuck in user code.
+                name = f"bussdcc-control-op-{type(req).__name__}"
+                threading.Thread(target=self._in_thread, args=(identity, req), name=name, daemon=True).start()
                 return None
         return reply
 
-    def _in_pool(self, identity: bytes, req: p.ControlRequest) -> None:
+    def _in_thread(self, identity: bytes, req: p.ControlRequest) -> None:
         reply: p.ControlReply
         try:
             reply = ops.act(self.runtime, self, req)
@@ -323,6 +358,9 @@ class ControlServer:
             reply = p.Failed(str(exc))
         except BaseException as exc:  # a target whose import raises SystemExit still gets an answer
             reply = p.Failed(f"{type(exc).__name__}: {exc}")
+        finally:
+            with self._ops_lock:
+                self._ops -= 1
         self._replies.append((identity, p.encode(reply)))
         self._wake()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -168,6 +169,43 @@ def _call(rt: Runtime, req: p.CallRequest) -> str:
         return json.dumps(repr(result))
 
 
+def _import_within(pol: dict[str, Any]) -> float:
+    """How long importing and building a target may take: its ``start_timeout`` (policy, else the default)."""
+    limit = pol.get("start_timeout", Service.start_timeout)
+    if isinstance(limit, int | float) and not isinstance(limit, bool) and 0 < limit < float("inf"):
+        return float(limit)
+    return Service.start_timeout
+
+
+def _bounded(target: str, name: str, cfg: Any, pol: dict[str, Any]) -> object:
+    """``build(...)`` on a daemon thread of its own, waited for at most ``start_timeout``.
+
+    A module whose import never returns must not hold the request (nor, at exit, the
+    process): its thread is left behind, blocked, and the request fails.
+    """
+    limit = _import_within(pol)
+    done = threading.Event()
+    box: list[object] = []
+    error: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            box.append(build(target, name, cfg, pol))
+        except BaseException as exc:  # handed to the requester, raised there
+            error.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="bussdcc-control-import", daemon=True).start()
+    if not done.wait(limit):
+        raise ControlError(
+            f"importing and building {target} did not finish within start_timeout {limit:g}s: nothing was added"
+        )
+    if error:
+        raise error[0]
+    return box[0]
+
+
 def _component(target: str, name: str, config: str, policy: str) -> Service | Device:
     try:
         cfg = json.loads(config)
@@ -176,7 +214,7 @@ def _component(target: str, name: str, config: str, policy: str) -> Service | De
         raise ConfigError(f"invalid JSON: {exc}") from exc
     if not isinstance(pol, dict):
         raise ConfigError("the policy must be a JSON object")
-    component = build(target, name, cfg, pol)
+    component = _bounded(target, name, cfg, pol)
     if not isinstance(component, Service | Device):
         raise ConfigError(f"{target} is not a Service or a Device: only those run as workers")
     check_supervised(component)

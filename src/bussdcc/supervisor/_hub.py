@@ -32,6 +32,8 @@ T = TypeVar("T")
 _HWM = 32
 _READ_BURST = 256
 _RETRY = 0.002
+#: A peer that has not completed the ZMTP handshake within this is disconnected (its fd freed).
+HANDSHAKE_MS = 5000
 
 
 class HubClient(Protocol):
@@ -41,6 +43,7 @@ class HubClient(Protocol):
     def on_fork_readable(self) -> None: ...
     def on_stranger(self) -> None: ...
     def on_fatal(self, reason: str) -> None: ...
+    def on_fault(self, part: str, kind: str, error: str) -> None: ...
     def stalled_for(self, identity: bytes, since: float) -> float: ...
     def outbox_load(self) -> tuple[int, int]: ...
     def backlogged(self) -> bool: ...
@@ -63,6 +66,23 @@ class Timer:
     def cancel(self) -> None:
         """Do not run the callback."""
         self.cancelled = True
+
+
+class Periodic:
+    """A job the hub runs every period until cancelled, or until it returns False."""
+
+    __slots__ = ("cancelled", "done", "timer")
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        self.done = False
+        self.timer: Timer | None = None
+
+    def cancel(self) -> None:
+        """Run it no more."""
+        self.cancelled = True
+        if self.timer is not None:
+            self.timer.cancel()
 
 
 class Hub:
@@ -91,6 +111,7 @@ class Hub:
         self._room_waiters = 0
         #: Set when the runtime starts shutting down: emitters stop waiting for room.
         self.closing = False
+        self._faults: dict[str, str] = {}  # part -> the fault last reported for it, until it recovers
 
     # ---- lifecycle ----------------------------------------------------------------
 
@@ -168,6 +189,48 @@ class Hub:
         heapq.heappush(self._timers, (timer.when, next(self._counter), timer))
         return timer
 
+    def every(self, period: float, fn: Callable[[], bool | None], part: str) -> Periodic:
+        """Run ``fn`` every ``period`` seconds (hub thread only) until it returns False or is cancelled.
+
+        An exception of ``fn`` never ends the job: it is reported once (``runtime.fault``
+        for ``part``) and ``fn`` runs again next period, like any other time.
+        """
+        job = Periodic()
+
+        def run() -> None:
+            keep = True
+            try:
+                keep = fn() is not False
+                self.recovered(part)
+            except BootError:
+                raise  # the fork server is gone: the loop's own handling, not a fault of this job
+            except Exception as exc:
+                self.fault(part, type(exc).__name__, exc)
+            finally:
+                if keep and not job.cancelled:
+                    job.timer = self.call_later(period, run)
+                else:
+                    job.done = True
+
+        job.timer = self.call_later(period, run)
+        return job
+
+    def fault(self, part: str, kind: str, error: BaseException | str) -> None:
+        """Report a fault of the hub's own machinery once, until ``part`` recovers (hub thread only)."""
+        text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        if self._faults.get(part) == text:
+            return
+        self._faults[part] = text
+        try:
+            self._client.on_fault(part, kind, text)
+        except Exception:
+            traceback.print_exc()  # reporting must never be what ends the job
+
+    def recovered(self, part: str) -> None:
+        """``part`` works again: its next fault is news (hub thread only)."""
+        if self._faults:
+            self._faults.pop(part, None)
+
     # ---- sending (hub thread only) ---------------------------------------------------
 
     def send(self, identity: bytes, data: bytes) -> None:
@@ -228,8 +291,13 @@ class Hub:
 
     def _pump_all(self) -> None:
         self._retry = None
-        for identity, queue in list(self._queues.items()):
-            self._pump(identity, queue)
+        try:
+            for identity, queue in list(self._queues.items()):
+                self._pump(identity, queue)
+        finally:
+            # Whatever one pump raised, what is still queued is looked at again shortly.
+            if self._queues and self._retry is None:
+                self._retry = self.call_later(_RETRY, self._pump_all)
 
     # ---- the loop ---------------------------------------------------------------
 
@@ -242,6 +310,7 @@ class Hub:
             sock.setsockopt(zmq.SNDHWM, _HWM)
             sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_FRAME)
             sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
             sock.bind(self.endpoint)
         except zmq.ZMQError as exc:
             self._error = exc
@@ -305,8 +374,16 @@ class Hub:
         now = time.monotonic()
         while self._timers and self._timers[0][0] <= now:
             _, _, timer = heapq.heappop(self._timers)
-            if not timer.cancelled:
+            if timer.cancelled:
+                continue
+            try:
                 timer.fn()
+            except BootError:
+                raise
+            except Exception as exc:
+                # One timer's fault must not hold up the others due now, nor go unsaid.
+                name = getattr(timer.fn, "__qualname__", "a timer")
+                self.fault("timers", type(exc).__name__, f"{name}: {type(exc).__name__}: {exc}")
 
     def _read_frames(self, sock: zmq.Socket[bytes]) -> None:
         # Asking EVENTS is far cheaper than ending each burst on a zmq.Again.

@@ -36,6 +36,7 @@ from ..kernel import (
 from ..kernel import _builtin as m
 from ..kernel import protocol as p
 from ..kernel._text import emit_report
+from . import _fds
 from ._calls import ParentPort
 from ._control import ControlServer
 from ._dispatcher import Dispatcher
@@ -447,6 +448,8 @@ class Runtime:
             raise
 
     def _start_infrastructure(self) -> None:
+        # Before anything is made: the fork server and every worker inherit it too.
+        _fds.raise_limit()
         self._run_dir = make_run_dir(self.name)
         self._endpoint = f"ipc://{self._run_dir}/workers.sock"
         self._slots = SlotTable(path=self._run_dir / "slots")
@@ -487,7 +490,7 @@ class Runtime:
         self._sup, self._hub = sup, hub
         self._calls.attach(hub, sup.calls, disp)
         control = self._control = ControlServer(self, self._run_dir)
-        self._control.start()
+        control.start()
         self._guard = sup.run_dir_guard = RunDirGuard(
             self._run_dir,
             schedule=hub.call_later,
@@ -498,6 +501,12 @@ class Runtime:
             report=lambda error: self._emit_queued(m.RuntimeFault(part="run_dir", kind="run_dir_lost", error=error)),
         )
         hub.call_soon(self._guard.start)
+        fd_guard = _fds.FdGuard(control.accept, hub.fault, hub.recovered)
+
+        def watch_fds() -> None:
+            hub.every(_fds.PERIOD, fd_guard.check, "fd_watch")
+
+        hub.call_soon(watch_fds)
         sup.on_output = self._output = OutputSink(self._tap)
         atexit.register(self._at_exit)
 

@@ -19,12 +19,13 @@ from ..errors import BussdccError, ProtocolError, RegistrationError, UnknownPeer
 from ..kernel import ClockProtocol, Device, Message, Service, SlotTable, StateStore, Strategy, restart_policy
 from ..kernel import _builtin as m
 from ..kernel import protocol as p
+from ._backoff import backoff_delay
 from ._calls import CallRouter
 from ._cgroup import oom_counter, oom_kills
 from ._dispatcher import Dispatcher
 from ._forkserver import ForkServer, threads_hint
 from ._groups import Group, Plan
-from ._hub import Hub, Timer
+from ._hub import Hub, Periodic, Timer
 from ._rundir import RunDirGuard
 from ._watchdog import SAMPLE_PERIOD, WATCH_PERIOD, Verdict, hang, over_limit, sample
 from ._workers import Incarnation, Worker, WorkerState, WorkerStatus
@@ -100,7 +101,7 @@ class Supervisor:
         self._by_identity: dict[bytes, tuple[Worker, Incarnation]] = {}
         self._by_pid: dict[int, tuple[Worker, Incarnation]] = {}
         self._free_slots = list(range(slots.size - 1, -1, -1))
-        self._watching: Timer | None = None
+        self._watching: Periodic | None = None
         #: Set when shutdown begins: nothing is respawned after that.
         self.closing = False
         self.rejected = 0
@@ -201,8 +202,7 @@ class Supervisor:
             raise
         timeout = worker.component.start_timeout
         inc.timers.append(self.hub.call_later(timeout, lambda: self._start_timed_out(worker, inc)))
-        if self._watching is None:
-            self._watching = self.hub.call_later(WATCH_PERIOD, self._watch)
+        self._watch_soon()
         return inc
 
     def _new_incarnation(self, worker: Worker) -> Incarnation:
@@ -272,10 +272,16 @@ class Supervisor:
 
     # ---- watching -----------------------------------------------------------------
 
-    def _watch(self) -> None:
+    def _watch_soon(self) -> None:
         assert self.hub is not None
+        if self._watching is None or self._watching.done:
+            self._watching = self.hub.every(WATCH_PERIOD, self._watch, "watchdog")
+
+    def _watch(self) -> bool:
+        """Look at every live worker once; False once there is none (a spawn starts it again)."""
         now = time.monotonic()
         live = False
+        failed: Exception | None = None
         for worker, inc in list(self._by_identity.values()):
             if inc.exited or inc.pid is None:
                 continue
@@ -285,11 +291,17 @@ class Supervisor:
             comp = worker.component
             verdict = hang(comp, inc, self.slots, now)
             if verdict is None and now - inc.usage.sampled_at >= SAMPLE_PERIOD:
-                sample(inc.usage, inc.pid, now, comp.cpu_window)
-                verdict = over_limit(comp, inc.usage, now)
+                try:
+                    sample(inc.usage, inc.pid, now, comp.cpu_window)
+                except Exception as exc:  # e.g. EMFILE at the fd limit: hangs of the others are still judged
+                    failed = failed or exc
+                else:
+                    verdict = over_limit(comp, inc.usage, now)
             if verdict is not None:
                 self._kill(worker, inc, verdict)
-        self._watching = self.hub.call_later(WATCH_PERIOD, self._watch) if live or self._by_identity else None
+        if failed is not None:
+            raise failed  # reported once by the hub; the watch goes on next period
+        return live or bool(self._by_identity)
 
     def _kill(self, worker: Worker, inc: Incarnation, verdict: Verdict) -> None:
         """Kill an incarnation for ``verdict``; its exit is reported with that cause."""
@@ -416,6 +428,10 @@ class Supervisor:
             inc.exit_code = -signal.SIGKILL
             self._finalize(worker, inc)
         self.halt(reason)
+
+    def on_fault(self, part: str, kind: str, error: str) -> None:
+        """A fault of the hub's own machinery, which carries on: say so (once; the hub dedupes)."""
+        self.emit(m.RuntimeFault(part, kind, error))
 
     def stalled_for(self, identity: bytes, since: float) -> float:
         """Seconds a congested worker has handled no event (its heartbeat in shared memory)."""
@@ -680,8 +696,7 @@ class Supervisor:
         self._by_pid[pid] = (worker, inc)
         timeout = worker.component.start_timeout
         inc.timers.append(self.hub.call_later(timeout, lambda: self._start_timed_out(worker, inc)))
-        if self._watching is None:
-            self._watching = self.hub.call_later(WATCH_PERIOD, self._watch)
+        self._watch_soon()
         return inc
 
     def _calls_end_early(self, inc: Incarnation) -> None:
@@ -857,11 +872,8 @@ class Supervisor:
 
     def _backoff(self, worker: Worker) -> float:
         comp = worker.component
-        if worker.streak == 0:
-            return 0.0
-        delay: float = min(comp.backoff_max, comp.backoff_initial * 2.0 ** (worker.streak - 1))
         # Jitter keeps workers that failed together from coming back in lock step.
-        return min(comp.backoff_max, delay * random.uniform(0.75, 1.25))
+        return backoff_delay(worker.streak, comp.backoff_initial, comp.backoff_max, random.uniform(0.75, 1.25))
 
     def _respawn_after_backoff(self, worker: Worker) -> None:
         worker.backoff_timer = None

@@ -1,0 +1,83 @@
+"""The parent's file descriptors: as many as allowed, and never all of them handed to strangers.
+
+libzmq aborts the whole process when it cannot get an fd where it needs one
+(a new connection's session); running out is turned into a typed condition
+(``runtime.fault`` part ``fds``) long before that.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+from collections.abc import Callable
+from pathlib import Path
+
+#: Above this fraction of the soft limit, control connections are refused.
+HIGH = 0.8
+#: Below this fraction they are served again.
+LOW = 0.6
+#: How often the parent counts its open fds (seconds): one listdir of /proc/self/fd.
+PERIOD = 0.1
+
+
+def raise_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (as far as the kernel allows); the soft limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
+    if hard == resource.RLIM_INFINITY:
+        try:
+            target = int(Path("/proc/sys/fs/nr_open").read_text())
+        except (OSError, ValueError):
+            target = soft
+    if soft != resource.RLIM_INFINITY and target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass  # a limit we cannot raise is a limit we live with
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def open_count(limit: int) -> int:
+    """How many fds this process has open (the limit itself if it cannot even look)."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            return limit
+        raise
+
+
+class FdGuard:
+    """A periodic job of the hub: refuse control connections while fds run short, serve them again after."""
+
+    def __init__(
+        self,
+        accept: Callable[[bool], None],
+        fault: Callable[[str, str, str], None],
+        recovered: Callable[[str], None],
+    ) -> None:
+        self._accept = accept
+        self._fault = fault
+        self._recovered = recovered
+        self.refusing = False
+
+    def check(self) -> None:
+        """Count the open fds against the soft limit (read each time: someone may change it)."""
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if limit == resource.RLIM_INFINITY:
+            return
+        count = open_count(limit)
+        if not self.refusing and count >= HIGH * limit:
+            self.refusing = True
+            self._accept(False)
+            self._fault(
+                "fds",
+                "fd_pressure",
+                f"{count} of {limit} file descriptors open: control connections are refused "
+                f"(and those open closed) until fewer than {int(LOW * limit)} are",
+            )
+        elif self.refusing and count < LOW * limit:
+            self.refusing = False
+            self._accept(True)
+            self._recovered("fds")
