@@ -241,6 +241,9 @@ def test_group_strategies_restart_the_right_members_in_order(
         after = _pids(rt)
         for name in "abc":
             assert (after[name] != before[name]) is (name in restarted), name
+        # The hub shows a member running before the dispatch thread has said so: wait for the
+        # saying. The last start comes after every stop and start of the restart (dispatch is FIFO).
+        rec.wait_for("worker.started", lambda e: e.payload.to_dict()["incarnation"] == 2, count=len(restarted))
         assert _after(rec, mark, "worker.started") == restarted
         assert _after(rec, mark, "service.stopped") == stopped  # reverse order
         assert {w.name: w.group for w in rt.workers()} == {"a": "line", "b": "line", "c": "line"}
@@ -258,6 +261,7 @@ def test_a_member_that_gives_up_takes_its_one_for_all_group_down() -> None:
     with rt:
         os.kill(_pids(rt)["b"] or 0, signal.SIGKILL)
         wait_until(lambda: all(w.state is WorkerState.FAILED for w in rt.workers()), what="the group to fail")
+        rec.wait_for("worker.gave_up", count=3)  # said on the dispatch thread, after the hub's state changed
         reasons = {e.payload.to_dict()["worker"]: e.payload.to_dict()["reason"] for e in rec.of("worker.gave_up")}
         assert "0 restarts within" in reasons["b"]
         assert reasons["a"] == reasons["c"] == "group member 'b' gave up"
