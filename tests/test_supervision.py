@@ -166,18 +166,17 @@ def test_backoff_starts_over_after_a_healthy_run() -> None:
 def test_shutdown_during_a_backoff_does_not_wait_for_it() -> None:
     rec = Recorder()
     loop = CrashLoop()
-    loop.backoff_initial = loop.backoff_max = 30.0
+    loop.backoff_initial = loop.backoff_max = 3600.0  # waiting it out would time the test out
     rt = Runtime(name="backoffwait")
     rt.register_process(rec)
     rt.register_service(loop)
     rt.boot()
     try:
-        rec.wait_for("worker.backoff", lambda e: e.payload.to_dict()["delay"] > 20)
+        rec.wait_for("worker.backoff", lambda e: e.payload.to_dict()["delay"] > 1000)
         assert _state(rt, "crashloop") is WorkerState.BACKOFF
     finally:
-        t0 = time.monotonic()
         rt.shutdown()
-    assert time.monotonic() - t0 < 5.0
+    assert rec.names()[-1] == "runtime.shutdown"
 
 
 class Member(Service):
@@ -319,7 +318,7 @@ def test_workers_status_reports_incarnation_restarts_uptime_and_usage() -> None:
 def test_shutdown_during_a_group_restart_respawns_nothing_and_does_not_wait() -> None:
     rec = Recorder()
     b = Member("b")
-    b.backoff_initial = b.backoff_max = 30.0
+    b.backoff_initial = b.backoff_max = 3600.0  # waiting it out would time the test out
     rt = Runtime(name="group-shutdown")
     rt.register_process(rec)
     rt.register_group("line", [Member("a"), b, Member("c")], strategy="one_for_all")
@@ -327,13 +326,11 @@ def test_shutdown_during_a_group_restart_respawns_nothing_and_does_not_wait() ->
     try:
         os.kill(_pids(rt)["b"] or 0, signal.SIGKILL)  # the first respawn is immediate
         wait_until(lambda: all(w.incarnation == 2 and w.state is WorkerState.RUNNING for w in rt.workers()))
-        os.kill(_pids(rt)["b"] or 0, signal.SIGKILL)  # the second waits 30 s, the others stopped meanwhile
+        os.kill(_pids(rt)["b"] or 0, signal.SIGKILL)  # the second waits an hour, the others stopped meanwhile
         wait_until(lambda: all(w.state is WorkerState.BACKOFF for w in rt.workers()), what="the group to wait")
         mark = len(rec.events)
     finally:
-        t0 = time.monotonic()
         rt.shutdown()
-    assert time.monotonic() - t0 < 5.0
     assert _after(rec, mark, "worker.started") == []
 
 
@@ -341,7 +338,11 @@ def _group_with_slow_c(name: str) -> tuple[Runtime, Recorder]:
     rec = Recorder()
     rt = Runtime(name=name)
     rt.register_process(rec)
-    rt.register_group("line", [Member("a"), Member("b"), Member("c", slow_stop=1.0)], strategy="one_for_all")
+    members = [Member("a"), Member("b"), Member("c", slow_stop=1.0)]
+    for member in members:
+        # c's own stop takes 1 s; waiting out any of these would time the test out.
+        member.stop_timeout = member.kill_timeout = member.start_timeout = 3600.0
+    rt.register_group("line", members, strategy="one_for_all")
     return rt, rec
 
 
@@ -356,9 +357,7 @@ def test_shutdown_while_a_group_restart_stops_a_member_is_prompt() -> None:
         os.kill(_pids(rt)["b"] or 0, signal.SIGKILL)
         wait_until(lambda: _state(rt, "c") is WorkerState.STOPPING, what="the group restart to stop c")
     finally:
-        t0 = time.monotonic()
         rt.shutdown()
-    assert time.monotonic() - t0 < 5.0  # c's own stop takes 1 s; no waiting out timeouts
     assert _after(rec, _shutdown_marks(rec), "worker.started") == []
 
 
@@ -366,7 +365,6 @@ def test_a_member_dying_during_shutdown_brings_nothing_back() -> None:
     rt, rec = _group_with_slow_c("group-dying")
     rt.boot()
     b = _pids(rt)["b"] or 0
-    t0 = time.monotonic()
     stopping = threading.Thread(target=rt.shutdown, name="test-shutdown")
     stopping.start()
     try:
@@ -374,7 +372,7 @@ def test_a_member_dying_during_shutdown_brings_nothing_back() -> None:
         os.kill(b, signal.SIGKILL)
     finally:
         stopping.join(30)
-    assert time.monotonic() - t0 < 5.0
+    assert not stopping.is_alive(), "shutdown waited for something it should not have"
     assert _after(rec, _shutdown_marks(rec), "worker.started") == []
     assert rec.names()[-1] == "runtime.shutdown"
 
