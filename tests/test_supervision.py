@@ -78,7 +78,7 @@ def test_restart_policy_decides_what_follows_an_exit(
             assert status.incarnation == 1 and status.restarts == 0
             assert not rec.of("worker.backoff")
             if final is WorkerState.FAILED:
-                (gave_up,) = rec.of("worker.gave_up")
+                (gave_up,) = rec.wait_for("worker.gave_up")  # said after the hub's state changed
                 assert gave_up.payload.to_dict()["pid"] == exited.pid
 
 
