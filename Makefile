@@ -32,6 +32,7 @@ unit: $(STAMP)
 
 soak: $(STAMP)
 	$(BIN)/pytest -m soak
+	$(BIN)/python bench/soak_respawn.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/dispatch.py

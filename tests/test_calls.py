@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-import time
 
 import pytest
 
@@ -83,10 +82,8 @@ def test_a_device_that_raises_gives_a_device_error_with_its_type_message_and_tra
 def test_a_timed_out_call_raises_device_timeout_and_its_late_reply_reaches_nobody() -> None:
     with _runtime("calls-late") as rt:
         motor = rt.device(Motor, "axis-1")
-        t0 = time.monotonic()
-        with pytest.raises(DeviceTimeout):
+        with pytest.raises(DeviceTimeout):  # not the nap's answer: the caller stopped waiting first
             motor.options(timeout=0.3).call(Motor.nap, 1.0, tag="late")
-        assert time.monotonic() - t0 < 1.0
         # The next calls queue behind the slow one and get their own answers, never "late".
         assert [motor.call(Motor.nap, 0.0, tag=f"call-{i}") for i in range(5)] == [f"call-{i}" for i in range(5)]
         sup = rt._sup
@@ -155,10 +152,8 @@ def test_calls_before_boot_and_after_shutdown_are_unavailable() -> None:
         motor.call(Motor.move, 1.0)
     with rt:
         assert motor.call(Motor.move, 1.0) == 1.0
-    t0 = time.monotonic()
-    with pytest.raises(DeviceUnavailable):
-        motor.call(Motor.move, 1.0)
-    assert time.monotonic() - t0 < 1.0
+    with pytest.raises(DeviceUnavailable):  # at once: a wait for the hour would fail on the test's timeout
+        motor.options(timeout=3600.0).call(Motor.move, 1.0)
 
 
 def test_eight_threads_calling_at_once_are_served_one_at_a_time_in_arrival_order() -> None:
@@ -303,7 +298,7 @@ def test_a_process_reacting_to_a_worker_message_can_call_a_device() -> None:
                 motor = ctx.device(Motor, "axis-1", wait=True)
                 outcome.append(motor.call(Motor.move, float(evt.payload.n), speed=2.0))
                 try:
-                    motor.options(timeout=30.0).call(Motor.segfault)
+                    motor.options(timeout=3600.0).call(Motor.segfault)
                 except DeviceCrashed as exc:
                     outcome.append(exc.reason)
                 outcome.append(threading.current_thread().name)
@@ -314,14 +309,13 @@ def test_a_process_reacting_to_a_worker_message_can_call_a_device() -> None:
     rt.register_process(rec)
     rt.register_service(Echo())
     with rt:
-        t0 = time.monotonic()
         for n in range(3):
             rt.emit(Ping(n=n))  # each Pong comes from a worker
-        wait_until(lambda: len(outcome) == 9, what="the commander's calls", timeout=20)
+        # Each crash is seen at once: a wait for the hour's deadline would time this out.
+        wait_until(lambda: len(outcome) == 9, what="the commander's calls", timeout=30)
         assert outcome[0::3] == [0.0, 2.0, 4.0]
         assert outcome[1::3] == ["killed by SIGSEGV"] * 3
         assert outcome[2::3] == ["bussdcc-dispatch"] * 3
-        assert time.monotonic() - t0 < 10.0, "each crash was seen at once, not at the 30 s deadline"
         # Everything the workers sent meanwhile was dispatched, in order.
         pongs = [e.payload.n for e in rec.of("test.pong") if isinstance(e.payload, Pong)]
         assert pongs == [0, 1, 2]
@@ -452,16 +446,14 @@ class Burst(Service):
 
 def test_a_handler_calling_a_device_behind_a_backlog_gets_its_answer() -> None:
     answers: list[float] = []
-    took: list[float] = []
 
     class Caller(Process):
         name = "caller"
 
         def handle_event(self, ctx: Context, evt: Event[Message]) -> None:
             if isinstance(evt.payload, Seq) and evt.payload.i in (0, 10_000):
-                t0 = time.monotonic()
-                answers.append(ctx.device(Motor, "axis-1", timeout=10.0).call(Motor.move, 1.0))
-                took.append(time.monotonic() - t0)
+                # An hour: the answer must come from the device, never from a deadline running out.
+                answers.append(ctx.device(Motor, "axis-1", timeout=3600.0).call(Motor.move, 1.0))
 
     rec = Recorder()
     rt = _runtime("calls-backlog-handler")
@@ -471,4 +463,3 @@ def test_a_handler_calling_a_device_behind_a_backlog_gets_its_answer() -> None:
     with rt:
         rec.wait_for("test.seq", lambda e: e.payload.to_dict()["i"] == 19_999, timeout=60)
         assert answers == [1.0, 1.0]
-        assert all(t < 5.0 for t in took), took  # not waiting out the 10 s deadline

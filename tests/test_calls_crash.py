@@ -42,13 +42,11 @@ def test_a_device_that_segfaults_mid_call_raises_device_crashed_at_once() -> Non
     rt.register_process(rec)
     rt.attach_device(Motor(id="axis-1"))
     with rt:
-        motor = rt.device(Motor, "axis-1", timeout=30.0)
+        # An hour: DeviceCrashed must come from the crash, never from the deadline.
+        motor = rt.device(Motor, "axis-1", timeout=3600.0)
         old_pid = motor.call(Motor.pid)
-        t0 = time.monotonic()
         with pytest.raises(DeviceCrashed) as info:
             motor.call(Motor.segfault)
-        elapsed = time.monotonic() - t0
-        assert elapsed < 1.0, f"DeviceCrashed after {elapsed:.3f}s, with a 30 s timeout"
         err = info.value
         assert err.reason == "killed by SIGSEGV" and "SIGSEGV" in str(err) and str(old_pid) in str(err)
         assert err.device == "axis-1" and err.method == "segfault"
@@ -66,13 +64,13 @@ def test_every_call_in_flight_fails_when_the_device_dies(cls: type[Motor]) -> No
     rt = Runtime(name=f"calls-inflight-{cls.__name__.lower()}")
     rt.attach_device(cls(id="axis-1"))
     with rt:
-        motor = rt.device(cls, "axis-1", timeout=30.0)
+        motor = rt.device(cls, "axis-1", timeout=3600.0)  # the crash, not a deadline, must end them
         pid = motor.call(Motor.pid)
         errors: list[BaseException] = []
 
         def waiter(i: int) -> None:
             try:
-                motor.call(Motor.nap, 10.0, tag=str(i))
+                motor.call(Motor.nap, 3600.0, tag=str(i))
             except Exception as exc:
                 errors.append(exc)
 
@@ -80,11 +78,9 @@ def test_every_call_in_flight_fails_when_the_device_dies(cls: type[Motor]) -> No
         for t in threads:
             t.start()
         wait_until(lambda: rt._sup is not None and len(rt._sup.calls._pending) == 3, what="three calls in flight")
-        t0 = time.monotonic()
         os.kill(pid, signal.SIGKILL)
         for t in threads:
-            t.join(5)
-        assert time.monotonic() - t0 < 2.0
+            t.join(30)
         assert len(errors) == 3 and all(isinstance(e, DeviceCrashed) for e in errors), errors
         assert all(e.reason == "killed by SIGKILL" for e in errors if isinstance(e, DeviceCrashed))
 
@@ -93,19 +89,17 @@ def test_a_failed_device_is_unavailable_at_once() -> None:
     rt = Runtime(name="calls-failed")
     rt.attach_device(Fragile(id="axis-1"))
     with rt:
-        motor = rt.device(Fragile, "axis-1", timeout=30.0)
+        motor = rt.device(Fragile, "axis-1", timeout=3600.0)  # refused at once, or the test times out
         with pytest.raises(DeviceCrashed):
             motor.call(Motor.segfault)
         wait_until(lambda: rt.workers()[0].state is WorkerState.FAILED, what="the device to fail")
-        t0 = time.monotonic()
         with pytest.raises(DeviceUnavailable) as info:
             motor.call(Motor.move, 1.0)
-        assert info.value.state == "failed" and time.monotonic() - t0 < 1.0
-        t0 = time.monotonic()
+        assert info.value.state == "failed"
         with pytest.raises(DeviceUnavailable) as waited:
-            motor.options(timeout=30.0, wait=True).call(Motor.move, 1.0)
+            motor.options(wait=True).call(Motor.move, 1.0)
         # Nothing to wait for: a failed device does not come back by itself.
-        assert waited.value.state == "failed" and time.monotonic() - t0 < 1.0
+        assert waited.value.state == "failed"
 
 
 def test_a_stopped_device_is_unavailable_at_once() -> None:
@@ -139,9 +133,7 @@ def test_starting_and_backoff_refuse_at_once_or_wait_for_the_next_incarnation(tm
         with pytest.raises(DeviceUnavailable) as info:
             motor.call(Motor.move, 1.0)
         assert info.value.state == "backoff"
-        t0 = time.monotonic()
-        assert motor.options(wait=True).call(Motor.move, 2.0, speed=2.0) == 4.0
-        assert time.monotonic() - t0 > 0.1, "it waited for the respawn"
+        assert motor.options(wait=True).call(Motor.move, 2.0, speed=2.0) == 4.0  # waited for the respawn
         assert motor.call(Motor.pid) not in (first, second)
 
 
@@ -163,22 +155,21 @@ def test_a_call_running_at_shutdown_still_gets_its_answer(cls: type[Motor]) -> N
 
 
 class SlowReturn(Motor):
-    """Comes back after its second crash only in 30 s."""
+    """Comes back after its second crash only in an hour."""
 
-    backoff_initial = backoff_max = 30.0
+    backoff_initial = backoff_max = 3600.0
 
 
 def test_a_call_waiting_for_a_device_fails_when_the_runtime_shuts_down(tmp_path: object) -> None:
     rt = Runtime(name="calls-parked")
     rt.attach_device(SlowReturn(id="axis-1"))
     rt.boot()
-    motor = rt.device(SlowReturn, "axis-1", timeout=30.0, wait=True)
-    for _ in range(2):  # the first respawn is immediate, the second waits out its backoff
+    motor = rt.device(SlowReturn, "axis-1", timeout=3600.0, wait=True)
+    for _ in range(2):  # the first respawn is immediate (the wait=True call waits for it), the second an hour
         with pytest.raises(DeviceCrashed):
             motor.call(Motor.segfault)
-        if rt.workers()[0].state is not WorkerState.BACKOFF:
-            wait_until(lambda: rt.workers()[0].state is WorkerState.RUNNING, what="the first respawn")
-    assert rt.workers()[0].state is WorkerState.BACKOFF
+    # The caller hears of the crash before the hub has decided what follows it.
+    wait_until(lambda: rt.workers()[0].state is WorkerState.BACKOFF, what="the long backoff")
     errors: list[BaseException] = []
 
     def parked() -> None:
@@ -190,23 +181,25 @@ def test_a_call_waiting_for_a_device_fails_when_the_runtime_shuts_down(tmp_path:
     caller = threading.Thread(target=parked)
     caller.start()
     wait_until(lambda: rt._sup is not None and rt._sup.calls._parked.get("axis-1"), what="a parked call")
-    t0 = time.monotonic()
-    rt.shutdown()
-    caller.join(10)
+    rt.shutdown()  # waiting out the hour's backoff or the call's deadline would time the test out
+    caller.join(30)
     assert len(errors) == 1 and isinstance(errors[0], DeviceUnavailable)
-    assert time.monotonic() - t0 < 5.0
 
 
 def test_stopping_a_pooled_device_finishes_running_calls_and_refuses_queued_ones() -> None:
+    rec = Recorder()
+    pooled = PooledMotor(id="axis-1")
+    pooled.stop_timeout = 60.0  # its running calls end by themselves, however slow the machine
     rt = Runtime(name="calls-pool-stop")
-    rt.attach_device(PooledMotor(id="axis-1"))
+    rt.register_process(rec)
+    rt.attach_device(pooled)
     with rt:
         motor = rt.device(PooledMotor, "axis-1", timeout=30.0)
         outcomes: dict[int, object] = {}
 
         def caller(i: int) -> None:
             try:
-                outcomes[i] = motor.call(Motor.nap, 1.0, tag=str(i))
+                outcomes[i] = motor.call(Motor.nap, 5.0, tag=f"announce:{i}")
             except Exception as exc:
                 outcomes[i] = exc
 
@@ -214,11 +207,12 @@ def test_stopping_a_pooled_device_finishes_running_calls_and_refuses_queued_ones
         for t in threads:
             t.start()
         wait_until(lambda: rt._sup is not None and len(rt._sup.calls._pending) == 6, what="six calls in flight")
+        rec.wait_for("test.answer", count=4)  # four of them are running in the device (sent, not just queued)
         stopper = threading.Thread(target=rt._stop_worker, args=("axis-1",))
         stopper.start()
         for t in threads:
-            t.join(10)
-        stopper.join(10)
+            t.join(30)
+        stopper.join(30)
         done = sorted(v for v in outcomes.values() if isinstance(v, str))
         refused = [v for v in outcomes.values() if isinstance(v, DeviceUnavailable)]
         assert len(done) == 4 and len(refused) == 2, outcomes

@@ -288,15 +288,15 @@ def test_messages_of_a_crashed_worker_are_dispatched_or_counted_lost() -> None:
 
 def test_losing_the_fork_server_halts_the_runtime_promptly() -> None:
     rec = Recorder()
+    raiser = Raiser()
+    raiser.stop_timeout = raiser.kill_timeout = 3600.0  # waiting them out for dead workers would time out
     rt = Runtime(name="noforks")
     rt.register_process(rec)
-    rt.register_service(Raiser())
+    rt.register_service(raiser)
     rt.boot()
     assert rt._fork is not None
-    t0 = time.monotonic()
     os.kill(rt._fork.pid, signal.SIGKILL)
-    assert rt.wait(timeout=20)
-    assert time.monotonic() - t0 < 5, "no waiting out stop timeouts for workers that are already dead"
+    assert rt.wait(timeout=30)
     assert rt.halt_reason is not None and "fork server" in rt.halt_reason
     (exited,) = [e.payload for e in rec.of("worker.exited") if e.payload.to_dict()["worker"] == "raiser"]
     assert isinstance(exited, message.WorkerExited) and exited.signal == "SIGKILL"
@@ -330,14 +330,10 @@ def test_a_stop_that_hangs_escalates_to_sigterm_then_sigkill(ignore_term: bool, 
     rt.register_process(rec)
     rt.register_service(svc)
     rt.boot()
-    t0 = time.monotonic()
-    rt.shutdown()
-    took = time.monotonic() - t0
+    rt.shutdown()  # stop() sleeps an hour: only the escalation lets this return within the test's timeout
     (exited,) = [e.payload for e in rec.of("worker.exited")]
     assert isinstance(exited, message.WorkerExited)
     assert exited.signal == signame and exited.reason.endswith(f"(killed by {signame})")
     assert exited.cause == "hung" and "stop/disconnect ran longer than stop_timeout" in exited.reason
     assert rec.of("test.where"), "the graceful stop was tried first"
     assert rec.names().index("service.stopped") < rec.names().index("runtime.shutdown")
-    # Bounded by stop_timeout + kill_timeout, with generous room for a loaded machine.
-    assert took < 0.6 + 5, f"shutdown took {took:.1f}s"

@@ -78,7 +78,7 @@ def test_restart_policy_decides_what_follows_an_exit(
             assert status.incarnation == 1 and status.restarts == 0
             assert not rec.of("worker.backoff")
             if final is WorkerState.FAILED:
-                (gave_up,) = rec.of("worker.gave_up")
+                (gave_up,) = rec.wait_for("worker.gave_up")  # said after the hub's state changed
                 assert gave_up.payload.to_dict()["pid"] == exited.pid
 
 
@@ -166,18 +166,17 @@ def test_backoff_starts_over_after_a_healthy_run() -> None:
 def test_shutdown_during_a_backoff_does_not_wait_for_it() -> None:
     rec = Recorder()
     loop = CrashLoop()
-    loop.backoff_initial = loop.backoff_max = 30.0
+    loop.backoff_initial = loop.backoff_max = 3600.0  # waiting it out would time the test out
     rt = Runtime(name="backoffwait")
     rt.register_process(rec)
     rt.register_service(loop)
     rt.boot()
     try:
-        rec.wait_for("worker.backoff", lambda e: e.payload.to_dict()["delay"] > 20)
+        rec.wait_for("worker.backoff", lambda e: e.payload.to_dict()["delay"] > 1000)
         assert _state(rt, "crashloop") is WorkerState.BACKOFF
     finally:
-        t0 = time.monotonic()
         rt.shutdown()
-    assert time.monotonic() - t0 < 5.0
+    assert rec.names()[-1] == "runtime.shutdown"
 
 
 class Member(Service):
@@ -241,6 +240,9 @@ def test_group_strategies_restart_the_right_members_in_order(
         after = _pids(rt)
         for name in "abc":
             assert (after[name] != before[name]) is (name in restarted), name
+        # The hub shows a member running before the dispatch thread has said so: wait for the
+        # saying. The last start comes after every stop and start of the restart (dispatch is FIFO).
+        rec.wait_for("worker.started", lambda e: e.payload.to_dict()["incarnation"] == 2, count=len(restarted))
         assert _after(rec, mark, "worker.started") == restarted
         assert _after(rec, mark, "service.stopped") == stopped  # reverse order
         assert {w.name: w.group for w in rt.workers()} == {"a": "line", "b": "line", "c": "line"}
@@ -258,6 +260,7 @@ def test_a_member_that_gives_up_takes_its_one_for_all_group_down() -> None:
     with rt:
         os.kill(_pids(rt)["b"] or 0, signal.SIGKILL)
         wait_until(lambda: all(w.state is WorkerState.FAILED for w in rt.workers()), what="the group to fail")
+        rec.wait_for("worker.gave_up", count=3)  # said on the dispatch thread, after the hub's state changed
         reasons = {e.payload.to_dict()["worker"]: e.payload.to_dict()["reason"] for e in rec.of("worker.gave_up")}
         assert "0 restarts within" in reasons["b"]
         assert reasons["a"] == reasons["c"] == "group member 'b' gave up"
@@ -315,7 +318,7 @@ def test_workers_status_reports_incarnation_restarts_uptime_and_usage() -> None:
 def test_shutdown_during_a_group_restart_respawns_nothing_and_does_not_wait() -> None:
     rec = Recorder()
     b = Member("b")
-    b.backoff_initial = b.backoff_max = 30.0
+    b.backoff_initial = b.backoff_max = 3600.0  # waiting it out would time the test out
     rt = Runtime(name="group-shutdown")
     rt.register_process(rec)
     rt.register_group("line", [Member("a"), b, Member("c")], strategy="one_for_all")
@@ -323,13 +326,11 @@ def test_shutdown_during_a_group_restart_respawns_nothing_and_does_not_wait() ->
     try:
         os.kill(_pids(rt)["b"] or 0, signal.SIGKILL)  # the first respawn is immediate
         wait_until(lambda: all(w.incarnation == 2 and w.state is WorkerState.RUNNING for w in rt.workers()))
-        os.kill(_pids(rt)["b"] or 0, signal.SIGKILL)  # the second waits 30 s, the others stopped meanwhile
+        os.kill(_pids(rt)["b"] or 0, signal.SIGKILL)  # the second waits an hour, the others stopped meanwhile
         wait_until(lambda: all(w.state is WorkerState.BACKOFF for w in rt.workers()), what="the group to wait")
         mark = len(rec.events)
     finally:
-        t0 = time.monotonic()
         rt.shutdown()
-    assert time.monotonic() - t0 < 5.0
     assert _after(rec, mark, "worker.started") == []
 
 
@@ -337,7 +338,11 @@ def _group_with_slow_c(name: str) -> tuple[Runtime, Recorder]:
     rec = Recorder()
     rt = Runtime(name=name)
     rt.register_process(rec)
-    rt.register_group("line", [Member("a"), Member("b"), Member("c", slow_stop=1.0)], strategy="one_for_all")
+    members = [Member("a"), Member("b"), Member("c", slow_stop=1.0)]
+    for member in members:
+        # c's own stop takes 1 s; waiting out any of these would time the test out.
+        member.stop_timeout = member.kill_timeout = member.start_timeout = 3600.0
+    rt.register_group("line", members, strategy="one_for_all")
     return rt, rec
 
 
@@ -352,9 +357,7 @@ def test_shutdown_while_a_group_restart_stops_a_member_is_prompt() -> None:
         os.kill(_pids(rt)["b"] or 0, signal.SIGKILL)
         wait_until(lambda: _state(rt, "c") is WorkerState.STOPPING, what="the group restart to stop c")
     finally:
-        t0 = time.monotonic()
         rt.shutdown()
-    assert time.monotonic() - t0 < 5.0  # c's own stop takes 1 s; no waiting out timeouts
     assert _after(rec, _shutdown_marks(rec), "worker.started") == []
 
 
@@ -362,7 +365,6 @@ def test_a_member_dying_during_shutdown_brings_nothing_back() -> None:
     rt, rec = _group_with_slow_c("group-dying")
     rt.boot()
     b = _pids(rt)["b"] or 0
-    t0 = time.monotonic()
     stopping = threading.Thread(target=rt.shutdown, name="test-shutdown")
     stopping.start()
     try:
@@ -370,7 +372,7 @@ def test_a_member_dying_during_shutdown_brings_nothing_back() -> None:
         os.kill(b, signal.SIGKILL)
     finally:
         stopping.join(30)
-    assert time.monotonic() - t0 < 5.0
+    assert not stopping.is_alive(), "shutdown waited for something it should not have"
     assert _after(rec, _shutdown_marks(rec), "worker.started") == []
     assert rec.names()[-1] == "runtime.shutdown"
 
