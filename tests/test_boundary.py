@@ -253,6 +253,11 @@ def _import_graph() -> dict[str, set[str]]:
                     found = found.rpartition(".")[0]
                 if found and found != name:
                     edges.add(found)
+                # Importing a module runs the packages above it first (those not above the importer).
+                above = found.rpartition(".")[0]
+                while above and not (name + ".").startswith(above + "."):
+                    edges.add(above)
+                    above = above.rpartition(".")[0]
         graph[name] = edges
     return graph
 
