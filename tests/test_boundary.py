@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import msgspec
 import psutil
@@ -210,3 +212,104 @@ def test_oversized_items_are_refused_where_they_are_emitted() -> None:
         rt.emit(Seq(i=3))
         rec.wait_for("test.seq", lambda e: e.payload.to_dict()["i"] == 4)
         assert rt.state.get("big") is None
+
+
+# ---- the import graph --------------------------------------------------------------
+
+_SRC = Path(__file__).resolve().parent.parent / "src"
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(_SRC).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Every module of src and the modules of src it imports (anywhere: top level, functions, TYPE_CHECKING)."""
+    modules = {_module_name(path): path for path in _SRC.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        edges: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                    base = ".".join([*anchor, *([base] if base else [])])
+                # `from . import x` imports the module x when there is one, else a name of the package.
+                targets = [
+                    f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names
+                ]
+            for target in targets:
+                # `import a.b.c` needs a.b.c; the packages above it are not edges of ours.
+                found = target
+                while found and found not in modules:
+                    found = found.rpartition(".")[0]
+                if found and found != name:
+                    edges.add(found)
+                # Importing a module runs the packages above it first (those not above the importer).
+                above = found.rpartition(".")[0]
+                while above and not (name + ".").startswith(above + "."):
+                    edges.add(above)
+                    above = above.rpartition(".")[0]
+        graph[name] = edges
+    return graph
+
+
+def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_circle_finder_finds_a_circle_and_only_circles() -> None:
+    assert _circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _circles({"a": {"b"}, "b": set()}) == []
+
+
+@pytest.mark.xfail(
+    strict=True, reason="kernel._calls -> _components -> _context -> _calls: Context.device builds a DeviceHandle"
+)
+def test_no_module_of_src_imports_itself_through_others() -> None:
+    graph = _import_graph()
+    assert "bussdcc.supervisor._runtime" in graph and "bussdcc.kernel._context" in graph
+    assert "bussdcc.supervisor._control" in graph["bussdcc.supervisor._runtime"] or any(
+        "bussdcc.supervisor._control" in graph[m] for m in graph["bussdcc.supervisor._runtime"]
+    )
+    circles = _circles(graph)
+    assert not circles, "import circles: " + "; ".join(" -> ".join(c) for c in circles)

@@ -80,6 +80,20 @@ class WorkerStartError(BussdccError):
     """A worker process did not report ready in time."""
 
 
+class UnknownWorker(BussdccError, LookupError):
+    """No Service or Device of that name is registered; ``available`` lists those that are."""
+
+    def __init__(self, name: str, available: tuple[str, ...] = ()) -> None:
+        known = ", ".join(available) or "none"
+        super().__init__(f"unknown worker {name!r} (workers: {known})")
+        self.name = name
+        self.available = available
+
+
+class WorkerTimeout(BussdccError, TimeoutError):
+    """A worker did not reach the state waited for in time."""
+
+
 # ---- calls to devices ----------------------------------------------------------------
 
 

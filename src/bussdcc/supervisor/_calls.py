@@ -83,6 +83,10 @@ class CallRouter:
         #: Replies that matched no pending call (late, or for a call that timed out).
         self.late = 0
 
+    def counts(self) -> tuple[int, int]:
+        """Calls in flight (sent or parked), and those parked for a device not ready; any thread."""
+        return len(self._pending), sum(len(calls) for calls in tuple(self._parked.values()))
+
     # ---- taking calls ----------------------------------------------------------------
 
     def submit(self, call: _Pending) -> None:

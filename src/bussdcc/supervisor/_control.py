@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import msgspec
 import zmq
@@ -29,10 +29,8 @@ from ..errors import BootError, BussdccError, ProtocolError
 from ..kernel import protocol as p
 from . import _control_ops as ops
 from ._flow import SUBSCRIBER_BYTES, weigh
+from ._managed import ManagedRuntime
 from ._wake import WakePipe
-
-if TYPE_CHECKING:
-    from ._runtime import Runtime
 
 #: Files of the run directory the command line reads.
 SECRET_FILE = "secret"
@@ -80,7 +78,7 @@ def write_identity(run_dir: Path, name: str, secret: bytes | None = None, starte
 class ControlServer:
     """Serves the control endpoint of one runtime from its own thread."""
 
-    def __init__(self, runtime: Runtime, run_dir: Path) -> None:
+    def __init__(self, runtime: ManagedRuntime, run_dir: Path) -> None:
         self.runtime = runtime
         self.run_dir = run_dir
         self.endpoint = f"ipc://{run_dir / CONTROL_SOCKET}"
@@ -335,7 +333,7 @@ class ControlServer:
                 if queued:
                     self._skip[identity] = queued
             case p.ShutdownRequest():
-                self.runtime._halt(req.reason or "shutdown requested over the control endpoint", requested=True)
+                self.runtime.request_shutdown(req.reason or "shutdown requested over the control endpoint")
                 reply = p.Done("shutting down")
             case _:
                 with self._ops_lock:
@@ -382,9 +380,7 @@ class ControlServer:
         self._report_exit(pid)
 
     def _report_exit(self, pid: int) -> None:
-        hub, sup = self.runtime._hub, self.runtime._sup
-        if hub is not None and sup is not None:
-            hub.call_soon(lambda: sup.on_exit(pid, None))
+        self.runtime.worker_exited(pid)
 
 
 def _chunks(items: list[tuple[int, bytes]]) -> list[list[tuple[int, bytes]]]:

@@ -1,4 +1,8 @@
-"""What the control endpoint does to a runtime: status, start/stop/restart/remove, spawn, join."""
+"""What the control endpoint does to a runtime: status, start/stop/restart/remove, spawn, join.
+
+Runs on the control thread (status) and on a thread per request (the rest),
+against a runtime seen only through :class:`ManagedRuntime`.
+"""
 
 from __future__ import annotations
 
@@ -7,29 +11,35 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import msgspec
 
-from .._config import build
 from ..errors import ConfigError, ControlError, DeviceCallError
 from ..kernel import Device, Service, callable_methods
 from ..kernel import protocol as p
-from ._hub import Hub
-from ._specs import check_supervised
-from ._supervisor import Supervisor
-from ._workers import Incarnation, Worker, WorkerState
+from ._managed import ManagedRuntime
+from ._specs import build, check_supervised
+from ._workers import WorkerState
 
-if TYPE_CHECKING:
-    from ._control import ControlServer
-    from ._runtime import Runtime
+
+class ControlServer(Protocol):
+    """What a request needs of the control server that carries it."""
+
+    @property
+    def started(self) -> float: ...
+    @property
+    def run_dir(self) -> Path: ...
+    @property
+    def dropped(self) -> int: ...
+    def watch(self, pid: int) -> None: ...
+
 
 _IDLE = (WorkerState.STOPPED, WorkerState.FAILED)
 
 
-def status(rt: Runtime, server: ControlServer) -> p.StatusReply:
+def status(rt: ManagedRuntime, server: ControlServer) -> p.StatusReply:
     """The runtime and its workers, every ``WorkerStatus`` field as is."""
     stats = rt.stats()
     runtime: dict[str, Any] = {
@@ -46,7 +56,7 @@ def status(rt: Runtime, server: ControlServer) -> p.StatusReply:
     return p.StatusReply(runtime, workers)
 
 
-def act(rt: Runtime, server: ControlServer, req: p.ControlRequest) -> p.ControlReply:
+def act(rt: ManagedRuntime, server: ControlServer, req: p.ControlRequest) -> p.ControlReply:
     """Carry out a request that waits on workers (runs on the control pool)."""
     match req:
         case p.WorkerRequest():
@@ -60,92 +70,35 @@ def act(rt: Runtime, server: ControlServer, req: p.ControlRequest) -> p.ControlR
     raise ControlError(f"unexpected request {type(req).__name__}")
 
 
-@contextmanager
-def _lifecycle(rt: Runtime) -> Iterator[None]:
-    """Hold the runtime's lifecycle lock, unless it is shutting down (which holds it while it waits for us)."""
-    while not rt._lifecycle.acquire(timeout=0.05):
-        _live(rt)
-    try:
-        _live(rt)
-        yield
-    finally:
-        rt._lifecycle.release()
-
-
-def _live(rt: Runtime) -> tuple[Supervisor, Hub]:
-    sup, hub = rt._sup, rt._hub
-    if sup is None or hub is None or rt._stopping:
-        raise ControlError("the runtime is shutting down")
-    return sup, hub
-
-
-def _find(rt: Runtime, name: str) -> Worker:
-    sup, _ = _live(rt)
-    worker: Worker | None = sup.workers.get(name)
-    if worker is None:
-        known = ", ".join(sorted(sup.workers)) or "none"
-        raise ControlError(f"unknown worker {name!r} (workers: {known})")
-    return worker
-
-
-def _worker_op(rt: Runtime, op: str, name: str) -> str:
-    if op not in ("start", "stop", "restart", "remove"):
-        raise ControlError(f"unknown operation {op!r}")
-    with _lifecycle(rt):  # not while the runtime boots or shuts down
-        worker = _find(rt, name)
-        # Refuse before acting: a refused request changes nothing.
-        if op == "remove" and worker.group is not None:
-            raise ControlError(f"{name} is a member of the group {worker.group!r}: it cannot be removed")
-        if op == "restart" and worker.argv == []:
-            raise ControlError(f"{name} is a standalone worker: restart it where it was started")
-        if op == "start":
-            return _start(rt, worker)
-        if op == "restart":
-            was = _stop(rt, worker)
-            return f"{was}; {_start(rt, worker)}"
-        outcome = _stop(rt, worker)
+def _worker_op(rt: ManagedRuntime, op: str, name: str) -> str:
+    if op == "start":
+        return _started(rt.start_worker(name).pid, name)
+    if op == "restart":
+        was = rt.worker(name).state
+        after = rt.restart_worker(name)
+        stopped = f"{name} was {was}" if was in _IDLE else f"{name} stopped"
+        return f"{stopped}; {_started(after.pid, name)}"
+    if op in {"stop", "remove"}:
+        was = rt.worker(name).state
         if op == "stop":
-            return outcome
-        sup, hub = _live(rt)
-        hub.call(lambda: sup.remove(name))
-        rt._services.pop(name, None)
-        rt._devices.pop(name, None)
-        return f"{outcome}; removed {name}"
+            rt.stop_worker(name)
+        else:
+            rt.remove_worker(name)
+        stopped = f"{name} was {was}" if was in _IDLE else f"{name} stopped"
+        return stopped if op == "stop" else f"{stopped}; removed {name}"
+    raise ControlError(f"unknown operation {op!r}")
 
 
-def _start(rt: Runtime, worker: Worker) -> str:
-    sup, hub = _live(rt)
-    if worker.argv == []:
-        raise ControlError(f"{worker.name} is a standalone worker: start it where it was started")
-
-    def go() -> Incarnation:
-        if worker.state not in _IDLE:
-            raise ControlError(f"{worker.name} is {worker.state} already")
-        return sup.start(worker.name)
-
-    inc = hub.call(go)
-    inc.outcome.wait(worker.component.start_timeout + 5.0)
-    pid = inc.pid
-    if inc.ready and worker.current is inc:
-        return f"{worker.name} started (pid {pid})"
-    raise ControlError(f"{worker.name} did not start: {worker.last_exit or worker.state}")
+def _started(pid: int | None, name: str) -> str:
+    return f"{name} started (pid {pid})"
 
 
-def _stop(rt: Runtime, worker: Worker) -> str:
-    if worker.state in _IDLE:
-        return f"{worker.name} was {worker.state}"
-    rt._stop_worker(worker.name)
-    if worker.state not in _IDLE:
-        raise ControlError(f"{worker.name} did not stop: it is {worker.state}")
-    return f"{worker.name} stopped"
-
-
-def _call(rt: Runtime, req: p.CallRequest) -> str:
+def _call(rt: ManagedRuntime, req: p.CallRequest) -> str:
     """Call a device's method with JSON arguments; return the result as JSON."""
-    _live(rt)
-    device = rt._devices.get(req.device)
-    if device is None:
-        known = ", ".join(sorted(rt._devices)) or "none"
+    devices = sorted(w.name for w in rt.workers() if w.role == "device")
+    device = rt.component(req.device) if req.device in devices else None
+    if not isinstance(device, Device):
+        known = ", ".join(devices) or "none"
         raise ControlError(f"unknown device {req.device!r} (devices: {known})")
     methods = callable_methods(type(device))
     method = methods.get(req.method)
@@ -221,44 +174,24 @@ def _component(target: str, name: str, config: str, policy: str) -> Service | De
     return component
 
 
-def _spawn(rt: Runtime, server: ControlServer, req: p.SpawnRequest) -> str:
+def _spawn(rt: ManagedRuntime, server: ControlServer, req: p.SpawnRequest) -> str:
     # The parent imports the class too: to know its settings, and to refuse a bad target now.
     component = _component(req.target, req.name, req.config, req.policy)
     argv = [sys.executable, "-m", "bussdcc", "worker", "--connect", str(server.run_dir), req.target]
     argv += ["--name", req.name, "--config", req.config, "--policy-json", req.policy]
-    with _lifecycle(rt):
-        _live(rt)
-        rt._check_name(req.name, "worker", rt._worker_names())
-        rt._add_worker(component, argv=argv)
-        if isinstance(component, Device):
-            rt._devices[component.id] = component
-        else:
-            rt._services[component.name] = component
-    worker = _find(rt, req.name)
+    rt.add_exec_worker(component, argv)
+    worker = rt.worker(req.name)
     if worker.state is not WorkerState.RUNNING:
         raise ControlError(
             f"{req.name} was added but did not start: {worker.last_exit or worker.state} "
             f"(it stays registered, {worker.state}; `bussdcc remove {req.name}` removes it)"
         )
-    inc = worker.current
-    return f"spawned {req.name} (pid {inc.pid if inc is not None else '?'})"
+    return f"spawned {req.name} (pid {worker.pid if worker.pid is not None else '?'})"
 
 
-def _join(rt: Runtime, server: ControlServer, req: p.JoinRequest) -> p.Joined:
+def _join(rt: ManagedRuntime, server: ControlServer, req: p.JoinRequest) -> p.Joined:
     component = _component(req.target, req.name, req.config, req.policy)
     component.restart = False  # whoever started it restarts it (systemd, a shell loop)
-    with _lifecycle(rt):
-        sup, hub = _live(rt)
-        existing: Worker | None = sup.workers.get(req.name)
-        if existing is None:
-            rt._check_name(req.name, "worker", rt._worker_names())
-            hub.call(lambda: sup.add(component, argv=[]))
-            if isinstance(component, Device):
-                rt._devices[component.id] = component
-            else:
-                rt._services[component.name] = component
-        elif existing.argv != []:
-            raise ControlError(f"a worker named {req.name!r} exists and is not a standalone one")
-        inc = hub.call(lambda: sup.join(req.name, req.pid))
+    inc = rt.join_worker(component, req.pid)
     server.watch(req.pid)
     return p.Joined(inc.number, inc.slot, rt.endpoint, os.getpid(), inc.identity, inc.token)

@@ -113,7 +113,7 @@ class SignalRuntime(ThreadedRuntime):
             self._previous.clear()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        if not self._up:
+        if self._parts is None:
             self._restore_signals()
             previous = signal.getsignal(signum)
             if callable(previous):
@@ -133,6 +133,6 @@ class SignalRuntime(ThreadedRuntime):
 
     def _emit_later(self, message: Message) -> None:
         # Only a lock-free hand-off is safe in a signal handler: the hub queues it for dispatch.
-        hub = self._hub
-        if hub is not None:
-            hub.call_soon(lambda: self._emit_queued(message))
+        parts = self._parts
+        if parts is not None:
+            parts.hub.call_soon(lambda: self._emit_queued(message))

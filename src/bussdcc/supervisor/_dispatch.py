@@ -1,0 +1,143 @@
+"""The authoritative dispatch: every message, from the parent or any worker, passes through here.
+
+Runs on the thread that emits: the dispatch thread for what the hub hands over
+(workers' messages, lifecycle messages), and any thread that calls ``emit``.
+One lock keeps one order: the bus, the Processes and Interfaces, the workers'
+outbox and the control stream all see messages in the same order.
+"""
+
+from __future__ import annotations
+
+import threading
+import traceback
+from typing import TYPE_CHECKING
+
+from ..kernel import RUNTIME_SOURCE, ClockProtocol, Context, Event, EventBus, Interface, Message, Process, Severity
+from ..kernel import _builtin as m
+from ..kernel import protocol as p
+from ..kernel._text import emit_report
+
+if TYPE_CHECKING:
+    from ._assembly import Assembly
+
+
+class Receiver:
+    """A Process or Interface, run in the parent, with its own context."""
+
+    __slots__ = ("component", "ctx", "interface", "name")
+
+    def __init__(self, name: str, component: Process, ctx: Context) -> None:
+        self.name = name
+        self.component = component
+        self.ctx = ctx
+        self.interface = isinstance(component, Interface)
+
+
+class Dispatch:
+    """Dispatches events in one order to the bus, the receivers, the workers and the control stream."""
+
+    def __init__(self, events: EventBus, clock: ClockProtocol) -> None:
+        self.events = events
+        self.clock = clock
+        #: What runs this boot (None while down); set by the runtime as it boots and shuts down.
+        self.parts: Assembly | None = None
+        self.receivers: tuple[Receiver, ...] = ()
+        self.dispatched = 0
+        self._lock = threading.RLock()
+        self._local = threading.local()
+
+    def emit(self, message: Message, source: str = RUNTIME_SOURCE) -> None:
+        """Dispatch ``message`` now, on this thread."""
+        self.dispatch(Event(message, self.clock.now_utc(), source))
+
+    def dispatch(self, evt: Event[Message], item: bytes | None = None) -> None:
+        """Dispatch ``evt`` (``item``: its encoded envelope, if known); waits while the outbox is full."""
+        parts = self.parts
+        if item is None:
+            # Encode first, always: an unencodable or oversized message is refused
+            # before anyone sees it, whether or not a worker wants it today.
+            item = p.encode_envelope(evt.payload, evt.time.timestamp(), evt.source)
+        local = self._local
+        local.depth = getattr(local, "depth", 0) + 1
+        try:
+            self._dispatch_locked(evt, item, parts)
+        finally:
+            local.depth -= 1
+        if parts is not None and parts.supervisor.outbox and not parts.hub.in_hub:
+            parts.hub.wake()
+            # Every emitter waits for room, handlers and the dispatch thread too: the hub
+            # makes room without them (the rule, and why it always ends, is in _flow).
+            parts.hub.wait_for_room()
+
+    def in_handler(self) -> bool:
+        """Whether this thread is inside a dispatch, or is a runtime thread (so must not wait on the hub)."""
+        if getattr(self._local, "depth", 0) > 0:
+            return True
+        parts = self.parts
+        return parts is not None and (parts.hub.in_hub or parts.dispatcher.on_thread)
+
+    def _dispatch_locked(self, evt: Event[Message], item: bytes, parts: Assembly | None) -> None:
+        with self._lock:
+            self.dispatched += 1
+            self.events.publish(evt)
+            for rec in self.receivers:
+                try:
+                    rec.component.handle_event(rec.ctx, evt)
+                except Exception as exc:
+                    if evt.payload.severity >= Severity.ERROR:
+                        continue
+                    tb = traceback.format_exc()
+                    err: Message
+                    if rec.interface:
+                        err = m.InterfaceError(interface=rec.name, error=repr(exc), evt=evt, traceback=tb)
+                    else:
+                        err = m.ProcessError(process=rec.name, error=repr(exc), evt=evt, traceback=tb)
+                    # Whatever the handler's exception says, its report must not stop the loop:
+                    # the receivers after it still get this event.
+                    emit_report(self.emit, err)
+            if parts is not None:
+                if parts.supervisor.targets:
+                    parts.supervisor.post(item)
+                parts.control.tap(evt.payload.severity, item)
+
+    def tap(self, severity: int, item: bytes) -> None:
+        """Hand a line of worker output to the control stream, in dispatch order."""
+        parts = self.parts
+        if parts is not None:
+            with self._lock:  # the control stream keeps dispatch's order
+                parts.control.tap(severity, item)
+
+    def dispatch_item(self, env: p.Envelope, item: bytes, worker: str) -> None:
+        """Dispatch what ``worker`` sent (dispatch thread)."""
+        evt = p.envelope_event(env, worker)
+        if env.source != worker:  # the routing id, not the frame, says who sent it
+            item = p.encode_envelope(evt.payload, env.ts, worker)
+        self.dispatch(evt, item)
+
+    # ---- receivers ---------------------------------------------------------------
+
+    def start_receiver(self, rec: Receiver) -> None:
+        """Attach and start a Process or Interface; its error is reported, not raised."""
+        try:
+            rec.component.attach(rec.ctx)
+            rec.component.start(rec.ctx)
+        except Exception as exc:
+            self._receiver_error(rec, exc)
+            return
+        self.emit(m.InterfaceStarted(interface=rec.name) if rec.interface else m.ProcessStarted(process=rec.name))
+
+    def stop_receiver(self, rec: Receiver) -> None:
+        """Stop and detach a Process or Interface; its error is reported, not raised."""
+        try:
+            rec.component.stop(rec.ctx)
+            rec.component.detach()
+        except Exception as exc:
+            self._receiver_error(rec, exc)
+        self.emit(m.InterfaceStopped(interface=rec.name) if rec.interface else m.ProcessStopped(process=rec.name))
+
+    def _receiver_error(self, rec: Receiver, exc: Exception) -> None:
+        tb = traceback.format_exc()
+        if rec.interface:
+            self.emit(m.InterfaceError(interface=rec.name, error=repr(exc), traceback=tb))
+        else:
+            self.emit(m.ProcessError(process=rec.name, error=repr(exc), traceback=tb))
