@@ -40,7 +40,9 @@ class Dies(Service):
     restart_window = 1.0  # keeps the intensity bookkeeping to the last second's respawns
     backoff_initial = 0.001
     backoff_max = 0.001
-    backoff_reset = 0.0  # each incarnation that got ready counts as healthy: no growing streak
+    # Never healthy for long enough: the failure streak grows to N, far past where `2.0 ** streak`
+    # would overflow, so the soak also shows that supervision goes on after any number of failures.
+    backoff_reset = 3600.0
 
     def tick(self, ctx: Context) -> None:
         sys.exit(3)

@@ -302,9 +302,6 @@ def test_the_circle_finder_finds_a_circle_and_only_circles() -> None:
     assert _circles({"a": {"b"}, "b": set()}) == []
 
 
-@pytest.mark.xfail(
-    strict=True, reason="kernel._calls -> _components -> _context -> _calls: Context.device builds a DeviceHandle"
-)
 def test_no_module_of_src_imports_itself_through_others() -> None:
     graph = _import_graph()
     assert "bussdcc.supervisor._runtime" in graph and "bussdcc.kernel._context" in graph

@@ -5,6 +5,7 @@ from ._bus import EventBus, Subscription
 from ._calls import CallPort, DeviceHandle, callable_methods
 from ._clock import ClockProtocol, ManualClock, SystemClock
 from ._components import (
+    Context,
     Device,
     Interface,
     Process,
@@ -16,7 +17,7 @@ from ._components import (
     restart_policy,
     tick_deadline,
 )
-from ._context import Context, RuntimeView
+from ._context import RuntimeView
 from ._event import RUNTIME_SOURCE, Event
 from ._message import Message, Severity, message_class, message_names
 from ._state import StateStore

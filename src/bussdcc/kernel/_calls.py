@@ -30,7 +30,6 @@ from ..errors import (
     UnknownMethod,
 )
 from . import protocol as p
-from ._components import Device, Supervised
 
 __all__ = [
     "CallPort",
@@ -45,7 +44,8 @@ __all__ = [
     "method_spec",
 ]
 
-D = TypeVar("D", bound=Device)
+#: The device class of a handle (bound to Device where a handle is made: ``Context.device``).
+D = TypeVar("D")
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -55,8 +55,15 @@ _VERDICT_GRACE: Final = 0.25
 #: The longest deadline a call may have (a day).
 MAX_TIMEOUT: Final = 86_400.0
 
-_BASES: Final = (Device, Supervised, object)
-_RESERVED: Final = frozenset(name for cls in _BASES for name in vars(cls))
+#: Where Device and its bases are defined: their own methods are never callable. Named, not
+#: imported, so that this module does not import the components (which import it).
+_KERNEL_BASES: Final = f"{__name__.rpartition('.')[0]}._components"
+
+
+def _is_base(klass: type) -> bool:
+    return klass is object or klass.__module__ == _KERNEL_BASES
+
+
 _raw_list: Final = msgspec.msgpack.Decoder(list[msgspec.Raw])
 _raw_map: Final = msgspec.msgpack.Decoder(dict[str, msgspec.Raw])
 _methods: dict[type, dict[str, Callable[..., Any]]] = {}
@@ -68,11 +75,12 @@ def callable_methods(cls: type) -> dict[str, Callable[..., Any]]:
     found = _methods.get(cls)
     if found is None:
         found = {}
+        reserved = {name for klass in cls.__mro__ if _is_base(klass) for name in vars(klass)}
         for klass in reversed(cls.__mro__):
-            if klass in _BASES:
+            if _is_base(klass):
                 continue
             for name, member in vars(klass).items():
-                if name.startswith("_") or name in _RESERVED:
+                if name.startswith("_") or name in reserved:
                     continue
                 if inspect.isfunction(member):
                     found[name] = member
@@ -246,7 +254,7 @@ class Outgoing:
 class CallPort(Protocol):
     """Where a side sends its calls (the parent's hub, or a worker's channel)."""
 
-    def check(self, cls: type[Device], device: str) -> None:
+    def check(self, cls: type[Any], device: str) -> None:
         """Raise :class:`UnknownDevice` if ``device`` is known not to be a ``cls`` (where that is known)."""
         ...
 

@@ -1,15 +1,21 @@
-"""The four kinds of component and their lifecycles."""
+"""The four kinds of component, their lifecycles, and the context each is handed."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Final, Literal, TypeAlias, cast
+from collections.abc import Callable
+from typing import Any, ClassVar, Final, Literal, TypeAlias, TypeVar, cast
 
 from ._builtin import DeviceOffline, DeviceOnline
-from ._context import Context
+from ._bus import EventBus
+from ._calls import CallPort, DeviceHandle
+from ._clock import ClockProtocol
+from ._context import RuntimeView
 from ._event import Event
 from ._message import Message
+from ._state import StateStore
 
 __all__ = [
+    "Context",
     "Device",
     "Interface",
     "Process",
@@ -204,3 +210,42 @@ def tick_deadline(service: Service) -> float:
 def handles_events(component: object) -> bool:
     """Whether a Service's class overrides ``handle_event`` (only those are sent events)."""
     return type(component).handle_event is not Service.handle_event  # type: ignore[attr-defined]
+
+
+D = TypeVar("D", bound=Device)
+
+
+class Context:
+    """Clock, event bus, state, runtime access, and ``emit`` — nothing more."""
+
+    __slots__ = ("_calls", "_emit", "clock", "events", "runtime", "state")
+
+    def __init__(
+        self,
+        *,
+        clock: ClockProtocol,
+        events: EventBus,
+        state: StateStore,
+        runtime: RuntimeView,
+        emit: Callable[[Message], None],
+        calls: CallPort | None = None,
+    ) -> None:
+        self.clock = clock
+        self.events = events
+        self.state = state
+        self.runtime = runtime
+        self._emit = emit
+        self._calls = calls
+
+    def emit(self, message: Message) -> None:
+        """Hand ``message`` to the runtime, the one authority that dispatches it."""
+        if not isinstance(message, Message):
+            raise TypeError(f"emit() takes a Message, not {type(message).__name__}")
+        self._emit(message)
+
+    def device(self, cls: type[D], id: str, *, timeout: float = 10.0, wait: bool = False) -> DeviceHandle[D]:
+        """A typed handle to call the methods of the device ``id`` (a ``cls``), routed by the runtime."""
+        if self._calls is None:
+            raise TypeError("this context cannot reach devices (it belongs to no runtime)")
+        self._calls.check(cls, id)
+        return DeviceHandle(cls, id, self._calls, timeout=timeout, wait=wait)
