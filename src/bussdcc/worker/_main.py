@@ -59,6 +59,15 @@ def run(spec: WorkerSpec, component: object, on_term: Callable[[], None] | None 
         finally:
             # After an acknowledged goodbye nothing is left to send.
             channel.close(0 if channel.acknowledged else _LINGER_MS)
+    except SystemExit as exc:
+        # As the interpreter ends on sys.exit(): its code, or its message on stderr and 1; no traceback.
+        if isinstance(exc.code, int):
+            code = exc.code & 0xFF
+        elif exc.code is None:
+            code = 0
+        else:
+            print(exc.code, file=sys.stderr)
+            code = 1
     except BaseException:
         traceback.print_exc()
     finally:
