@@ -4,17 +4,9 @@ Every change of a worker's state goes through :func:`transition`; a move that is
 :data:`TRANSITIONS` is a bug of the supervisor and raises :class:`IllegalTransition`.
 What the supervisor *wants* of a worker is one field beside the state, :data:`Intent`.
 
-::
-
-    stopped ──start──▶ starting ──ready──▶ running
-       ▲  ▲               │  ╲               │
-       │  │               │   ╲──stop/hold───┴──▶ stopping
-       │  └───exit: stop──┴──────────────────────────┤
-       │                  │                          │
-       │      backoff ◀──exit: respawn───────────────┤
-       │      │   ▲──exit: held by its group─────────┘
-       │      └──respawn──▶ starting
-       └─ any state ──give up──▶ failed ──start──▶ starting
+In short: ``stopped``/``failed`` → ``starting`` → ``running`` → ``stopping``; an exit leads
+to ``stopped`` (asked, or not to be respawned), ``backoff`` (respawned later, or held for its
+group's restart) or ``failed`` (given up); ``backoff`` → ``starting`` when it comes back.
 """
 
 from __future__ import annotations
