@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from ._event import Event
 from ._message import Message, Severity
 from ._text import safe_fields
+from ._vocab import ExitCause, Role
 
 # ---- runtime lifecycle ----------------------------------------------------
 
@@ -290,7 +291,7 @@ class WorkerStarted(Message):
 
     name = "worker.started"
     worker: str
-    role: str
+    role: Role
     pid: int
     incarnation: int
 
@@ -302,7 +303,7 @@ class WorkerExited(Message):
     name = "worker.exited"
     severity = Severity.WARNING
     worker: str
-    role: str
+    role: Role
     pid: int
     incarnation: int
     reason: str
@@ -312,9 +313,8 @@ class WorkerExited(Message):
     emitted: int
     dispatched: int
     lost: int
-    #: One word for the reason: stopped, exited, exit_code, signal, hung, rss_limit,
-    #: cpu_limit, start_timeout, start_failed, spawn_failed or error.
-    cause: str = "exited"
+    #: One word for the reason (see :data:`~bussdcc.kernel._vocab.ExitCause`).
+    cause: ExitCause = "exited"
 
     def __post_init__(self) -> None:
         safe_fields(self, "reason")
@@ -327,7 +327,7 @@ class WorkerHung(Message):
     name = "worker.hung"
     severity = Severity.ERROR
     worker: str
-    role: str
+    role: Role
     pid: int
     incarnation: int
     reason: str
@@ -343,7 +343,7 @@ class WorkerLimitExceeded(Message):
     name = "worker.limit_exceeded"
     severity = Severity.ERROR
     worker: str
-    role: str
+    role: Role
     pid: int
     incarnation: int
     limit: str  # "rss" or "cpu"
@@ -362,7 +362,7 @@ class WorkerBackoff(Message):
     name = "worker.backoff"
     severity = Severity.WARNING
     worker: str
-    role: str
+    role: Role
     pid: int
     delay: float
     attempt: int
@@ -379,7 +379,7 @@ class WorkerGaveUp(Message):
     name = "worker.gave_up"
     severity = Severity.ERROR
     worker: str
-    role: str
+    role: Role
     pid: int
     restarts: int
     reason: str

@@ -1,6 +1,7 @@
 """Supervision groups: OTP's one_for_one, one_for_all and rest_for_one strategies.
 
-A group restart is a small plan carried out on the hub thread: stop the
+Which members restart is a pure function of the strategy (:func:`affected`). A group restart
+is a small plan carried out on the hub thread: stop the
 affected members one at a time in reverse order, wait the failed member's
 backoff, then start them in order, each ready before the next.
 """
@@ -8,11 +9,24 @@ backoff, then start them in order, each ready before the next.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, assert_never
 
 from ..kernel import Strategy
 from ._hub import Timer
 from ._workers import Worker, WorkerState
+
+
+def affected(strategy: Strategy, members: list[str], failed: str) -> list[str]:
+    """Who restarts with ``failed`` (itself included), in start order: the strategy's decision (pure)."""
+    match strategy:
+        case "one_for_all":
+            return list(members)
+        case "rest_for_one":
+            return members[members.index(failed) :]
+        case "one_for_one":
+            return [failed]
+        case _:
+            assert_never(strategy)
 
 
 class Group:
@@ -26,11 +40,7 @@ class Group:
 
     def affected(self, failed: str) -> list[str]:
         """Who restarts with ``failed`` (itself included), in start order."""
-        if self.strategy == "one_for_all":
-            return list(self.members)
-        if self.strategy == "rest_for_one":
-            return self.members[self.members.index(failed) :]
-        return [failed]
+        return affected(self.strategy, self.members, failed)
 
 
 class Driver(Protocol):

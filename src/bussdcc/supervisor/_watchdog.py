@@ -1,17 +1,23 @@
-"""The parent's watchdog: hangs judged from shared memory, memory and CPU sampled with psutil.
+"""The parent's watchdog: hangs judged from shared memory, memory and CPU sampled with psutil (hub thread).
 
-Pure judgement: these functions say what is wrong with an incarnation; the
-supervisor decides what to do about it.
+The functions judge: they say what is wrong with an incarnation. :class:`Watchdog` runs them
+periodically and reports each incarnation that must die to the exits (``_exits``), which kill it
+and, once it is gone, decide what follows.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal, TypeAlias
 
 import psutil
 
 from ..kernel import Device, Service, SlotTable
-from ._workers import Incarnation, Usage
+from ._books import Books
+from ._hub import Periodic
+from ._workers import Incarnation, Usage, Worker
 
 #: How often the hub looks at its live workers (seconds).
 WATCH_PERIOD = 0.1
@@ -19,11 +25,15 @@ WATCH_PERIOD = 0.1
 SAMPLE_PERIOD = 0.5
 
 
+#: The exit causes the supervisor itself brings about by killing an incarnation.
+KillCause: TypeAlias = Literal["hung", "rss_limit", "cpu_limit", "start_timeout"]
+
+
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """Why an incarnation must be killed."""
 
-    cause: str  # "hung", "rss_limit" or "cpu_limit"
+    cause: KillCause
     reason: str
     limit: str = ""
     value: float = 0.0
@@ -87,3 +97,45 @@ def over_limit(comp: Service | Device, usage: Usage, now: float) -> Verdict | No
             float(comp.max_cpu),
         )
     return None
+
+
+class Watchdog:
+    """Looks at every live worker each ``WATCH_PERIOD`` while there is one."""
+
+    def __init__(self, books: Books, kill: Callable[[Worker, Incarnation, Verdict], None]) -> None:
+        self.books = books
+        #: Where a verdict is reported (the exits).
+        self._kill = kill
+        self._watching: Periodic | None = None
+
+    def soon(self) -> None:
+        """Make sure the watch runs (a spawn calls this: the watch stops once no worker is live)."""
+        if self._watching is None or self._watching.done:
+            self._watching = self.books._hub().every(WATCH_PERIOD, self._watch, "watchdog")
+
+    def _watch(self) -> bool:
+        """Look at every live worker once; False once there is none (a spawn starts it again)."""
+        b = self.books
+        now = time.monotonic()
+        live = False
+        failed: Exception | None = None
+        for worker, inc in list(b._by_identity.values()):
+            if inc.exited or inc.pid is None:
+                continue
+            live = True
+            if inc.cause is not None or not inc.ready or inc.stop_sent:
+                continue
+            comp = worker.component
+            verdict = hang(comp, inc, b.slots, now)
+            if verdict is None and now - inc.usage.sampled_at >= SAMPLE_PERIOD:
+                try:
+                    sample(inc.usage, inc.pid, now, comp.cpu_window)
+                except Exception as exc:  # e.g. EMFILE at the fd limit: hangs of the others are still judged
+                    failed = failed or exc
+                else:
+                    verdict = over_limit(comp, inc.usage, now)
+            if verdict is not None:
+                self._kill(worker, inc, verdict)
+        if failed is not None:
+            raise failed  # reported once by the hub; the watch goes on next period
+        return live or bool(b._by_identity)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import enum
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -13,18 +12,11 @@ import psutil
 
 from ..kernel import Device, Service, handles_events
 from ..kernel import protocol as p
+from ..kernel._vocab import ExitCause, Role
 from ._hub import Timer
+from ._states import Intent, WorkerState, transition
 
-
-class WorkerState(enum.StrEnum):
-    """Where a worker is in its life."""
-
-    STARTING = "starting"
-    RUNNING = "running"
-    STOPPING = "stopping"
-    BACKOFF = "backoff"
-    STOPPED = "stopped"
-    FAILED = "failed"
+__all__ = ["Incarnation", "Usage", "Worker", "WorkerState", "WorkerStatus"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +24,7 @@ class WorkerStatus:
     """A snapshot of one worker, as returned by ``Runtime.workers()``."""
 
     name: str
-    role: str
+    role: Role
     pid: int | None
     state: WorkerState
     #: Respawns since boot, and those within the current ``restart_window``.
@@ -72,7 +64,7 @@ class Incarnation:
         self.draining = False
         self.start_failed: p.StartFailed | None = None
         #: Why the supervisor killed it ("hung", "rss_limit", ...), and the details.
-        self.cause: str | None = None
+        self.cause: ExitCause | None = None
         self.detail = ""
         self.ready_at: float | None = None
         self.stop_sent = False
@@ -95,6 +87,13 @@ class Incarnation:
         self.outcome = threading.Event()
         #: The dispatch ticket of what was said about that outcome (see ``Dispatcher.wait_for``).
         self.ticket = 0
+
+    def blame(self, cause: ExitCause, detail: str) -> bool:
+        """Record why the supervisor ends it; the first cause stands (False if one was recorded already)."""
+        if self.cause is not None:
+            return False
+        self.cause, self.detail = cause, detail
+        return True
 
     def cancel_timers(self) -> None:
         for timer in self.timers:
@@ -121,7 +120,7 @@ class Worker:
     def __init__(self, component: Service | Device, *, forked: bool) -> None:
         self.component = component
         self.name = component.name
-        self.role = "service" if isinstance(component, Service) else "device"
+        self.role: Role = "service" if isinstance(component, Service) else "device"
         self.kind = component.kind if isinstance(component, Device) else ""
         self.wants_events = isinstance(component, Service) and handles_events(component)
         #: Whether the fork server has this component in memory (registered before boot).
@@ -130,7 +129,9 @@ class Worker:
         self.pickled: bytes | None = None
         #: The command that runs it in a fresh interpreter, for a worker added from the command line.
         self.argv: list[str] | None = None
-        self.state = WorkerState.STOPPED
+        self._state = WorkerState.STOPPED
+        #: What the supervisor wants of it (see ``_states.Intent``).
+        self.intent: Intent = "run"
         self.current: Incarnation | None = None
         self.incarnations = 0
         self.restarts = 0
@@ -138,15 +139,31 @@ class Worker:
         #: Failures in a row without a healthy run in between (drives the backoff).
         self.streak = 0
         self.group: str | None = None
-        #: Stopped by its group's strategy: its exit is not a failure of its own.
-        self.held = False
         self.started_at: _dt.datetime | None = None
         self.last_exit: str | None = None
-        self.stop_requested = False
         self.backoff_timer: Timer | None = None
         #: Set when the worker reaches ``stopped`` or ``failed``.
         self.done = threading.Event()
         self.done.set()
+
+    @property
+    def state(self) -> WorkerState:
+        """Where it is in its life; changed only by :meth:`move`."""
+        return self._state
+
+    def move(self, state: WorkerState) -> None:
+        """Go to ``state``, if the lifecycle allows it from where it is (else a bug: ``IllegalTransition``)."""
+        self._state = transition(self._state, state)
+
+    @property
+    def held(self) -> bool:
+        """Stopped by its group's strategy: its exit is not a failure of its own."""
+        return self.intent == "hold"
+
+    @property
+    def stop_requested(self) -> bool:
+        """Asked to stop: its exit is no failure and it stays down."""
+        return self.intent == "stop"
 
     def status(self, now: float, window: int) -> WorkerStatus:
         inc = self.current

@@ -1,0 +1,186 @@
+"""Frames from workers: proof of identity, sequence accounting, Bye/ByeAck (hub thread).
+
+:meth:`Ingest.apply` alone runs on the dispatch thread: it dispatches a batch's messages and
+applies its state writes, in order, after the hub thread has counted them.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+
+import msgspec
+
+from ..errors import ProtocolError, UnknownPeer
+from ..kernel import _builtin as m
+from ..kernel import protocol as p
+from ._books import Books
+from ._cgroup import oom_counter
+from ._hub import Timer
+from ._workers import Incarnation, Worker
+
+#: Frames from no verified worker are reported at once, then at most once per this many seconds.
+REFUSAL_PERIOD = 1.0
+
+
+class Ingest:
+    """Turns each frame of a worker into counts, dispatched items, and calls to the other parts."""
+
+    def __init__(
+        self,
+        books: Books,
+        *,
+        ready: Callable[[Worker, Incarnation], None],
+        send_stop: Callable[[Worker, Incarnation], None],
+        maybe_finalize: Callable[[Worker, Incarnation], None],
+    ) -> None:
+        self.books = books
+        self._ready = ready
+        self._send_stop = send_stop
+        #: An incarnation whose process is gone may be finalized once its last frame is in.
+        self._maybe_finalize = maybe_finalize
+        self._refusals_held = 0
+        self._refusal_timer: Timer | None = None
+
+    def on_stranger(self) -> None:
+        """A message of other than one part arrived: no worker of ours sends that."""
+        self._refuse("", "a message of other than one part from a peer: no worker of ours sends that")
+
+    def on_frame(self, identity: bytes, data: bytes) -> None:
+        """A frame from routing id ``identity``."""
+        b = self.books
+        entry = b._by_identity.get(identity)
+        if entry is None:
+            if identity in b._retired:
+                b.rejected += 1  # ours, too late: already counted as lost when it ended
+                return
+            self._refuse("", f"a frame from routing id {identity[:40]!r}, which is no worker of this runtime")
+            return
+        worker, inc = entry
+        try:
+            frame = p.decode_worker_frame(data)
+        except ProtocolError as exc:
+            if inc.hello:
+                self._reject(worker, exc)
+            else:
+                inc.unverified += 1
+                self._refuse(worker.name, f"an undecodable frame before a verified hello ({exc})")
+            return
+        if not inc.hello and not self._verified(worker, inc, frame):
+            return
+        match frame:
+            case p.Batch():
+                self._on_batch(worker, inc, frame)
+            case p.Hello():
+                inc.controls += 1
+                inc.hello = True
+                if inc.pid is None:  # the fork server's report may come after the worker's own word
+                    inc.pid = frame.pid
+                    b._by_pid[frame.pid] = (worker, inc)
+                    inc.oom = oom_counter(frame.pid)
+                if worker.wants_events and not inc.stop_sent:
+                    b.targets[identity] = worker
+                if inc.stop_sent:
+                    self._send_stop(worker, inc)
+            case p.Ready():
+                inc.controls += 1
+                self._ready(worker, inc)
+            case p.StartFailed():
+                inc.controls += 1
+                inc.start_failed = frame
+            case p.Reply():
+                inc.controls += 1
+                b.calls.on_reply(inc, frame)
+            case p.Request():
+                inc.controls += 1
+                b.calls.on_request(inc, frame)
+            case p.Bye():
+                inc.controls += 1
+                inc.bye = frame
+                self._skip_to(worker, inc, frame.last_seq + 1)
+                b.targets.pop(identity, None)
+                hub = b._hub()
+                ack = p.encode(p.ByeAck())
+                # Acknowledged once everything before it has been dispatched, not just received.
+                b.dispatcher.post(lambda: hub.call_soon(lambda: hub.send(identity, ack)), 0)
+        if inc.exited and not inc.finalized:
+            self._maybe_finalize(worker, inc)
+
+    def _reject(self, worker: Worker, exc: Exception) -> None:
+        self.books.rejected += 1
+        self.books.emit(m.FrameRejected(worker=worker.name, error=f"{type(exc).__name__}: {exc}"))
+
+    def _verified(self, worker: Worker, inc: Incarnation, frame: p.WorkerFrame) -> bool:
+        """Whether the first frame of an incarnation proves it is the process we made (else it is refused)."""
+        if not isinstance(frame, p.Hello):
+            # Nothing is dispatched, applied, routed or believed before the proof.
+            inc.unverified += 1
+            self._refuse(worker.name, f"a {type(frame).__name__} frame before a verified hello")
+            return False
+        if not hmac.compare_digest(frame.token, inc.token):
+            inc.wrong_tokens += 1
+            self._refuse(worker.name, "a hello with a wrong token")
+            return False
+        return True
+
+    def _refuse(self, worker: str, error: str) -> None:
+        """Count a frame no verified worker sent; report the first at once, then one summary a period at most.
+
+        A flood of junk costs a counter increment per frame, never a message each.
+        """
+        b = self.books
+        b.rejected += 1
+        b.refused += 1
+        if self._refusal_timer is not None:
+            self._refusals_held += 1
+            return
+        b.emit(m.FrameRejected(worker=worker, error=f"{UnknownPeer.__name__}: {error}"))
+        self._refusal_timer = b._hub().call_later(REFUSAL_PERIOD, self._report_refusals)
+
+    def _report_refusals(self) -> None:
+        self._refusal_timer = None
+        held, self._refusals_held = self._refusals_held, 0
+        if not held:
+            return
+        error = (
+            f"{UnknownPeer.__name__}: {held} more frames from unknown peers, or before a verified hello, "
+            f"rejected within {REFUSAL_PERIOD:g}s"
+        )
+        b = self.books
+        b.emit(m.FrameRejected(worker="", error=error, count=held))
+        self._refusal_timer = b._hub().call_later(REFUSAL_PERIOD, self._report_refusals)
+
+    def _on_batch(self, worker: Worker, inc: Incarnation, frame: p.Batch) -> None:
+        if frame.first_seq < inc.next_seq:
+            self._reject(worker, ProtocolError(f"items from {frame.first_seq} were sent already"))
+            return
+        self._skip_to(worker, inc, frame.first_seq)
+        items = frame.items
+        inc.next_seq += len(items)
+        inc.received += len(items)
+        name = worker.name
+        self.books.dispatcher.post(lambda: self.apply(name, items), len(items), sum(len(raw) for raw in items))
+
+    def apply(self, worker: str, items: list[msgspec.Raw]) -> None:
+        """Dispatch a worker's messages and apply its state writes, in order (dispatch thread)."""
+        b = self.books
+        for raw in items:
+            try:
+                item = p.decode_item(raw)
+                match item:
+                    case p.Envelope():
+                        b.dispatch_item(item, bytes(raw), worker)
+                    case p.StateSet():
+                        b.state.set(item.path, p.decode_value(item.value))
+                    case p.StateDelete():
+                        b.state.delete(item.path)
+            except BaseException as exc:  # a bad item, or a handler that raised SystemExit: the rest still goes
+                b.rejected_items += 1
+                b._emit_now(m.FrameRejected(worker=worker, error=f"{type(exc).__name__}: {exc}"))
+
+    def _skip_to(self, worker: Worker, inc: Incarnation, seq: int) -> None:
+        # Items that never arrived are not "received": they count as lost.
+        if seq > inc.next_seq:
+            missing = seq - inc.next_seq
+            self._reject(worker, ProtocolError(f"{missing} items never arrived (from {inc.next_seq})"))
+            inc.next_seq = seq
