@@ -42,6 +42,7 @@ class Hooks:
         dispatch_item: Callable[[p.Envelope, bytes, str], None],
         fail: Callable[[str], None],
         tap: Callable[[int, bytes], None],
+        changed: Callable[[], None],
     ) -> None:
         #: Dispatch now, on the calling thread.
         self.emit = emit
@@ -53,6 +54,8 @@ class Hooks:
         self.fail = fail
         #: Show a line of worker output to control subscribers (output thread).
         self.tap = tap
+        #: Some worker changed state (hub thread).
+        self.changed = changed
 
 
 class Assembly:
@@ -167,6 +170,7 @@ def _assemble(  # noqa: PLR0917  (one call site, in the order things are made)
         dispatch_item=hooks.dispatch_item,
         dispatcher=dispatcher,
         halt=hooks.fail,
+        changed=hooks.changed,
     )
     for comp in workers:
         sup.add(comp)

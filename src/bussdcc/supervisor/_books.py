@@ -57,6 +57,7 @@ class Books:
         dispatch_item: Callable[[p.Envelope, bytes, str], None],
         dispatcher: Dispatcher,
         halt: Callable[[str], None],
+        changed: Callable[[], None] = lambda: None,
     ) -> None:
         self.fork = fork
         self.slots = slots
@@ -68,6 +69,8 @@ class Books:
         self.dispatch_item = dispatch_item
         self.dispatcher = dispatcher
         self.halt = halt
+        #: Called after any worker's state changed (hub thread): whoever waits for a state looks again.
+        self.changed = changed
         self.hub: Hub | None = None
         #: Shows what workers print (set by the runtime).
         self.on_output: Callable[[p.Output], None] | None = None

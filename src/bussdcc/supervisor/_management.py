@@ -92,8 +92,7 @@ class WorkerManagement:
         self._outside_handlers("wait_for_worker")
         wanted = frozenset((state,) if isinstance(state, WorkerState) else state)
         deadline = time.monotonic() + timeout
-        # The hub thread notifies whenever the supervisor says something, and every state
-        # a worker reaches is said (or is reached inside a request of ours, which notifies).
+        # Every move of a worker's state notifies (Worker.move, on the hub thread).
         with self._changed:
             while (worker := self._live_worker(name)).state not in wanted:
                 remaining = deadline - time.monotonic()

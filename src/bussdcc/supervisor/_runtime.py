@@ -222,8 +222,6 @@ class Runtime(WorkerManagement):
             self._dispatch.dispatch(evt)
         else:
             parts.dispatcher.post(lambda: self._dispatch.dispatch(evt))
-        # Whatever the supervisor says follows a change of some worker's state.
-        self._notify()
 
     # ---- lifecycle -----------------------------------------------------------------
 
@@ -278,6 +276,7 @@ class Runtime(WorkerManagement):
             dispatch_item=self._dispatch.dispatch_item,
             fail=self._fail,
             tap=self._dispatch.tap,
+            changed=self._notify,
         )
         return assemble(
             name=self.name,

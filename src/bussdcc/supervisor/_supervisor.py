@@ -52,6 +52,7 @@ class Supervisor(Books):
         dispatch_item: Callable[[p.Envelope, bytes, str], None],
         dispatcher: Dispatcher,
         halt: Callable[[str], None],
+        changed: Callable[[], None] = lambda: None,
     ) -> None:
         super().__init__(
             fork=fork,
@@ -63,6 +64,7 @@ class Supervisor(Books):
             dispatch_item=dispatch_item,
             dispatcher=dispatcher,
             halt=halt,
+            changed=changed,
         )
         self._stopping = Stopping(self)
         self._watchdog = Watchdog(self, self._kill)
@@ -90,7 +92,7 @@ class Supervisor(Books):
         """Know a component: in the fork server's memory, ``pickled``, or run by exec'ing ``argv``."""
         if component.name in self.workers:
             raise RegistrationError(f"a worker named {component.name!r} exists already")
-        worker = Worker(component, forked=pickled is None and argv is None)
+        worker = Worker(component, forked=pickled is None and argv is None, on_move=self.changed)
         worker.pickled = pickled
         worker.argv = argv
         self.workers[worker.name] = worker

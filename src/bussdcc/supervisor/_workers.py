@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,7 +118,9 @@ class Usage:
 class Worker:
     """A supervised Service or Device and its successive incarnations."""
 
-    def __init__(self, component: Service | Device, *, forked: bool) -> None:
+    def __init__(
+        self, component: Service | Device, *, forked: bool, on_move: Callable[[], None] = lambda: None
+    ) -> None:
         self.component = component
         self.name = component.name
         self.role: Role = "service" if isinstance(component, Service) else "device"
@@ -130,6 +133,7 @@ class Worker:
         #: The command that runs it in a fresh interpreter, for a worker added from the command line.
         self.argv: list[str] | None = None
         self._state = WorkerState.STOPPED
+        self._on_move = on_move
         #: What the supervisor wants of it (see ``_states.Intent``).
         self.intent: Intent = "run"
         self.current: Incarnation | None = None
@@ -154,6 +158,7 @@ class Worker:
     def move(self, state: WorkerState) -> None:
         """Go to ``state``, if the lifecycle allows it from where it is (else a bug: ``IllegalTransition``)."""
         self._state = transition(self._state, state)
+        self._on_move()
 
     @property
     def held(self) -> bool:
