@@ -39,7 +39,8 @@ from ._assembly import Assembly, Hooks, assemble
 from ._calls import ParentPort
 from ._dispatch import Dispatch, Receiver
 from ._flow import weigh
-from ._forkserver import ForkServer, threads_fault
+from ._forksafety import threads_fault
+from ._forkserver import ForkServer
 from ._hub import Hub
 from ._lifecycle import Lifecycle, Phase
 from ._managed import RuntimeStats

@@ -14,7 +14,7 @@ from ..kernel import _builtin as m
 from ..kernel import protocol as p
 from ._books import Books, NoForkServer, NoFreeSlot, SpawnRefused
 from ._cgroup import oom_counter
-from ._forkserver import threads_hint
+from ._forksafety import threads_hint
 from ._watchdog import Verdict
 from ._workers import Incarnation, Worker, WorkerState
 
