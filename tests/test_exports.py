@@ -30,7 +30,7 @@ def test_seed_imports_work() -> None:
 
 
 def test_all_is_exactly_the_public_names() -> None:
-    public = {n for n in vars(bussdcc) if not n.startswith("_")} - {"kernel", "supervisor", "worker"}
+    public = {n for n in vars(bussdcc) if not n.startswith("_")} - {"cli", "kernel", "supervisor", "worker"}
     assert set(bussdcc.__all__) - {"__version__"} == public
 
 
@@ -84,6 +84,19 @@ def test_worker_and_supervisor_never_import_each_other() -> None:
         assert not {x for x in mods if x.startswith("bussdcc.worker")}, f"supervisor/{path}"
 
 
+def test_the_server_never_imports_the_command_line() -> None:
+    for layer in ("kernel", "supervisor", "worker"):
+        for path, mods in _layer_imports(layer).items():
+            assert not {x for x in mods if x.startswith("bussdcc.cli")}, f"{layer}/{path} imports the command line"
+
+
+def test_the_client_imports_nothing_of_the_server() -> None:
+    # It finds and talks to a runtime through the layout and the wire the kernel defines.
+    for name in ("_client.py", "_commands.py", "_render.py"):
+        mods = _imports(SRC / "cli" / name)
+        assert not {x for x in mods if x.startswith("bussdcc.supervisor")}, f"cli/{name}"
+
+
 def test_layer_check_sees_relative_imports() -> None:
     # Guards the guard: the walker must resolve `from ..kernel import x`.
     mods = _imports(SRC / "worker" / "_host.py")
@@ -91,6 +104,6 @@ def test_layer_check_sees_relative_imports() -> None:
 
 
 def test_private_modules_are_underscored() -> None:
-    allowed = {"__init__.py", "__main__.py", "protocol.py", "errors.py", "message.py", "cli.py", "py.typed"}
+    allowed = {"__init__.py", "__main__.py", "protocol.py", "errors.py", "message.py", "py.typed"}
     for path in SRC.rglob("*.py"):
         assert path.name.startswith("_") or path.name in allowed, f"public module {path.relative_to(SRC)}"

@@ -16,7 +16,7 @@ import pytest
 import zmq
 
 from bussdcc import Device, Message, Runtime, message
-from bussdcc._client import Client
+from bussdcc.cli._client import Client
 from bussdcc.errors import DeviceCrashed
 from bussdcc.kernel import protocol as p
 

@@ -32,6 +32,8 @@ MAX_FRAME: Final = 16 * 1024 * 1024
 BATCH_BYTES: Final = 256 * 1024
 #: The environment variable naming the inherited pipe an exec'd worker reads its routing id and token from.
 KEY_FD_ENV: Final = "BUSSDCC_KEY_FD"
+#: Recent dispatched messages the runtime keeps for a subscriber's backlog (``bussdcc events``).
+RECENT: Final = 1000
 #: Largest single item (an encoded message or state write); a batch of them stays under MAX_FRAME.
 MAX_ITEM: Final = 2 * 1024 * 1024
 

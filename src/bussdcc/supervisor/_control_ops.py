@@ -13,12 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from .._config import build
 from ..errors import ConfigError, ControlError, DeviceCallError
 from ..kernel import Device, Service, callable_methods
 from ..kernel import protocol as p
 from ._hub import Hub
-from ._specs import check_supervised
+from ._specs import build, check_supervised
 from ._supervisor import Supervisor
 from ._workers import Incarnation, Worker, WorkerState
 

@@ -35,6 +35,7 @@ from ..kernel import (
 )
 from ..kernel import _builtin as m
 from ..kernel import protocol as p
+from ..kernel._layout import SLOTS_FILE, workers_endpoint
 from ..kernel._text import emit_report
 from . import _fds
 from ._calls import ParentPort
@@ -451,8 +452,8 @@ class Runtime:
         # Before anything is made: the fork server and every worker inherit it too.
         _fds.raise_limit()
         self._run_dir = make_run_dir(self.name)
-        self._endpoint = f"ipc://{self._run_dir}/workers.sock"
-        self._slots = SlotTable(path=self._run_dir / "slots")
+        self._endpoint = workers_endpoint(self._run_dir)
+        self._slots = SlotTable(path=self._run_dir / SLOTS_FILE)
         components: dict[str, tuple[str, object]] = {d.id: ("device", d) for d in self._devices.values()}
         components.update({s.name: ("service", s) for s in self._services.values()})
         try:

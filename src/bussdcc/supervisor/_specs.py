@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import importlib
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from ..errors import RegistrationError
-from ..kernel import Device, Service, restart_policy
+from ..errors import ConfigError, RegistrationError
+from ..kernel import Device, Process, Service, Supervised, restart_policy
 
 _STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one")
 #: Settings only a Service has (a Device never ticks, and runs whenever it is attached).
 SERVICE_SETTINGS = frozenset(
     key for key, value in vars(Service).items() if not key.startswith("_") and not callable(value)
+) - {"name"}
+#: Settings a TOML entry or ``--policy`` may give a Service or Device (class attributes).
+POLICY_KEYS = frozenset(
+    name
+    for cls in (Supervised, Service)
+    for name in vars(cls)
+    if not name.startswith("_") and not callable(vars(cls)[name])
 ) - {"name"}
 
 
@@ -86,3 +95,60 @@ def check_group(name: object, members: Sequence[object], strategy: object) -> No
                 "devices start before services, so list them first"
             )
         check_supervised(member)
+
+
+def import_target(target: str) -> Any:
+    """Import ``module:attribute`` (dots allowed in the attribute)."""
+    module, sep, attr = target.partition(":")
+    if not sep or not module or not attr:
+        raise ConfigError(f"{target!r} is not of the form module:attribute")
+    try:
+        obj: Any = importlib.import_module(module)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import {module!r}: {_one_line(str(exc))}") from exc
+    except SystemExit as exc:  # a script's sys.exit() is no way to end the command that imports it
+        raise ConfigError(f"cannot import {module!r}: importing it called sys.exit({exc.code!r})") from None
+    except Exception as exc:  # its own bug (a SyntaxError, a RuntimeError): one line, not a traceback
+        raise ConfigError(f"cannot import {module!r}: {type(exc).__name__}: {_one_line(str(exc))}") from exc
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ConfigError(f"module {module!r} has no attribute {attr!r}") from None
+    return obj
+
+
+def _one_line(text: str) -> str:
+    # An error is reported on one line, whatever the text an import raised with.
+    return " ".join(text.split())
+
+
+def build(target: str, name: str, config: Any = None, policy: Mapping[str, Any] | None = None) -> object:
+    """Instantiate a component class named by ``target``.
+
+    A Device is made as ``cls(id=name, config=config)``; any other component
+    as ``cls(**config)`` (``config`` a table, or nothing), then named ``name``.
+    ``policy`` sets supervision attributes (``restart``, ``max_restarts``, ...).
+    """
+    cls = import_target(target)
+    if not isinstance(cls, type) or not issubclass(cls, Device | Service | Process):
+        raise ConfigError(f"{target!r} is not a Device, Service, Process or Interface class")
+    try:
+        if issubclass(cls, Device):
+            component: Any = cls(id=name, config=config)
+        else:
+            if config is not None and not isinstance(config, dict):
+                raise ConfigError(f"config for {target!r} must be a table of constructor arguments")
+            component = cls(**(config or {}))
+            component.name = name
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"cannot create {target!r}: {exc!r}") from exc
+    for key, value in (policy or {}).items():
+        if key not in POLICY_KEYS or not isinstance(component, Supervised):
+            raise ConfigError(f"unknown setting {key!r} for {target!r}")
+        if isinstance(component, Device) and key in SERVICE_SETTINGS:
+            raise ConfigError(f"{key!r} is a Service setting: {target!r} is a Device, which has none")
+        setattr(component, key, value)
+    return component

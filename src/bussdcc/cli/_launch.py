@@ -11,15 +11,16 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError, ControlError, ProtocolError
+from ..kernel import Device, Event, Interface, Message, Process, Service, SlotTable, WorkerSpec
+from ..kernel import _builtin as m
+from ..kernel import protocol as p
+from ..kernel._layout import SLOTS_FILE, workers_endpoint
+from ..supervisor import Runtime, SignalRuntime
+from ..worker._logs import STANDALONE_ENV
 from ._client import Client
 from ._config import build, import_target, load_system
 from ._notify import Watchdog, notify, watchdog_interval
-from .errors import ConfigError, ControlError, ProtocolError
-from .kernel import Device, Event, Interface, Message, Process, Service, SlotTable, WorkerSpec
-from .kernel import _builtin as m
-from .kernel import protocol as p
-from .supervisor import Runtime, SignalRuntime
-from .worker._logs import STANDALONE_ENV
 
 
 def load_runtime(target: str, name: str | None = None) -> Runtime:
@@ -155,10 +156,10 @@ def worker(
     if not isinstance(component, Service | Device):
         raise ConfigError(f"{target} is not a Service or a Device: only those run as workers")
     role = "device" if isinstance(component, Device) else "service"
-    slots = SlotTable(path=run_dir / "slots")
+    slots = SlotTable(path=run_dir / SLOTS_FILE)
     if slot is not None and incarnation is not None and parent_pid is not None:
         # Started by the runtime's fork server, which already counts on this slot.
-        endpoint = f"ipc://{run_dir / 'workers.sock'}"
+        endpoint = workers_endpoint(run_dir)
         identity, token = _read_key()
         spec = WorkerSpec(name, role, incarnation, endpoint, slot, slots, parent_pid, identity, token)
     else:
@@ -179,7 +180,7 @@ def worker(
             reply.identity,
             reply.token,
         )
-    from .worker._main import run as run_worker
+    from ..worker._main import run as run_worker
 
     def stop_gracefully() -> None:
         # SIGTERM (systemd stopping the unit, say): ask the runtime for a graceful stop,

@@ -2,53 +2,20 @@
 
 from __future__ import annotations
 
-import importlib
 import math
 import re
 import sys
 import tomllib
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, RegistrationError
-from .kernel import Device, Interface, Process, Service, Supervised
-from .supervisor._specs import SERVICE_SETTINGS, check_supervised
+from ..errors import ConfigError, RegistrationError
+from ..kernel import Device, Interface, Process, Service
+from ..supervisor._specs import POLICY_KEYS, SERVICE_SETTINGS, build, check_supervised, import_target
 
-#: Settings a TOML entry or ``--policy`` may give a Service or Device (class attributes).
-POLICY_KEYS = frozenset(
-    name
-    for cls in (Supervised, Service)
-    for name in vars(cls)
-    if not name.startswith("_") and not callable(vars(cls)[name])
-) - {"name"}
+__all__ = ["POLICY_KEYS", "SystemSpec", "build", "import_target", "load_system", "parse_policy_value"]
+
 _SECTIONS = {"devices": Device, "services": Service, "processes": Process, "interfaces": Interface}
-
-
-def import_target(target: str) -> Any:
-    """Import ``module:attribute`` (dots allowed in the attribute)."""
-    module, sep, attr = target.partition(":")
-    if not sep or not module or not attr:
-        raise ConfigError(f"{target!r} is not of the form module:attribute")
-    try:
-        obj: Any = importlib.import_module(module)
-    except ImportError as exc:
-        raise ConfigError(f"cannot import {module!r}: {_one_line(str(exc))}") from exc
-    except SystemExit as exc:  # a script's sys.exit() is no way to end the command that imports it
-        raise ConfigError(f"cannot import {module!r}: importing it called sys.exit({exc.code!r})") from None
-    except Exception as exc:  # its own bug (a SyntaxError, a RuntimeError): one line, not a traceback
-        raise ConfigError(f"cannot import {module!r}: {type(exc).__name__}: {_one_line(str(exc))}") from exc
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise ConfigError(f"module {module!r} has no attribute {attr!r}") from None
-    return obj
-
-
-def _one_line(text: str) -> str:
-    # An error is reported on one line, whatever the text an import raised with.
-    return " ".join(text.split())
 
 
 def parse_policy_value(text: str) -> Any:
@@ -64,37 +31,6 @@ def parse_policy_value(text: str) -> Any:
         except ValueError:
             pass
     return text
-
-
-def build(target: str, name: str, config: Any = None, policy: Mapping[str, Any] | None = None) -> object:
-    """Instantiate a component class named by ``target``.
-
-    A Device is made as ``cls(id=name, config=config)``; any other component
-    as ``cls(**config)`` (``config`` a table, or nothing), then named ``name``.
-    ``policy`` sets supervision attributes (``restart``, ``max_restarts``, ...).
-    """
-    cls = import_target(target)
-    if not isinstance(cls, type) or not issubclass(cls, Device | Service | Process):
-        raise ConfigError(f"{target!r} is not a Device, Service, Process or Interface class")
-    try:
-        if issubclass(cls, Device):
-            component: Any = cls(id=name, config=config)
-        else:
-            if config is not None and not isinstance(config, dict):
-                raise ConfigError(f"config for {target!r} must be a table of constructor arguments")
-            component = cls(**(config or {}))
-            component.name = name
-    except ConfigError:
-        raise
-    except Exception as exc:
-        raise ConfigError(f"cannot create {target!r}: {exc!r}") from exc
-    for key, value in (policy or {}).items():
-        if key not in POLICY_KEYS or not isinstance(component, Supervised):
-            raise ConfigError(f"unknown setting {key!r} for {target!r}")
-        if isinstance(component, Device) and key in SERVICE_SETTINGS:
-            raise ConfigError(f"{key!r} is a Service setting: {target!r} is a Device, which has none")
-        setattr(component, key, value)
-    return component
 
 
 # ---- TOML ------------------------------------------------------------------------
