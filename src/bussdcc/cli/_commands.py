@@ -9,8 +9,9 @@ import sys
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from ..errors import BussdccError
+from ..errors import BussdccError, ConfigError
 from ..kernel import Severity
 from ..kernel import protocol as p
 from ..kernel.protocol import RECENT
@@ -37,7 +38,7 @@ def status(args: argparse.Namespace) -> int:
     return 0
 
 
-def worker_op(op: str) -> Callable[[argparse.Namespace], int]:
+def worker_op(op: p.WorkerOp) -> Callable[[argparse.Namespace], int]:
     """``bussdcc start|stop|restart WORKER``."""
 
     def command(args: argparse.Namespace) -> int:
@@ -65,7 +66,16 @@ def shutdown(args: argparse.Namespace) -> int:
     return 0
 
 
-def _policy(args: argparse.Namespace) -> str:
+def _policy(args: argparse.Namespace) -> p.Policy:
+    if getattr(args, "policy_json", None):
+        # Set by the runtime when it execs a worker: the policy its spawn request carried.
+        try:
+            policy = json.loads(args.policy_json)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"invalid JSON: {exc}") from exc
+        if not isinstance(policy, dict):
+            raise ConfigError("the policy must be a JSON object")
+        return policy
     policy = {}
     for item in args.policy or []:
         key, sep, value = item.partition("=")
@@ -74,15 +84,14 @@ def _policy(args: argparse.Namespace) -> str:
         policy[key] = parse_policy_value(value)
     if args.restart is not None:
         policy["restart"] = parse_policy_value(args.restart)
-    return json.dumps(policy)
+    return policy
 
 
-def _config(args: argparse.Namespace) -> str:
+def _config(args: argparse.Namespace) -> Any:
     try:
-        json.loads(args.config)
+        return json.loads(args.config)
     except json.JSONDecodeError as exc:
         raise BussdccError(f"--config is not valid JSON: {exc}") from None
-    return str(args.config)
 
 
 def spawn(args: argparse.Namespace) -> int:
@@ -104,14 +113,14 @@ def remove(args: argparse.Namespace) -> int:
     return 0
 
 
-def _json_arg(text: str, what: str, kind: type) -> str:
+def _json_arg(text: str, what: str, kind: type) -> Any:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise BussdccError(f"{what} is not valid JSON: {exc}") from None
     if not isinstance(value, kind):
         raise BussdccError(f"{what} must be a JSON {'array' if kind is list else 'object'}")
-    return text
+    return value
 
 
 def call(args: argparse.Namespace) -> int:
@@ -165,7 +174,7 @@ def worker(args: argparse.Namespace) -> int:
         args.target,
         args.name,
         _config(args),
-        args.policy_json or _policy(args),
+        _policy(args),
         slot=args.slot,
         incarnation=args.incarnation,
         parent_pid=args.parent_pid,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import select
 import signal
@@ -139,8 +138,8 @@ def worker(
     run_dir: Path,
     target: str,
     name: str,
-    config: str,
-    policy: str,
+    config: Any,
+    policy: p.Policy,
     *,
     slot: int | None = None,
     incarnation: int | None = None,
@@ -148,14 +147,10 @@ def worker(
 ) -> int:
     """Run one Service or Device as a worker of the runtime in ``run_dir`` (never returns on success)."""
     sys.path.insert(0, os.getcwd())
-    try:
-        cfg, pol = json.loads(config), json.loads(policy)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"invalid JSON: {exc}") from exc
-    component = build(target, name, cfg, pol)
+    component = build(target, name, config, policy)
     if not isinstance(component, Service | Device):
         raise ConfigError(f"{target} is not a Service or a Device: only those run as workers")
-    role = "device" if isinstance(component, Device) else "service"
+    role: p.Role = "device" if isinstance(component, Device) else "service"
     slots = SlotTable(path=run_dir / SLOTS_FILE)
     if slot is not None and incarnation is not None and parent_pid is not None:
         # Started by the runtime's fork server, which already counts on this slot.

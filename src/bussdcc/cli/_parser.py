@@ -6,6 +6,7 @@ import argparse
 from typing import NoReturn
 
 from ..kernel import Severity
+from ..kernel import protocol as p
 from . import _commands as c
 
 #: What ``bussdcc --help`` says first.
@@ -62,7 +63,12 @@ def parser() -> argparse.ArgumentParser:
     cmd.add_argument("--json", action="store_true", help="print JSON (the fields of Runtime.workers())")
     cmd.set_defaults(fn=c.status)
 
-    for op, what in (("start", "start a stopped worker"), ("stop", "stop a worker"), ("restart", "restart a worker")):
+    ops: tuple[tuple[p.WorkerOp, str], ...] = (
+        ("start", "start a stopped worker"),
+        ("stop", "stop a worker"),
+        ("restart", "restart a worker"),
+    )
+    for op, what in ops:
         cmd = sub.add_parser(op, help=what, description=f"{what[0].upper()}{what[1:]} and wait for the outcome.")
         cmd.add_argument("worker", help="a Service's name or a Device's id")
         find(cmd)
