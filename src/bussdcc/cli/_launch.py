@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, ControlError, ProtocolError
-from ..kernel import Device, Event, Interface, Message, Process, Service, SlotTable, WorkerSpec
+from ..kernel import Device, Event, Interface, Message, Process, Service
 from ..kernel import _builtin as m
 from ..kernel import protocol as p
+from ..kernel._boundary import SlotTable, WorkerSpec
 from ..kernel._layout import SLOTS_FILE, workers_endpoint
 from ..supervisor import Runtime, SignalRuntime
 from ..worker._logs import STANDALONE_ENV

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ..errors import ConfigError, ControlError, DeviceCallError
-from ..kernel import Device, Service, callable_methods
+from ..kernel import Device, Service
 from ..kernel import protocol as p
+from ..kernel._calls import callable_methods
 from ._hub import Hub
 from ._specs import build, check_supervised
 from ._supervisor import Supervisor

@@ -16,7 +16,6 @@ from typing import Any, Literal, Self, TypeVar
 from .._version import __version__
 from ..errors import BootError, RegistrationError, RuntimeStateError
 from ..kernel import (
-    RUNTIME_SOURCE,
     ClockProtocol,
     Context,
     Device,
@@ -28,13 +27,14 @@ from ..kernel import (
     Process,
     Service,
     Severity,
-    SlotTable,
     StateStore,
     Strategy,
     SystemClock,
 )
 from ..kernel import _builtin as m
 from ..kernel import protocol as p
+from ..kernel._boundary import SlotTable
+from ..kernel._event import RUNTIME_SOURCE
 from ..kernel._layout import SLOTS_FILE, workers_endpoint
 from ..kernel._text import emit_report
 from . import _fds

@@ -8,7 +8,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import ConfigError, RegistrationError
-from ..kernel import Device, Process, Service, Supervised, restart_policy
+from ..kernel import Device, Process, Service
+from ..kernel._components import Supervised, restart_policy
 
 _STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one")
 #: Settings only a Service has (a Device never ticks, and runs whenever it is attached).

@@ -16,9 +16,11 @@ from collections.abc import Callable
 import msgspec
 
 from ..errors import BussdccError, ProtocolError, RegistrationError, UnknownPeer
-from ..kernel import ClockProtocol, Device, Message, Service, SlotTable, StateStore, Strategy, restart_policy
+from ..kernel import ClockProtocol, Device, Message, Service, StateStore, Strategy
 from ..kernel import _builtin as m
 from ..kernel import protocol as p
+from ..kernel._boundary import SlotTable
+from ..kernel._components import restart_policy
 from ._backoff import backoff_delay
 from ._calls import CallRouter
 from ._cgroup import oom_counter, oom_kills

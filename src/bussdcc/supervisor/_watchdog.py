@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import psutil
 
-from ..kernel import Device, Service, SlotTable
+from ..kernel import Device, Service
+from ..kernel._boundary import SlotTable
 from ._workers import Incarnation, Usage
 
 #: How often the hub looks at its live workers (seconds).
