@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _common import median, percentile, short_tmp, table
 
 from bussdcc import Context, Event, Message, Process, Runtime
-from bussdcc._client import Client
+from bussdcc.cli._client import Client
 from bussdcc.kernel import protocol as p
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000

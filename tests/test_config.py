@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bussdcc import Device, Service
-from bussdcc._config import build, load_system, parse_policy_value
+from bussdcc.cli._config import build, load_system, parse_policy_value
 from bussdcc.errors import ConfigError
 
 from ._cli import PLANT

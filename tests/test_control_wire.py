@@ -16,9 +16,10 @@ REQUESTS: list[p.ControlRequest] = [
     p.StatusRequest(b"s"),
     p.WorkerRequest(b"s", "restart", "echo"),
     p.ShutdownRequest(b"s", "why"),
-    p.SpawnRequest(b"s", "m:C", "n", '{"a": 1}', '{"restart": false}'),
+    p.SpawnRequest(b"s", "m:C", "n", {"a": 1}, {"restart": False, "max_restarts": 3, "backoff_max": 2.5}),
     p.SubscribeRequest(b"s", 20),
     p.JoinRequest(b"s", "m:C", "n", 42),
+    p.CallRequest(b"s", "dev", "read", [1, "two", [3]], {"unit": "c"}, 2.5),
 ]
 REPLIES: list[p.ControlReply] = [
     p.Refused("no"),
@@ -80,3 +81,39 @@ def test_garbage_on_the_control_socket_leaves_the_runtime_serving() -> None:
         sock.close()
         zctx.term()
         rt.stop(timeout=30)
+
+
+def _raw_request(tag: str, *fields: object) -> bytes:
+    # A request as any client could write it, bypassing the typed constructors.
+    return msgspec.msgpack.encode([tag, *fields])
+
+
+def test_an_operation_outside_the_vocabulary_is_malformed() -> None:
+    with pytest.raises(ProtocolError):
+        p.decode_control_request(_raw_request("worker", b"s", "explode", "echo"))
+
+
+def test_config_policy_and_arguments_travel_as_values_not_json_text() -> None:
+    spawn = p.decode_control_request(
+        _raw_request("spawn_worker", b"s", "m:C", "n", {"every": [1, 2]}, {"restart": True})
+    )
+    assert isinstance(spawn, p.SpawnRequest)
+    assert spawn.config == {"every": [1, 2]} and spawn.policy == {"restart": True}
+    call = p.decode_control_request(_raw_request("call_device", b"s", "dev", "read", [1, {"a": None}], {"k": 2}))
+    assert isinstance(call, p.CallRequest)
+    assert call.args == [1, {"a": None}] and call.kwargs == {"k": 2}
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        ("spawn_worker", b"s", "m:C", "n", None, {"restart": [True]}),  # a setting is a scalar
+        ("spawn_worker", b"s", "m:C", "n", None, '{"restart": true}'),  # not JSON text
+        ("call_device", b"s", "dev", "read", "[1]"),
+        ("call_device", b"s", "dev", "read", [], ["not", "a", "map"]),
+    ],
+    ids=["nested-setting", "policy-as-text", "args-as-text", "kwargs-as-list"],
+)
+def test_ill_typed_values_are_refused_when_decoded(fields: tuple[object, ...]) -> None:
+    with pytest.raises(ProtocolError):
+        p.decode_control_request(_raw_request(*map(str, fields[:1]), *fields[1:]))

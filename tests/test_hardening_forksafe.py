@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bussdcc import Context, Device, Runtime, Service, ThreadedRuntime, WorkerState
-from bussdcc._client import Client, read_secret
+from bussdcc.cli._client import Client, read_secret
 from bussdcc.kernel import protocol as p
 
 from ._helpers import Recorder, wait_until

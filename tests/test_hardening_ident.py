@@ -16,7 +16,7 @@ import pytest
 import zmq
 
 from bussdcc import Device, Message, Runtime, message
-from bussdcc._client import Client
+from bussdcc.cli._client import Client
 from bussdcc.errors import DeviceCrashed
 from bussdcc.kernel import protocol as p
 
@@ -180,10 +180,10 @@ def test_the_right_identity_with_a_wrong_token_is_rejected_and_diagnosed() -> No
     with rt:
         stand_in = _waiter()
         try:
-            policy = msgspec.json.encode({"start_timeout": 3.0, "restart": False}).decode()
+            policy: p.Policy = {"start_timeout": 3.0, "restart": False}
             with Client(_run_dir(rt)) as client:
                 joined = client.call(
-                    p.JoinRequest(client.secret, "tests._helpers:Echo", "solo", stand_in.pid, "null", policy), 30
+                    p.JoinRequest(client.secret, "tests._helpers:Echo", "solo", stand_in.pid, None, policy), 30
                 )
             assert isinstance(joined, p.Joined)
             assert joined.identity and len(joined.token) >= 16
@@ -310,7 +310,7 @@ def test_a_worker_run_in_a_fresh_interpreter_gets_its_secret_outside_argv_and_en
     rt.register_process(rec)
     with rt:
         with Client(_run_dir(rt)) as client:
-            done = client.call(p.SpawnRequest(client.secret, "tests.cli_parts:Beeper", "beeper", '{"every": 3600}'), 60)
+            done = client.call(p.SpawnRequest(client.secret, "tests.cli_parts:Beeper", "beeper", {"every": 3600}), 60)
         assert isinstance(done, p.Done), done
         (started,) = rec.wait_for("worker.started", lambda e: e.payload.to_dict()["worker"] == "beeper", timeout=60)
         pid = started.payload.to_dict()["pid"]

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from bussdcc import Event, Message, Severity, message
 from bussdcc.errors import DuplicateMessageName, FrameTooLarge, MalformedFrame, ProtocolError, UnknownMessage
-from bussdcc.kernel import message_class
 from bussdcc.kernel import protocol as p
+from bussdcc.kernel._message import message_class
 
 
 @dataclass(slots=True, frozen=True)

@@ -13,7 +13,7 @@ import pytest
 
 from bussdcc import Context, Device, Runtime, Service, WorkerState, message
 from bussdcc.errors import RegistrationError
-from bussdcc.kernel import tick_deadline
+from bussdcc.kernel._components import tick_deadline
 
 from ._helpers import Recorder, Seq, Where, wait_until
 

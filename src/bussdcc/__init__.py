@@ -2,11 +2,21 @@
 
 Every Service and Device runs in its own worker process; the parent Runtime
 keeps the authoritative dispatch and runs Processes and Interfaces.
+
+The public surface is three modules, and each public name is exported by exactly one:
+
+* ``bussdcc``: what a system is built from: the components, the runtimes, events,
+  the ``Message`` base and ``Severity``, state, clocks, supervision settings
+  (``Strategy``, ``RestartPolicy``) and status types;
+* ``bussdcc.message``: the messages the runtime itself emits;
+* ``bussdcc.errors``: every exception (``BussdccError`` is the base of all).
+
+Everything else (``bussdcc.kernel``, ``bussdcc.supervisor``, ``bussdcc.worker``,
+``bussdcc.cli``) is private.
 """
 
 from . import errors, message
 from ._version import __version__
-from .errors import BussdccError
 from .kernel import (
     ClockProtocol,
     Context,
@@ -18,9 +28,11 @@ from .kernel import (
     ManualClock,
     Message,
     Process,
+    RestartPolicy,
     Service,
     Severity,
     StateStore,
+    Strategy,
     Subscription,
     SystemClock,
 )
@@ -34,7 +46,6 @@ from .supervisor import (
 )
 
 __all__ = [
-    "BussdccError",
     "ClockProtocol",
     "Context",
     "Device",
@@ -45,12 +56,14 @@ __all__ = [
     "ManualClock",
     "Message",
     "Process",
+    "RestartPolicy",
     "Runtime",
     "RuntimeStats",
     "Service",
     "Severity",
     "SignalRuntime",
     "StateStore",
+    "Strategy",
     "Subscription",
     "SystemClock",
     "ThreadedRuntime",

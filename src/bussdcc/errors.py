@@ -24,7 +24,9 @@ __all__ = [
     "UnknownMessage",
     "UnknownMethod",
     "UnknownPeer",
+    "UnknownWorker",
     "WorkerStartError",
+    "WorkerTimeout",
 ]
 
 

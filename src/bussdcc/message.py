@@ -34,7 +34,6 @@ from .kernel._builtin import (
     WorkerOutput,
     WorkerStarted,
 )
-from .kernel._message import Message, Severity
 
 __all__ = [
     "DeviceAttached",
@@ -47,7 +46,6 @@ __all__ = [
     "InterfaceError",
     "InterfaceStarted",
     "InterfaceStopped",
-    "Message",
     "ProcessError",
     "ProcessStarted",
     "ProcessStopped",
@@ -61,7 +59,6 @@ __all__ = [
     "ServiceRestart",
     "ServiceStarted",
     "ServiceStopped",
-    "Severity",
     "SystemReload",
     "SystemSignal",
     "WorkerBackoff",

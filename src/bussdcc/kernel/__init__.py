@@ -1,31 +1,19 @@
-"""The typed contracts both sides of the process boundary share."""
+"""The typed contracts both sides of the process boundary share (private: import from ``bussdcc``).
 
-from ._boundary import ACTIVITIES, SlotTable, WorkerSpec
+``__all__`` lists the contract types the package re-exports, so the layers can
+import them from here; internals (the slot table, the worker's spec, the wire)
+are imported from their own private modules.
+"""
+
 from ._bus import EventBus, Subscription
-from ._calls import CallPort, DeviceHandle, callable_methods
+from ._calls import DeviceHandle
 from ._clock import ClockProtocol, ManualClock, SystemClock
-from ._components import (
-    Context,
-    Device,
-    Interface,
-    Process,
-    RestartPolicy,
-    Service,
-    Strategy,
-    Supervised,
-    handles_events,
-    restart_policy,
-    tick_deadline,
-)
-from ._context import RuntimeView
-from ._event import RUNTIME_SOURCE, Event
-from ._message import Message, Severity, message_class, message_names
+from ._components import Context, Device, Interface, Process, RestartPolicy, Service, Strategy
+from ._event import Event
+from ._message import Message, Severity
 from ._state import StateStore
 
 __all__ = [
-    "ACTIVITIES",
-    "RUNTIME_SOURCE",
-    "CallPort",
     "ClockProtocol",
     "Context",
     "Device",
@@ -37,20 +25,10 @@ __all__ = [
     "Message",
     "Process",
     "RestartPolicy",
-    "RuntimeView",
     "Service",
     "Severity",
-    "SlotTable",
     "StateStore",
     "Strategy",
     "Subscription",
-    "Supervised",
     "SystemClock",
-    "WorkerSpec",
-    "callable_methods",
-    "handles_events",
-    "message_class",
-    "message_names",
-    "restart_policy",
-    "tick_deadline",
 ]

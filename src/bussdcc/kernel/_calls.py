@@ -158,7 +158,7 @@ def method_spec(fn: Callable[..., Any]) -> MethodSpec:
 
 # ---- failures on the wire ----------------------------------------------------------------
 
-_KINDS: Final[dict[str, type[DeviceCallError]]] = {
+_KINDS: Final[dict[p.FailureKind, type[DeviceCallError]]] = {
     "error": DeviceError,
     "timeout": DeviceTimeout,
     "crashed": DeviceCrashed,

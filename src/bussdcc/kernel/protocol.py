@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import struct
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, Literal, TypeAlias, TypeVar
 
 import msgspec
 
@@ -32,8 +32,22 @@ MAX_FRAME: Final = 16 * 1024 * 1024
 BATCH_BYTES: Final = 256 * 1024
 #: The environment variable naming the inherited pipe an exec'd worker reads its routing id and token from.
 KEY_FD_ENV: Final = "BUSSDCC_KEY_FD"
+#: Recent dispatched messages the runtime keeps for a subscriber's backlog (``bussdcc events``).
+RECENT: Final = 1000
 #: Largest single item (an encoded message or state write); a batch of them stays under MAX_FRAME.
 MAX_ITEM: Final = 2 * 1024 * 1024
+
+
+#: Who a worker runs: a Service (ticks, handles events) or a Device (answers calls).
+Role: TypeAlias = Literal["service", "device"]
+#: Why a call has no result (each names one :class:`~bussdcc.errors.DeviceCallError`).
+FailureKind: TypeAlias = Literal[
+    "error", "timeout", "crashed", "unavailable", "unknown_device", "unknown_method", "argument"
+]
+#: What a control client may do to one worker.
+WorkerOp: TypeAlias = Literal["start", "stop", "restart", "remove"]
+#: Supervision settings as sent over the wire (``restart``, ``max_restarts``, ...): scalars only.
+Policy: TypeAlias = dict[str, float | int | str | bool | None]
 
 
 class _Frame(msgspec.Struct, frozen=True, forbid_unknown_fields=True, array_like=True, tag_field="k"):
@@ -88,7 +102,7 @@ class Bye(_Frame, tag="bye", frozen=True):
 class Failure(msgspec.Struct, frozen=True, forbid_unknown_fields=True, array_like=True):
     """Why a call has no result: ``kind`` names the error (see :mod:`bussdcc.kernel._calls`)."""
 
-    kind: str
+    kind: FailureKind
     message: str
     remote_type: str = ""
     remote_message: str = ""
@@ -261,7 +275,7 @@ class WorkerRequest(_Frame, tag="worker", frozen=True):
     """Act on one worker: ``op`` is ``start``, ``stop``, ``restart`` or ``remove``."""
 
     secret: bytes
-    op: str
+    op: WorkerOp
     worker: str
 
 
@@ -278,8 +292,9 @@ class SpawnRequest(_Frame, tag="spawn_worker", frozen=True):
     secret: bytes
     target: str
     name: str
-    config: str = "null"  # JSON
-    policy: str = "{}"  # JSON: supervision settings
+    #: A Device's config, or a Service's constructor arguments (a map): any msgpack value.
+    config: Any = None
+    policy: Policy = msgspec.field(default_factory=dict)
 
 
 class SubscribeRequest(_Frame, tag="subscribe", frozen=True):
@@ -296,12 +311,12 @@ class JoinRequest(_Frame, tag="join", frozen=True):
     target: str
     name: str
     pid: int
-    config: str = "null"  # JSON
-    policy: str = "{}"  # JSON
+    config: Any = None
+    policy: Policy = msgspec.field(default_factory=dict)
 
 
 class CallRequest(_Frame, tag="call_device", frozen=True):
-    """Call the public method ``method`` of the device ``device``; arguments as JSON.
+    """Call the public method ``method`` of the device ``device`` with ``args`` and ``kwargs``.
 
     Answered by :class:`Done` whose ``outcome`` is the result as JSON, or by :class:`Failed`.
     """
@@ -309,8 +324,8 @@ class CallRequest(_Frame, tag="call_device", frozen=True):
     secret: bytes
     device: str
     method: str
-    args: str = "[]"  # JSON array
-    kwargs: str = "{}"  # JSON object
+    args: list[Any] = msgspec.field(default_factory=list)
+    kwargs: dict[str, Any] = msgspec.field(default_factory=dict)
     timeout: float = 10.0
 
 
@@ -396,15 +411,19 @@ def _dec_hook(kind: type, obj: Any) -> Any:
     raise NotImplementedError(f"cannot decode {kind!r}")
 
 
+_T = TypeVar("_T")
+
 _encoder: Final = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
-_worker_frames: Final = msgspec.msgpack.Decoder(WorkerFrame)
-_parent_frames: Final = msgspec.msgpack.Decoder(ParentFrame)
-_items: Final = msgspec.msgpack.Decoder(Item)
-_fork_requests: Final = msgspec.msgpack.Decoder(ForkRequest)
-_fork_reports: Final = msgspec.msgpack.Decoder(ForkReport)
-_control_requests: Final = msgspec.msgpack.Decoder(ControlRequest)
-_control_replies: Final = msgspec.msgpack.Decoder(ControlReply)
-_any: Final = msgspec.msgpack.Decoder()
+#: One decoder per channel, each built once: pass it to :func:`decode`.
+WORKER_FRAMES: Final = msgspec.msgpack.Decoder(WorkerFrame)
+PARENT_FRAMES: Final = msgspec.msgpack.Decoder(ParentFrame)
+ITEMS: Final = msgspec.msgpack.Decoder(Item)
+FORK_REQUESTS: Final = msgspec.msgpack.Decoder(ForkRequest)
+FORK_REPORTS: Final = msgspec.msgpack.Decoder(ForkReport)
+CONTROL_REQUESTS: Final = msgspec.msgpack.Decoder(ControlRequest)
+CONTROL_REPLIES: Final = msgspec.msgpack.Decoder(ControlReply)
+VALUES: Final = msgspec.msgpack.Decoder()
+KEYS: Final = msgspec.msgpack.Decoder(tuple[bytes, bytes])
 _message_decoders: dict[type[Message], msgspec.msgpack.Decoder[Any]] = {}
 
 _LEN: Final = struct.Struct("!I")
@@ -419,7 +438,12 @@ def encode(obj: Any) -> bytes:
         raise MalformedFrame(f"cannot encode {type(obj).__name__}: {exc}") from exc
 
 
-def _checked(data: bytes | memoryview, decoder: msgspec.msgpack.Decoder[Any]) -> Any:
+def decode(data: bytes | memoryview, decoder: msgspec.msgpack.Decoder[_T]) -> _T:
+    """Decode ``data`` with one of the channel decoders above (raises :class:`ProtocolError`).
+
+    Every channel goes through here: a frame over :data:`MAX_FRAME` is refused unread,
+    and any malformed one is a :class:`MalformedFrame`, never a crash.
+    """
     if len(data) > MAX_FRAME:
         raise FrameTooLarge(f"frame of {len(data)} bytes exceeds the {MAX_FRAME}-byte limit")
     try:
@@ -428,51 +452,47 @@ def _checked(data: bytes | memoryview, decoder: msgspec.msgpack.Decoder[Any]) ->
         raise MalformedFrame(str(exc)) from None
 
 
+# The channels' own names for decode(), kept for their many callers.
+
+
 def decode_worker_frame(data: bytes | memoryview) -> WorkerFrame:
-    """Decode a frame sent by a worker (raises :class:`ProtocolError`)."""
-    frame: WorkerFrame = _checked(data, _worker_frames)
-    return frame
+    """Decode a frame sent by a worker."""
+    return decode(data, WORKER_FRAMES)
 
 
 def decode_parent_frame(data: bytes | memoryview) -> ParentFrame:
-    """Decode a frame sent by the parent (raises :class:`ProtocolError`)."""
-    frame: ParentFrame = _checked(data, _parent_frames)
-    return frame
+    """Decode a frame sent by the parent."""
+    return decode(data, PARENT_FRAMES)
 
 
 def decode_item(data: bytes | memoryview) -> Item:
     """Decode one item of a stream."""
-    item: Item = _checked(data, _items)
-    return item
+    return decode(data, ITEMS)
 
 
 def decode_fork_request(data: bytes) -> ForkRequest:
     """Decode a request to the fork server."""
-    req: ForkRequest = _checked(data, _fork_requests)
-    return req
+    return decode(data, FORK_REQUESTS)
 
 
 def decode_fork_report(data: bytes) -> ForkReport:
     """Decode a report from the fork server."""
-    rep: ForkReport = _checked(data, _fork_reports)
-    return rep
+    return decode(data, FORK_REPORTS)
 
 
 def decode_control_request(data: bytes | memoryview) -> ControlRequest:
     """Decode a request sent to the control endpoint."""
-    req: ControlRequest = _checked(data, _control_requests)
-    return req
+    return decode(data, CONTROL_REQUESTS)
 
 
 def decode_control_reply(data: bytes | memoryview) -> ControlReply:
     """Decode a reply from the control endpoint."""
-    rep: ControlReply = _checked(data, _control_replies)
-    return rep
+    return decode(data, CONTROL_REPLIES)
 
 
 def decode_value(data: bytes | memoryview) -> Any:
     """Decode a plain value (state writes)."""
-    return _checked(data, _any)
+    return decode(data, VALUES)
 
 
 #: The encoding of ``None``: the result of a failed call.
@@ -519,9 +539,6 @@ def envelope_event(env: Envelope, source: str | None = None) -> Event[Message]:
     return Event(decode_message(env.name, env.body), ts, source if source is not None else env.source)
 
 
-_keys: Final = msgspec.msgpack.Decoder(tuple[bytes, bytes])
-
-
 def encode_key(identity: bytes, token: bytes) -> bytes:
     """What an exec'd worker reads from its key pipe: its routing id and its token."""
     return encode((identity, token))
@@ -529,8 +546,7 @@ def encode_key(identity: bytes, token: bytes) -> bytes:
 
 def decode_key(data: bytes) -> tuple[bytes, bytes]:
     """The ``(identity, token)`` of :func:`encode_key` (raises :class:`ProtocolError`)."""
-    key: tuple[bytes, bytes] = _checked(data, _keys)
-    return key
+    return decode(data, KEYS)
 
 
 # ---- length-prefixed framing for the fork server's stream socket ---------------

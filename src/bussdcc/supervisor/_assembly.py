@@ -13,9 +13,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..errors import BootError
-from ..kernel import ClockProtocol, Device, Message, Service, SlotTable, StateStore, Strategy
+from ..kernel import ClockProtocol, Device, Message, Service, StateStore, Strategy
 from ..kernel import _builtin as m
 from ..kernel import protocol as p
+from ..kernel._boundary import SlotTable
+from ..kernel._layout import SLOTS_FILE, workers_endpoint
 from . import _fds
 from ._calls import ParentPort
 from ._control import ControlServer
@@ -145,8 +147,8 @@ def _assemble(  # noqa: PLR0917  (one call site, in the order things are made)
     hooks: Hooks,
     waiting: tuple[threading.Thread, ...],
 ) -> Assembly:
-    endpoint = f"ipc://{run_dir}/workers.sock"
-    slots = SlotTable(path=run_dir / "slots")
+    endpoint = workers_endpoint(run_dir)
+    slots = SlotTable(path=run_dir / SLOTS_FILE)
     made.append(slots.close)
     components: dict[str, tuple[str, object]] = {
         w.name: ("device" if isinstance(w, Device) else "service", w) for w in workers

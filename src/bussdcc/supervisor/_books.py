@@ -14,8 +14,9 @@ from collections import deque
 from collections.abc import Callable
 
 from ..errors import BussdccError
-from ..kernel import ClockProtocol, Message, SlotTable, StateStore
+from ..kernel import ClockProtocol, Message, StateStore
 from ..kernel import protocol as p
+from ..kernel._boundary import SlotTable
 from ._calls import CallRouter
 from ._dispatcher import Dispatcher
 from ._forkserver import ForkServer

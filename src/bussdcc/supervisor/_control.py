@@ -12,9 +12,7 @@ Subscribers receive every dispatched message; a slow one misses messages
 from __future__ import annotations
 
 import hmac
-import json
 import os
-import secrets
 import threading
 import time
 from collections import deque
@@ -27,19 +25,15 @@ import zmq
 
 from ..errors import BootError, BussdccError, ProtocolError
 from ..kernel import protocol as p
+from ..kernel._layout import control_endpoint, write_identity
+from ..kernel.protocol import RECENT
 from . import _control_ops as ops
 from ._flow import SUBSCRIBER_BYTES, weigh
 from ._managed import ManagedRuntime
 from ._wake import WakePipe
 
-#: Files of the run directory the command line reads.
-SECRET_FILE = "secret"
-INFO_FILE = "runtime.json"
-CONTROL_SOCKET = "control.sock"
 #: Dispatched messages queued for subscribers before newer ones are dropped.
 _MAX_QUEUED = 10_000
-#: Recent messages kept for ``bussdcc events`` (its backlog).
-RECENT = 1000
 _MAX_REQUEST = 1024 * 1024
 #: Messages per frame to a subscriber, and frames libzmq holds for one (together, its bound in bytes).
 _CHUNK = 256
@@ -52,36 +46,13 @@ _MAX_OPS = 64
 _HANDSHAKE_MS = 2000
 
 
-def write_identity(run_dir: Path, name: str, secret: bytes | None = None, started: float | None = None) -> bytes:
-    """Create the run directory's secret (mode 0600) and ``runtime.json``; return the secret.
-
-    With ``secret``, write that one unless the file is there already (restoring a
-    run directory deleted under the runtime: clients keep the secret they hold).
-    """
-    if secret is None:
-        secret = secrets.token_bytes(32)
-    try:
-        fd = os.open(run_dir / SECRET_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    except FileExistsError:
-        if started is None:
-            raise
-    else:
-        with os.fdopen(fd, "wb") as f:
-            f.write(secret)
-    info = {"name": name, "pid": os.getpid(), "started": time.time() if started is None else started}
-    tmp = run_dir / f"{INFO_FILE}.tmp"
-    tmp.write_text(json.dumps(info))
-    tmp.rename(run_dir / INFO_FILE)  # readers never see half a file
-    return secret
-
-
 class ControlServer:
     """Serves the control endpoint of one runtime from its own thread."""
 
     def __init__(self, runtime: ManagedRuntime, run_dir: Path) -> None:
         self.runtime = runtime
         self.run_dir = run_dir
-        self.endpoint = f"ipc://{run_dir / CONTROL_SOCKET}"
+        self.endpoint = control_endpoint(run_dir)
         self.started = time.time()
         try:
             self._secret = write_identity(run_dir, runtime.name)

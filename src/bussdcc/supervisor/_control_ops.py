@@ -17,8 +17,9 @@ from typing import Any, Protocol
 import msgspec
 
 from ..errors import ConfigError, ControlError, DeviceCallError
-from ..kernel import Device, Service, callable_methods
+from ..kernel import Device, Service
 from ..kernel import protocol as p
+from ..kernel._calls import callable_methods
 from ._managed import ManagedRuntime
 from ._specs import build, check_supervised
 from ._workers import WorkerState
@@ -105,15 +106,9 @@ def _call(rt: ManagedRuntime, req: p.CallRequest) -> str:
     if method is None:
         known = ", ".join(sorted(methods)) or "none"
         raise ControlError(f"{req.device} has no callable method {req.method!r} (methods: {known})")
-    try:
-        args, kwargs = json.loads(req.args), json.loads(req.kwargs)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"arguments are not valid JSON: {exc}") from None
-    if not isinstance(args, list) or not isinstance(kwargs, dict):
-        raise ConfigError("arguments are a JSON array, keyword arguments a JSON object")
     handle = rt.device(type(device), req.device, timeout=req.timeout)
     try:
-        result = handle.call(method, *args, **kwargs)
+        result = handle.call(method, *req.args, **req.kwargs)
     except DeviceCallError as exc:
         raise ControlError(f"{type(exc).__name__}: {exc}") from None
     try:
@@ -130,7 +125,7 @@ def _import_within(pol: dict[str, Any]) -> float:
     return Service.start_timeout
 
 
-def _bounded(target: str, name: str, cfg: Any, pol: dict[str, Any]) -> object:
+def _bounded(target: str, name: str, cfg: Any, pol: p.Policy) -> object:
     """``build(...)`` on a daemon thread of its own, waited for at most ``start_timeout``.
 
     A module whose import never returns must not hold the request (nor, at exit, the
@@ -159,15 +154,8 @@ def _bounded(target: str, name: str, cfg: Any, pol: dict[str, Any]) -> object:
     return box[0]
 
 
-def _component(target: str, name: str, config: str, policy: str) -> Service | Device:
-    try:
-        cfg = json.loads(config)
-        pol = json.loads(policy)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"invalid JSON: {exc}") from exc
-    if not isinstance(pol, dict):
-        raise ConfigError("the policy must be a JSON object")
-    component = _bounded(target, name, cfg, pol)
+def _component(target: str, name: str, config: Any, policy: p.Policy) -> Service | Device:
+    component = _bounded(target, name, config, policy)
     if not isinstance(component, Service | Device):
         raise ConfigError(f"{target} is not a Service or a Device: only those run as workers")
     check_supervised(component)
@@ -178,7 +166,8 @@ def _spawn(rt: ManagedRuntime, server: ControlServer, req: p.SpawnRequest) -> st
     # The parent imports the class too: to know its settings, and to refuse a bad target now.
     component = _component(req.target, req.name, req.config, req.policy)
     argv = [sys.executable, "-m", "bussdcc", "worker", "--connect", str(server.run_dir), req.target]
-    argv += ["--name", req.name, "--config", req.config, "--policy-json", req.policy]
+    config, policy = (msgspec.json.encode(x).decode() for x in (req.config, req.policy))
+    argv += ["--name", req.name, "--config", config, "--policy-json", policy]
     rt.add_exec_worker(component, argv)
     worker = rt.worker(req.name)
     if worker.state is not WorkerState.RUNNING:

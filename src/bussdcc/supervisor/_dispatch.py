@@ -12,9 +12,10 @@ import threading
 import traceback
 from typing import TYPE_CHECKING
 
-from ..kernel import RUNTIME_SOURCE, ClockProtocol, Context, Event, EventBus, Interface, Message, Process, Severity
+from ..kernel import ClockProtocol, Context, Event, EventBus, Interface, Message, Process, Severity
 from ..kernel import _builtin as m
 from ..kernel import protocol as p
+from ..kernel._event import RUNTIME_SOURCE
 from ..kernel._text import emit_report
 
 if TYPE_CHECKING:

@@ -22,8 +22,8 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 
 from ..errors import BootError
-from ..kernel import SlotTable
 from ..kernel import protocol as p
+from ..kernel._boundary import SlotTable
 from ._forksafety import logging_quiet, other_threads
 from ._zygote import Entry, Zygote
 

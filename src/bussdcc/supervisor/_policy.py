@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal, TypeAlias, assert_never, get_args
 
-from ..kernel import RestartPolicy, Supervised, restart_policy
+from ..kernel import RestartPolicy
+from ..kernel._components import Supervised, restart_policy
 from ..kernel._vocab import ExitCause
 from ._backoff import backoff_delay
 

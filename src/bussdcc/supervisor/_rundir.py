@@ -12,25 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import BootError
+from ..kernel._layout import RUN_BASE_ENV, SLOTS_FILE, WORKERS_SOCKET, run_base
 
-#: Environment variable that overrides the base directory of run directories.
-RUN_BASE_ENV = "BUSSDCC_RUN_BASE"
 _SUN_PATH_MAX = 107
-#: The socket workers connect to, in the run directory.
-WORKERS_SOCKET = "workers.sock"
-#: The shared counters, in the run directory: workers started by exec open it by path.
-SLOTS_FILE = "slots"
 #: Seconds between looks at whether the run directory is still there (one stat each).
 CHECK_PERIOD = 0.5
-
-
-def run_base() -> Path:
-    """``$BUSSDCC_RUN_BASE``, else ``$XDG_RUNTIME_DIR/bussdcc``, else ``/tmp/bussdcc-$UID``."""
-    if override := os.environ.get(RUN_BASE_ENV):
-        return Path(override)
-    if xdg := os.environ.get("XDG_RUNTIME_DIR"):
-        return Path(xdg) / "bussdcc"
-    return Path(tempfile.gettempdir()) / f"bussdcc-{os.getuid()}"
 
 
 def default_name() -> str:
@@ -56,7 +42,7 @@ def make_run_dir(name: str) -> Path:
         path = Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir=base))
     except OSError as exc:
         raise BootError(f"cannot create a run directory in {base}: {exc}") from exc
-    if len(str(path / "workers.sock")) > _SUN_PATH_MAX:
+    if len(str(path / WORKERS_SOCKET)) > _SUN_PATH_MAX:
         shutil.rmtree(path, ignore_errors=True)
         raise BootError(f"run directory {path} is too long for an ipc:// socket; set {RUN_BASE_ENV}")
     return path

@@ -19,7 +19,6 @@ from typing import Literal, Self, TypeVar
 from .._version import __version__
 from ..errors import BootError, RegistrationError, RuntimeStateError
 from ..kernel import (
-    RUNTIME_SOURCE,
     ClockProtocol,
     Context,
     Device,
@@ -35,6 +34,7 @@ from ..kernel import (
     SystemClock,
 )
 from ..kernel import _builtin as m
+from ..kernel._event import RUNTIME_SOURCE
 from ._assembly import Assembly, Hooks, assemble
 from ._calls import ParentPort
 from ._dispatch import Dispatch, Receiver

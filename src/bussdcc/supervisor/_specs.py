@@ -10,12 +10,20 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import ConfigError, RegistrationError
-from ..kernel import Device, Process, Service, Supervised, restart_policy
+from ..kernel import Device, Process, Service
+from ..kernel._components import Supervised, restart_policy
 
 _STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one")
 #: Settings only a Service has (a Device never ticks, and runs whenever it is attached).
 SERVICE_SETTINGS = frozenset(
     key for key, value in vars(Service).items() if not key.startswith("_") and not callable(value)
+) - {"name"}
+#: Settings a TOML entry or ``--policy`` may give a Service or Device (class attributes).
+POLICY_KEYS = frozenset(
+    name
+    for cls in (Supervised, Service)
+    for name in vars(cls)
+    if not name.startswith("_") and not callable(vars(cls)[name])
 ) - {"name"}
 
 
@@ -90,17 +98,6 @@ def check_group(name: object, members: Sequence[object], strategy: object) -> No
                 "devices start before services, so list them first"
             )
         check_supervised(member)
-
-
-# ---- components built from targets ---------------------------------------------
-
-#: Settings a TOML entry or ``--policy`` may give a Service or Device (class attributes).
-POLICY_KEYS = frozenset(
-    name
-    for cls in (Supervised, Service)
-    for name in vars(cls)
-    if not name.startswith("_") and not callable(vars(cls)[name])
-) - {"name"}
 
 
 def import_target(target: str) -> Any:

@@ -20,9 +20,10 @@ import time
 from collections.abc import Callable
 
 from ..errors import RegistrationError
-from ..kernel import ClockProtocol, Device, Message, Service, SlotTable, StateStore, Strategy
+from ..kernel import ClockProtocol, Device, Message, Service, StateStore, Strategy
 from ..kernel import _builtin as m
 from ..kernel import protocol as p
+from ..kernel._boundary import SlotTable
 from ._books import Books, NoForkServer, NoFreeSlot, SpawnRefused
 from ._dispatcher import Dispatcher
 from ._exits import DRAIN_GRACE, Exits

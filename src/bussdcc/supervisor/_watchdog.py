@@ -14,7 +14,8 @@ from typing import Literal, TypeAlias
 
 import psutil
 
-from ..kernel import Device, Service, SlotTable
+from ..kernel import Device, Service
+from ..kernel._boundary import SlotTable
 from ._books import Books
 from ._hub import Periodic
 from ._workers import Incarnation, Usage, Worker

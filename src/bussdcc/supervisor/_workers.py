@@ -11,8 +11,9 @@ from pathlib import Path
 
 import psutil
 
-from ..kernel import Device, Service, handles_events
+from ..kernel import Device, Service
 from ..kernel import protocol as p
+from ..kernel._components import handles_events
 from ..kernel._vocab import ExitCause, Role
 from ._hub import Timer
 from ._states import Intent, WorkerState, transition

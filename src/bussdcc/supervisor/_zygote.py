@@ -26,8 +26,8 @@ from typing import Any, NoReturn
 
 import psutil
 
-from ..kernel import SlotTable, WorkerSpec
 from ..kernel import protocol as p
+from ..kernel._boundary import SlotTable, WorkerSpec
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36

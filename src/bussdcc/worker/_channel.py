@@ -14,8 +14,9 @@ import msgspec
 import zmq
 
 from ..errors import ProtocolError
-from ..kernel import ACTIVITIES, Message, WorkerSpec
+from ..kernel import Message
 from ..kernel import protocol as p
+from ..kernel._boundary import ACTIVITIES, WorkerSpec
 
 # Small high-water marks make a flooding worker block early (bounded memory on
 # both sides) and make its items pile into large batches instead of frames.

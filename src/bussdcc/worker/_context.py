@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ..kernel import Context, EventBus, StateStore, SystemClock, WorkerSpec
+from ..kernel import Context, EventBus, StateStore, SystemClock
+from ..kernel._boundary import WorkerSpec
 from ._calls import WorkerPort
 from ._channel import Channel
 

@@ -7,10 +7,11 @@ import traceback
 from typing import assert_never
 
 from ..errors import UnknownDevice
-from ..kernel import Context, Device, Service, Severity, handles_events, restart_policy, tick_deadline
+from ..kernel import Context, Device, Service, Severity
 from ..kernel import _builtin as m
 from ..kernel import protocol as p
 from ..kernel._calls import fail
+from ..kernel._components import handles_events, restart_policy, tick_deadline
 from ..kernel._text import emit_report
 from ._calls import CallServer
 from ._channel import Channel

@@ -12,7 +12,7 @@ import traceback
 from collections.abc import Callable
 from typing import NoReturn
 
-from ..kernel import WorkerSpec
+from ..kernel._boundary import WorkerSpec
 from ..kernel.protocol import Hello
 from ._channel import Channel
 from ._context import make_context

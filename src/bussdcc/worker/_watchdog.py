@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ..kernel import ACTIVITIES, WorkerSpec
+from ..kernel._boundary import ACTIVITIES, WorkerSpec
 
 
 class Watchdog:

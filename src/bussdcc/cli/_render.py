@@ -9,9 +9,9 @@ from typing import Any
 
 import psutil
 
+from ..kernel import Severity
+from ..kernel import protocol as p
 from ._client import Streamed
-from .kernel import Severity
-from .kernel import protocol as p
 
 _COLUMNS = ("name", "role", "state", "pid", "restarts", "uptime", "rss", "cpu", "last_exit")
 _HEADERS = {"name": "WORKER", "last_exit": "LAST EXIT", "cpu": "CPU%"}

@@ -2,81 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
-import psutil
 import zmq
 
-from .errors import ControlError, ProtocolError
-from .kernel import protocol as p
-from .supervisor._control import CONTROL_SOCKET, INFO_FILE, SECRET_FILE
-from .supervisor._rundir import run_base
+from ..errors import ControlError, ProtocolError
+from ..kernel import protocol as p
+from ..kernel._layout import alive, control_endpoint, locate, read_info, read_secret, running, serving
 
-
-@dataclass(frozen=True, slots=True)
-class RuntimeInfo:
-    """A running runtime found under the run base."""
-
-    name: str
-    pid: int
-    run_dir: Path
-    started: float
-
-
-def _alive(pid: int) -> bool:
-    try:
-        # A zombie has ended: only its parent has yet to hear of it.
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.Error:
-        return True
-
-
-def running(base: Path | None = None) -> list[RuntimeInfo]:
-    """Every live runtime under ``base`` (the run base by default); stale directories are skipped."""
-    base = base or run_base()
-    found: list[RuntimeInfo] = []
-    try:
-        entries = sorted(base.iterdir())
-    except OSError:
-        return []
-    for entry in entries:
-        try:
-            info = json.loads((entry / INFO_FILE).read_text())
-            rt = RuntimeInfo(str(info["name"]), int(info["pid"]), entry, float(info["started"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if _alive(rt.pid) and (entry / CONTROL_SOCKET).exists():
-            found.append(rt)
-    return found
-
-
-def locate(name: str | None = None, run_dir: str | None = None) -> Path:
-    """The run directory of the runtime named ``name`` (or the only one running)."""
-    if run_dir is not None:
-        path = Path(run_dir)
-        if not (path / CONTROL_SOCKET).exists():
-            raise ControlError(f"no runtime is running in {path}")
-        return path
-    live = running()
-    matches = [r for r in live if name is None or r.name == name]
-    if not matches:
-        where = run_base()
-        if name is None:
-            raise ControlError(f"no runtime is running (looked in {where})")
-        others = ", ".join(sorted({r.name for r in live})) or "none"
-        raise ControlError(f"no runtime named {name!r} is running (running: {others}; looked in {where})")
-    if len(matches) > 1:
-        listing = ", ".join(f"{r.name} (pid {r.pid}, {r.run_dir})" for r in matches)
-        hint = "use --run-dir" if name is not None else "name one"
-        raise ControlError(f"{len(matches)} runtimes are running, {hint}: {listing}")
-    return matches[0].run_dir
+__all__ = ["Client", "Streamed", "locate", "read_secret", "running", "runtime_name", "runtime_pid", "wait_gone"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,16 +26,6 @@ class Streamed:
     dropped: int
 
 
-def read_secret(run_dir: Path) -> bytes:
-    """The runtime's secret (readable only by its user)."""
-    try:
-        return (run_dir / SECRET_FILE).read_bytes()
-    except PermissionError:
-        raise ControlError(f"refused: cannot read the runtime's secret in {run_dir}") from None
-    except OSError as exc:
-        raise ControlError(f"cannot read the runtime's secret in {run_dir}: {exc.strerror}") from None
-
-
 class Client:
     """One connection to a runtime's control endpoint."""
 
@@ -107,7 +35,7 @@ class Client:
         self._zctx = zmq.Context(io_threads=1)
         self._sock: zmq.Socket[bytes] = self._zctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.connect(f"ipc://{run_dir / CONTROL_SOCKET}")
+        self._sock.connect(control_endpoint(run_dir))
 
     def close(self) -> None:
         """Close the connection."""
@@ -165,7 +93,7 @@ class Client:
 
 
 def _gone(run_dir: Path) -> bool:
-    return not (run_dir / CONTROL_SOCKET).exists()
+    return not serving(run_dir)
 
 
 def wait_gone(run_dir: Path, pid: int | None, timeout: float) -> bool:
@@ -173,7 +101,7 @@ def wait_gone(run_dir: Path, pid: int | None, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         # The run directory goes last, once every worker has stopped.
-        if _gone(run_dir) or (pid is not None and not _alive(pid)):
+        if _gone(run_dir) or (pid is not None and not alive(pid)):
             return True
         time.sleep(0.02)
     return False
@@ -181,15 +109,11 @@ def wait_gone(run_dir: Path, pid: int | None, timeout: float) -> bool:
 
 def runtime_name(run_dir: Path) -> str:
     """The name recorded in ``run_dir``."""
-    try:
-        return str(json.loads((run_dir / INFO_FILE).read_text())["name"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return run_dir.name
+    info = read_info(run_dir)
+    return info.name if info is not None else run_dir.name
 
 
 def runtime_pid(run_dir: Path) -> int | None:
     """The pid recorded in ``run_dir``."""
-    try:
-        return int(json.loads((run_dir / INFO_FILE).read_text())["pid"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    info = read_info(run_dir)
+    return info.pid if info is not None else None

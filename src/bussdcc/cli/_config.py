@@ -9,11 +9,11 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, RegistrationError
-from .kernel import Device, Interface, Process, Service
+from ..errors import ConfigError, RegistrationError
+from ..kernel import Device, Interface, Process, Service
+from ..supervisor._specs import POLICY_KEYS, SERVICE_SETTINGS, build, check_supervised, import_target
 
-# build and import_target live with the other child-spec code; importers of this module find them here too.
-from .supervisor._specs import POLICY_KEYS, SERVICE_SETTINGS, build, check_supervised, import_target
+__all__ = ["POLICY_KEYS", "SystemSpec", "build", "import_target", "load_system", "parse_policy_value"]
 
 _SECTIONS = {"devices": Device, "services": Service, "processes": Process, "interfaces": Interface}
 
@@ -153,6 +153,3 @@ def load_system(path: Path) -> SystemSpec:
             built.append(component)
         components[section] = built
     return SystemSpec(name, components)
-
-
-__all__ = ["POLICY_KEYS", "SystemSpec", "build", "import_target", "load_system", "parse_policy_value"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import select
 import signal
@@ -11,15 +10,17 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError, ControlError, ProtocolError
+from ..kernel import Device, Event, Interface, Message, Process, Service
+from ..kernel import _builtin as m
+from ..kernel import protocol as p
+from ..kernel._boundary import SlotTable, WorkerSpec
+from ..kernel._layout import SLOTS_FILE, workers_endpoint
+from ..supervisor import Runtime, SignalRuntime
+from ..worker._logs import STANDALONE_ENV
 from ._client import Client
 from ._config import build, import_target, load_system
 from ._notify import Watchdog, notify, watchdog_interval
-from .errors import ConfigError, ControlError, ProtocolError
-from .kernel import Device, Event, Interface, Message, Process, Service, SlotTable, WorkerSpec
-from .kernel import _builtin as m
-from .kernel import protocol as p
-from .supervisor import Runtime, SignalRuntime
-from .worker._logs import STANDALONE_ENV
 
 
 def load_runtime(target: str, name: str | None = None) -> Runtime:
@@ -138,8 +139,8 @@ def worker(
     run_dir: Path,
     target: str,
     name: str,
-    config: str,
-    policy: str,
+    config: Any,
+    policy: p.Policy,
     *,
     slot: int | None = None,
     incarnation: int | None = None,
@@ -147,18 +148,14 @@ def worker(
 ) -> int:
     """Run one Service or Device as a worker of the runtime in ``run_dir`` (never returns on success)."""
     sys.path.insert(0, os.getcwd())
-    try:
-        cfg, pol = json.loads(config), json.loads(policy)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"invalid JSON: {exc}") from exc
-    component = build(target, name, cfg, pol)
+    component = build(target, name, config, policy)
     if not isinstance(component, Service | Device):
         raise ConfigError(f"{target} is not a Service or a Device: only those run as workers")
-    role = "device" if isinstance(component, Device) else "service"
-    slots = SlotTable(path=run_dir / "slots")
+    role: p.Role = "device" if isinstance(component, Device) else "service"
+    slots = SlotTable(path=run_dir / SLOTS_FILE)
     if slot is not None and incarnation is not None and parent_pid is not None:
         # Started by the runtime's fork server, which already counts on this slot.
-        endpoint = f"ipc://{run_dir / 'workers.sock'}"
+        endpoint = workers_endpoint(run_dir)
         identity, token = _read_key()
         spec = WorkerSpec(name, role, incarnation, endpoint, slot, slots, parent_pid, identity, token)
     else:
@@ -179,7 +176,7 @@ def worker(
             reply.identity,
             reply.token,
         )
-    from .worker._main import run as run_worker
+    from ..worker._main import run as run_worker
 
     def stop_gracefully() -> None:
         # SIGTERM (systemd stopping the unit, say): ask the runtime for a graceful stop,

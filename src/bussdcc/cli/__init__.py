@@ -1,0 +1,26 @@
+"""The ``bussdcc`` command: run a system, and inspect and steer a live runtime over its control endpoint."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from ..errors import BussdccError
+from ._parser import parser
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``bussdcc`` command; return its exit code."""
+    args = parser().parse_args(argv)
+    try:
+        code: int = args.fn(args)
+        return code
+    except BussdccError as exc:
+        print(f"bussdcc {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
