@@ -22,6 +22,14 @@ the wait is not taken:
   stopped) and counted: ``rt.stats().undelivered``, and one ``runtime.fault`` before
   ``runtime.shutdown``. So every event dispatched is delivered or counted.
 
+The accounting invariant, per worker incarnation: **emitted = dispatched + lost**.
+A worker numbers each item and counts it in shared memory before it is sent
+(``emitted``); the parent counts what it received and handed to dispatch
+(``dispatched``); a gap in the numbering, or what a dead worker counted but never
+delivered, is ``lost`` (``worker.exited`` reports all three). Back-pressure never
+drops a worker's item: it only makes the worker wait, so ``lost`` comes from deaths
+alone.
+
 Queues that cannot wait for room drop and count instead, and say so: worker output
 (:data:`OUTPUT_BYTES`, the lines not shown) and the control plane's subscribers
 (:data:`SUBSCRIBER_BYTES`, the messages a slow follower missed). Calls to devices
