@@ -29,6 +29,7 @@ from ..errors import BootError, BussdccError, ProtocolError
 from ..kernel import protocol as p
 from . import _control_ops as ops
 from ._flow import SUBSCRIBER_BYTES, weigh
+from ._hub import ZAP_ENDPOINT, plain_server, zap_replies
 from ._wake import WakePipe
 
 if TYPE_CHECKING:
@@ -52,6 +53,15 @@ _MAX_OPS = 64
 #: A connection that has not completed the ZMTP handshake within this is closed: strangers
 #: cannot hold the parent's fds for free.
 _HANDSHAKE_MS = 2000
+#: The ZAP domain of the control endpoint, and the PLAIN username its clients give (the password is the secret).
+CONTROL_DOMAIN = b"bussdcc-control"
+CONTROL_USER = b"bussdcc"
+
+
+def client_credentials(sock: zmq.Socket[bytes], secret: bytes) -> None:
+    """Make ``sock`` prove the runtime's secret at the handshake (before it connects to the control endpoint)."""
+    sock.setsockopt(zmq.PLAIN_USERNAME, CONTROL_USER)
+    sock.setsockopt(zmq.PLAIN_PASSWORD, secret)
 
 
 def write_identity(run_dir: Path, name: str, secret: bytes | None = None, started: float | None = None) -> bytes:
@@ -111,6 +121,9 @@ class ControlServer:
         self._sock: zmq.Socket[bytes] | None = None
         self._ops = 0  # requests running on threads of their own
         self._ops_lock = threading.Lock()
+        #: Connections refused at the handshake and not yet handed to the supervisor's reporting.
+        self._denied = 0
+        self._denied_lock = threading.Lock()
         self.thread = threading.Thread(target=self._main, name="bussdcc-control", daemon=True)
 
     # ---- lifecycle ----------------------------------------------------------------
@@ -205,8 +218,16 @@ class ControlServer:
 
     def _main(self) -> None:
         zctx = zmq.Context(io_threads=1)
+        # Bound before the ROUTER: a PLAIN server with no ZAP handler would admit anyone.
+        zap: zmq.Socket[bytes] = zctx.socket(zmq.REP)
         sock: zmq.Socket[bytes] = zctx.socket(zmq.ROUTER)
         try:
+            zap.setsockopt(zmq.LINGER, 0)
+            zap.bind(ZAP_ENDPOINT)
+            # Only holders of the secret complete the handshake: a stranger cannot keep a
+            # connection, hence an fd of the parent (where libzmq's ipc listener aborts the
+            # process on EMFILE). The secret is still checked in each request too.
+            plain_server(sock, CONTROL_DOMAIN)
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
             sock.setsockopt(zmq.MAXMSGSIZE, _MAX_REQUEST)
             sock.setsockopt(zmq.SNDHWM, _SUB_HWM)
@@ -216,14 +237,16 @@ class ControlServer:
         except zmq.ZMQError as exc:
             self._error = exc
             sock.close(0)
+            zap.close(0)
             zctx.term()
             self._ready.set()
             return
         self._sock = sock
         self._ready.set()
-        self._sock = sock
+        self._zap = zap
         self._poller = zmq.Poller()
         self._poller.register(sock, zmq.POLLIN)
+        self._poller.register(zap, zmq.POLLIN)
         self._poller.register(self._waker.fd, zmq.POLLIN)
         try:
             while self._running:
@@ -238,12 +261,15 @@ class ControlServer:
                 os.close(fd)
             self._sock = None
             sock.close(0)
+            zap.close(0)
             zctx.term()
 
     def _iterate(self, sock: zmq.Socket[bytes]) -> None:
         events = dict(self._poller.poll(1000))
         if self._waker.fd in events:
             self._waker.drain()
+        if self._zap in events:
+            zap_replies(self._zap, self._admit)
         while self._calls:
             self._calls.popleft()()
         for fd in [fd for fd in self._watched if fd in events]:
@@ -257,6 +283,24 @@ class ControlServer:
             identity, data = self._replies.popleft()
             self._send(sock, identity, data)
         self._publish(sock)
+
+    def _admit(self, domain: bytes, username: bytes, password: bytes) -> bool:
+        if domain == CONTROL_DOMAIN and hmac.compare_digest(password, self._secret):
+            return True
+        with self._denied_lock:
+            self._denied += 1
+            first = self._denied == 1
+        hub, sup = self.runtime._hub, self.runtime._sup
+        if first and hub is not None and sup is not None:
+            # One hand-off in flight at most: a flood of attempts costs a counter increment each.
+            hub.call_soon(lambda: self._hand_denied(sup.control_denied))
+        return False
+
+    def _hand_denied(self, report: Callable[[int], None]) -> None:
+        with self._denied_lock:
+            count, self._denied = self._denied, 0
+        if count:
+            report(count)
 
     def _send(self, sock: zmq.Socket[bytes], identity: bytes, data: bytes) -> bool:
         try:

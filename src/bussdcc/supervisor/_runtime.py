@@ -499,9 +499,10 @@ class Runtime:
                 lambda error: self.emit(m.RuntimeFault(part="control", kind="rebind_failed", error=error))
             ),
             report=lambda error: self._emit_queued(m.RuntimeFault(part="run_dir", kind="run_dir_lost", error=error)),
+            closed=lambda: not hub.accepting,
         )
         hub.call_soon(self._guard.start)
-        fd_guard = _fds.FdGuard(control.accept, hub.fault, hub.recovered)
+        fd_guard = _fds.FdGuard(control.accept, hub.fault, hub.recovered, hub.accept)
 
         def watch_fds() -> None:
             hub.every(_fds.PERIOD, fd_guard.check, "fd_watch")

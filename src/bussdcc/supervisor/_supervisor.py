@@ -107,6 +107,8 @@ class Supervisor:
         self.rejected = 0
         #: Frames refused because no verified worker sent them (strangers, wrong tokens, before a Hello).
         self.refused = 0
+        #: Connections to the workers' endpoint refused at the handshake (wrong credentials).
+        self.denied = 0
         self._refusals_held = 0
         self._refusal_timer: Timer | None = None
         #: Incarnations the fork server has yet to report on, by (worker, incarnation number).
@@ -215,6 +217,7 @@ class Supervisor:
         inc = Incarnation(worker.incarnations, secrets.token_hex(16).encode(), slot)
         inc.token = secrets.token_bytes(32)
         inc.refused_at = self.refused
+        inc.denied_at = self.denied
         worker.current = inc
         worker.state = WorkerState.STARTING
         self._by_identity[inc.identity] = (worker, inc)
@@ -252,6 +255,16 @@ class Supervisor:
             seen = [
                 f"{n} {one if n == 1 else many}"
                 for n, one, many in (
+                    (
+                        inc.denied,
+                        "connection with its routing id but a wrong token",
+                        "connections with its routing id but a wrong token",
+                    ),
+                    (
+                        self.denied - inc.denied_at - inc.denied,
+                        "connection with wrong credentials",
+                        "connections with wrong credentials",
+                    ),
                     (elsewhere, "frame from an unknown peer", "frames from unknown peers"),
                     (inc.wrong_tokens, "hello with a wrong token", "hellos with a wrong token"),
                     (inc.unverified, "frame before a verified hello", "frames before a verified hello"),
@@ -265,7 +278,13 @@ class Supervisor:
         if worker.argv is None and not inc.external:  # forked from the fork server
             verdict = Verdict(verdict.cause, verdict.reason + threads_hint(self.fork.threads))
         guard = self.run_dir_guard
-        if guard is not None and guard.missing():
+        if self.hub is not None and not self.hub.accepting:
+            hint = (
+                " (the parent is short of file descriptors: the workers' endpoint is closed to new "
+                "connections until fewer are open; see runtime.fault part fds)"
+            )
+            verdict = Verdict(verdict.cause, verdict.reason + hint)
+        elif guard is not None and guard.missing():
             hint = f" (the run directory {guard.path} is gone, deleted under the live runtime: workers cannot connect)"
             verdict = Verdict(verdict.cause, verdict.reason + hint)
         self._kill(worker, inc, verdict)
@@ -450,6 +469,28 @@ class Supervisor:
         worker, inc = entry
         self._kill(worker, inc, Verdict("hung", f"hung: took no events for {seconds:.1f}s"))
 
+    def admit(self, username: bytes, password: bytes) -> bool:
+        """Whether a peer may complete its handshake on the workers' endpoint (hub thread, asked by ZAP).
+
+        Only a process that holds a live incarnation's routing id and its token
+        may: a stranger cannot keep a connection, hence an fd of the parent.
+        """
+        entry = self._by_identity.get(username)
+        if entry is not None and hmac.compare_digest(password, entry[1].token):
+            return True
+        self.denied += 1
+        if entry is not None:
+            entry[1].denied += 1
+            self._refuse(entry[0].name, "a connection with its routing id but a wrong token", frame=False)
+        else:
+            self._refuse("", "a connection with wrong credentials, refused at the handshake", frame=False)
+        return False
+
+    def control_denied(self, count: int) -> None:
+        """``count`` connections to the control endpoint were refused at the handshake (hub thread)."""
+        for _ in range(count):
+            self._refuse("", "a control connection without the runtime's secret, refused at the handshake", frame=False)
+
     def on_stranger(self) -> None:
         self._refuse("", "a message of other than one part from a peer: no worker of ours sends that")
 
@@ -529,13 +570,14 @@ class Supervisor:
             return False
         return True
 
-    def _refuse(self, worker: str, error: str) -> None:
-        """Count a frame no verified worker sent; report the first at once, then one summary a period at most.
+    def _refuse(self, worker: str, error: str, frame: bool = True) -> None:
+        """Count a frame no verified worker sent (or a refused connection); report the first, then a summary a period.
 
         A flood of junk costs a counter increment per frame, never a message each.
         """
         self.rejected += 1
-        self.refused += 1
+        if frame:
+            self.refused += 1
         if self._refusal_timer is not None:
             self._refusals_held += 1
             return
@@ -549,8 +591,8 @@ class Supervisor:
         if not held:
             return
         error = (
-            f"{UnknownPeer.__name__}: {held} more frames from unknown peers, or before a verified hello, "
-            f"rejected within {REFUSAL_PERIOD:g}s"
+            f"{UnknownPeer.__name__}: {held} more frames from unknown peers or before a verified hello, "
+            f"or connections refused at the handshake, rejected within {REFUSAL_PERIOD:g}s"
         )
         self.emit(m.FrameRejected(worker="", error=error, count=held))
         assert self.hub is not None
