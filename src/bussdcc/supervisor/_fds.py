@@ -79,25 +79,27 @@ class FdGuard:
         if limit == resource.RLIM_INFINITY:
             return
         count = open_count(limit)
-        if not self.refusing and count >= HIGH * limit:
+        closing_control = not self.refusing and count >= HIGH * limit
+        closing_workers = self._accept_workers is not None and not self.refusing_workers and count >= HIGHER * limit
+        if closing_control:
             self.refusing = True
             self._accept(False)
-            self._fault(
-                "fds",
-                "fd_pressure",
-                f"{count} of {limit} file descriptors open: control connections are refused "
-                f"(and those open closed) until fewer than {int(LOW * limit)} are",
-            )
-        if self._accept_workers is not None and not self.refusing_workers and count >= HIGHER * limit:
+        if closing_workers:
+            assert self._accept_workers is not None
             self.refusing_workers = True
             self._accept_workers(False)
+        if closing_control or closing_workers:  # one report per step, however many it took at once
+            closed = (
+                "control connections are refused and new workers cannot connect (those connected stay)"
+                if self.refusing_workers
+                else "control connections are refused (and those open closed)"
+            )
             self._fault(
                 "fds",
                 "fd_pressure",
-                f"{count} of {limit} file descriptors open: control connections are refused and new workers "
-                f"cannot connect (those connected stay) until fewer than {int(LOW * limit)} are",
+                f"{count} of {limit} file descriptors open: {closed} until fewer than {int(LOW * limit)} are",
             )
-        if self.refusing and count < LOW * limit:
+        elif self.refusing and count < LOW * limit:
             if self.refusing_workers and self._accept_workers is not None:
                 self._accept_workers(True)  # if this raises, the next period tries again
                 self.refusing_workers = False
