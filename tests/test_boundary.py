@@ -88,8 +88,15 @@ def test_a_stranger_on_the_socket_is_ignored_and_counted() -> None:
         reports = len(rec.of("worker.frame_rejected"))  # the smuggler's own, if any
         zctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         sock = zctx.socket(zmq.DEALER)
+        sup, hub = rt._sup, rt._hub
+        assert sup is not None and hub is not None
+        echo = hub.call(lambda: sup.workers["echo"].current)
+        assert echo is not None
         try:
             sock.setsockopt(zmq.ROUTING_ID, b"nobody#1")
+            # Past the transport (a live worker's credentials), the checks inside must still stop it.
+            sock.setsockopt(zmq.PLAIN_USERNAME, echo.identity)
+            sock.setsockopt(zmq.PLAIN_PASSWORD, echo.token)
             sock.connect(rt.endpoint)
             sock.send(p.encode(p.Batch(1, [msgspec.Raw(b"\x01")])))  # well formed, unknown sender
             sock.send_multipart([b"a", b"b"])  # not [identity, payload] once routed

@@ -17,6 +17,7 @@ import pytest
 import zmq
 
 from bussdcc import ThreadedRuntime, WorkerState
+from bussdcc.cli._client import client_credentials
 from bussdcc.kernel import protocol as p
 
 from ._cli import PLANT, Background, bussdcc
@@ -169,10 +170,12 @@ def test_a_client_without_the_secret_is_refused(live: tuple[ThreadedRuntime, Rec
     assert done.returncode == 1
     assert done.stderr.strip() == "bussdcc stop: refused: wrong secret: nothing was done"
 
-    # A raw client: no secret, a wrong one, and garbage.
+    # A raw client past the handshake (which takes the secret too): in its requests no secret,
+    # a wrong one, and garbage.
     zctx = zmq.Context()
     sock = zctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    client_credentials(sock, secret.read_bytes())
     sock.connect(f"ipc://{rt.run_dir / 'control.sock'}")
     try:
         for data in (
@@ -628,6 +631,7 @@ def test_a_slow_subscriber_misses_messages_counted_and_never_slows_dispatch(
     sock = zctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVHWM, 10)
+    client_credentials(sock, secret)
     sock.connect(f"ipc://{rt.run_dir / 'control.sock'}")
     try:
         sock.send(p.encode(p.SubscribeRequest(secret)))

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bussdcc import ThreadedRuntime
+from bussdcc.cli._client import client_credentials
 from bussdcc.errors import ProtocolError
 from bussdcc.kernel import protocol as p
 
@@ -65,6 +66,7 @@ def test_garbage_on_the_control_socket_leaves_the_runtime_serving() -> None:
     sock.setsockopt(zmq.LINGER, 0)
     try:
         assert rt.run_dir is not None
+        client_credentials(sock, (rt.run_dir / "secret").read_bytes())  # past the handshake: junk inside
         sock.connect(f"ipc://{rt.run_dir / 'control.sock'}")
         junk = [b"", b"\x00", b"\xff" * 100, p.encode(p.Done("x")), p.encode([1, 2, 3]), b"\x92\xa6status\xc0"]
         for data in junk:

@@ -50,13 +50,22 @@ FORGED = msgspec.Raw(p.encode("forged"))
 
 
 class Impostor:
-    """A same-user peer on the workers' socket: a DEALER speaking the project's own protocol."""
+    """A same-user peer on the workers' socket: a DEALER speaking the project's own protocol.
 
-    def __init__(self, endpoint: str, identity: bytes) -> None:
+    The transport admits only a live incarnation's id and token: without ``credentials``
+    it guesses (and is turned away at the handshake); with a live worker's, it stands
+    for a peer that got past the transport, which the checks inside must still stop.
+    """
+
+    def __init__(self, endpoint: str, identity: bytes, credentials: tuple[bytes, bytes] | None = None) -> None:
         self.zctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.sock = self.zctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.ROUTING_ID, identity)
         self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.RECONNECT_IVL, 60_000)  # turned away: one try, counted once
+        username, password = credentials or (identity, b"\0" * 32)
+        self.sock.setsockopt(zmq.PLAIN_USERNAME, username)
+        self.sock.setsockopt(zmq.PLAIN_PASSWORD, password)
         self.sock.setsockopt(zmq.SNDTIMEO, 10_000)
         self.sock.connect(endpoint)
         self.calls_seen = 0
@@ -98,6 +107,19 @@ class Impostor:
         self.zctx.term()
 
 
+def _insider(rt: Runtime, name: str) -> tuple[bytes, bytes]:
+    """The transport credentials of worker ``name``'s live incarnation (what only that process holds)."""
+    sup, hub = rt._sup, rt._hub
+    assert sup is not None and hub is not None
+
+    def read() -> tuple[bytes, bytes]:
+        inc = sup.workers[name].current
+        assert inc is not None
+        return inc.identity, inc.token
+
+    return hub.call(read)
+
+
 def _connected(rt: Runtime, impostor: Impostor) -> None:
     """Wait until the runtime has heard the impostor once (its connection exists)."""
     before = rt.stats().rejected
@@ -113,8 +135,8 @@ def test_an_impostor_of_the_next_incarnation_is_shut_out_and_reported() -> None:
     with rt:
         valve = rt.device(Valve, "valve", timeout=30.0)
         pid1 = valve.call(Valve.pid)
-        # The id the next incarnation used to take, claimed before the respawn.
-        with Impostor(rt.endpoint, b"valve#2") as imp:
+        # The id the next incarnation used to take, claimed before the respawn (past the transport).
+        with Impostor(rt.endpoint, b"valve#2", _insider(rt, "valve")) as imp:
             _connected(rt, imp)
             errors: list[BaseException] = []
 
@@ -188,7 +210,7 @@ def test_the_right_identity_with_a_wrong_token_is_rejected_and_diagnosed() -> No
             assert isinstance(joined, p.Joined)
             assert joined.identity and len(joined.token) >= 16
             assert b"solo" not in joined.identity or len(joined.identity) > len(b"solo#1") + 8
-            with Impostor(joined.endpoint, joined.identity) as imp:
+            with Impostor(joined.endpoint, joined.identity, (joined.identity, joined.token)) as imp:
                 before = rt.stats().rejected
                 wrong = bytes(b ^ 0xFF for b in joined.token)
                 imp.send(p.Hello(stand_in.pid, wrong))
@@ -199,7 +221,7 @@ def test_the_right_identity_with_a_wrong_token_is_rejected_and_diagnosed() -> No
                 imp.send(p.Batch(1, [msgspec.Raw(p.encode_envelope(Forged("early"), time.time(), "solo"))]))
                 imp.send(p.Ready())
                 with Impostor(joined.endpoint, b"solo#1") as guesser:  # the id it would once have had
-                    guesser.send(p.Hello(stand_in.pid, joined.token))
+                    guesser.send(p.Hello(stand_in.pid, joined.token))  # never sent: refused at the handshake
                     wait_until(lambda: rt.stats().rejected >= before + 4, what="the four frames to be rejected")
                 # It never said a verified hello: the start timeout says so, and what was seen meanwhile.
                 (exited,) = rec.wait_for("worker.exited", lambda e: e.payload.to_dict()["worker"] == "solo", timeout=30)
@@ -207,7 +229,7 @@ def test_the_right_identity_with_a_wrong_token_is_rejected_and_diagnosed() -> No
                 assert "never said hello" in reason, reason
                 assert "1 hello with a wrong token" in reason, reason
                 assert "2 frames before a verified hello" in reason, reason
-                assert "1 frame from an unknown peer" in reason, reason
+                assert "1 connection with wrong credentials" in reason, reason
             assert all(e.payload.to_dict()["worker"] != "solo" for e in rec.of("worker.started"))
             assert not rec.of("test.forged")
         finally:
@@ -226,7 +248,7 @@ def test_the_right_token_joins_after_strangers_were_turned_away() -> None:
             with Client(_run_dir(rt)) as client:
                 joined = client.call(p.JoinRequest(client.secret, "tests._helpers:Echo", "solo", stand_in.pid), 30)
             assert isinstance(joined, p.Joined)
-            with Impostor(joined.endpoint, joined.identity) as worker:
+            with Impostor(joined.endpoint, joined.identity, (joined.identity, joined.token)) as worker:
                 before = rt.stats().rejected
                 worker.send(p.Ready())  # not yet: ignored
                 worker.send(p.Hello(stand_in.pid, joined.token))
@@ -257,7 +279,9 @@ def test_a_flood_of_junk_from_strangers_neither_stops_workers_nor_floods_dispatc
         pid1 = valve.call(Valve.pid)
         before = rt.stats().rejected
         t0 = time.monotonic()
-        impostors = [Impostor(rt.endpoint, ident) for ident in (b"valve#2", b"echo#2", b"x" * 200, b"junk")]
+        # Past the transport (the echo worker's credentials), under routing ids of no worker.
+        inside = _insider(rt, "echo")
+        impostors = [Impostor(rt.endpoint, ident, inside) for ident in (b"valve#2", b"echo#2", b"x" * 200, b"junk")]
         total = 0
         try:
             stop = threading.Event()

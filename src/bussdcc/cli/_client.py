@@ -12,7 +12,7 @@ import zmq
 
 from ..errors import ControlError, ProtocolError
 from ..kernel import protocol as p
-from ..kernel._layout import alive, control_endpoint, locate, read_info, read_secret, running, serving
+from ..kernel._layout import CONTROL_USER, alive, control_endpoint, locate, read_info, read_secret, running, serving
 
 __all__ = ["Client", "Streamed", "locate", "read_secret", "running", "runtime_name", "runtime_pid", "wait_gone"]
 
@@ -26,6 +26,12 @@ class Streamed:
     dropped: int
 
 
+def client_credentials(sock: zmq.Socket[bytes], secret: bytes) -> None:
+    """Make ``sock`` prove the runtime's secret at the handshake (before it connects to the control endpoint)."""
+    sock.setsockopt(zmq.PLAIN_USERNAME, CONTROL_USER)
+    sock.setsockopt(zmq.PLAIN_PASSWORD, secret)
+
+
 class Client:
     """One connection to a runtime's control endpoint."""
 
@@ -35,12 +41,27 @@ class Client:
         self._zctx = zmq.Context(io_threads=1)
         self._sock: zmq.Socket[bytes] = self._zctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        client_credentials(self._sock, self.secret)
+        # A wrong secret is refused at the handshake: without this, that would look like silence.
+        self._refusals = self._sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+        self._poller = zmq.Poller()
+        self._poller.register(self._sock, zmq.POLLIN)
+        self._poller.register(self._refusals, zmq.POLLIN)
         self._sock.connect(control_endpoint(run_dir))
 
     def close(self) -> None:
         """Close the connection."""
+        self._sock.disable_monitor()
+        self._refusals.close(0)
         self._sock.close(0)
         self._zctx.term()
+
+    def _poll(self, timeout_ms: int | None) -> bool:
+        """Whether a reply is waiting (within ``timeout_ms``); raise :class:`ControlError` if the secret was refused."""
+        events = dict(self._poller.poll(timeout_ms))
+        if self._refusals in events:
+            raise ControlError("refused: wrong secret: nothing was done")
+        return self._sock in events
 
     def __enter__(self) -> Client:
         return self
@@ -54,7 +75,7 @@ class Client:
 
     def receive(self, timeout: float | None) -> p.ControlReply:
         """The next reply; raise :class:`ControlError` for a refusal, a failure or silence."""
-        if timeout is not None and not self._sock.poll(int(timeout * 1000)):
+        if not self._poll(None if timeout is None else int(timeout * 1000)):
             raise ControlError(f"the runtime did not answer within {timeout:g}s")
         try:
             reply = p.decode_control_reply(self._sock.recv())
@@ -75,7 +96,7 @@ class Client:
         """The last ``backlog`` messages, None, then (``follow``) every new one until the runtime ends."""
         self.send(p.SubscribeRequest(self.secret, backlog))
         while True:
-            if not self._sock.poll(int(poll * 1000)):
+            if not self._poll(int(poll * 1000)):
                 if _gone(self.run_dir):
                     return  # the runtime ended
                 continue

@@ -38,6 +38,8 @@ INFO_FILE: Final = "runtime.json"
 WORKERS_SOCKET: Final = "workers.sock"
 #: The control endpoint's socket.
 CONTROL_SOCKET: Final = "control.sock"
+#: The ZMTP PLAIN username a control client gives (its password is the secret).
+CONTROL_USER: Final = b"bussdcc"
 #: The shared counters: workers started by exec open it by path.
 SLOTS_FILE: Final = "slots"
 

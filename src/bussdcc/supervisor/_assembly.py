@@ -184,7 +184,10 @@ def _assemble(  # noqa: PLR0917  (one call site, in the order things are made)
     sup.hub = sup.calls.hub = hub
     output = sup.on_output = OutputSink(hooks.tap)
     made.append(output.close)
-    control = ControlServer(runtime, run_dir)
+    # Refused control connections are counted and reported by the supervisor, on the hub thread.
+    control = ControlServer(
+        runtime, run_dir, denied=lambda: hub.call_soon(lambda: sup.control_denied(control.denied_since()))
+    )
     guard = sup.run_dir_guard = RunDirGuard(
         run_dir,
         schedule=hub.call_later,
@@ -193,6 +196,7 @@ def _assemble(  # noqa: PLR0917  (one call site, in the order things are made)
             lambda error: hooks.emit(m.RuntimeFault(part="control", kind="rebind_failed", error=error))
         ),
         report=lambda error: hooks.emit_queued(m.RuntimeFault(part="run_dir", kind="run_dir_lost", error=error)),
+        closed=lambda: not hub.accepting,
     )
     made.append(guard.stop)
     dispatcher.start()
@@ -204,7 +208,7 @@ def _assemble(  # noqa: PLR0917  (one call site, in the order things are made)
     control.start()
     made.append(control.stop)
     hub.call_soon(guard.start)
-    fd_guard = _fds.FdGuard(control.accept, hub.fault, hub.recovered)
+    fd_guard = _fds.FdGuard(control.accept, hub.fault, hub.recovered, hub.accept)
 
     def watch_fds() -> None:
         hub.every(_fds.PERIOD, fd_guard.check, "fd_watch")

@@ -89,6 +89,8 @@ class Books:
         self.rejected = 0
         #: Frames refused because no verified worker sent them (strangers, wrong tokens, before a Hello).
         self.refused = 0
+        #: Connections to the workers' endpoint refused at the handshake (wrong credentials).
+        self.denied = 0
         #: Incarnations the fork server has yet to report on, by (worker, incarnation number).
         self._forking: dict[tuple[str, int], tuple[Worker, Incarnation]] = {}
         self._retired: dict[bytes, None] = {}

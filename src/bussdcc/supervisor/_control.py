@@ -29,6 +29,7 @@ from ..kernel._layout import control_endpoint, write_identity
 from ..kernel.protocol import RECENT
 from . import _control_ops as ops
 from ._flow import SUBSCRIBER_BYTES, weigh
+from ._hub import ZAP_ENDPOINT, plain_server, zap_replies
 from ._managed import ManagedRuntime
 from ._wake import WakePipe
 
@@ -44,13 +45,17 @@ _MAX_OPS = 64
 #: A connection that has not completed the ZMTP handshake within this is closed: strangers
 #: cannot hold the parent's fds for free.
 _HANDSHAKE_MS = 2000
+#: The ZAP domain of the control endpoint (its clients give CONTROL_USER and the secret).
+CONTROL_DOMAIN = b"bussdcc-control"
 
 
 class ControlServer:
     """Serves the control endpoint of one runtime from its own thread."""
 
-    def __init__(self, runtime: ManagedRuntime, run_dir: Path) -> None:
+    def __init__(self, runtime: ManagedRuntime, run_dir: Path, *, denied: Callable[[], None]) -> None:
+        """Serve ``runtime``; ``denied()`` says connections were refused at the handshake (see denied_since)."""
         self.runtime = runtime
+        self._report_denied = denied
         self.run_dir = run_dir
         self.endpoint = control_endpoint(run_dir)
         self.started = time.time()
@@ -80,6 +85,9 @@ class ControlServer:
         self._sock: zmq.Socket[bytes] | None = None
         self._ops = 0  # requests running on threads of their own
         self._ops_lock = threading.Lock()
+        #: Connections refused at the handshake and not yet handed to the supervisor's reporting.
+        self._denied = 0
+        self._denied_lock = threading.Lock()
         self.thread = threading.Thread(target=self._main, name="bussdcc-control", daemon=True)
 
     # ---- lifecycle ----------------------------------------------------------------
@@ -174,8 +182,16 @@ class ControlServer:
 
     def _main(self) -> None:
         zctx = zmq.Context(io_threads=1)
+        # Bound before the ROUTER: a PLAIN server with no ZAP handler would admit anyone.
+        zap: zmq.Socket[bytes] = zctx.socket(zmq.REP)
         sock: zmq.Socket[bytes] = zctx.socket(zmq.ROUTER)
         try:
+            zap.setsockopt(zmq.LINGER, 0)
+            zap.bind(ZAP_ENDPOINT)
+            # Only holders of the secret complete the handshake: a stranger cannot keep a
+            # connection, hence an fd of the parent (where libzmq's ipc listener aborts the
+            # process on EMFILE). The secret is still checked in each request too.
+            plain_server(sock, CONTROL_DOMAIN)
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
             sock.setsockopt(zmq.MAXMSGSIZE, _MAX_REQUEST)
             sock.setsockopt(zmq.SNDHWM, _SUB_HWM)
@@ -185,14 +201,16 @@ class ControlServer:
         except zmq.ZMQError as exc:
             self._error = exc
             sock.close(0)
+            zap.close(0)
             zctx.term()
             self._ready.set()
             return
         self._sock = sock
         self._ready.set()
-        self._sock = sock
+        self._zap = zap
         self._poller = zmq.Poller()
         self._poller.register(sock, zmq.POLLIN)
+        self._poller.register(zap, zmq.POLLIN)
         self._poller.register(self._waker.fd, zmq.POLLIN)
         try:
             while self._running:
@@ -207,12 +225,15 @@ class ControlServer:
                 os.close(fd)
             self._sock = None
             sock.close(0)
+            zap.close(0)
             zctx.term()
 
     def _iterate(self, sock: zmq.Socket[bytes]) -> None:
         events = dict(self._poller.poll(1000))
         if self._waker.fd in events:
             self._waker.drain()
+        if self._zap in events:
+            zap_replies(self._zap, self._admit)
         while self._calls:
             self._calls.popleft()()
         for fd in [fd for fd in self._watched if fd in events]:
@@ -226,6 +247,23 @@ class ControlServer:
             identity, data = self._replies.popleft()
             self._send(sock, identity, data)
         self._publish(sock)
+
+    def _admit(self, domain: bytes, username: bytes, password: bytes) -> bool:
+        if domain == CONTROL_DOMAIN and hmac.compare_digest(password, self._secret):
+            return True
+        with self._denied_lock:
+            self._denied += 1
+            first = self._denied == 1
+        if first:
+            # One hand-off in flight at most: a flood of attempts costs a counter increment each.
+            self._report_denied()
+        return False
+
+    def denied_since(self) -> int:
+        """Connections refused at the handshake since last asked (any thread)."""
+        with self._denied_lock:
+            count, self._denied = self._denied, 0
+        return count
 
     def _send(self, sock: zmq.Socket[bytes], identity: bytes, data: bytes) -> bool:
         try:

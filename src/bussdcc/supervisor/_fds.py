@@ -1,8 +1,13 @@
 """The parent's file descriptors: as many as allowed, and never all of them handed to strangers.
 
-libzmq aborts the whole process when it cannot get an fd where it needs one
-(a new connection's session); running out is turned into a typed condition
-(``runtime.fault`` part ``fds``) long before that.
+libzmq aborts the whole process when it cannot get an fd where it needs one:
+its ipc listener asserts that ``accept()`` failed with anything but EMFILE
+(libzmq 4.3, ipc_listener.cpp: ``errno_assert`` lists EAGAIN, EINTR,
+ECONNABORTED, EPROTO, ENFILE). Strangers cannot hold connections (both
+endpoints authenticate at the handshake), but a flood of connection attempts
+still holds an fd each until refused; running short is turned into a typed
+condition (``runtime.fault`` part ``fds``) and the doors are closed long before
+the limit.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from pathlib import Path
 
 #: Above this fraction of the soft limit, control connections are refused.
 HIGH = 0.8
-#: Below this fraction they are served again.
+#: Above this fraction, new workers cannot connect either (those connected stay).
+HIGHER = 0.9
+#: Below this fraction both are served again.
 LOW = 0.6
 #: How often the parent counts its open fds (seconds): one listdir of /proc/self/fd.
 PERIOD = 0.1
@@ -49,18 +56,22 @@ def open_count(limit: int) -> int:
 
 
 class FdGuard:
-    """A periodic job of the hub: refuse control connections while fds run short, serve them again after."""
+    """A periodic job of the hub: refuse control connections, then new workers', while fds run short."""
 
     def __init__(
         self,
         accept: Callable[[bool], None],
         fault: Callable[[str, str, str], None],
         recovered: Callable[[str], None],
+        accept_workers: Callable[[bool], None] | None = None,
     ) -> None:
         self._accept = accept
+        self._accept_workers = accept_workers
         self._fault = fault
         self._recovered = recovered
         self.refusing = False
+        #: Whether the workers' endpoint is closed to new connections too.
+        self.refusing_workers = False
 
     def check(self) -> None:
         """Count the open fds against the soft limit (read each time: someone may change it)."""
@@ -68,16 +79,30 @@ class FdGuard:
         if limit == resource.RLIM_INFINITY:
             return
         count = open_count(limit)
-        if not self.refusing and count >= HIGH * limit:
+        closing_control = not self.refusing and count >= HIGH * limit
+        closing_workers = self._accept_workers is not None and not self.refusing_workers and count >= HIGHER * limit
+        if closing_control:
             self.refusing = True
             self._accept(False)
+        if closing_workers:
+            assert self._accept_workers is not None
+            self.refusing_workers = True
+            self._accept_workers(False)
+        if closing_control or closing_workers:  # one report per step, however many it took at once
+            closed = (
+                "control connections are refused and new workers cannot connect (those connected stay)"
+                if self.refusing_workers
+                else "control connections are refused (and those open closed)"
+            )
             self._fault(
                 "fds",
                 "fd_pressure",
-                f"{count} of {limit} file descriptors open: control connections are refused "
-                f"(and those open closed) until fewer than {int(LOW * limit)} are",
+                f"{count} of {limit} file descriptors open: {closed} until fewer than {int(LOW * limit)} are",
             )
         elif self.refusing and count < LOW * limit:
+            if self.refusing_workers and self._accept_workers is not None:
+                self._accept_workers(True)  # if this raises, the next period tries again
+                self.refusing_workers = False
             self.refusing = False
             self._accept(True)
             self._recovered("fds")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import os
 import threading
 import time
 import traceback
@@ -34,6 +35,40 @@ _READ_BURST = 256
 _RETRY = 0.002
 #: A peer that has not completed the ZMTP handshake within this is disconnected (its fd freed).
 HANDSHAKE_MS = 5000
+#: Where libzmq asks a context's ZAP handler whether a peer may complete its handshake (RFC 27).
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+#: The ZAP domain of the workers' endpoint (a ZAP handler serves only its own).
+WORKERS_DOMAIN = b"bussdcc-workers"
+
+
+def zap_replies(zap: zmq.Socket[bytes], admit: Callable[[bytes, bytes, bytes], bool]) -> None:
+    """Answer every ZAP request waiting on ``zap`` (a REP socket) with ``admit(domain, username, password)``.
+
+    Served inline by the thread that owns the authenticated socket's context,
+    never from a thread of its own: a handshake waits for this answer, so it
+    must come promptly whatever else that thread is doing. Request frames
+    (RFC 27): version, request id, domain, address, routing id, mechanism,
+    then the mechanism's credentials (PLAIN: username, password).
+    """
+    while cast(int, zap.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+        frames = zap.recv_multipart(zmq.NOBLOCK)
+        request_id = frames[1] if len(frames) > 1 else b""
+        ok = False
+        if len(frames) == 8 and frames[0] == b"1.0" and frames[5] == b"PLAIN":
+            try:
+                ok = admit(frames[2], frames[6], frames[7])
+            except Exception:
+                traceback.print_exc()  # refused: a fault here must never admit anyone
+        if ok:
+            zap.send_multipart([b"1.0", request_id, b"200", b"OK", frames[6], b""])
+        else:
+            zap.send_multipart([b"1.0", request_id, b"400", b"not a peer of this runtime", b"", b""])
+
+
+def plain_server(sock: zmq.Socket[bytes], domain: bytes) -> None:
+    """Make ``sock`` admit only peers its context's ZAP handler accepts (PLAIN; bind the handler first)."""
+    sock.setsockopt(zmq.PLAIN_SERVER, 1)
+    sock.setsockopt(zmq.ZAP_DOMAIN, domain)
 
 
 class HubClient(Protocol):
@@ -42,6 +77,7 @@ class HubClient(Protocol):
     def on_frame(self, identity: bytes, data: bytes) -> None: ...
     def on_fork_readable(self) -> None: ...
     def on_stranger(self) -> None: ...
+    def admit(self, username: bytes, password: bytes) -> bool: ...
     def on_fatal(self, reason: str) -> None: ...
     def on_fault(self, part: str, kind: str, error: str) -> None: ...
     def stalled_for(self, identity: bytes, since: float) -> float: ...
@@ -112,6 +148,8 @@ class Hub:
         #: Set when the runtime starts shutting down: emitters stop waiting for room.
         self.closing = False
         self._faults: dict[str, str] = {}  # part -> the fault last reported for it, until it recovers
+        #: Whether new workers can connect (the endpoint's path is there); not while fds run short.
+        self.accepting = True
 
     # ---- lifecycle ----------------------------------------------------------------
 
@@ -139,6 +177,27 @@ class Hub:
         """
         if self.sock is not None:
             self.sock.bind(self.endpoint)
+
+    def accept(self, on: bool) -> None:
+        """Let new workers connect, or not (hub thread); the workers connected already stay.
+
+        Unbinding would close every connection the listener accepted, so the
+        door is closed by removing the endpoint's path (nobody can connect to a
+        Unix socket without it) and opened by binding a new listener there, as
+        :meth:`rebind` does. Each closing leaves the old listener (one fd) to the
+        workers connected through it.
+        """
+        if on == self.accepting or self.sock is None:
+            return
+        path = self.endpoint.removeprefix("ipc://")
+        if on:
+            self.sock.bind(self.endpoint)
+        else:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        self.accepting = on
 
     @property
     def in_hub(self) -> bool:
@@ -303,8 +362,18 @@ class Hub:
 
     def _main(self) -> None:
         zctx = zmq.Context(io_threads=1)
+        # Bound before the ROUTER: a PLAIN server with no ZAP handler would admit anyone.
+        zap: zmq.Socket[bytes] = zctx.socket(zmq.REP)
         sock: zmq.Socket[bytes] = zctx.socket(zmq.ROUTER)
         try:
+            zap.setsockopt(zmq.LINGER, 0)
+            zap.bind(ZAP_ENDPOINT)
+            # Only a process holding a live incarnation's routing id and token completes the
+            # handshake: a stranger cannot keep a connection (an fd of the parent) open. That
+            # matters beyond fairness: libzmq 4.3's ipc listener asserts that accept() failed
+            # with anything but EMFILE (ipc_listener.cpp, errno_assert), so running out of fds
+            # while a peer connects aborts the whole parent.
+            plain_server(sock, WORKERS_DOMAIN)
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
             sock.setsockopt(zmq.RCVHWM, _HWM)
             sock.setsockopt(zmq.SNDHWM, _HWM)
@@ -315,6 +384,7 @@ class Hub:
         except zmq.ZMQError as exc:
             self._error = exc
             sock.close(0)
+            zap.close(0)
             zctx.term()
             self._ready.set()
             return
@@ -322,12 +392,14 @@ class Hub:
         self._ready.set()
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
+        # Always polled, congested or not: a handshake waits for its answer.
+        poller.register(zap, zmq.POLLIN)
         poller.register(self._waker.fd, zmq.POLLIN)
         poller.register(self._fork_fd, zmq.POLLIN)
         try:
             while self._running:
                 try:
-                    self._iterate(poller, sock)
+                    self._iterate(poller, sock, zap)
                 except BootError as exc:  # the fork server is gone: nothing can be respawned
                     poller.unregister(self._fork_fd)
                     self._client.on_fatal(str(exc))
@@ -337,10 +409,11 @@ class Hub:
         finally:
             self.sock = None
             sock.close(0)
+            zap.close(0)
             zctx.term()
             self._waker.close()
 
-    def _iterate(self, poller: zmq.Poller, sock: zmq.Socket[bytes]) -> None:
+    def _iterate(self, poller: zmq.Poller, sock: zmq.Socket[bytes], zap: zmq.Socket[bytes]) -> None:
         reading = not self.congested and not self._client.backlogged()
         if reading != self._reading:
             poller.modify(sock, zmq.POLLIN if reading else 0)
@@ -348,6 +421,8 @@ class Hub:
         events = dict(poller.poll(self._next_timeout()))
         if self._waker.fd in events:
             self._waker.drain()
+        if zap in events:
+            zap_replies(zap, self._admit)
         self._run_calls()
         if self._fork_fd in events:
             self._client.on_fork_readable()
@@ -356,6 +431,9 @@ class Hub:
         self._run_due_timers()
         if not self.congested:  # else leave events in the outbox: emitters feel the back-pressure
             self.flush_outbox()
+
+    def _admit(self, domain: bytes, username: bytes, password: bytes) -> bool:
+        return domain == WORKERS_DOMAIN and self._client.admit(username, password)
 
     def _next_timeout(self) -> int | None:
         if self._calls:

@@ -123,14 +123,38 @@ class Ingest:
             return False
         return True
 
-    def _refuse(self, worker: str, error: str) -> None:
-        """Count a frame no verified worker sent; report the first at once, then one summary a period at most.
+    def admit(self, username: bytes, password: bytes) -> bool:
+        """Whether a peer may complete its handshake on the workers' endpoint (asked by ZAP).
+
+        Only a process that holds a live incarnation's routing id and its token
+        may: a stranger cannot keep a connection, hence an fd of the parent.
+        """
+        b = self.books
+        entry = b._by_identity.get(username)
+        if entry is not None and hmac.compare_digest(password, entry[1].token):
+            return True
+        b.denied += 1
+        if entry is not None:
+            entry[1].denied += 1
+            self._refuse(entry[0].name, "a connection with its routing id but a wrong token", frame=False)
+        else:
+            self._refuse("", "a connection with wrong credentials, refused at the handshake", frame=False)
+        return False
+
+    def control_denied(self, count: int) -> None:
+        """``count`` connections to the control endpoint were refused at the handshake."""
+        for _ in range(count):
+            self._refuse("", "a control connection without the runtime's secret, refused at the handshake", frame=False)
+
+    def _refuse(self, worker: str, error: str, frame: bool = True) -> None:
+        """Count a frame no verified worker sent (or a refused connection); report the first, then a summary a period.
 
         A flood of junk costs a counter increment per frame, never a message each.
         """
         b = self.books
         b.rejected += 1
-        b.refused += 1
+        if frame:
+            b.refused += 1
         if self._refusal_timer is not None:
             self._refusals_held += 1
             return
@@ -143,8 +167,8 @@ class Ingest:
         if not held:
             return
         error = (
-            f"{UnknownPeer.__name__}: {held} more frames from unknown peers, or before a verified hello, "
-            f"rejected within {REFUSAL_PERIOD:g}s"
+            f"{UnknownPeer.__name__}: {held} more frames from unknown peers or before a verified hello, "
+            f"or connections refused at the handshake, rejected within {REFUSAL_PERIOD:g}s"
         )
         b = self.books
         b.emit(m.FrameRejected(worker="", error=error, count=held))

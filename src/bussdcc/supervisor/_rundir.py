@@ -71,8 +71,11 @@ class RunDirGuard:
         rebind: Callable[[], None],
         restore: Callable[[], None],
         report: Callable[[str], None],
+        closed: Callable[[], bool] = lambda: False,
     ) -> None:
         self.path = path
+        #: Whether the workers' socket is away on purpose (the parent short of fds): not a loss.
+        self._closed = closed
         self._schedule = schedule
         self._rebind = rebind
         self._restore = restore
@@ -99,6 +102,8 @@ class RunDirGuard:
         if self._stopped:
             return
         self._schedule(CHECK_PERIOD, self._tick)  # first: a failure below must not end the looking
+        if self._closed():
+            return
         try:
             os.stat(self.path / WORKERS_SOCKET)
             self.lost = False

@@ -109,6 +109,7 @@ class Spawning:
         inc = Incarnation(worker.incarnations, secrets.token_hex(16).encode(), slot)
         inc.token = secrets.token_bytes(32)
         inc.refused_at = b.refused
+        inc.denied_at = b.denied
         worker.current = inc
         b._by_identity[inc.identity] = (worker, inc)
         return inc
@@ -192,6 +193,16 @@ class Spawning:
             seen = [
                 f"{n} {one if n == 1 else many}"
                 for n, one, many in (
+                    (
+                        inc.denied,
+                        "connection with its routing id but a wrong token",
+                        "connections with its routing id but a wrong token",
+                    ),
+                    (
+                        b.denied - inc.denied_at - inc.denied,
+                        "connection with wrong credentials",
+                        "connections with wrong credentials",
+                    ),
                     (elsewhere, "frame from an unknown peer", "frames from unknown peers"),
                     (inc.wrong_tokens, "hello with a wrong token", "hellos with a wrong token"),
                     (inc.unverified, "frame before a verified hello", "frames before a verified hello"),
@@ -205,7 +216,13 @@ class Spawning:
         if worker.argv is None and not inc.external:  # forked from the fork server
             verdict = Verdict(verdict.cause, verdict.reason + threads_hint(b.fork.threads))
         guard = b.run_dir_guard
-        if guard is not None and guard.missing():
+        if b.hub is not None and not b.hub.accepting:
+            hint = (
+                " (the parent is short of file descriptors: the workers' endpoint is closed to new "
+                "connections until fewer are open; see runtime.fault part fds)"
+            )
+            verdict = Verdict(verdict.cause, verdict.reason + hint)
+        elif guard is not None and guard.missing():
             hint = f" (the run directory {guard.path} is gone, deleted under the live runtime: workers cannot connect)"
             verdict = Verdict(verdict.cause, verdict.reason + hint)
         self._kill(worker, inc, verdict)

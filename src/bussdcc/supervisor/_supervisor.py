@@ -161,6 +161,14 @@ class Supervisor(Books):
     def on_stranger(self) -> None:
         self._ingest.on_stranger()
 
+    def admit(self, username: bytes, password: bytes) -> bool:
+        """Whether a peer may complete its handshake on the workers' endpoint (hub thread, asked by ZAP)."""
+        return self._ingest.admit(username, password)
+
+    def control_denied(self, count: int) -> None:
+        """``count`` connections to the control endpoint were refused at the handshake (hub thread)."""
+        self._ingest.control_denied(count)
+
     def on_fatal(self, reason: str) -> None:
         # Without the fork server every worker died with it (their death signal)
         # and nobody will report it: close their books now, respawn nothing.

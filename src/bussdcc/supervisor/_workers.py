@@ -57,6 +57,10 @@ class Incarnation:
         self.wrong_tokens = 0
         #: The supervisor's count of refused frames when this incarnation began (for diagnosis).
         self.refused_at = 0
+        #: Connections with its routing id refused at the handshake (a wrong token), and the
+        #: supervisor's count of refused connections when it began.
+        self.denied = 0
+        self.denied_at = 0
         self.pid: int | None = None
         self.received = 0  # items that arrived
         self.next_seq = 1  # the item number expected next (items before it arrived or were skipped)

@@ -42,6 +42,9 @@ class Channel:
         self.zctx = zmq.Context(io_threads=1)
         self.sock = self.zctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.ROUTING_ID, spec.identity)
+        # The parent admits a connection only from the holder of a live incarnation's id and token.
+        self.sock.setsockopt(zmq.PLAIN_USERNAME, spec.identity)
+        self.sock.setsockopt(zmq.PLAIN_PASSWORD, spec.token)
         self.sock.setsockopt(zmq.SNDHWM, _HWM)
         self.sock.setsockopt(zmq.RCVHWM, _HWM)
         self.sock.setsockopt(zmq.LINGER, 0)
