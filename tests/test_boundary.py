@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from bussdcc import Context, Event, Message, Process, Runtime, Service, message
 from bussdcc.errors import FrameTooLarge
 from bussdcc.kernel import protocol as p
 
-from ._helpers import Echo, Ping, Recorder, Seq, wait_until
+from ._helpers import Echo, Ping, Recorder, Seq, joined_worker, wait_until
 
 
 class Smuggler(Service):
@@ -49,25 +50,15 @@ def test_an_unknown_message_name_is_rejected_and_the_stream_goes_on() -> None:
         assert rt.stats().rejected == 1
 
 
-class Garbler(Service):
-    """Writes raw garbage on its own socket, then carries on normally."""
-
-    name = "garbler"
-    interval = 3600
-
-    def tick(self, ctx: Context) -> None:
-        channel = ctx._emit.__self__  # type: ignore[attr-defined]
-        channel.sock.send(b"\xc1 not msgpack")  # a frame that is not one
-        channel.push(b"\x93\x01\x02\x03")  # a well-numbered item that is not one
-        ctx.emit(Seq(i=7))
-
-
 def test_malformed_frames_are_rejected_with_typed_errors() -> None:
     rec = Recorder()
     rt = Runtime(name="garble")
     rt.register_process(rec)
-    rt.register_service(Garbler())
-    with rt:
+    with rt, joined_worker(rt, "garbler") as garbler:
+        # A verified worker writes garbage on its own socket, then carries on normally.
+        garbler.sock.send(b"\xc1 not msgpack")  # a frame that is not one
+        garbler.send(p.Batch(1, [msgspec.Raw(b"\x93\x01\x02\x03")]))  # a well-numbered item that is not one
+        garbler.send(p.Batch(2, [msgspec.Raw(p.encode_envelope(Seq(i=7), time.time(), "garbler"))]))
         rejected = rec.wait_for("worker.frame_rejected", count=2)
         errors = [r.payload.to_dict()["error"] for r in rejected]
         assert errors[0].startswith("MalformedFrame") and errors[1].startswith("MalformedFrame")

@@ -77,7 +77,7 @@ def test_every_call_in_flight_fails_when_the_device_dies(cls: type[Motor]) -> No
         threads = [threading.Thread(target=waiter, args=(i,)) for i in range(3)]
         for t in threads:
             t.start()
-        wait_until(lambda: rt._sup is not None and len(rt._sup.calls._pending) == 3, what="three calls in flight")
+        wait_until(lambda: rt.stats().calls_in_flight == 3, what="three calls in flight")
         os.kill(pid, signal.SIGKILL)
         for t in threads:
             t.join(30)
@@ -106,7 +106,7 @@ def test_a_stopped_device_is_unavailable_at_once() -> None:
     rt = Runtime(name="calls-stopped")
     rt.attach_device(Motor(id="axis-1"))
     with rt:
-        rt._stop_worker("axis-1")
+        rt.stop_worker("axis-1")
         with pytest.raises(DeviceUnavailable) as info:
             rt.device(Motor, "axis-1").call(Motor.move, 1.0)
         assert info.value.state == "stopped"
@@ -180,7 +180,7 @@ def test_a_call_waiting_for_a_device_fails_when_the_runtime_shuts_down(tmp_path:
 
     caller = threading.Thread(target=parked)
     caller.start()
-    wait_until(lambda: rt._sup is not None and rt._sup.calls._parked.get("axis-1"), what="a parked call")
+    wait_until(lambda: rt.stats().calls_parked == 1, what="a parked call")
     rt.shutdown()  # waiting out the hour's backoff or the call's deadline would time the test out
     caller.join(30)
     assert len(errors) == 1 and isinstance(errors[0], DeviceUnavailable)
@@ -206,9 +206,9 @@ def test_stopping_a_pooled_device_finishes_running_calls_and_refuses_queued_ones
         threads = [threading.Thread(target=caller, args=(i,)) for i in range(6)]
         for t in threads:
             t.start()
-        wait_until(lambda: rt._sup is not None and len(rt._sup.calls._pending) == 6, what="six calls in flight")
+        wait_until(lambda: rt.stats().calls_in_flight == 6, what="six calls in flight")
         rec.wait_for("test.answer", count=4)  # four of them are running in the device (sent, not just queued)
-        stopper = threading.Thread(target=rt._stop_worker, args=("axis-1",))
+        stopper = threading.Thread(target=rt.stop_worker, args=("axis-1",))
         stopper.start()
         for t in threads:
             t.join(30)

@@ -294,8 +294,9 @@ def test_losing_the_fork_server_halts_the_runtime_promptly() -> None:
     rt.register_process(rec)
     rt.register_service(raiser)
     rt.boot()
-    assert rt._fork is not None
-    os.kill(rt._fork.pid, signal.SIGKILL)
+    fork_pid = rt.stats().fork_server_pid
+    assert fork_pid is not None
+    os.kill(fork_pid, signal.SIGKILL)
     assert rt.wait(timeout=30)
     assert rt.halt_reason is not None and "fork server" in rt.halt_reason
     (exited,) = [e.payload for e in rec.of("worker.exited") if e.payload.to_dict()["worker"] == "raiser"]

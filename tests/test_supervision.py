@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from bussdcc import Context, Device, Runtime, Service, WorkerState, message
-from bussdcc.errors import RegistrationError
+from bussdcc.errors import RegistrationError, UnknownWorker
 from bussdcc.kernel import tick_deadline
 
 from ._helpers import Recorder, Seq, Where, wait_until
@@ -278,7 +278,10 @@ def test_groups_and_policies_are_validated_before_anything_starts() -> None:
         rt.register_group("g", [Member("s")], strategy="all_for_one")  # type: ignore[arg-type]
     with pytest.raises(RegistrationError, match="registered already"):
         rt.register_group("g", [Member("s"), Member("s")])
-    assert rt.workers() == [] and not rt._services, "a refused group registers none of its members"
+    assert rt.workers() == [], "a refused group registers none of its members"
+    for member in ("s", "d"):
+        with pytest.raises(UnknownWorker):
+            rt.component(member)
     cases: list[tuple[str, object, str]] = [
         ("restart", "sometimes", "restart must be True, False or one of"),
         ("max_rss", -1, "max_rss must be None or a positive int"),
@@ -383,8 +386,9 @@ def test_losing_the_fork_server_during_a_group_restart_halts_the_runtime() -> No
     try:
         os.kill(_pids(rt)["b"] or 0, signal.SIGKILL)
         wait_until(lambda: _state(rt, "c") is WorkerState.STOPPING, what="the group restart to stop c")
-        assert rt._fork is not None
-        os.kill(rt._fork.pid, signal.SIGKILL)
+        fork_pid = rt.stats().fork_server_pid
+        assert fork_pid is not None
+        os.kill(fork_pid, signal.SIGKILL)
         assert rt.wait(timeout=20), "the runtime halts by itself"
         assert rt.halt_reason is not None and "fork server" in rt.halt_reason
         assert not [e for e in rec.of("worker.started") if e.payload.to_dict()["incarnation"] > 1]

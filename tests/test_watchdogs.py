@@ -322,8 +322,9 @@ def test_losing_the_fork_server_kills_the_helpers_of_its_workers() -> None:
     rt.boot()
     try:
         helper = rec.wait_for("test.where")[0].payload.to_dict()["pid"]
-        assert rt._fork is not None
-        os.kill(rt._fork.pid, signal.SIGKILL)
+        fork_pid = rt.stats().fork_server_pid
+        assert fork_pid is not None
+        os.kill(fork_pid, signal.SIGKILL)
         assert rt.wait(timeout=20)
         wait_until(lambda: _gone(helper), timeout=5, what="the helper to go")
     finally:
