@@ -187,3 +187,7 @@ def joined_worker(rt: Runtime, name: str) -> Iterator[Peer]:
     finally:
         stand_in.kill()
         stand_in.wait()
+
+
+#: The ``make_runtime`` fixture: ``make_runtime(name, *workers, boot=True) -> (runtime, recorder)``.
+MakeRuntime = Callable[..., tuple[Runtime, Recorder]]

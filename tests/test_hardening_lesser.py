@@ -26,7 +26,7 @@ from bussdcc.kernel._calls import Latch
 from bussdcc.supervisor._forkserver import ForkServer
 
 from ._cli import ROOT, bussdcc, env
-from ._helpers import Recorder, wait_until
+from ._helpers import MakeRuntime, Recorder, wait_until
 from .cli_parts import Probe
 
 _names = itertools.count()
@@ -377,29 +377,26 @@ class Late(Service):
 
 
 @pytest.mark.timeout(90)
-def test_a_worker_whose_process_never_comes_ends_failed_not_starting_with_no_pid() -> None:
-    rec = Recorder()
-    rt = Runtime(name=f"lesser{next(_names)}")
-    rt.register_process(rec)
-    with rt:
-        fork_pid = rt.stats().fork_server_pid
-        assert fork_pid is not None
-        os.kill(fork_pid, signal.SIGSTOP)  # a fork server far behind: no process is reported in time
-        try:
-            rt.register_service(Late())
-            late = {w.name: w for w in rt.workers()}["late"]
-            assert (late.state, late.pid) == (WorkerState.FAILED, None), late
-            assert late.last_exit is not None and "reported no process within 1s" in late.last_exit
-            exited = rec.wait_for("worker.exited", lambda e: e.payload.worker == "late")[0].payload  # type: ignore[attr-defined]
-            assert exited.cause == "start_timeout"  # type: ignore[attr-defined]
-        finally:
-            os.kill(fork_pid, signal.SIGCONT)
-        # The process it makes late is not wanted any more: it is killed, and the runtime carries on.
-        again = Idle()
-        again.name = "again"
-        rt.register_service(again)
-        assert {w.name: w.state for w in rt.workers()} == {"late": WorkerState.FAILED, "again": WorkerState.RUNNING}
-        wait_until(lambda: len(psutil.Process(fork_pid).children()) == 1, timeout=30, what="the late process killed")
+def test_a_worker_whose_process_never_comes_ends_failed_not_starting_with_no_pid(make_runtime: MakeRuntime) -> None:
+    rt, rec = make_runtime(f"lesser{next(_names)}")
+    fork_pid = rt.stats().fork_server_pid
+    assert fork_pid is not None
+    os.kill(fork_pid, signal.SIGSTOP)  # a fork server far behind: no process is reported in time
+    try:
+        rt.register_service(Late())
+        late = {w.name: w for w in rt.workers()}["late"]
+        assert (late.state, late.pid) == (WorkerState.FAILED, None), late
+        assert late.last_exit is not None and "reported no process within 1s" in late.last_exit
+        exited = rec.wait_for("worker.exited", lambda e: e.payload.worker == "late")[0].payload  # type: ignore[attr-defined]
+        assert exited.cause == "start_timeout"  # type: ignore[attr-defined]
+    finally:
+        os.kill(fork_pid, signal.SIGCONT)
+    # The process it makes late is not wanted any more: it is killed, and the runtime carries on.
+    again = Idle()
+    again.name = "again"
+    rt.register_service(again)
+    assert {w.name: w.state for w in rt.workers()} == {"late": WorkerState.FAILED, "again": WorkerState.RUNNING}
+    wait_until(lambda: len(psutil.Process(fork_pid).children()) == 1, timeout=30, what="the late process killed")
 
 
 @pytest.mark.parametrize("exc", [BrokenPipeError(32, "Broken pipe"), MalformedFrame("a bug of ours")])

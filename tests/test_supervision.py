@@ -15,7 +15,7 @@ from bussdcc import Context, Device, Runtime, Service, WorkerState, message
 from bussdcc.errors import RegistrationError, UnknownWorker
 from bussdcc.kernel import tick_deadline
 
-from ._helpers import Recorder, Seq, Where, wait_until
+from ._helpers import MakeRuntime, Recorder, Seq, Where, wait_until
 
 
 class Exiter(Service):
@@ -106,33 +106,30 @@ class Steady(Service):
         ctx.emit(Seq(i=self.i))
 
 
-def test_a_crash_loop_under_default_policy_backs_off_then_gives_up_while_the_rest_runs() -> None:
-    rec = Recorder()
+def test_a_crash_loop_under_default_policy_backs_off_then_gives_up_while_the_rest_runs(
+    make_runtime: MakeRuntime,
+) -> None:
     loop = CrashLoop()
-    rt = Runtime(name="crashloop")
-    rt.register_process(rec)
-    rt.register_service(Steady())
-    rt.register_service(loop)
-    with rt:
-        rec.wait_for("worker.gave_up", timeout=20)
-        ticks_then = len(rec.of("test.seq"))
-        rec.wait_for("test.seq", count=ticks_then + 5)
-        assert _state(rt, "crashloop") is WorkerState.FAILED
-        assert _state(rt, "steady") is WorkerState.RUNNING
-        # A worker that dies right after starting may take its ready frame with it: count exits.
-        exits = [e for e in rec.of("worker.exited") if e.payload.to_dict()["worker"] == "crashloop"]
-        assert len(exits) == 1 + loop.max_restarts == 6  # the defaults: 5 restarts within 60 s
-        assert [w.incarnation for w in rt.workers() if w.name == "crashloop"] == [6]
-        assert rt.stats().restarts == {"steady": 0, "crashloop": 5}
-        (failure,) = rec.of("service.failure")
-        assert "5 restarts within 60s" in failure.payload.to_dict()["error"]
-        # The first respawn is immediate; each later one waits about twice as long (+-25% jitter).
-        delays = [e.payload.to_dict()["delay"] for e in rec.of("worker.backoff")]
-        assert delays[0] == 0.0
-        for n, delay in enumerate(delays[1:]):
-            expected = loop.backoff_initial * 2**n
-            assert expected * 0.75 <= delay <= expected * 1.25, (n, delay, delays)
-        assert [e.payload.to_dict()["attempt"] for e in rec.of("worker.backoff")] == [1, 2, 3, 4, 5]
+    rt, rec = make_runtime("crashloop", Steady(), loop)
+    rec.wait_for("worker.gave_up", timeout=20)
+    ticks_then = len(rec.of("test.seq"))
+    rec.wait_for("test.seq", count=ticks_then + 5)
+    assert _state(rt, "crashloop") is WorkerState.FAILED
+    assert _state(rt, "steady") is WorkerState.RUNNING
+    # A worker that dies right after starting may take its ready frame with it: count exits.
+    exits = [e for e in rec.of("worker.exited") if e.payload.to_dict()["worker"] == "crashloop"]
+    assert len(exits) == 1 + loop.max_restarts == 6  # the defaults: 5 restarts within 60 s
+    assert [w.incarnation for w in rt.workers() if w.name == "crashloop"] == [6]
+    assert rt.stats().restarts == {"steady": 0, "crashloop": 5}
+    (failure,) = rec.of("service.failure")
+    assert "5 restarts within 60s" in failure.payload.to_dict()["error"]
+    # The first respawn is immediate; each later one waits about twice as long (+-25% jitter).
+    delays = [e.payload.to_dict()["delay"] for e in rec.of("worker.backoff")]
+    assert delays[0] == 0.0
+    for n, delay in enumerate(delays[1:]):
+        expected = loop.backoff_initial * 2**n
+        assert expected * 0.75 <= delay <= expected * 1.25, (n, delay, delays)
+    assert [e.payload.to_dict()["attempt"] for e in rec.of("worker.backoff")] == [1, 2, 3, 4, 5]
 
 
 class SlowCrasher(Service):
@@ -152,15 +149,11 @@ class SlowCrasher(Service):
             os._exit(9)
 
 
-def test_backoff_starts_over_after_a_healthy_run() -> None:
-    rec = Recorder()
-    rt = Runtime(name="backoffreset")
-    rt.register_process(rec)
-    rt.register_service(SlowCrasher())
-    with rt:
-        backoffs = rec.wait_for("worker.backoff", count=3, timeout=20)
-        # Without the reset the second delay would be about 5 s.
-        assert [e.payload.to_dict()["delay"] for e in backoffs[:3]] == [0.0, 0.0, 0.0]
+def test_backoff_starts_over_after_a_healthy_run(make_runtime: MakeRuntime) -> None:
+    _, rec = make_runtime("backoffreset", SlowCrasher())
+    backoffs = rec.wait_for("worker.backoff", count=3, timeout=20)
+    # Without the reset the second delay would be about 5 s.
+    assert [e.payload.to_dict()["delay"] for e in backoffs[:3]] == [0.0, 0.0, 0.0]
 
 
 def test_shutdown_during_a_backoff_does_not_wait_for_it() -> None:
@@ -298,24 +291,18 @@ def test_groups_and_policies_are_validated_before_anything_starts() -> None:
             rt.register_service(svc)
 
 
-def test_workers_status_reports_incarnation_restarts_uptime_and_usage() -> None:
-    rec = Recorder()
-    rt = Runtime(name="status")
-    rt.register_process(rec)
-    rt.register_service(Member("m"))
-    with rt:
-        (status,) = wait_until(lambda: [w for w in rt.workers() if w.rss is not None and w.cpu_percent is not None])
-        assert status.state is WorkerState.RUNNING and status.incarnation == 1
-        assert status.restarts == status.restarts_in_window == 0 and status.last_exit is None
-        assert status.uptime is not None and status.uptime > 0
-        assert status.rss > 1_000_000 and status.cpu_percent >= 0  # type: ignore[operator]
-        os.kill(status.pid or 0, signal.SIGKILL)
-        (status,) = wait_until(
-            lambda: [w for w in rt.workers() if w.incarnation == 2 and w.state is WorkerState.RUNNING]
-        )
-        assert status.restarts == status.restarts_in_window == 1
-        assert status.last_exit == "killed by SIGKILL"
-        assert rt.stats().restarts == {"m": 1}
+def test_workers_status_reports_incarnation_restarts_uptime_and_usage(make_runtime: MakeRuntime) -> None:
+    rt, _ = make_runtime("status", Member("m"))
+    (status,) = wait_until(lambda: [w for w in rt.workers() if w.rss is not None and w.cpu_percent is not None])
+    assert status.state is WorkerState.RUNNING and status.incarnation == 1
+    assert status.restarts == status.restarts_in_window == 0 and status.last_exit is None
+    assert status.uptime is not None and status.uptime > 0
+    assert status.rss > 1_000_000 and status.cpu_percent >= 0  # type: ignore[operator]
+    os.kill(status.pid or 0, signal.SIGKILL)
+    (status,) = wait_until(lambda: [w for w in rt.workers() if w.incarnation == 2 and w.state is WorkerState.RUNNING])
+    assert status.restarts == status.restarts_in_window == 1
+    assert status.last_exit == "killed by SIGKILL"
+    assert rt.stats().restarts == {"m": 1}
 
 
 def test_shutdown_during_a_group_restart_respawns_nothing_and_does_not_wait() -> None:
