@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -29,6 +30,27 @@ def wait_until(predicate: Callable[[], T], timeout: float = 10.0, what: str = "c
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.005)
+
+
+def first_incarnation(marker: str) -> bool:
+    """True the first time any process asks about ``marker`` (a file it creates atomically), False ever after.
+
+    How a worker misbehaves in its first incarnation only: its respawns find the file.
+    """
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+def lose_the_fork_server(rt: Runtime, timeout: float = 30.0) -> None:
+    """SIGKILL the runtime's fork server; return once the runtime has halted by itself, saying why."""
+    pid = rt.stats().fork_server_pid
+    assert pid is not None, "the runtime is up"
+    os.kill(pid, signal.SIGKILL)
+    assert rt.wait(timeout), "the runtime halts by itself"
+    assert rt.halt_reason is not None and "fork server" in rt.halt_reason, rt.halt_reason
 
 
 class Recorder(Process):

@@ -13,7 +13,7 @@ from bussdcc import Runtime, WorkerState, message
 from bussdcc.errors import DeviceCrashed, DeviceUnavailable
 
 from ._devices import Motor, PooledMotor
-from ._helpers import MakeRuntime, Recorder, wait_until
+from ._helpers import MakeRuntime, Recorder, first_incarnation, wait_until
 
 
 class SlowRestart(Motor):
@@ -25,9 +25,8 @@ class SlowRestart(Motor):
 
     def connect(self) -> None:
         super().connect()
-        if os.path.exists(self.marker):
+        if not first_incarnation(self.marker):
             time.sleep(0.5)
-        open(self.marker, "a").close()
 
 
 class Fragile(Motor):

@@ -12,7 +12,7 @@ import pytest
 from bussdcc import Context, Device, Runtime, Service, WorkerState, message
 from bussdcc.errors import BootError
 
-from ._helpers import MakeRuntime, Recorder, Seq, Where, wait_until
+from ._helpers import MakeRuntime, Recorder, Seq, Where, first_incarnation, lose_the_fork_server, wait_until
 
 
 def _die(how: str) -> None:
@@ -38,8 +38,7 @@ class Doomed(Service):
 
     def tick(self, ctx: Context) -> None:
         ctx.emit(Where(who=self.name, step="tick", pid=os.getpid()))
-        if not os.path.exists(self.marker):
-            open(self.marker, "w").close()
+        if first_incarnation(self.marker):
             _die(self.how)
 
 
@@ -197,27 +196,6 @@ def test_a_critical_failure_during_boot_fails_the_boot_cleanly() -> None:
     assert rec.names()[-1] == "runtime.shutdown"
 
 
-class CrashLoop(Service):
-    name = "loop"
-    interval = 0.01
-    max_restarts = 3
-    restart_window = 60.0
-
-    def tick(self, ctx: Context) -> None:
-        os._exit(1)
-
-
-def test_a_crash_loop_is_bounded_and_ends_in_failure(make_runtime: MakeRuntime) -> None:
-    rt, rec = make_runtime("loop", CrashLoop(), Raiser())
-    rec.wait_for("service.failure", lambda e: e.payload.to_dict()["service"] == "loop", timeout=20)
-    assert len(rec.of("service.restart")) == 3
-    assert len([e for e in rec.of("worker.exited") if e.payload.to_dict()["worker"] == "loop"]) == 4
-    status = {w.name: w for w in rt.workers()}
-    assert status["loop"].state is WorkerState.FAILED and status["loop"].restarts == 3
-    # The rest of the runtime kept working.
-    assert status["raiser"].state is WorkerState.RUNNING
-
-
 class BadConnect(Device):
     kind = "bad"
     restart = False
@@ -268,11 +246,7 @@ def test_losing_the_fork_server_halts_the_runtime_promptly() -> None:
     rt.register_process(rec)
     rt.register_service(raiser)
     rt.boot()
-    fork_pid = rt.stats().fork_server_pid
-    assert fork_pid is not None
-    os.kill(fork_pid, signal.SIGKILL)
-    assert rt.wait(timeout=30)
-    assert rt.halt_reason is not None and "fork server" in rt.halt_reason
+    lose_the_fork_server(rt)
     (exited,) = [e.payload for e in rec.of("worker.exited") if e.payload.to_dict()["worker"] == "raiser"]
     assert isinstance(exited, message.WorkerExited) and exited.signal == "SIGKILL"
     assert not rec.of("service.restart")

@@ -13,7 +13,7 @@ import pytest
 from bussdcc import Context, Device, Event, Interface, Message, Process, Runtime, Service, WorkerState, message
 from bussdcc.errors import BootError, RegistrationError, RuntimeStateError
 
-from ._helpers import Echo, MakeRuntime, Ping, Recorder, Seq, Where, wait_until
+from ._helpers import Echo, MakeRuntime, Ping, Recorder, Seq, Where, first_incarnation, wait_until
 
 
 class Sensor(Device):
@@ -444,13 +444,10 @@ class StuckOnce(Stuck):
     def handle_event(self, ctx: Context, evt: Event[Message]) -> None:
         if not isinstance(evt.payload, Seq):
             return
-        try:
-            os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        except FileExistsError:  # a later incarnation
-            if evt.payload.i == self.last:
-                ctx.emit(Where(who=self.name, step="last", pid=os.getpid()))
-            return
-        threading.Event().wait()
+        if first_incarnation(self.marker):
+            threading.Event().wait()
+        elif evt.payload.i == self.last:
+            ctx.emit(Where(who=self.name, step="last", pid=os.getpid()))
 
 
 def test_a_service_that_stops_taking_events_is_killed_as_hung_and_emitters_resume(

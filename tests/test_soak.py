@@ -38,7 +38,7 @@ def test_chaos_for_a_while_then_a_clean_stop(make_runtime: MakeRuntime) -> None:
     while time.monotonic() < deadline:
         n += 1
         rt.emit(Ping(n=n))
-        rec.wait_for("test.ping", _numbered(n), timeout=5)
+        rec.wait_for("test.ping", _numbered(n), timeout=30)
         time.sleep(0.05)
         rec.trim(1000)  # keep memory flat over a long run
     states = {w.name: w.state for w in rt.workers()}

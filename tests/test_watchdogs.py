@@ -6,8 +6,6 @@ import ctypes
 import os
 import signal
 import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import pytest
 
 from bussdcc import Context, Device, Event, Message, Process, Runtime, Service, WorkerState, message
 
-from ._helpers import MakeRuntime, Recorder, Seq, Where, wait_until
+from ._helpers import MakeRuntime, Recorder, Seq, Where, first_incarnation, lose_the_fork_server, wait_until
 
 
 class FirstOnly(Service):
@@ -26,10 +24,7 @@ class FirstOnly(Service):
     marker = ""
 
     def first(self) -> bool:
-        if os.path.exists(self.marker):
-            return False
-        open(self.marker, "w").close()
-        return True
+        return first_incarnation(self.marker)
 
 
 class Hanger(FirstOnly):
@@ -176,58 +171,11 @@ def test_helpers_of_a_worker_die_with_it_when_killed_respawned_or_stopped(
     assert not _gone(first)
     (status,) = rt.workers()
     os.kill(status.pid or 0, signal.SIGKILL)
-    wait_until(lambda: _gone(first), timeout=5, what="the killed worker's helper to go")
+    wait_until(lambda: _gone(first), timeout=30, what="the killed worker's helper to go")
     second = rec.wait_for("test.where", count=2)[1].payload.to_dict()["pid"]
     assert not _gone(second)
     rt.shutdown()
     assert _gone(second), "a stopped worker's helper is gone once shutdown returns"
-
-
-def test_helpers_die_when_the_parent_is_sigkilled(tmp_path: Path, run_base: Path) -> None:
-    script = tmp_path / "app.py"
-    script.write_text(
-        textwrap.dedent(
-            """
-            import subprocess, sys, threading
-            from bussdcc import Runtime, Service
-
-            class Spawner(Service):
-                interval = 3600.0
-
-                def __init__(self, name, own_session):
-                    self.name, self.own_session = name, own_session
-
-                def start(self, ctx):
-                    helper = subprocess.Popen(["sleep", "1000"], start_new_session=self.own_session)
-                    ctx.state.set(f"helper.{self.name}", helper.pid)
-
-            rt = Runtime(name="orphans")
-            rt.register_service(Spawner("grouped", False))
-            rt.register_service(Spawner("detached", True))
-            rt.boot()
-            ready = threading.Event()
-            while rt.state.get("helper.grouped") is None or rt.state.get("helper.detached") is None:
-                ready.wait(0.01)
-            print(rt.state.get("helper.grouped"), rt.state.get("helper.detached"), flush=True)
-            threading.Event().wait()
-            """
-        )
-    )
-    app = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert app.stdout is not None
-        helpers = [int(pid) for pid in app.stdout.readline().split()]
-        assert len(helpers) == 2 and not any(_gone(pid) for pid in helpers)
-        app.kill()
-        app.wait()
-        wait_until(lambda: all(_gone(pid) for pid in helpers), timeout=5, what="the helpers to go")
-        # The orphaned fork server removes the run directory last; it is no child of ours to wait for.
-        wait_until(lambda: not any(run_base.iterdir()), timeout=10, what="the run directory to go")
-    finally:
-        app.kill()
-        app.wait()
-        if app.stdout is not None:
-            app.stdout.close()
 
 
 class Producer(Service):
@@ -305,10 +253,7 @@ def test_losing_the_fork_server_kills_the_helpers_of_its_workers() -> None:
     rt.boot()
     try:
         helper = rec.wait_for("test.where")[0].payload.to_dict()["pid"]
-        fork_pid = rt.stats().fork_server_pid
-        assert fork_pid is not None
-        os.kill(fork_pid, signal.SIGKILL)
-        assert rt.wait(timeout=20)
-        wait_until(lambda: _gone(helper), timeout=5, what="the helper to go")
+        lose_the_fork_server(rt)
+        wait_until(lambda: _gone(helper), timeout=30, what="the helper to go")
     finally:
         rt.shutdown()
