@@ -6,11 +6,16 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
+
+from bussdcc import Device, Runtime, Service
+
+from ._helpers import Recorder
 
 _BASE = Path(tempfile.mkdtemp(prefix="bdt-", dir="/tmp"))
 os.environ["BUSSDCC_RUN_BASE"] = str(_BASE)  # short, so ipc:// paths fit in sun_path
@@ -52,3 +57,29 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def run_base() -> Path:
     """The base directory this session's runtimes make their run directories in."""
     return _BASE
+
+
+@pytest.fixture
+def make_runtime() -> Iterator[Callable[..., tuple[Runtime, Recorder]]]:
+    """Build, register and boot a runtime with a Recorder; whatever happens, it is shut down after the test.
+
+    ``make_runtime(name, *workers, boot=True, **options)``: Devices are attached and
+    Services registered in the order given, ``options`` go to :class:`Runtime`;
+    returns the runtime and its Recorder.
+    """
+    made: list[Runtime] = []
+
+    def make(name: str, *workers: Service | Device, boot: bool = True, **options: Any) -> tuple[Runtime, Recorder]:
+        rec = Recorder()
+        rt = Runtime(name=name, **options)
+        made.append(rt)
+        rt.register_process(rec)
+        for worker in workers:
+            rt.add_worker(worker)
+        if boot:
+            rt.boot()
+        return rt, rec
+
+    yield make
+    for rt in reversed(made):
+        rt.shutdown()

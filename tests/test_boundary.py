@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import ast
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
 import psutil
 import pytest
-import zmq
 
 from bussdcc import Context, Event, Message, Process, Runtime, Service, message
 from bussdcc.errors import FrameTooLarge
 from bussdcc.kernel import protocol as p
 
-from ._helpers import Echo, Ping, Recorder, Seq, wait_until
+from ._helpers import Echo, MakeRuntime, Peer, Ping, Recorder, Seq, joined_worker, wait_until
 
 
 class Smuggler(Service):
@@ -35,39 +35,25 @@ class Smuggler(Service):
         ctx.emit(Seq(i=1))
 
 
-def test_an_unknown_message_name_is_rejected_and_the_stream_goes_on() -> None:
-    rec = Recorder()
-    rt = Runtime(name="unknown")
-    rt.register_process(rec)
-    rt.register_service(Smuggler())
-    with rt:
-        (rej,) = rec.wait_for("worker.frame_rejected")
-        assert isinstance(rej.payload, message.FrameRejected)
-        assert rej.payload.worker == "smuggler" and "UnknownMessage" in rej.payload.error
-        assert "only.in.the.worker" in rej.payload.error
-        rec.wait_for("test.seq")
-        assert rt.stats().rejected == 1
-
-
-class Garbler(Service):
-    """Writes raw garbage on its own socket, then carries on normally."""
-
-    name = "garbler"
-    interval = 3600
-
-    def tick(self, ctx: Context) -> None:
-        channel = ctx._emit.__self__  # type: ignore[attr-defined]
-        channel.sock.send(b"\xc1 not msgpack")  # a frame that is not one
-        channel.push(b"\x93\x01\x02\x03")  # a well-numbered item that is not one
-        ctx.emit(Seq(i=7))
+def test_an_unknown_message_name_is_rejected_and_the_stream_goes_on(make_runtime: MakeRuntime) -> None:
+    rt, rec = make_runtime("unknown", Smuggler())
+    (rej,) = rec.wait_for("worker.frame_rejected")
+    assert isinstance(rej.payload, message.FrameRejected)
+    assert rej.payload.worker == "smuggler" and "UnknownMessage" in rej.payload.error
+    assert "only.in.the.worker" in rej.payload.error
+    rec.wait_for("test.seq")
+    assert rt.stats().rejected == 1
 
 
 def test_malformed_frames_are_rejected_with_typed_errors() -> None:
     rec = Recorder()
     rt = Runtime(name="garble")
     rt.register_process(rec)
-    rt.register_service(Garbler())
-    with rt:
+    with rt, joined_worker(rt, "garbler") as garbler:
+        # A verified worker writes garbage on its own socket, then carries on normally.
+        garbler.sock.send(b"\xc1 not msgpack")  # a frame that is not one
+        garbler.send(p.Batch(1, [msgspec.Raw(b"\x93\x01\x02\x03")]))  # a well-numbered item that is not one
+        garbler.send(p.Batch(2, [msgspec.Raw(p.encode_envelope(Seq(i=7), time.time(), "garbler"))]))
         rejected = rec.wait_for("worker.frame_rejected", count=2)
         errors = [r.payload.to_dict()["error"] for r in rejected]
         assert errors[0].startswith("MalformedFrame") and errors[1].startswith("MalformedFrame")
@@ -76,40 +62,27 @@ def test_malformed_frames_are_rejected_with_typed_errors() -> None:
         assert seq.payload.to_dict()["i"] == 7
 
 
-def test_a_stranger_on_the_socket_is_ignored_and_counted() -> None:
-    rec = Recorder()
-    rt = Runtime(name="stranger")
-    rt.register_process(rec)
-    rt.register_service(Smuggler())
-    rt.register_service(Echo())
-    with rt:
-        rec.wait_for("test.seq")
+def test_a_stranger_on_the_socket_is_ignored_and_counted(make_runtime: MakeRuntime) -> None:
+    rt, rec = make_runtime("stranger", Smuggler(), Echo())
+    rec.wait_for("test.seq")
+    with joined_worker(rt, "joined") as joined:
         before = rt.stats().rejected
         reports = len(rec.of("worker.frame_rejected"))  # the smuggler's own, if any
-        zctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        sock = zctx.socket(zmq.DEALER)
-        sup, hub = rt._sup, rt._hub
-        assert sup is not None and hub is not None
-        echo = hub.call(lambda: sup.workers["echo"].current)
-        assert echo is not None
+        # Past the transport (a live worker's credentials) but under another routing id:
+        # the checks inside must still stop it.
+        stranger = Peer(rt.endpoint, b"nobody#1", credentials=joined.credentials)
         try:
-            sock.setsockopt(zmq.ROUTING_ID, b"nobody#1")
-            # Past the transport (a live worker's credentials), the checks inside must still stop it.
-            sock.setsockopt(zmq.PLAIN_USERNAME, echo.identity)
-            sock.setsockopt(zmq.PLAIN_PASSWORD, echo.token)
-            sock.connect(rt.endpoint)
-            sock.send(p.encode(p.Batch(1, [msgspec.Raw(b"\x01")])))  # well formed, unknown sender
-            sock.send_multipart([b"a", b"b"])  # not [identity, payload] once routed
+            stranger.send(p.Batch(1, [msgspec.Raw(b"\x01")]))  # well formed, unknown sender
+            stranger.sock.send_multipart([b"a", b"b"])  # not [identity, payload] once routed
             wait_until(lambda: rt.stats().rejected == before + 2, what="both stranger frames to be dropped")
         finally:
-            sock.close(0)
-            zctx.term()
+            stranger.close()
         # Reported, but as nobody's: strangers are not workers.
         strangers = rec.wait_for("worker.frame_rejected", count=reports + 1)[reports:]
         assert all(e.payload.to_dict()["worker"] == "" for e in strangers)
-        rt.emit(Ping(n=5))  # the workers are still served
-        (pong,) = rec.wait_for("test.pong")
-        assert pong.payload.to_dict()["n"] == 5
+    rt.emit(Ping(n=5))  # the workers are still served
+    (pong,) = rec.wait_for("test.pong")
+    assert pong.payload.to_dict()["n"] == 5
 
 
 class ThreadedEmitter(Service):
@@ -200,25 +173,20 @@ class Listener(Service):
             ctx.emit(Seq(i=4))
 
 
-def test_oversized_items_are_refused_where_they_are_emitted() -> None:
-    rec = Recorder()
-    rt = Runtime(name="oversize")
-    rt.register_process(rec)
-    rt.register_service(Oversharer())
-    rt.register_service(Listener())
-    with rt:
-        seqs = rec.wait_for("test.seq", count=3)
-        assert [(s.payload.to_dict()["i"], s.payload.to_dict()["pad"]) for s in seqs] == [
-            (1, "FrameTooLarge"),
-            (1, "FrameTooLarge"),
-            (2, ""),
-        ]
-        # The parent refuses too, before anyone sees the message; workers keep going.
-        with pytest.raises(FrameTooLarge):
-            rt.emit(Seq(i=3, pad="x" * (p.MAX_ITEM + 1)))
-        rt.emit(Seq(i=3))
-        rec.wait_for("test.seq", lambda e: e.payload.to_dict()["i"] == 4)
-        assert rt.state.get("big") is None
+def test_oversized_items_are_refused_where_they_are_emitted(make_runtime: MakeRuntime) -> None:
+    rt, rec = make_runtime("oversize", Oversharer(), Listener())
+    seqs = rec.wait_for("test.seq", count=3)
+    assert [(s.payload.to_dict()["i"], s.payload.to_dict()["pad"]) for s in seqs] == [
+        (1, "FrameTooLarge"),
+        (1, "FrameTooLarge"),
+        (2, ""),
+    ]
+    # The parent refuses too, before anyone sees the message; workers keep going.
+    with pytest.raises(FrameTooLarge):
+        rt.emit(Seq(i=3, pad="x" * (p.MAX_ITEM + 1)))
+    rt.emit(Seq(i=3))
+    rec.wait_for("test.seq", lambda e: e.payload.to_dict()["i"] == 4)
+    assert rt.state.get("big") is None
 
 
 # ---- the import graph --------------------------------------------------------------

@@ -6,6 +6,7 @@ import asyncio
 import os
 import threading
 
+import msgspec
 import pytest
 
 from bussdcc import Context, DeviceHandle, Event, Message, Process, Runtime, Service
@@ -19,10 +20,10 @@ from bussdcc.errors import (
     UnknownDevice,
     UnknownMethod,
 )
-from bussdcc.kernel._calls import Latch, Outgoing
+from bussdcc.kernel import protocol as p
 
 from ._devices import Answer, Motor, PooledMotor, Reading, Relay, Target
-from ._helpers import Echo, Ping, Pong, Recorder, Seq, wait_until
+from ._helpers import Echo, Ping, Pong, Recorder, Seq, joined_worker, wait_until
 
 
 def _runtime(name: str, *devices: Motor | Relay) -> Runtime:
@@ -86,9 +87,7 @@ def test_a_timed_out_call_raises_device_timeout_and_its_late_reply_reaches_nobod
             motor.options(timeout=0.3).call(Motor.nap, 1.0, tag="late")
         # The next calls queue behind the slow one and get their own answers, never "late".
         assert [motor.call(Motor.nap, 0.0, tag=f"call-{i}") for i in range(5)] == [f"call-{i}" for i in range(5)]
-        sup = rt._sup
-        assert sup is not None
-        wait_until(lambda: sup.calls.late >= 1, what="the late reply to be dropped")
+        wait_until(lambda: rt.stats().late_replies >= 1, what="the late reply to be dropped")
 
 
 def test_unknown_device_ids_and_classes_are_refused_with_the_names_that_exist() -> None:
@@ -110,15 +109,14 @@ def test_only_public_methods_of_the_device_class_are_callable(method: str) -> No
             motor.call(fn)
         assert isinstance(info.value, LookupError) and "move" in info.value.available
         assert not {"connect", "attach", "_secret", "set_online"} & set(info.value.available)
-        # The parent refuses it too, whoever sends it (a worker's request is not checked by a handle).
-        latch = Latch()
-        rt._calls.submit(Outgoing("axis-1", method, b"\x90", b"\x80", 5.0, False), latch.set)
-        assert latch.wait(5.0) and latch.reply is not None and latch.reply.failure is not None
-        assert latch.reply.failure.kind == "unknown_method" and "move" in latch.reply.failure.available
-        latch = Latch()
-        rt._calls.submit(Outgoing("axis-9", "move", b"\x90", b"\x80", 5.0, False), latch.set)
-        assert latch.wait(5.0) and latch.reply is not None and latch.reply.failure is not None
-        assert latch.reply.failure.kind == "unknown_device" and latch.reply.failure.available == ("axis-1",)
+        # The parent refuses it too, whoever sends it: a worker's raw request is checked by no handle.
+        with joined_worker(rt, "solo") as worker:
+            refused = worker.request(p.Request(1, "axis-1", method, msgspec.Raw(b"\x90"), msgspec.Raw(b"\x80"), 5.0))
+            assert refused.failure is not None and refused.failure.kind == "unknown_method"
+            assert "move" in refused.failure.available
+            unknown = worker.request(p.Request(2, "axis-9", "move", msgspec.Raw(b"\x90"), msgspec.Raw(b"\x80"), 5.0))
+            assert unknown.failure is not None and unknown.failure.kind == "unknown_device"
+            assert unknown.failure.available == ("axis-1",)
 
 
 def test_an_argument_that_cannot_be_encoded_fails_in_the_caller_before_anything_is_sent() -> None:
@@ -423,11 +421,10 @@ def test_a_backlog_of_calls_to_a_slow_device_does_not_hold_up_dispatch() -> None
         flood.start()
         try:
             # ~3 s of calls queue for the device; the chatter's stream keeps being dispatched.
-            wait_until(lambda: rt._sup is not None and len(rt._sup.calls._pending) > 500, what="a backlog")
+            wait_until(lambda: rt.stats().calls_in_flight > 500, what="a backlog")
             seen = len(rec.of("test.seq"))
-            rec.wait_for("test.seq", count=seen + 50, timeout=2.0)
-            sup = rt._sup
-            assert sup is not None and len(sup.calls._pending) > 100, "the backlog was still there meanwhile"
+            rec.wait_for("test.seq", count=seen + 50, timeout=30.0)
+            assert rt.stats().calls_in_flight > 100, "the backlog was still there meanwhile"
         finally:
             flood.join(60)
         assert not rec.of("worker.hung") and [w.incarnation for w in rt.workers()] == [1, 1]

@@ -12,7 +12,7 @@ import pytest
 from bussdcc import Context, Device, Runtime, Service, WorkerState, message
 from bussdcc.errors import BootError
 
-from ._helpers import Recorder, Seq, Where, wait_until
+from ._helpers import MakeRuntime, Recorder, Seq, Where, first_incarnation, lose_the_fork_server, wait_until
 
 
 def _die(how: str) -> None:
@@ -38,8 +38,7 @@ class Doomed(Service):
 
     def tick(self, ctx: Context) -> None:
         ctx.emit(Where(who=self.name, step="tick", pid=os.getpid()))
-        if not os.path.exists(self.marker):
-            open(self.marker, "w").close()
+        if first_incarnation(self.marker):
             _die(self.how)
 
 
@@ -53,34 +52,31 @@ EXPECTED = {
 
 
 @pytest.mark.parametrize("how", list(EXPECTED))
-def test_each_kind_of_death_is_reported_and_respawned(how: str, tmp_path: object) -> None:
-    rec = Recorder()
+def test_each_kind_of_death_is_reported_and_respawned(make_runtime: MakeRuntime, how: str, tmp_path: object) -> None:
     svc = Doomed()
     svc.how = how
     svc.marker = f"{tmp_path}/died"
-    rt = Runtime(name=f"crash-{how.strip('_.')}")
-    rt.register_process(rec)
-    rt.register_service(svc)
-    with rt:
-        (exited,) = rec.wait_for("worker.exited")
-        ex = exited.payload
-        assert isinstance(ex, message.WorkerExited)
-        reason, signame = EXPECTED[how]
-        assert ex.reason == reason and ex.signal == signame and ex.abnormal
-        assert ex.worker == "doomed" and ex.incarnation == 1
-        (err,) = rec.wait_for("service.error")
-        assert isinstance(err.payload, message.ServiceError) and reason in err.payload.error
-        rec.wait_for("service.restart")
-        # The first incarnation may die before its `ready` leaves its socket;
-        # the exit report is what always arrives.
-        (second,) = rec.wait_for("worker.started", lambda e: e.payload.to_dict()["incarnation"] == 2)
-        new_pid = second.payload.to_dict()["pid"]
-        assert new_pid not in (0, ex.pid, os.getpid()), "respawned as a new process"
-        rec.wait_for("test.where", lambda e: e.payload.to_dict()["pid"] == new_pid)
-        from_first = [e for e in rec.of("test.where") if e.payload.to_dict()["pid"] == ex.pid]
-        assert ex.emitted == 1 and len(from_first) == ex.dispatched, "the report matches what arrived"
-        (status,) = rt.workers()
-        assert status.restarts == 1 and status.incarnation == 2 and status.state is WorkerState.RUNNING
+    rt, rec = make_runtime(f"crash-{how.strip('_.')}", svc)
+    (exited,) = rec.wait_for("worker.exited")
+    ex = exited.payload
+    assert isinstance(ex, message.WorkerExited)
+    reason, signame = EXPECTED[how]
+    assert ex.reason == reason and ex.signal == signame and ex.abnormal
+    assert ex.worker == "doomed" and ex.incarnation == 1
+    (err,) = rec.wait_for("service.error")
+    assert isinstance(err.payload, message.ServiceError) and reason in err.payload.error
+    rec.wait_for("service.restart")
+    # The first incarnation may die before its `ready` leaves its socket;
+    # the exit report is what always arrives.
+    (second,) = rec.wait_for("worker.started", lambda e: e.payload.to_dict()["incarnation"] == 2)
+    new_pid = second.payload.to_dict()["pid"]
+    assert new_pid not in (0, ex.pid, os.getpid()), "respawned as a new process"
+    rec.wait_for("test.where", lambda e: e.payload.to_dict()["pid"] == new_pid)
+    from_first = [e for e in rec.of("test.where") if e.payload.to_dict()["pid"] == ex.pid]
+    assert ex.emitted == 1 and len(from_first) == ex.dispatched, "the report matches what arrived"
+    (status,) = rt.workers()
+    assert status.restarts == 1 and status.incarnation == 2 and status.state is WorkerState.RUNNING
+    rt.shutdown()
     assert not rt.halt_reason
 
 
@@ -95,22 +91,18 @@ class FlakyDevice(Device):
         os._exit(9)
 
 
-def test_a_crashed_device_is_reconnected_in_a_new_process() -> None:
-    rec = Recorder()
-    rt = Runtime(name="devcrash")
-    rt.register_process(rec)
-    rt.attach_device(FlakyDevice(id="dev"))
-    with rt:
-        (first,) = rt.workers()
-        assert first.pid is not None
-        os.kill(first.pid, signal.SIGKILL)
-        failed = rec.wait_for("device.failed")
-        assert "killed by SIGKILL" in failed[0].payload.to_dict()["error"]
-        attached = rec.wait_for("device.attached", count=2)
-        assert len(attached) == 2
-        connects = rec.wait_for("test.where", count=2)
-        assert connects[0].payload.to_dict()["pid"] == first.pid
-        assert connects[1].payload.to_dict()["pid"] != first.pid
+def test_a_crashed_device_is_reconnected_in_a_new_process(make_runtime: MakeRuntime) -> None:
+    rt, rec = make_runtime("devcrash", FlakyDevice(id="dev"))
+    (first,) = rt.workers()
+    assert first.pid is not None
+    os.kill(first.pid, signal.SIGKILL)
+    failed = rec.wait_for("device.failed")
+    assert "killed by SIGKILL" in failed[0].payload.to_dict()["error"]
+    attached = rec.wait_for("device.attached", count=2)
+    assert len(attached) == 2
+    connects = rec.wait_for("test.where", count=2)
+    assert connects[0].payload.to_dict()["pid"] == first.pid
+    assert connects[1].payload.to_dict()["pid"] != first.pid
 
 
 class Raiser(Service):
@@ -125,17 +117,13 @@ class Raiser(Service):
             raise ValueError("tick two fails")
 
 
-def test_tick_exception_with_restart_continues_in_the_same_process() -> None:
-    rec = Recorder()
-    rt = Runtime(name="tickerr")
-    rt.register_process(rec)
-    rt.register_service(Raiser())
-    with rt:
-        (err,) = rec.wait_for("service.error")
-        assert isinstance(err.payload, message.ServiceError)
-        assert "tick two fails" in err.payload.error and err.payload.traceback
-        rec.wait_for("test.seq", lambda e: e.payload.to_dict()["i"] == 5)
-        assert not rec.of("worker.exited") and rt.workers()[0].incarnation == 1
+def test_tick_exception_with_restart_continues_in_the_same_process(make_runtime: MakeRuntime) -> None:
+    rt, rec = make_runtime("tickerr", Raiser())
+    (err,) = rec.wait_for("service.error")
+    assert isinstance(err.payload, message.ServiceError)
+    assert "tick two fails" in err.payload.error and err.payload.traceback
+    rec.wait_for("test.seq", lambda e: e.payload.to_dict()["i"] == 5)
+    assert not rec.of("worker.exited") and rt.workers()[0].incarnation == 1
 
 
 class GiveUp(Raiser):
@@ -143,23 +131,20 @@ class GiveUp(Raiser):
     restart = False
 
 
-def test_tick_exception_without_restart_stops_the_service_as_a_failure() -> None:
-    rec = Recorder()
-    rt = Runtime(name="giveup")
-    rt.register_process(rec)
-    rt.register_service(GiveUp())
-    with rt:
-        (fail,) = rec.wait_for("service.failure")
-        assert "tick two fails" in fail.payload.to_dict()["error"]
-        names = rec.names()
-        assert names.index("service.error") < names.index("service.stopped") < names.index("service.failure")
-        wait_until(lambda: rt.workers()[0].state is WorkerState.FAILED, what="failed state")
-        assert (
-            not rec.of(
-                "test.seq",
-            )
-            or max(e.payload.to_dict()["i"] for e in rec.of("test.seq")) == 2
+def test_tick_exception_without_restart_stops_the_service_as_a_failure(make_runtime: MakeRuntime) -> None:
+    rt, rec = make_runtime("giveup", GiveUp())
+    (fail,) = rec.wait_for("service.failure")
+    assert "tick two fails" in fail.payload.to_dict()["error"]
+    names = rec.names()
+    assert names.index("service.error") < names.index("service.stopped") < names.index("service.failure")
+    wait_until(lambda: rt.workers()[0].state is WorkerState.FAILED, what="failed state")
+    assert (
+        not rec.of(
+            "test.seq",
         )
+        or max(e.payload.to_dict()["i"] for e in rec.of("test.seq")) == 2
+    )
+    rt.shutdown()
     assert rt.halt_reason is None
 
 
@@ -211,32 +196,6 @@ def test_a_critical_failure_during_boot_fails_the_boot_cleanly() -> None:
     assert rec.names()[-1] == "runtime.shutdown"
 
 
-class CrashLoop(Service):
-    name = "loop"
-    interval = 0.01
-    max_restarts = 3
-    restart_window = 60.0
-
-    def tick(self, ctx: Context) -> None:
-        os._exit(1)
-
-
-def test_a_crash_loop_is_bounded_and_ends_in_failure() -> None:
-    rec = Recorder()
-    rt = Runtime(name="loop")
-    rt.register_process(rec)
-    rt.register_service(CrashLoop())
-    rt.register_service(Raiser())
-    with rt:
-        rec.wait_for("service.failure", lambda e: e.payload.to_dict()["service"] == "loop", timeout=20)
-        assert len(rec.of("service.restart")) == 3
-        assert len([e for e in rec.of("worker.exited") if e.payload.to_dict()["worker"] == "loop"]) == 4
-        status = {w.name: w for w in rt.workers()}
-        assert status["loop"].state is WorkerState.FAILED and status["loop"].restarts == 3
-        # The rest of the runtime kept working.
-        assert status["raiser"].state is WorkerState.RUNNING
-
-
 class BadConnect(Device):
     kind = "bad"
     restart = False
@@ -245,18 +204,14 @@ class BadConnect(Device):
         raise OSError("no such port /dev/ttyX")
 
 
-def test_a_connect_failure_is_reported_with_its_traceback() -> None:
-    rec = Recorder()
-    rt = Runtime(name="badconnect")
-    rt.register_process(rec)
-    rt.attach_device(BadConnect(id="port"))
-    with rt:
-        (failed,) = rec.of("device.failed")
-        payload = failed.payload
-        assert isinstance(payload, message.DeviceFailed)
-        assert "no such port" in payload.error and payload.traceback and "OSError" in payload.traceback
-        assert rt.workers()[0].state is WorkerState.FAILED
-        assert rec.names().index("device.failed") < rec.names().index("runtime.booted"), "boot waited for it"
+def test_a_connect_failure_is_reported_with_its_traceback(make_runtime: MakeRuntime) -> None:
+    rt, rec = make_runtime("badconnect", BadConnect(id="port"))
+    (failed,) = rec.of("device.failed")
+    payload = failed.payload
+    assert isinstance(payload, message.DeviceFailed)
+    assert "no such port" in payload.error and payload.traceback and "OSError" in payload.traceback
+    assert rt.workers()[0].state is WorkerState.FAILED
+    assert rec.names().index("device.failed") < rec.names().index("runtime.booted"), "boot waited for it"
 
 
 class EmitThenDie(Service):
@@ -270,19 +225,16 @@ class EmitThenDie(Service):
         os._exit(4)
 
 
-def test_messages_of_a_crashed_worker_are_dispatched_or_counted_lost() -> None:
-    rec = Recorder()
-    rt = Runtime(name="lost")
-    rt.register_process(rec)
-    rt.register_service(EmitThenDie())
-    with rt:
-        (exited,) = rec.wait_for("worker.exited", timeout=20)
-        ex = exited.payload
-        assert isinstance(ex, message.WorkerExited)
-        assert ex.emitted == 20000
-        seqs = [e.payload.to_dict()["i"] for e in rec.of("test.seq")]
-        assert seqs == list(range(ex.dispatched)), "what arrived is a gap-free prefix"
-        assert rt.stats().lost == ex.lost
+def test_messages_of_a_crashed_worker_are_dispatched_or_counted_lost(make_runtime: MakeRuntime) -> None:
+    rt, rec = make_runtime("lost", EmitThenDie())
+    (exited,) = rec.wait_for("worker.exited", timeout=20)
+    ex = exited.payload
+    assert isinstance(ex, message.WorkerExited)
+    assert ex.emitted == 20000
+    seqs = [e.payload.to_dict()["i"] for e in rec.of("test.seq")]
+    assert seqs == list(range(ex.dispatched)), "what arrived is a gap-free prefix"
+    assert rt.stats().lost == ex.lost
+    rt.shutdown()
     assert rt.stats().lost == ex.lost, "counters survive shutdown"
 
 
@@ -294,10 +246,7 @@ def test_losing_the_fork_server_halts_the_runtime_promptly() -> None:
     rt.register_process(rec)
     rt.register_service(raiser)
     rt.boot()
-    assert rt._fork is not None
-    os.kill(rt._fork.pid, signal.SIGKILL)
-    assert rt.wait(timeout=30)
-    assert rt.halt_reason is not None and "fork server" in rt.halt_reason
+    lose_the_fork_server(rt)
     (exited,) = [e.payload for e in rec.of("worker.exited") if e.payload.to_dict()["worker"] == "raiser"]
     assert isinstance(exited, message.WorkerExited) and exited.signal == "SIGKILL"
     assert not rec.of("service.restart")

@@ -17,7 +17,7 @@ from bussdcc import Context, Device, Runtime, Service, ThreadedRuntime, WorkerSt
 from bussdcc.cli._client import Client, read_secret
 from bussdcc.kernel import protocol as p
 
-from ._helpers import Recorder, wait_until
+from ._helpers import MakeRuntime, Recorder, wait_until
 
 # A program that logs to a file from a thread of its own, in a tight loop, while it
 # boots runtimes whose workers log to the same file: the fork at boot is made while
@@ -214,40 +214,36 @@ def _running_pid(rt: Runtime, name: str, other_than: int | None = None) -> int |
 
 
 @pytest.mark.timeout(90)
-def test_a_run_directory_deleted_under_a_live_runtime_is_reported_and_made_again() -> None:
-    rec = Recorder()
-    rt = Runtime(name="lostdir")
-    rt.register_process(rec)
-    rt.attach_device(_Probe(id="probe"))
-    rt.register_service(_Ticker())
-    with rt:
-        run_dir = rt.run_dir
-        assert run_dir is not None
-        secret = read_secret(run_dir)
-        old = wait_until(lambda: _running_pid(rt, "ticker"), what="the ticker running")
-        probe = wait_until(lambda: _running_pid(rt, "probe"), what="the probe running")
-        assert old is not None
-        shutil.rmtree(run_dir)
-        os.kill(old, signal.SIGKILL)
-        (fault,) = rec.wait_for("runtime.fault", lambda e: e.payload.part == "run_dir", timeout=30)  # type: ignore[attr-defined]
-        assert fault.payload.kind == "run_dir_lost"  # type: ignore[attr-defined]
-        error: str = fault.payload.error  # type: ignore[attr-defined]
-        assert str(run_dir) in error
-        assert "slots file cannot be restored" in error
-        # The respawn connects: a new process, ready.
-        new = wait_until(lambda: _running_pid(rt, "ticker", other_than=old), timeout=30, what="the ticker back")
-        assert new != old
-        exited = rec.wait_for("worker.exited", lambda e: e.payload.pid == old)  # type: ignore[attr-defined]
-        assert "killed by SIGKILL" in exited[0].payload.reason  # type: ignore[attr-defined]
-        # The worker that was connected all along was never disturbed.
-        assert _running_pid(rt, "probe") == probe
-        # The control endpoint answers again, with the secret its clients already hold.
-        assert os.stat(run_dir).st_mode & 0o777 == 0o700
-        with Client(run_dir) as client:
-            assert client.secret == secret
-            reply = client.call(p.StatusRequest(secret), timeout=30)
-        assert isinstance(reply, p.StatusReply)
-        assert len(rec.of("runtime.fault")) == 1  # reported once
+def test_a_run_directory_deleted_under_a_live_runtime_is_reported_and_made_again(make_runtime: MakeRuntime) -> None:
+    rt, rec = make_runtime("lostdir", _Probe(id="probe"), _Ticker())
+    run_dir = rt.run_dir
+    assert run_dir is not None
+    secret = read_secret(run_dir)
+    old = wait_until(lambda: _running_pid(rt, "ticker"), what="the ticker running")
+    probe = wait_until(lambda: _running_pid(rt, "probe"), what="the probe running")
+    assert old is not None
+    shutil.rmtree(run_dir)
+    os.kill(old, signal.SIGKILL)
+    (fault,) = rec.wait_for("runtime.fault", lambda e: e.payload.part == "run_dir", timeout=30)  # type: ignore[attr-defined]
+    assert fault.payload.kind == "run_dir_lost"  # type: ignore[attr-defined]
+    error: str = fault.payload.error  # type: ignore[attr-defined]
+    assert str(run_dir) in error
+    assert "slots file cannot be restored" in error
+    # The respawn connects: a new process, ready.
+    new = wait_until(lambda: _running_pid(rt, "ticker", other_than=old), timeout=30, what="the ticker back")
+    assert new != old
+    exited = rec.wait_for("worker.exited", lambda e: e.payload.pid == old)  # type: ignore[attr-defined]
+    assert "killed by SIGKILL" in exited[0].payload.reason  # type: ignore[attr-defined]
+    # The worker that was connected all along was never disturbed.
+    assert _running_pid(rt, "probe") == probe
+    # The control endpoint answers again, with the secret its clients already hold.
+    assert os.stat(run_dir).st_mode & 0o777 == 0o700
+    with Client(run_dir) as client:
+        assert client.secret == secret
+        reply = client.call(p.StatusRequest(secret), timeout=30)
+    assert isinstance(reply, p.StatusReply)
+    assert len(rec.of("runtime.fault")) == 1  # reported once
+    rt.shutdown()
     assert not run_dir.exists()
 
 
@@ -259,32 +255,30 @@ class _Once(Service):
 
 
 @pytest.mark.timeout(90)
-def test_a_start_timeout_while_the_run_directory_cannot_be_made_again_names_that_cause() -> None:
-    rec = Recorder()
-    rt = Runtime(name="nodir")
-    rt.register_process(rec)
-    rt.register_service(_Once())
-    with rt:
-        run_dir = rt.run_dir
-        assert run_dir is not None
-        pid = wait_until(lambda: _running_pid(rt, "once"), what="the service running")
-        assert pid is not None
-        shutil.rmtree(run_dir)
-        run_dir.write_text("not a directory")  # in the way of making it again
-        try:
-            os.kill(pid, signal.SIGKILL)
-            (fault,) = rec.wait_for("runtime.fault", lambda e: e.payload.part == "run_dir", timeout=30)  # type: ignore[attr-defined]
-            assert "cannot be made again" in fault.payload.error  # type: ignore[attr-defined]
-            timed_out = rec.wait_for(
-                "worker.exited",
-                lambda e: e.payload.reason.startswith("start timeout"),  # type: ignore[attr-defined]
-                timeout=30,
-            )
-            reason: str = timed_out[0].payload.reason  # type: ignore[attr-defined]
-            assert f"the run directory {run_dir} is gone" in reason
-            assert len(rec.of("runtime.fault")) == 1  # reported once, though every look fails
-        finally:
-            run_dir.unlink()
+def test_a_start_timeout_while_the_run_directory_cannot_be_made_again_names_that_cause(
+    make_runtime: MakeRuntime,
+) -> None:
+    rt, rec = make_runtime("nodir", _Once())
+    run_dir = rt.run_dir
+    assert run_dir is not None
+    pid = wait_until(lambda: _running_pid(rt, "once"), what="the service running")
+    assert pid is not None
+    shutil.rmtree(run_dir)
+    run_dir.write_text("not a directory")  # in the way of making it again
+    try:
+        os.kill(pid, signal.SIGKILL)
+        (fault,) = rec.wait_for("runtime.fault", lambda e: e.payload.part == "run_dir", timeout=30)  # type: ignore[attr-defined]
+        assert "cannot be made again" in fault.payload.error  # type: ignore[attr-defined]
+        timed_out = rec.wait_for(
+            "worker.exited",
+            lambda e: e.payload.reason.startswith("start timeout"),  # type: ignore[attr-defined]
+            timeout=30,
+        )
+        reason: str = timed_out[0].payload.reason  # type: ignore[attr-defined]
+        assert f"the run directory {run_dir} is gone" in reason
+        assert len(rec.of("runtime.fault")) == 1  # reported once, though every look fails
+    finally:
+        run_dir.unlink()
 
 
 def test_a_threaded_runtime_is_not_told_of_the_thread_waiting_for_its_boot() -> None:

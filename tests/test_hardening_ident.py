@@ -15,12 +15,12 @@ import msgspec
 import pytest
 import zmq
 
-from bussdcc import Device, Message, Runtime, message
+from bussdcc import Device, Message, Runtime, WorkerState, message
 from bussdcc.cli._client import Client
 from bussdcc.errors import DeviceCrashed
 from bussdcc.kernel import protocol as p
 
-from ._helpers import Echo, Ping, Recorder, wait_until
+from ._helpers import Echo, Ping, Recorder, joined_worker, wait_until
 
 
 @dataclass(slots=True, frozen=True)
@@ -107,19 +107,6 @@ class Impostor:
         self.zctx.term()
 
 
-def _insider(rt: Runtime, name: str) -> tuple[bytes, bytes]:
-    """The transport credentials of worker ``name``'s live incarnation (what only that process holds)."""
-    sup, hub = rt._sup, rt._hub
-    assert sup is not None and hub is not None
-
-    def read() -> tuple[bytes, bytes]:
-        inc = sup.workers[name].current
-        assert inc is not None
-        return inc.identity, inc.token
-
-    return hub.call(read)
-
-
 def _connected(rt: Runtime, impostor: Impostor) -> None:
     """Wait until the runtime has heard the impostor once (its connection exists)."""
     before = rt.stats().rejected
@@ -135,8 +122,9 @@ def test_an_impostor_of_the_next_incarnation_is_shut_out_and_reported() -> None:
     with rt:
         valve = rt.device(Valve, "valve", timeout=30.0)
         pid1 = valve.call(Valve.pid)
-        # The id the next incarnation used to take, claimed before the respawn (past the transport).
-        with Impostor(rt.endpoint, b"valve#2", _insider(rt, "valve")) as imp:
+        # The id the next incarnation used to take, claimed before the respawn; past the transport
+        # with the credentials of a live worker of its own (a standalone one it joined).
+        with joined_worker(rt, "insider") as insider, Impostor(rt.endpoint, b"valve#2", insider.credentials) as imp:
             _connected(rt, imp)
             errors: list[BaseException] = []
 
@@ -148,7 +136,7 @@ def test_an_impostor_of_the_next_incarnation_is_shut_out_and_reported() -> None:
 
             caller = threading.Thread(target=in_flight)
             caller.start()
-            wait_until(lambda: rt._sup is not None and len(rt._sup.calls._pending) == 1, what="a call in flight")
+            wait_until(lambda: rt.stats().calls_in_flight == 1, what="a call in flight")
             os.kill(pid1, signal.SIGKILL)
             caller.join(30)
             assert len(errors) == 1 and isinstance(errors[0], DeviceCrashed), errors
@@ -279,8 +267,9 @@ def test_a_flood_of_junk_from_strangers_neither_stops_workers_nor_floods_dispatc
         pid1 = valve.call(Valve.pid)
         before = rt.stats().rejected
         t0 = time.monotonic()
-        # Past the transport (the echo worker's credentials), under routing ids of no worker.
-        inside = _insider(rt, "echo")
+        # Past the transport (the credentials of a standalone worker it joined), under routing ids of no worker.
+        insider = joined_worker(rt, "insider")
+        inside = insider.__enter__().credentials
         impostors = [Impostor(rt.endpoint, ident, inside) for ident in (b"valve#2", b"echo#2", b"x" * 200, b"junk")]
         total = 0
         try:
@@ -321,6 +310,7 @@ def test_a_flood_of_junk_from_strangers_neither_stops_workers_nor_floods_dispatc
         finally:
             for imp in impostors:
                 imp.__exit__(None, None, None)
+            insider.__exit__(None, None, None)
         reports = rec.of("worker.frame_rejected")
         assert sum(e.payload.to_dict()["count"] for e in reports) == total
         # At most one report a second (and a first at once), however many frames came.
@@ -338,14 +328,16 @@ def test_a_worker_run_in_a_fresh_interpreter_gets_its_secret_outside_argv_and_en
         assert isinstance(done, p.Done), done
         (started,) = rec.wait_for("worker.started", lambda e: e.payload.to_dict()["worker"] == "beeper", timeout=60)
         pid = started.payload.to_dict()["pid"]
-        assert rt._sup is not None
-        inc = rt._sup.workers["beeper"].current
-        assert inc is not None and inc.pid == pid and inc.hello
+        assert rt.worker("beeper").pid == pid and rt.worker("beeper").state is WorkerState.RUNNING
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmdline = f.read()
+            argv = f.read().split(b"\0")
         with open(f"/proc/{pid}/environ", "rb") as f:
-            environ = f.read()
-        assert b"worker" in cmdline  # a fresh interpreter, not a fork
-        for public in (cmdline, environ):
-            assert inc.token not in public and inc.token.hex().encode() not in public
-            assert inc.identity not in public
+            environ = dict(v.split(b"=", 1) for v in f.read().split(b"\0") if b"=" in v)
+        assert b"worker" in argv  # a fresh interpreter, not a fork
+        # Its routing id is 32 hex digits and its token 32 random bytes: neither can hide in a
+        # short or decimal word, and its environment is this one's but for where to import
+        # from and which inherited descriptor to read its key from (a small number).
+        assert all(len(word) < 32 or b"/" in word for word in argv), argv
+        assert set(environ) - set(os.environb) <= {b"PYTHONPATH", p.KEY_FD_ENV.encode()}
+        assert environ[p.KEY_FD_ENV.encode()].isdigit()
+        assert all(environ[k] == v for k, v in os.environb.items() if k in environ and k != b"PYTHONPATH")

@@ -23,9 +23,10 @@ from bussdcc import Device, Runtime, Service, ThreadedRuntime, WorkerState
 from bussdcc.errors import MalformedFrame, RegistrationError
 from bussdcc.kernel import protocol as p
 from bussdcc.kernel._calls import Latch
+from bussdcc.supervisor._forkserver import ForkServer
 
 from ._cli import ROOT, bussdcc, env
-from ._helpers import Recorder, wait_until
+from ._helpers import MakeRuntime, Recorder, wait_until
 from .cli_parts import Probe
 
 _names = itertools.count()
@@ -318,15 +319,17 @@ class Survivor(Service):
     backoff_initial = 0.0
 
 
-def _fork_spawn_raising(rt: Runtime, exc: BaseException) -> None:
-    """From now on, asking the runtime's fork server for a process raises ``exc`` (as a broken pipe would)."""
-    fork = rt._fork
-    assert fork is not None
+def _fork_spawn_raising(monkeypatch: pytest.MonkeyPatch, exc: BaseException) -> None:
+    """From now on, asking a fork server for a process raises ``exc`` (as a broken pipe would).
+
+    No real process can stand for either: losing the fork server halts the runtime, and a bug
+    of ours is what the second case is about.
+    """
 
     def spawn(*args: object, **kwargs: object) -> None:
         raise exc
 
-    fork.spawn = spawn  # type: ignore[method-assign]
+    monkeypatch.setattr(ForkServer, "spawn", spawn)
 
 
 @pytest.mark.parametrize(
@@ -337,7 +340,7 @@ def _fork_spawn_raising(rt: Runtime, exc: BaseException) -> None:
     ],
 )
 def test_a_respawn_gives_up_on_a_refusal_and_lets_a_bug_surface(
-    capfd: pytest.CaptureFixture[str], exc: BaseException, reason: str, surfaces: bool
+    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, exc: BaseException, reason: str, surfaces: bool
 ) -> None:
     rec = Recorder()
     rt = Runtime(name=f"lesser{next(_names)}")
@@ -346,7 +349,7 @@ def test_a_respawn_gives_up_on_a_refusal_and_lets_a_bug_surface(
     rt.attach_device(Probe(id="bystander"))
     with rt:
         pid = rec.wait_for("worker.started", lambda e: e.payload.worker == "survivor")[0].payload.pid  # type: ignore[attr-defined]
-        _fork_spawn_raising(rt, exc)
+        _fork_spawn_raising(monkeypatch, exc)
         os.kill(pid, signal.SIGKILL)
         gave_up = rec.wait_for("worker.gave_up", timeout=30)[0].payload
         assert (gave_up.worker, gave_up.reason) == ("survivor", reason)  # type: ignore[attr-defined]
@@ -374,44 +377,40 @@ class Late(Service):
 
 
 @pytest.mark.timeout(90)
-def test_a_worker_whose_process_never_comes_ends_failed_not_starting_with_no_pid() -> None:
-    rec = Recorder()
-    rt = Runtime(name=f"lesser{next(_names)}")
-    rt.register_process(rec)
-    with rt:
-        fork = rt._fork
-        assert fork is not None
-        os.kill(fork.pid, signal.SIGSTOP)  # a fork server far behind: no process is reported in time
-        try:
-            rt.register_service(Late())
-            late = {w.name: w for w in rt.workers()}["late"]
-            assert (late.state, late.pid) == (WorkerState.FAILED, None), late
-            assert late.last_exit is not None and "reported no process within 1s" in late.last_exit
-            exited = rec.wait_for("worker.exited", lambda e: e.payload.worker == "late")[0].payload  # type: ignore[attr-defined]
-            assert exited.cause == "start_timeout"  # type: ignore[attr-defined]
-        finally:
-            os.kill(fork.pid, signal.SIGCONT)
-        # The process it makes late is not wanted any more: it is killed, and the runtime carries on.
-        again = Idle()
-        again.name = "again"
-        rt.register_service(again)
-        assert {w.name: w.state for w in rt.workers()} == {"late": WorkerState.FAILED, "again": WorkerState.RUNNING}
-        wait_until(lambda: len(psutil.Process(fork.pid).children()) == 1, timeout=30, what="the late process killed")
+def test_a_worker_whose_process_never_comes_ends_failed_not_starting_with_no_pid(make_runtime: MakeRuntime) -> None:
+    rt, rec = make_runtime(f"lesser{next(_names)}")
+    fork_pid = rt.stats().fork_server_pid
+    assert fork_pid is not None
+    os.kill(fork_pid, signal.SIGSTOP)  # a fork server far behind: no process is reported in time
+    try:
+        rt.register_service(Late())
+        late = {w.name: w for w in rt.workers()}["late"]
+        assert (late.state, late.pid) == (WorkerState.FAILED, None), late
+        assert late.last_exit is not None and "reported no process within 1s" in late.last_exit
+        exited = rec.wait_for("worker.exited", lambda e: e.payload.worker == "late")[0].payload  # type: ignore[attr-defined]
+        assert exited.cause == "start_timeout"  # type: ignore[attr-defined]
+    finally:
+        os.kill(fork_pid, signal.SIGCONT)
+    # The process it makes late is not wanted any more: it is killed, and the runtime carries on.
+    again = Idle()
+    again.name = "again"
+    rt.register_service(again)
+    assert {w.name: w.state for w in rt.workers()} == {"late": WorkerState.FAILED, "again": WorkerState.RUNNING}
+    wait_until(lambda: len(psutil.Process(fork_pid).children()) == 1, timeout=30, what="the late process killed")
 
 
 @pytest.mark.parametrize("exc", [BrokenPipeError(32, "Broken pipe"), MalformedFrame("a bug of ours")])
-def test_a_start_refused_after_boot_registers_nothing_and_frees_the_name(exc: BaseException) -> None:
+def test_a_start_refused_after_boot_registers_nothing_and_frees_the_name(
+    monkeypatch: pytest.MonkeyPatch, exc: BaseException
+) -> None:
     rt = Runtime(name=f"lesser{next(_names)}")
     with rt:
-        fork = rt._fork
-        assert fork is not None
-        spawn = fork.spawn
-        _fork_spawn_raising(rt, exc)
-        error = RegistrationError if isinstance(exc, OSError) else MalformedFrame
-        with pytest.raises(error, match="cannot reach the fork server" if error is RegistrationError else "a bug"):
-            rt.register_service(Idle())
-        assert rt.workers() == []
-        fork.spawn = spawn  # type: ignore[method-assign]
+        with monkeypatch.context() as patched:
+            _fork_spawn_raising(patched, exc)
+            error = RegistrationError if isinstance(exc, OSError) else MalformedFrame
+            with pytest.raises(error, match="cannot reach the fork server" if error is RegistrationError else "a bug"):
+                rt.register_service(Idle())
+            assert rt.workers() == []
         rt.register_service(Idle())  # the name is free again
         assert [(w.name, w.state) for w in rt.workers()] == [("idle", WorkerState.RUNNING)]
 

@@ -10,7 +10,7 @@ import psutil
 import pytest
 
 from bussdcc import Context, Event, Message, Process, Runtime, Service
-from bussdcc.supervisor._flow import ITEM_OVERHEAD, OUTBOX_BYTES
+from bussdcc.supervisor._flow import OUTBOX_BYTES
 
 from ._helpers import Recorder, Seq
 
@@ -129,10 +129,7 @@ class _Peak:
     def _run(self) -> None:
         while not self._stop.wait(0.05):
             self.peak = max(self.peak, self._me.memory_info().rss)
-            sup = self._rt._sup
-            if sup is not None:
-                items, size = sup.outbox_load()
-                self.outbox = max(self.outbox, size + items * ITEM_OVERHEAD)
+            self.outbox = max(self.outbox, self._rt.stats().outbox_bytes)
 
     def stop(self) -> int:
         self._stop.set()

@@ -15,7 +15,7 @@ from bussdcc.kernel import protocol as p
 from bussdcc.kernel._text import MAX_TEXT, safe_text
 
 from ._cli import bussdcc
-from ._helpers import Ping, Recorder, Seq, wait_until
+from ._helpers import MakeRuntime, Ping, Recorder, Seq, wait_until
 
 #: What os.fsdecode makes of a device path that is not UTF-8: a lone surrogate.
 BAD = os.fsdecode(b"/dev/tty\xff")
@@ -255,35 +255,29 @@ def _pid_of(rt: Runtime, name: str) -> int | None:
 
 
 @pytest.mark.timeout(120)
-def test_a_service_raising_unencodable_or_huge_text_is_reported_and_keeps_running() -> None:
-    rec = Recorder()
-    rt = Runtime(name="text-service")
-    rt.register_process(rec)
-    rt.register_service(Ticker("odd"))
-    rt.register_service(Ticker("huge", size=20_000_000))
-    rt.register_service(Listener())
-    with rt:
-        pids = {name: _pid_of(rt, name) for name in ("odd", "huge", "listener")}
-        assert all(pids.values())
-        odd = rec.wait_for("service.error", lambda e: e.source == "odd", count=3, timeout=30)
-        assert all(ESCAPED in e.payload.to_dict()["error"] for e in odd)
-        assert all(ESCAPED in (e.payload.to_dict()["traceback"] or "") for e in odd)
-        huge = rec.wait_for("service.error", lambda e: e.source == "huge", count=3, timeout=60)
-        for evt in huge:
-            report = evt.payload.to_dict()
-            assert "truncated" in report["error"] and len(report["error"]) <= MAX_TEXT
-            assert len(report["traceback"] or "") <= MAX_TEXT
-        rt.emit(Ping(n=1))
-        (heard,) = rec.wait_for("service.error", lambda e: e.source == "listener")
-        assert heard.payload.to_dict()["evt"] is not None and ESCAPED in heard.payload.to_dict()["error"]
-        # An event too large to travel back inside a report: reported without it.
-        rt.emit(Seq(i=1, pad="p" * BIG_PAD))
-        rec.wait_for("service.error", lambda e: e.source == "listener", count=2)
-        rt.emit(Ping(n=2))
-        rec.wait_for("service.error", lambda e: e.source == "listener", count=3)
-        # Nobody crashed for it: the same processes, never respawned.
-        assert {name: _pid_of(rt, name) for name in pids} == pids
-        assert not rec.of("worker.exited")
+def test_a_service_raising_unencodable_or_huge_text_is_reported_and_keeps_running(make_runtime: MakeRuntime) -> None:
+    rt, rec = make_runtime("text-service", Ticker("odd"), Ticker("huge", size=20_000_000), Listener())
+    pids = {name: _pid_of(rt, name) for name in ("odd", "huge", "listener")}
+    assert all(pids.values())
+    odd = rec.wait_for("service.error", lambda e: e.source == "odd", count=3, timeout=30)
+    assert all(ESCAPED in e.payload.to_dict()["error"] for e in odd)
+    assert all(ESCAPED in (e.payload.to_dict()["traceback"] or "") for e in odd)
+    huge = rec.wait_for("service.error", lambda e: e.source == "huge", count=3, timeout=60)
+    for evt in huge:
+        report = evt.payload.to_dict()
+        assert "truncated" in report["error"] and len(report["error"]) <= MAX_TEXT
+        assert len(report["traceback"] or "") <= MAX_TEXT
+    rt.emit(Ping(n=1))
+    (heard,) = rec.wait_for("service.error", lambda e: e.source == "listener")
+    assert heard.payload.to_dict()["evt"] is not None and ESCAPED in heard.payload.to_dict()["error"]
+    # An event too large to travel back inside a report: reported without it.
+    rt.emit(Seq(i=1, pad="p" * BIG_PAD))
+    rec.wait_for("service.error", lambda e: e.source == "listener", count=2)
+    rt.emit(Ping(n=2))
+    rec.wait_for("service.error", lambda e: e.source == "listener", count=3)
+    # Nobody crashed for it: the same processes, never respawned.
+    assert {name: _pid_of(rt, name) for name in pids} == pids
+    assert not rec.of("worker.exited")
 
 
 class GivesUp(Ticker):
@@ -292,18 +286,14 @@ class GivesUp(Ticker):
     restart = False
 
 
-def test_a_temporary_service_whose_tick_raises_such_text_says_goodbye_with_it() -> None:
-    rec = Recorder()
-    rt = Runtime(name="text-bye")
-    rt.register_process(rec)
-    rt.register_service(GivesUp("once"))
-    with rt:
-        (exited,) = rec.wait_for("worker.exited", timeout=30)
-        report = exited.payload.to_dict()
-        assert report["cause"] == "error" and ESCAPED in report["reason"], report
-        (failure,) = rec.wait_for("service.failure")
-        assert ESCAPED in failure.payload.to_dict()["error"]
-        assert ESCAPED in (failure.payload.to_dict()["traceback"] or "")
+def test_a_temporary_service_whose_tick_raises_such_text_says_goodbye_with_it(make_runtime: MakeRuntime) -> None:
+    _, rec = make_runtime("text-bye", GivesUp("once"))
+    (exited,) = rec.wait_for("worker.exited", timeout=30)
+    report = exited.payload.to_dict()
+    assert report["cause"] == "error" and ESCAPED in report["reason"], report
+    (failure,) = rec.wait_for("service.failure")
+    assert ESCAPED in failure.payload.to_dict()["error"]
+    assert ESCAPED in (failure.payload.to_dict()["traceback"] or "")
 
 
 class Port(Device):
@@ -331,31 +321,27 @@ class Port(Device):
 
 
 @pytest.mark.timeout(120)
-def test_a_device_raising_or_returning_such_text_fails_that_call_only() -> None:
-    rec = Recorder()
-    rt = Runtime(name="text-device")
-    rt.register_process(rec)
-    rt.attach_device(Port(id="port"))
-    with rt:
-        port = rt.device(Port, "port", timeout=60.0)
-        pid = port.call(Port.pid)
-        with pytest.raises(DeviceError) as raised:
-            port.call(Port.open)
-        assert raised.value.remote_type == "OSError" and ESCAPED in raised.value.remote_message
-        assert ESCAPED in raised.value.remote_traceback and ESCAPED in str(raised.value)
-        with pytest.raises(DeviceError) as flooded:
-            port.call(Port.flood)
-        assert "truncated" in flooded.value.remote_message and len(flooded.value.remote_message) <= MAX_TEXT
-        assert port.call(Port.pid) == pid
-        with pytest.raises(CallArgumentError):
-            port.call(Port.path)
-        assert port.call(Port.pid) == pid
-        with pytest.raises(CallArgumentError):
-            port.call(Port.blob)
-        with pytest.raises(CallArgumentError):
-            port.call(Port.same, BAD)  # refused before it is sent
-        assert port.call(Port.pid) == pid
-        assert not rec.of("worker.exited") and not rec.of("device.failed")
+def test_a_device_raising_or_returning_such_text_fails_that_call_only(make_runtime: MakeRuntime) -> None:
+    rt, rec = make_runtime("text-device", Port(id="port"))
+    port = rt.device(Port, "port", timeout=60.0)
+    pid = port.call(Port.pid)
+    with pytest.raises(DeviceError) as raised:
+        port.call(Port.open)
+    assert raised.value.remote_type == "OSError" and ESCAPED in raised.value.remote_message
+    assert ESCAPED in raised.value.remote_traceback and ESCAPED in str(raised.value)
+    with pytest.raises(DeviceError) as flooded:
+        port.call(Port.flood)
+    assert "truncated" in flooded.value.remote_message and len(flooded.value.remote_message) <= MAX_TEXT
+    assert port.call(Port.pid) == pid
+    with pytest.raises(CallArgumentError):
+        port.call(Port.path)
+    assert port.call(Port.pid) == pid
+    with pytest.raises(CallArgumentError):
+        port.call(Port.blob)
+    with pytest.raises(CallArgumentError):
+        port.call(Port.same, BAD)  # refused before it is sent
+    assert port.call(Port.pid) == pid
+    assert not rec.of("worker.exited") and not rec.of("device.failed")
 
 
 class Unplugged(Device):
@@ -368,19 +354,15 @@ class Unplugged(Device):
         raise OSError(f"cannot open {BAD}")
 
 
-def test_a_device_failing_to_connect_with_such_text_reports_start_failed() -> None:
-    rec = Recorder()
-    rt = Runtime(name="text-connect")
-    rt.register_process(rec)
-    rt.attach_device(Unplugged(id="tty"))
-    with rt:
-        (exited,) = rec.wait_for("worker.exited")
-        report = exited.payload.to_dict()
-        assert report["cause"] == "start_failed", report
-        assert ESCAPED in report["reason"]
-        (failed,) = rec.wait_for("device.failed")
-        assert ESCAPED in failed.payload.to_dict()["error"]
-        assert ESCAPED in (failed.payload.to_dict()["traceback"] or "")
+def test_a_device_failing_to_connect_with_such_text_reports_start_failed(make_runtime: MakeRuntime) -> None:
+    _, rec = make_runtime("text-connect", Unplugged(id="tty"))
+    (exited,) = rec.wait_for("worker.exited")
+    report = exited.payload.to_dict()
+    assert report["cause"] == "start_failed", report
+    assert ESCAPED in report["reason"]
+    (failed,) = rec.wait_for("device.failed")
+    assert ESCAPED in failed.payload.to_dict()["error"]
+    assert ESCAPED in (failed.payload.to_dict()["traceback"] or "")
 
 
 def test_a_control_call_to_a_method_raising_such_text_gets_one_clear_line() -> None:

@@ -6,9 +6,8 @@ import itertools
 
 import pytest
 
-from bussdcc import Context, Runtime, Service
+from bussdcc import Context, Runtime, Service, WorkerState
 from bussdcc.errors import RuntimeStateError, UnknownWorker, WorkerTimeout
-from bussdcc.supervisor._workers import WorkerState
 
 from ._helpers import Recorder
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from bussdcc import Event, Message, Runtime, WorkerState
+from bussdcc import Event, Message, WorkerState
 
-from ._helpers import Ping, Recorder
+from ._helpers import MakeRuntime, Ping
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 
@@ -27,25 +27,21 @@ def _numbered(n: int) -> Callable[[Event[Message]], bool]:
 
 @pytest.mark.soak
 @pytest.mark.timeout(SECONDS + 120)
-def test_chaos_for_a_while_then_a_clean_stop() -> None:
-    rec = Recorder()
+def test_chaos_for_a_while_then_a_clean_stop(make_runtime: MakeRuntime) -> None:
     sensor = FlakySensor(id="sensor")
     sensor.max_restarts = sensor.max_restarts * 100
     ctrl = Controller()
     ctrl.max_restarts = ctrl.max_restarts * 100
-    rt = Runtime(name="soak")
-    rt.register_process(rec)
-    rt.attach_device(sensor)
-    rt.register_service(ctrl)
-    with rt:
-        deadline = time.monotonic() + SECONDS
-        n = 0
-        while time.monotonic() < deadline:
-            n += 1
-            rt.emit(Ping(n=n))
-            rec.wait_for("test.ping", _numbered(n), timeout=5)
-            time.sleep(0.05)
-            rec.trim(1000)  # keep memory flat over a long run
-        states = {w.name: w.state for w in rt.workers()}
-        assert all(s in (WorkerState.RUNNING, WorkerState.STARTING, WorkerState.BACKOFF) for s in states.values())
+    rt, rec = make_runtime("soak", sensor, ctrl)
+    deadline = time.monotonic() + SECONDS
+    n = 0
+    while time.monotonic() < deadline:
+        n += 1
+        rt.emit(Ping(n=n))
+        rec.wait_for("test.ping", _numbered(n), timeout=30)
+        time.sleep(0.05)
+        rec.trim(1000)  # keep memory flat over a long run
+    states = {w.name: w.state for w in rt.workers()}
+    assert all(s in (WorkerState.RUNNING, WorkerState.STARTING, WorkerState.BACKOFF) for s in states.values())
+    rt.shutdown()
     assert sum(rt.stats().restarts.values()) > 0

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from bussdcc import Context, Device, Runtime, Service, WorkerState, message
-from bussdcc.errors import RegistrationError
+from bussdcc.errors import RegistrationError, UnknownWorker
 from bussdcc.kernel._components import tick_deadline
 
-from ._helpers import Recorder, Seq, Where, wait_until
+from ._helpers import MakeRuntime, Recorder, Seq, Where, lose_the_fork_server, wait_until
 
 
 class Exiter(Service):
@@ -106,33 +106,36 @@ class Steady(Service):
         ctx.emit(Seq(i=self.i))
 
 
-def test_a_crash_loop_under_default_policy_backs_off_then_gives_up_while_the_rest_runs() -> None:
-    rec = Recorder()
+@pytest.mark.parametrize("max_restarts", [None, 3], ids=["default-policy", "three-restarts"])
+def test_a_crash_loop_backs_off_then_gives_up_while_the_rest_runs(
+    make_runtime: MakeRuntime, max_restarts: int | None
+) -> None:
     loop = CrashLoop()
-    rt = Runtime(name="crashloop")
-    rt.register_process(rec)
-    rt.register_service(Steady())
-    rt.register_service(loop)
-    with rt:
-        rec.wait_for("worker.gave_up", timeout=20)
-        ticks_then = len(rec.of("test.seq"))
-        rec.wait_for("test.seq", count=ticks_then + 5)
-        assert _state(rt, "crashloop") is WorkerState.FAILED
-        assert _state(rt, "steady") is WorkerState.RUNNING
-        # A worker that dies right after starting may take its ready frame with it: count exits.
-        exits = [e for e in rec.of("worker.exited") if e.payload.to_dict()["worker"] == "crashloop"]
-        assert len(exits) == 1 + loop.max_restarts == 6  # the defaults: 5 restarts within 60 s
-        assert [w.incarnation for w in rt.workers() if w.name == "crashloop"] == [6]
-        assert rt.stats().restarts == {"steady": 0, "crashloop": 5}
-        (failure,) = rec.of("service.failure")
-        assert "5 restarts within 60s" in failure.payload.to_dict()["error"]
-        # The first respawn is immediate; each later one waits about twice as long (+-25% jitter).
-        delays = [e.payload.to_dict()["delay"] for e in rec.of("worker.backoff")]
-        assert delays[0] == 0.0
-        for n, delay in enumerate(delays[1:]):
-            expected = loop.backoff_initial * 2**n
-            assert expected * 0.75 <= delay <= expected * 1.25, (n, delay, delays)
-        assert [e.payload.to_dict()["attempt"] for e in rec.of("worker.backoff")] == [1, 2, 3, 4, 5]
+    if max_restarts is not None:
+        loop.max_restarts = max_restarts
+    n = loop.max_restarts
+    rt, rec = make_runtime("crashloop", Steady(), loop)
+    rec.wait_for("worker.gave_up", timeout=20)
+    ticks_then = len(rec.of("test.seq"))
+    rec.wait_for("test.seq", count=ticks_then + 5)
+    assert _state(rt, "crashloop") is WorkerState.FAILED
+    assert _state(rt, "steady") is WorkerState.RUNNING
+    # A worker that dies right after starting may take its ready frame with it: count exits.
+    exits = [e for e in rec.of("worker.exited") if e.payload.to_dict()["worker"] == "crashloop"]
+    assert len(exits) == 1 + n and (max_restarts is not None or n == 5)  # the defaults: 5 restarts within 60 s
+    assert [(w.incarnation, w.restarts) for w in rt.workers() if w.name == "crashloop"] == [(1 + n, n)]
+    assert rt.stats().restarts == {"steady": 0, "crashloop": n}
+    assert len(rec.of("service.restart")) == n
+    (failure,) = rec.of("service.failure")
+    assert failure.payload.to_dict()["service"] == "crashloop"
+    assert f"{n} restarts within 60s" in failure.payload.to_dict()["error"]
+    # The first respawn is immediate; each later one waits about twice as long (+-25% jitter).
+    delays = [e.payload.to_dict()["delay"] for e in rec.of("worker.backoff")]
+    assert delays[0] == 0.0
+    for k, delay in enumerate(delays[1:]):
+        expected = loop.backoff_initial * 2**k
+        assert expected * 0.75 <= delay <= expected * 1.25, (k, delay, delays)
+    assert [e.payload.to_dict()["attempt"] for e in rec.of("worker.backoff")] == list(range(1, n + 1))
 
 
 class SlowCrasher(Service):
@@ -152,15 +155,11 @@ class SlowCrasher(Service):
             os._exit(9)
 
 
-def test_backoff_starts_over_after_a_healthy_run() -> None:
-    rec = Recorder()
-    rt = Runtime(name="backoffreset")
-    rt.register_process(rec)
-    rt.register_service(SlowCrasher())
-    with rt:
-        backoffs = rec.wait_for("worker.backoff", count=3, timeout=20)
-        # Without the reset the second delay would be about 5 s.
-        assert [e.payload.to_dict()["delay"] for e in backoffs[:3]] == [0.0, 0.0, 0.0]
+def test_backoff_starts_over_after_a_healthy_run(make_runtime: MakeRuntime) -> None:
+    _, rec = make_runtime("backoffreset", SlowCrasher())
+    backoffs = rec.wait_for("worker.backoff", count=3, timeout=20)
+    # Without the reset the second delay would be about 5 s.
+    assert [e.payload.to_dict()["delay"] for e in backoffs[:3]] == [0.0, 0.0, 0.0]
 
 
 def test_shutdown_during_a_backoff_does_not_wait_for_it() -> None:
@@ -278,7 +277,10 @@ def test_groups_and_policies_are_validated_before_anything_starts() -> None:
         rt.register_group("g", [Member("s")], strategy="all_for_one")  # type: ignore[arg-type]
     with pytest.raises(RegistrationError, match="registered already"):
         rt.register_group("g", [Member("s"), Member("s")])
-    assert rt.workers() == [] and not rt._services, "a refused group registers none of its members"
+    assert rt.workers() == [], "a refused group registers none of its members"
+    for member in ("s", "d"):
+        with pytest.raises(UnknownWorker):
+            rt.component(member)
     cases: list[tuple[str, object, str]] = [
         ("restart", "sometimes", "restart must be True, False or one of"),
         ("max_rss", -1, "max_rss must be None or a positive int"),
@@ -295,24 +297,18 @@ def test_groups_and_policies_are_validated_before_anything_starts() -> None:
             rt.register_service(svc)
 
 
-def test_workers_status_reports_incarnation_restarts_uptime_and_usage() -> None:
-    rec = Recorder()
-    rt = Runtime(name="status")
-    rt.register_process(rec)
-    rt.register_service(Member("m"))
-    with rt:
-        (status,) = wait_until(lambda: [w for w in rt.workers() if w.rss is not None and w.cpu_percent is not None])
-        assert status.state is WorkerState.RUNNING and status.incarnation == 1
-        assert status.restarts == status.restarts_in_window == 0 and status.last_exit is None
-        assert status.uptime is not None and status.uptime > 0
-        assert status.rss > 1_000_000 and status.cpu_percent >= 0  # type: ignore[operator]
-        os.kill(status.pid or 0, signal.SIGKILL)
-        (status,) = wait_until(
-            lambda: [w for w in rt.workers() if w.incarnation == 2 and w.state is WorkerState.RUNNING]
-        )
-        assert status.restarts == status.restarts_in_window == 1
-        assert status.last_exit == "killed by SIGKILL"
-        assert rt.stats().restarts == {"m": 1}
+def test_workers_status_reports_incarnation_restarts_uptime_and_usage(make_runtime: MakeRuntime) -> None:
+    rt, _ = make_runtime("status", Member("m"))
+    (status,) = wait_until(lambda: [w for w in rt.workers() if w.rss is not None and w.cpu_percent is not None])
+    assert status.state is WorkerState.RUNNING and status.incarnation == 1
+    assert status.restarts == status.restarts_in_window == 0 and status.last_exit is None
+    assert status.uptime is not None and status.uptime > 0
+    assert status.rss > 1_000_000 and status.cpu_percent >= 0  # type: ignore[operator]
+    os.kill(status.pid or 0, signal.SIGKILL)
+    (status,) = wait_until(lambda: [w for w in rt.workers() if w.incarnation == 2 and w.state is WorkerState.RUNNING])
+    assert status.restarts == status.restarts_in_window == 1
+    assert status.last_exit == "killed by SIGKILL"
+    assert rt.stats().restarts == {"m": 1}
 
 
 def test_shutdown_during_a_group_restart_respawns_nothing_and_does_not_wait() -> None:
@@ -383,10 +379,7 @@ def test_losing_the_fork_server_during_a_group_restart_halts_the_runtime() -> No
     try:
         os.kill(_pids(rt)["b"] or 0, signal.SIGKILL)
         wait_until(lambda: _state(rt, "c") is WorkerState.STOPPING, what="the group restart to stop c")
-        assert rt._fork is not None
-        os.kill(rt._fork.pid, signal.SIGKILL)
-        assert rt.wait(timeout=20), "the runtime halts by itself"
-        assert rt.halt_reason is not None and "fork server" in rt.halt_reason
+        lose_the_fork_server(rt)
         assert not [e for e in rec.of("worker.started") if e.payload.to_dict()["incarnation"] > 1]
     finally:
         rt.shutdown()

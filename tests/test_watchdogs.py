@@ -6,8 +6,6 @@ import ctypes
 import os
 import signal
 import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import pytest
 
 from bussdcc import Context, Device, Event, Message, Process, Runtime, Service, WorkerState, message
 
-from ._helpers import Recorder, Seq, Where, wait_until
+from ._helpers import MakeRuntime, Recorder, Seq, Where, first_incarnation, lose_the_fork_server, wait_until
 
 
 class FirstOnly(Service):
@@ -26,10 +24,7 @@ class FirstOnly(Service):
     marker = ""
 
     def first(self) -> bool:
-        if os.path.exists(self.marker):
-            return False
-        open(self.marker, "w").close()
-        return True
+        return first_incarnation(self.marker)
 
 
 class Hanger(FirstOnly):
@@ -60,27 +55,23 @@ class Hanger(FirstOnly):
         ("gil", "hung: no heartbeat for"),
     ],
 )
-def test_a_hung_worker_is_killed_and_replaced(how: str, reason: str, tmp_path: Path) -> None:
-    rec = Recorder()
+def test_a_hung_worker_is_killed_and_replaced(make_runtime: MakeRuntime, how: str, reason: str, tmp_path: Path) -> None:
     svc = Hanger()
     svc.how = how
     svc.marker = str(tmp_path / "hung")
     if how == "gil":
         svc.tick_timeout = 60.0  # only the heartbeat can tell
-    rt = Runtime(name=f"hang-{how}")
-    rt.register_process(rec)
-    rt.register_service(svc)
-    with rt:
-        (hung,) = rec.wait_for("worker.hung")
-        first_pid = rec.of("test.where")[0].payload.to_dict()["pid"]
-        assert hung.payload.to_dict()["pid"] == first_pid
-        assert hung.payload.to_dict()["reason"].startswith(reason)
-        (exited,) = rec.wait_for("worker.exited")
-        assert isinstance(exited.payload, message.WorkerExited)
-        assert exited.payload.cause == "hung" and exited.payload.signal == "SIGKILL" and exited.payload.abnormal
-        rec.wait_for("test.where", lambda e: e.payload.to_dict()["pid"] != first_pid)
-        (status,) = rt.workers()
-        assert status.incarnation == 2 and status.last_exit is not None and status.last_exit.startswith(reason)
+    rt, rec = make_runtime(f"hang-{how}", svc)
+    (hung,) = rec.wait_for("worker.hung")
+    first_pid = rec.of("test.where")[0].payload.to_dict()["pid"]
+    assert hung.payload.to_dict()["pid"] == first_pid
+    assert hung.payload.to_dict()["reason"].startswith(reason)
+    (exited,) = rec.wait_for("worker.exited")
+    assert isinstance(exited.payload, message.WorkerExited)
+    assert exited.payload.cause == "hung" and exited.payload.signal == "SIGKILL" and exited.payload.abnormal
+    rec.wait_for("test.where", lambda e: e.payload.to_dict()["pid"] != first_pid)
+    (status,) = rt.workers()
+    assert status.incarnation == 2 and status.last_exit is not None and status.last_exit.startswith(reason)
 
 
 class StuckConnect(Device):
@@ -92,19 +83,15 @@ class StuckConnect(Device):
         time.sleep(3600)
 
 
-def test_a_connect_past_its_deadline_is_a_hang_and_boot_goes_on() -> None:
-    rec = Recorder()
-    rt = Runtime(name="stuckconnect")
-    rt.register_process(rec)
-    rt.attach_device(StuckConnect(id="plc"))
-    with rt:
-        assert rt.booted
-        (hung,) = rec.of("worker.hung")
-        assert hung.payload.to_dict()["reason"] == "hung: connect ran longer than start_timeout 0.5s"
-        (exited,) = rec.of("worker.exited")
-        assert exited.payload.to_dict()["cause"] == "hung"
-        assert rec.of("device.failed") and rec.of("worker.gave_up")
-        assert [w.state for w in rt.workers()] == [WorkerState.FAILED]
+def test_a_connect_past_its_deadline_is_a_hang_and_boot_goes_on(make_runtime: MakeRuntime) -> None:
+    rt, rec = make_runtime("stuckconnect", StuckConnect(id="plc"))
+    assert rt.booted
+    (hung,) = rec.of("worker.hung")
+    assert hung.payload.to_dict()["reason"] == "hung: connect ran longer than start_timeout 0.5s"
+    (exited,) = rec.of("worker.exited")
+    assert exited.payload.to_dict()["cause"] == "hung"
+    assert rec.of("device.failed") and rec.of("worker.gave_up")
+    assert [w.state for w in rt.workers()] == [WorkerState.FAILED]
 
 
 class Hog(FirstOnly):
@@ -139,22 +126,18 @@ class Spinner(FirstOnly):
 
 
 @pytest.mark.parametrize("kind", ["rss", "cpu"])
-def test_a_worker_over_its_limit_is_killed_and_respawned(kind: str, tmp_path: Path) -> None:
-    rec = Recorder()
+def test_a_worker_over_its_limit_is_killed_and_respawned(make_runtime: MakeRuntime, kind: str, tmp_path: Path) -> None:
     svc: FirstOnly = Hog() if kind == "rss" else Spinner()
     svc.marker = str(tmp_path / "over")
-    rt = Runtime(name=f"limit-{kind}")
-    rt.register_process(rec)
-    rt.register_service(svc)
-    with rt:
-        (breach,) = rec.wait_for("worker.limit_exceeded", timeout=20)
-        info = breach.payload.to_dict()
-        assert info["limit"] == kind and info["value"] > info["maximum"]
-        assert info["reason"].startswith(f"{kind}_limit: ")
-        (exited,) = rec.wait_for("worker.exited")
-        assert exited.payload.to_dict()["cause"] == f"{kind}_limit"
-        starts = rec.wait_for("test.where", count=2)
-        assert starts[0].payload.to_dict()["pid"] != starts[1].payload.to_dict()["pid"]
+    _, rec = make_runtime(f"limit-{kind}", svc)
+    (breach,) = rec.wait_for("worker.limit_exceeded", timeout=20)
+    info = breach.payload.to_dict()
+    assert info["limit"] == kind and info["value"] > info["maximum"]
+    assert info["reason"].startswith(f"{kind}_limit: ")
+    (exited,) = rec.wait_for("worker.exited")
+    assert exited.payload.to_dict()["cause"] == f"{kind}_limit"
+    starts = rec.wait_for("test.where", count=2)
+    assert starts[0].payload.to_dict()["pid"] != starts[1].payload.to_dict()["pid"]
 
 
 class Spawner(Service):
@@ -178,69 +161,21 @@ def _gone(pid: int) -> bool:
 
 
 @pytest.mark.parametrize("own_session", [False, True], ids=["same-group", "own-session"])
-def test_helpers_of_a_worker_die_with_it_when_killed_respawned_or_stopped(own_session: bool) -> None:
-    rec = Recorder()
+def test_helpers_of_a_worker_die_with_it_when_killed_respawned_or_stopped(
+    make_runtime: MakeRuntime, own_session: bool
+) -> None:
     svc = Spawner()
     svc.own_session = own_session
-    rt = Runtime(name="helpers")
-    rt.register_process(rec)
-    rt.register_service(svc)
-    with rt:
-        first = rec.wait_for("test.where")[0].payload.to_dict()["pid"]
-        assert not _gone(first)
-        (status,) = rt.workers()
-        os.kill(status.pid or 0, signal.SIGKILL)
-        wait_until(lambda: _gone(first), timeout=5, what="the killed worker's helper to go")
-        second = rec.wait_for("test.where", count=2)[1].payload.to_dict()["pid"]
-        assert not _gone(second)
+    rt, rec = make_runtime("helpers", svc)
+    first = rec.wait_for("test.where")[0].payload.to_dict()["pid"]
+    assert not _gone(first)
+    (status,) = rt.workers()
+    os.kill(status.pid or 0, signal.SIGKILL)
+    wait_until(lambda: _gone(first), timeout=30, what="the killed worker's helper to go")
+    second = rec.wait_for("test.where", count=2)[1].payload.to_dict()["pid"]
+    assert not _gone(second)
+    rt.shutdown()
     assert _gone(second), "a stopped worker's helper is gone once shutdown returns"
-
-
-def test_helpers_die_when_the_parent_is_sigkilled(tmp_path: Path, run_base: Path) -> None:
-    script = tmp_path / "app.py"
-    script.write_text(
-        textwrap.dedent(
-            """
-            import subprocess, sys, threading
-            from bussdcc import Runtime, Service
-
-            class Spawner(Service):
-                interval = 3600.0
-
-                def __init__(self, name, own_session):
-                    self.name, self.own_session = name, own_session
-
-                def start(self, ctx):
-                    helper = subprocess.Popen(["sleep", "1000"], start_new_session=self.own_session)
-                    ctx.state.set(f"helper.{self.name}", helper.pid)
-
-            rt = Runtime(name="orphans")
-            rt.register_service(Spawner("grouped", False))
-            rt.register_service(Spawner("detached", True))
-            rt.boot()
-            ready = threading.Event()
-            while rt.state.get("helper.grouped") is None or rt.state.get("helper.detached") is None:
-                ready.wait(0.01)
-            print(rt.state.get("helper.grouped"), rt.state.get("helper.detached"), flush=True)
-            threading.Event().wait()
-            """
-        )
-    )
-    app = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert app.stdout is not None
-        helpers = [int(pid) for pid in app.stdout.readline().split()]
-        assert len(helpers) == 2 and not any(_gone(pid) for pid in helpers)
-        app.kill()
-        app.wait()
-        wait_until(lambda: all(_gone(pid) for pid in helpers), timeout=5, what="the helpers to go")
-        # The orphaned fork server removes the run directory last; it is no child of ours to wait for.
-        wait_until(lambda: not any(run_base.iterdir()), timeout=10, what="the run directory to go")
-    finally:
-        app.kill()
-        app.wait()
-        if app.stdout is not None:
-            app.stdout.close()
 
 
 class Producer(Service):
@@ -303,15 +238,11 @@ def _zombies() -> list[int]:
     return out
 
 
-def test_orphans_a_live_worker_leaves_are_reaped() -> None:
-    rec = Recorder()
-    rt = Runtime(name="zombies")
-    rt.register_process(rec)
-    rt.register_service(Backgrounder())
-    with rt:
-        rec.wait_for("test.where", count=30)
-        wait_until(lambda: not _zombies(), timeout=10, what="no zombies left")
-        assert [w.incarnation for w in rt.workers()] == [1]
+def test_orphans_a_live_worker_leaves_are_reaped(make_runtime: MakeRuntime) -> None:
+    rt, rec = make_runtime("zombies", Backgrounder())
+    rec.wait_for("test.where", count=30)
+    wait_until(lambda: not _zombies(), timeout=10, what="no zombies left")
+    assert [w.incarnation for w in rt.workers()] == [1]
 
 
 def test_losing_the_fork_server_kills_the_helpers_of_its_workers() -> None:
@@ -322,9 +253,7 @@ def test_losing_the_fork_server_kills_the_helpers_of_its_workers() -> None:
     rt.boot()
     try:
         helper = rec.wait_for("test.where")[0].payload.to_dict()["pid"]
-        assert rt._fork is not None
-        os.kill(rt._fork.pid, signal.SIGKILL)
-        assert rt.wait(timeout=20)
-        wait_until(lambda: _gone(helper), timeout=5, what="the helper to go")
+        lose_the_fork_server(rt)
+        wait_until(lambda: _gone(helper), timeout=30, what="the helper to go")
     finally:
         rt.shutdown()

@@ -40,19 +40,14 @@ from ._calls import ParentPort
 from ._dispatch import Dispatch, Receiver
 from ._flow import weigh
 from ._forksafety import threads_fault
-from ._forkserver import ForkServer
-from ._hub import Hub
 from ._lifecycle import Lifecycle, Phase
 from ._managed import RuntimeStats
 from ._management import WorkerManagement
 from ._registry import Registry
 from ._rundir import default_name
 from ._specs import check_group
-from ._supervisor import Supervisor
-from ._workers import WorkerState, WorkerStatus
+from ._workers import WorkerStatus
 
-_BOOT_GRACE = 5.0
-_IDLE = (WorkerState.STOPPED, WorkerState.FAILED)
 D = TypeVar("D", bound=Device)
 
 
@@ -126,23 +121,6 @@ class Runtime(WorkerManagement):
         """The private run directory while the runtime is up."""
         parts = self._parts
         return parts.run_dir if parts is not None else None
-
-    # Kept for tests written against the internals; the public API above and below replaces them.
-    @property
-    def _sup(self) -> Supervisor | None:
-        return self._parts.supervisor if self._parts is not None else None
-
-    @property
-    def _hub(self) -> Hub | None:
-        return self._parts.hub if self._parts is not None else None
-
-    @property
-    def _fork(self) -> ForkServer | None:
-        return self._parts.fork if self._parts is not None else None
-
-    @property
-    def _services(self) -> dict[str, Service]:
-        return self._registry.services
 
     # ---- registration -----------------------------------------------------------------
 
