@@ -34,7 +34,8 @@ from ._workers import WorkerState
 
 if TYPE_CHECKING:
     from ._dispatcher import Dispatcher
-    from ._hub import Hub, Timer
+    from ._hub import Hub
+    from ._timers import Timer
     from ._workers import Incarnation, Worker
 
 # Call ids are unique for the life of the process, so no reply can ever match a later call.

@@ -29,9 +29,9 @@ from ..kernel._layout import control_endpoint, write_identity
 from ..kernel.protocol import RECENT
 from . import _control_ops as ops
 from ._flow import SUBSCRIBER_BYTES, weigh
-from ._hub import ZAP_ENDPOINT, plain_server, zap_replies
 from ._managed import ManagedRuntime
 from ._wake import WakePipe
+from ._zap import ZAP_ENDPOINT, plain_server, zap_replies
 
 #: Dispatched messages queued for subscribers before newer ones are dropped.
 _MAX_QUEUED = 10_000

@@ -22,9 +22,9 @@ from ..kernel._vocab import ExitCause
 from ._books import Books, SpawnRefused
 from ._cgroup import oom_kills
 from ._groups import Group, Plan
-from ._hub import Timer
 from ._policy import GiveUp, History, Policy, Respawn, Stop, decide, exit_kind
 from ._stopping import Stopping
+from ._timers import Timer
 from ._watchdog import Verdict
 from ._workers import Incarnation, Worker, WorkerState
 

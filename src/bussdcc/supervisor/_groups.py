@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Protocol, assert_never
 
 from ..kernel import Strategy
-from ._hub import Timer
+from ._timers import Timer
 from ._workers import Worker, WorkerState
 
 

@@ -7,8 +7,6 @@ frame or report arrived or because another thread queued a call with
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import os
 import threading
 import time
@@ -24,7 +22,9 @@ import zmq
 from ..errors import BootError, RuntimeStateError
 from ..kernel import protocol as p
 from ._flow import OUTBOX_BYTES, QUEUE_BYTES, weigh
+from ._timers import Timer, Timers
 from ._wake import WakePipe
+from ._zap import ZAP_ENDPOINT, plain_server, zap_replies
 
 T = TypeVar("T")
 
@@ -35,40 +35,8 @@ _READ_BURST = 256
 _RETRY = 0.002
 #: A peer that has not completed the ZMTP handshake within this is disconnected (its fd freed).
 HANDSHAKE_MS = 5000
-#: Where libzmq asks a context's ZAP handler whether a peer may complete its handshake (RFC 27).
-ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 #: The ZAP domain of the workers' endpoint (a ZAP handler serves only its own).
 WORKERS_DOMAIN = b"bussdcc-workers"
-
-
-def zap_replies(zap: zmq.Socket[bytes], admit: Callable[[bytes, bytes, bytes], bool]) -> None:
-    """Answer every ZAP request waiting on ``zap`` (a REP socket) with ``admit(domain, username, password)``.
-
-    Served inline by the thread that owns the authenticated socket's context,
-    never from a thread of its own: a handshake waits for this answer, so it
-    must come promptly whatever else that thread is doing. Request frames
-    (RFC 27): version, request id, domain, address, routing id, mechanism,
-    then the mechanism's credentials (PLAIN: username, password).
-    """
-    while cast(int, zap.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-        frames = zap.recv_multipart(zmq.NOBLOCK)
-        request_id = frames[1] if len(frames) > 1 else b""
-        ok = False
-        if len(frames) == 8 and frames[0] == b"1.0" and frames[5] == b"PLAIN":
-            try:
-                ok = admit(frames[2], frames[6], frames[7])
-            except Exception:
-                traceback.print_exc()  # refused: a fault here must never admit anyone
-        if ok:
-            zap.send_multipart([b"1.0", request_id, b"200", b"OK", frames[6], b""])
-        else:
-            zap.send_multipart([b"1.0", request_id, b"400", b"not a peer of this runtime", b"", b""])
-
-
-def plain_server(sock: zmq.Socket[bytes], domain: bytes) -> None:
-    """Make ``sock`` admit only peers its context's ZAP handler accepts (PLAIN; bind the handler first)."""
-    sock.setsockopt(zmq.PLAIN_SERVER, 1)
-    sock.setsockopt(zmq.ZAP_DOMAIN, domain)
 
 
 class HubClient(Protocol):
@@ -89,38 +57,6 @@ class HubClient(Protocol):
     def delivery_targets(self) -> list[bytes]: ...
 
 
-class Timer:
-    """A cancellable callback scheduled on the hub thread."""
-
-    __slots__ = ("cancelled", "fn", "when")
-
-    def __init__(self, when: float, fn: Callable[[], None]) -> None:
-        self.when = when
-        self.fn = fn
-        self.cancelled = False
-
-    def cancel(self) -> None:
-        """Do not run the callback."""
-        self.cancelled = True
-
-
-class Periodic:
-    """A job the hub runs every period until cancelled, or until it returns False."""
-
-    __slots__ = ("cancelled", "done", "timer")
-
-    def __init__(self) -> None:
-        self.cancelled = False
-        self.done = False
-        self.timer: Timer | None = None
-
-    def cancel(self) -> None:
-        """Run it no more."""
-        self.cancelled = True
-        if self.timer is not None:
-            self.timer.cancel()
-
-
 class Hub:
     """Owns the ROUTER socket the workers connect to."""
 
@@ -130,8 +66,12 @@ class Hub:
         self._client = client
         self._calls: deque[Callable[[], None]] = deque()
         self._waker = WakePipe()
-        self._timers: list[tuple[float, int, Timer]] = []
-        self._counter = itertools.count()
+        #: The hub thread's timers and periodic jobs (their faults reported through the client).
+        self.timers = Timers(client.on_fault)
+        self.call_later = self.timers.call_later
+        self.every = self.timers.every
+        self.fault = self.timers.fault
+        self.recovered = self.timers.recovered
         self._running = True
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -147,7 +87,6 @@ class Hub:
         self._room_waiters = 0
         #: Set when the runtime starts shutting down: emitters stop waiting for room.
         self.closing = False
-        self._faults: dict[str, str] = {}  # part -> the fault last reported for it, until it recovers
         #: Whether new workers can connect (the endpoint's path is there); not while fds run short.
         self.accepting = True
 
@@ -241,54 +180,6 @@ class Hub:
                     raise RuntimeStateError("the runtime's hub thread ended before the call ran") from None
                 if deadline is not None and time.monotonic() >= deadline:
                     raise
-
-    def call_later(self, delay: float, fn: Callable[[], None]) -> Timer:
-        """Run ``fn`` on the hub thread after ``delay`` seconds (hub thread only)."""
-        timer = Timer(time.monotonic() + delay, fn)
-        heapq.heappush(self._timers, (timer.when, next(self._counter), timer))
-        return timer
-
-    def every(self, period: float, fn: Callable[[], bool | None], part: str) -> Periodic:
-        """Run ``fn`` every ``period`` seconds (hub thread only) until it returns False or is cancelled.
-
-        An exception of ``fn`` never ends the job: it is reported once (``runtime.fault``
-        for ``part``) and ``fn`` runs again next period, like any other time.
-        """
-        job = Periodic()
-
-        def run() -> None:
-            keep = True
-            try:
-                keep = fn() is not False
-                self.recovered(part)
-            except BootError:
-                raise  # the fork server is gone: the loop's own handling, not a fault of this job
-            except Exception as exc:
-                self.fault(part, type(exc).__name__, exc)
-            finally:
-                if keep and not job.cancelled:
-                    job.timer = self.call_later(period, run)
-                else:
-                    job.done = True
-
-        job.timer = self.call_later(period, run)
-        return job
-
-    def fault(self, part: str, kind: str, error: BaseException | str) -> None:
-        """Report a fault of the hub's own machinery once, until ``part`` recovers (hub thread only)."""
-        text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-        if self._faults.get(part) == text:
-            return
-        self._faults[part] = text
-        try:
-            self._client.on_fault(part, kind, text)
-        except Exception:
-            traceback.print_exc()  # reporting must never be what ends the job
-
-    def recovered(self, part: str) -> None:
-        """``part`` works again: its next fault is news (hub thread only)."""
-        if self._faults:
-            self._faults.pop(part, None)
 
     # ---- sending (hub thread only) ---------------------------------------------------
 
@@ -428,7 +319,7 @@ class Hub:
             self._client.on_fork_readable()
         if sock in events:
             self._read_frames(sock)
-        self._run_due_timers()
+        self.timers.run_due()
         if not self.congested:  # else leave events in the outbox: emitters feel the back-pressure
             self.flush_outbox()
 
@@ -436,32 +327,11 @@ class Hub:
         return domain == WORKERS_DOMAIN and self._client.admit(username, password)
 
     def _next_timeout(self) -> int | None:
-        if self._calls:
-            return 0
-        while self._timers and self._timers[0][2].cancelled:
-            heapq.heappop(self._timers)
-        if not self._timers:
-            return None
-        return max(0, int((self._timers[0][0] - time.monotonic()) * 1000) + 1)
+        return 0 if self._calls else self.timers.next_timeout()
 
     def _run_calls(self) -> None:
         while self._calls:
             self._calls.popleft()()
-
-    def _run_due_timers(self) -> None:
-        now = time.monotonic()
-        while self._timers and self._timers[0][0] <= now:
-            _, _, timer = heapq.heappop(self._timers)
-            if timer.cancelled:
-                continue
-            try:
-                timer.fn()
-            except BootError:
-                raise
-            except Exception as exc:
-                # One timer's fault must not hold up the others due now, nor go unsaid.
-                name = getattr(timer.fn, "__qualname__", "a timer")
-                self.fault("timers", type(exc).__name__, f"{name}: {type(exc).__name__}: {exc}")
 
     def _read_frames(self, sock: zmq.Socket[bytes]) -> None:
         # Asking EVENTS is far cheaper than ending each burst on a zmq.Again.

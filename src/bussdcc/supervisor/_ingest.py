@@ -16,7 +16,7 @@ from ..kernel import _builtin as m
 from ..kernel import protocol as p
 from ._books import Books
 from ._cgroup import oom_counter
-from ._hub import Timer
+from ._timers import Timer
 from ._workers import Incarnation, Worker
 
 #: Frames from no verified worker are reported at once, then at most once per this many seconds.

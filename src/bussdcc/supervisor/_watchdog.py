@@ -17,7 +17,7 @@ import psutil
 from ..kernel import Device, Service
 from ..kernel._boundary import SlotTable
 from ._books import Books
-from ._hub import Periodic
+from ._timers import Periodic
 from ._workers import Incarnation, Usage, Worker
 
 #: How often the hub looks at its live workers (seconds).

@@ -15,8 +15,8 @@ from ..kernel import Device, Service
 from ..kernel import protocol as p
 from ..kernel._components import handles_events
 from ..kernel._vocab import ExitCause, Role
-from ._hub import Timer
 from ._states import Intent, WorkerState, transition
+from ._timers import Timer
 
 __all__ = ["Incarnation", "Usage", "Worker", "WorkerState", "WorkerStatus"]
 
