@@ -59,7 +59,10 @@ def _handshake(path: Path, credentials: tuple[bytes, bytes] | None) -> tuple[int
     seen = 0
     try:
         sock.connect(f"ipc://{path}")
-        sock.send(b"\x93hello?", zmq.NOBLOCK)  # queued: sent only if the handshake completes
+        try:
+            sock.send(b"\x93hello?", zmq.NOBLOCK)  # queued: sent only if the handshake completes
+        except zmq.Again:
+            pass  # turned away already, its pipe gone: there is nothing to queue the request on
         deadline = time.monotonic() + 30
         # Turned away: a handshake failure, then the connection closed by one side or the other.
         while not (seen & _FAILED and seen & zmq.EVENT_DISCONNECTED) and time.monotonic() < deadline:
