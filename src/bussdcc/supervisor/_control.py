@@ -15,6 +15,7 @@ import hmac
 import os
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +32,7 @@ from . import _control_ops as ops
 from ._flow import SUBSCRIBER_BYTES, weigh
 from ._managed import ManagedRuntime
 from ._wake import WakePipe
-from ._zap import ZAP_ENDPOINT, plain_server, zap_replies
+from ._zap import close_router, open_router, zap_replies
 
 #: Dispatched messages queued for subscribers before newer ones are dropped.
 _MAX_QUEUED = 10_000
@@ -181,30 +182,23 @@ class ControlServer:
     # ---- the thread ---------------------------------------------------------------
 
     def _main(self) -> None:
-        zctx = zmq.Context(io_threads=1)
-        # Bound before the ROUTER: a PLAIN server with no ZAP handler would admit anyone.
-        zap: zmq.Socket[bytes] = zctx.socket(zmq.REP)
-        sock: zmq.Socket[bytes] = zctx.socket(zmq.ROUTER)
+        # Only holders of the secret complete the handshake: a stranger cannot keep a
+        # connection, hence an fd of the parent (where libzmq's ipc listener aborts the
+        # process on EMFILE). The secret is still checked in each request too.
+        options = {
+            zmq.ROUTER_MANDATORY: 1,
+            zmq.MAXMSGSIZE: _MAX_REQUEST,
+            zmq.SNDHWM: _SUB_HWM,
+            zmq.LINGER: 0,
+            zmq.HANDSHAKE_IVL: _HANDSHAKE_MS,
+        }
         try:
-            zap.setsockopt(zmq.LINGER, 0)
-            zap.bind(ZAP_ENDPOINT)
-            # Only holders of the secret complete the handshake: a stranger cannot keep a
-            # connection, hence an fd of the parent (where libzmq's ipc listener aborts the
-            # process on EMFILE). The secret is still checked in each request too.
-            plain_server(sock, CONTROL_DOMAIN)
-            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-            sock.setsockopt(zmq.MAXMSGSIZE, _MAX_REQUEST)
-            sock.setsockopt(zmq.SNDHWM, _SUB_HWM)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.HANDSHAKE_IVL, _HANDSHAKE_MS)
-            sock.bind(self.endpoint)
+            router = open_router(self.endpoint, CONTROL_DOMAIN, options)
         except zmq.ZMQError as exc:
             self._error = exc
-            sock.close(0)
-            zap.close(0)
-            zctx.term()
             self._ready.set()
             return
+        _, zap, sock = router
         self._sock = sock
         self._ready.set()
         self._zap = zap
@@ -217,16 +211,12 @@ class ControlServer:
                 try:
                     self._iterate(sock)
                 except Exception:
-                    import traceback
-
                     traceback.print_exc()  # a bug here must not end the control plane
         finally:
             for fd in self._watched:
                 os.close(fd)
             self._sock = None
-            sock.close(0)
-            zap.close(0)
-            zctx.term()
+            close_router(router)
 
     def _iterate(self, sock: zmq.Socket[bytes]) -> None:
         events = dict(self._poller.poll(1000))

@@ -24,7 +24,7 @@ from ..kernel import protocol as p
 from ._flow import OUTBOX_BYTES, QUEUE_BYTES, weigh
 from ._timers import Timer, Timers
 from ._wake import WakePipe
-from ._zap import ZAP_ENDPOINT, plain_server, zap_replies
+from ._zap import close_router, open_router, zap_replies
 
 T = TypeVar("T")
 
@@ -252,33 +252,26 @@ class Hub:
     # ---- the loop ---------------------------------------------------------------
 
     def _main(self) -> None:
-        zctx = zmq.Context(io_threads=1)
-        # Bound before the ROUTER: a PLAIN server with no ZAP handler would admit anyone.
-        zap: zmq.Socket[bytes] = zctx.socket(zmq.REP)
-        sock: zmq.Socket[bytes] = zctx.socket(zmq.ROUTER)
+        # Only a process holding a live incarnation's routing id and token completes the
+        # handshake: a stranger cannot keep a connection (an fd of the parent) open. That
+        # matters beyond fairness: libzmq 4.3's ipc listener asserts that accept() failed
+        # with anything but EMFILE (ipc_listener.cpp, errno_assert), so running out of fds
+        # while a peer connects aborts the whole parent.
+        options = {
+            zmq.ROUTER_MANDATORY: 1,
+            zmq.RCVHWM: _HWM,
+            zmq.SNDHWM: _HWM,
+            zmq.MAXMSGSIZE: p.MAX_FRAME,
+            zmq.LINGER: 0,
+            zmq.HANDSHAKE_IVL: HANDSHAKE_MS,
+        }
         try:
-            zap.setsockopt(zmq.LINGER, 0)
-            zap.bind(ZAP_ENDPOINT)
-            # Only a process holding a live incarnation's routing id and token completes the
-            # handshake: a stranger cannot keep a connection (an fd of the parent) open. That
-            # matters beyond fairness: libzmq 4.3's ipc listener asserts that accept() failed
-            # with anything but EMFILE (ipc_listener.cpp, errno_assert), so running out of fds
-            # while a peer connects aborts the whole parent.
-            plain_server(sock, WORKERS_DOMAIN)
-            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-            sock.setsockopt(zmq.RCVHWM, _HWM)
-            sock.setsockopt(zmq.SNDHWM, _HWM)
-            sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_FRAME)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
-            sock.bind(self.endpoint)
+            router = open_router(self.endpoint, WORKERS_DOMAIN, options)
         except zmq.ZMQError as exc:
             self._error = exc
-            sock.close(0)
-            zap.close(0)
-            zctx.term()
             self._ready.set()
             return
+        _, zap, sock = router
         self.sock = sock
         self._ready.set()
         poller = zmq.Poller()
@@ -299,9 +292,7 @@ class Hub:
                     traceback.print_exc()
         finally:
             self.sock = None
-            sock.close(0)
-            zap.close(0)
-            zctx.term()
+            close_router(router)
             self._waker.close()
 
     def _iterate(self, poller: zmq.Poller, sock: zmq.Socket[bytes], zap: zmq.Socket[bytes]) -> None:

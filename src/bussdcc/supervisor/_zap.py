@@ -9,8 +9,8 @@ never holds a connection, hence a file descriptor, of the parent.
 from __future__ import annotations
 
 import traceback
-from collections.abc import Callable
-from typing import cast
+from collections.abc import Callable, Mapping
+from typing import TypeAlias, cast
 
 import zmq
 
@@ -46,3 +46,37 @@ def plain_server(sock: zmq.Socket[bytes], domain: bytes) -> None:
     """Make ``sock`` admit only peers its context's ZAP handler accepts (PLAIN; bind the handler first)."""
     sock.setsockopt(zmq.PLAIN_SERVER, 1)
     sock.setsockopt(zmq.ZAP_DOMAIN, domain)
+
+
+Router: TypeAlias = tuple["zmq.Context[zmq.Socket[bytes]]", "zmq.Socket[bytes]", "zmq.Socket[bytes]"]
+
+
+def open_router(endpoint: str, domain: bytes, options: Mapping[zmq.SocketOption, int]) -> Router:
+    """A context of its own, its ZAP handler's socket, and a PLAIN ROUTER with ``options`` bound to ``endpoint``.
+
+    The handler is bound before the ROUTER: a PLAIN server with no ZAP handler would
+    admit anyone. The owner serves the handler (:func:`zap_replies`) in its own poll
+    loop. On failure everything made is closed and the ``zmq.ZMQError`` raised.
+    """
+    zctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context(io_threads=1)
+    zap: zmq.Socket[bytes] = zctx.socket(zmq.REP)
+    sock: zmq.Socket[bytes] = zctx.socket(zmq.ROUTER)
+    try:
+        zap.setsockopt(zmq.LINGER, 0)
+        zap.bind(ZAP_ENDPOINT)
+        plain_server(sock, domain)
+        for option, value in options.items():
+            sock.setsockopt(option, value)
+        sock.bind(endpoint)
+    except zmq.ZMQError:
+        close_router((zctx, zap, sock))
+        raise
+    return zctx, zap, sock
+
+
+def close_router(router: Router) -> None:
+    """Close what :func:`open_router` made (idempotent)."""
+    zctx, zap, sock = router
+    sock.close(0)
+    zap.close(0)
+    zctx.term()
