@@ -181,7 +181,7 @@ class Peer:
         self.send(frame)
         while (left := deadline - time.monotonic()) > 0:
             if self.sock.poll(int(left * 1000)):
-                got = p.decode_parent_frame(self.sock.recv())
+                got = p.decode(self.sock.recv(), p.PARENT_FRAMES)
                 if isinstance(got, p.Reply) and got.call_id == frame.call_id:
                     return got
         raise AssertionError(f"no reply to call {frame.call_id} within {timeout}s")

@@ -186,7 +186,7 @@ def test_a_client_without_the_secret_is_refused(live: tuple[ThreadedRuntime, Rec
         ):
             sock.send(data)
             assert sock.poll(10_000)
-            reply = p.decode_control_reply(sock.recv())
+            reply = p.decode(sock.recv(), p.CONTROL_REPLIES)
             assert isinstance(reply, p.Refused), reply
         # A subscription that was refused receives nothing.
         rt.emit(Ping(n=1))
@@ -636,7 +636,7 @@ def test_a_slow_subscriber_misses_messages_counted_and_never_slows_dispatch(
     try:
         sock.send(p.encode(p.SubscribeRequest(secret)))
         assert sock.poll(10_000)
-        assert isinstance(p.decode_control_reply(sock.recv()), p.Done)
+        assert isinstance(p.decode(sock.recv(), p.CONTROL_REPLIES), p.Done)
         total = 30_000
         for n in range(total):  # nobody reads the subscription meanwhile
             rt.emit(Ping(n=n))
@@ -648,7 +648,7 @@ def test_a_slow_subscriber_misses_messages_counted_and_never_slows_dispatch(
 
         def accounted() -> bool:
             while sock.poll(0):
-                reply = p.decode_control_reply(sock.recv())
+                reply = p.decode(sock.recv(), p.CONTROL_REPLIES)
                 assert isinstance(reply, p.Events)
                 seen.append(reply)
             rt.emit(Ping(n=-1))  # carries the count of what was missed before it

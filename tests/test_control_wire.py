@@ -34,26 +34,26 @@ REPLIES: list[p.ControlReply] = [
 
 @pytest.mark.parametrize("request_", REQUESTS, ids=lambda r: type(r).__name__)
 def test_requests_round_trip(request_: p.ControlRequest) -> None:
-    assert p.decode_control_request(p.encode(request_)) == request_
+    assert p.decode(p.encode(request_), p.CONTROL_REQUESTS) == request_
 
 
 @pytest.mark.parametrize("reply", REPLIES, ids=lambda r: type(r).__name__)
 def test_replies_round_trip(reply: p.ControlReply) -> None:
-    decoded = p.decode_control_reply(p.encode(reply))
+    decoded = p.decode(p.encode(reply), p.CONTROL_REPLIES)
     assert type(decoded) is type(reply)
     assert p.encode(decoded) == p.encode(reply)
 
 
 def test_a_reply_is_not_a_request() -> None:
     with pytest.raises(ProtocolError):
-        p.decode_control_request(p.encode(p.Done("ok")))
+        p.decode(p.encode(p.Done("ok")), p.CONTROL_REQUESTS)
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=200))
 def test_any_bytes_decode_or_raise_a_protocol_error(data: bytes) -> None:
     try:
-        p.decode_control_request(data)
+        p.decode(data, p.CONTROL_REQUESTS)
     except ProtocolError:
         pass
 
@@ -72,12 +72,12 @@ def test_garbage_on_the_control_socket_leaves_the_runtime_serving() -> None:
         for data in junk:
             sock.send(data)
             assert sock.poll(10_000)
-            assert isinstance(p.decode_control_reply(sock.recv()), p.Refused)
+            assert isinstance(p.decode(sock.recv(), p.CONTROL_REPLIES), p.Refused)
         sock.send_multipart([b"two", b"parts"])  # not a request at all: ignored
         secret = (rt.run_dir / "secret").read_bytes()
         sock.send(p.encode(p.StatusRequest(secret)))
         assert sock.poll(10_000)
-        reply = p.decode_control_reply(sock.recv())
+        reply = p.decode(sock.recv(), p.CONTROL_REPLIES)
         assert isinstance(reply, p.StatusReply) and reply.runtime["name"] == "garbage"
     finally:
         sock.close()
@@ -92,16 +92,16 @@ def _raw_request(tag: str, *fields: object) -> bytes:
 
 def test_an_operation_outside_the_vocabulary_is_malformed() -> None:
     with pytest.raises(ProtocolError):
-        p.decode_control_request(_raw_request("worker", b"s", "explode", "echo"))
+        p.decode(_raw_request("worker", b"s", "explode", "echo"), p.CONTROL_REQUESTS)
 
 
 def test_config_policy_and_arguments_travel_as_values_not_json_text() -> None:
-    spawn = p.decode_control_request(
-        _raw_request("spawn_worker", b"s", "m:C", "n", {"every": [1, 2]}, {"restart": True})
+    spawn = p.decode(
+        _raw_request("spawn_worker", b"s", "m:C", "n", {"every": [1, 2]}, {"restart": True}), p.CONTROL_REQUESTS
     )
     assert isinstance(spawn, p.SpawnRequest)
     assert spawn.config == {"every": [1, 2]} and spawn.policy == {"restart": True}
-    call = p.decode_control_request(_raw_request("call_device", b"s", "dev", "read", [1, {"a": None}], {"k": 2}))
+    call = p.decode(_raw_request("call_device", b"s", "dev", "read", [1, {"a": None}], {"k": 2}), p.CONTROL_REQUESTS)
     assert isinstance(call, p.CallRequest)
     assert call.args == [1, {"a": None}] and call.kwargs == {"k": 2}
 
@@ -118,4 +118,4 @@ def test_config_policy_and_arguments_travel_as_values_not_json_text() -> None:
 )
 def test_ill_typed_values_are_refused_when_decoded(fields: tuple[object, ...]) -> None:
     with pytest.raises(ProtocolError):
-        p.decode_control_request(_raw_request(*map(str, fields[:1]), *fields[1:]))
+        p.decode(_raw_request(*map(str, fields[:1]), *fields[1:]), p.CONTROL_REQUESTS)

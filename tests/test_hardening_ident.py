@@ -87,7 +87,7 @@ class Impostor:
         def main() -> None:
             while not self._stop.is_set():
                 with self._lock:
-                    frame = p.decode_parent_frame(self.sock.recv()) if self.sock.poll(0) else None
+                    frame = p.decode(self.sock.recv(), p.PARENT_FRAMES) if self.sock.poll(0) else None
                     if isinstance(frame, p.Call):
                         self.calls_seen += 1
                         self.sock.send(p.encode(p.Reply(frame.call_id, FORGED)))

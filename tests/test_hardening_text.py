@@ -73,7 +73,7 @@ def test_error_reports_are_made_safe_wherever_they_are_built_or_decoded() -> Non
     err = message.ProcessError(process="p", error=BAD, traceback="t" * 10_000_000)
     assert err.error == ESCAPED and len(err.traceback or "") <= MAX_TEXT
     frame = p.StartFailed(BAD, BAD)
-    assert p.decode_worker_frame(p.encode(frame)) == p.StartFailed(ESCAPED, ESCAPED)
+    assert p.decode(p.encode(frame), p.WORKER_FRAMES) == p.StartFailed(ESCAPED, ESCAPED)
     assert p.Failure("error", BAD, remote_message=BAD).remote_message == ESCAPED
 
 

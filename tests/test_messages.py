@@ -69,7 +69,7 @@ def test_builtin_messages_follow_the_seed() -> None:
 
 
 def _roundtrip(msg: Message) -> Message:
-    env = p.decode_item(p.encode_envelope(msg, 1.0, "src"))
+    env = p.decode(p.encode_envelope(msg, 1.0, "src"), p.ITEMS)
     assert isinstance(env, p.Envelope)
     return p.envelope_event(env).payload
 
@@ -95,7 +95,7 @@ def test_roundtrip_property(signal: int, action: str) -> None:
 
 def test_unknown_name_is_a_typed_error() -> None:
     raw = p.encode(p.Envelope("no.such.message", msgspec.Raw(p.encode({})), 0.0))
-    env = p.decode_item(raw)
+    env = p.decode(raw, p.ITEMS)
     assert isinstance(env, p.Envelope)
     with pytest.raises(UnknownMessage):
         p.envelope_event(env)
@@ -110,19 +110,19 @@ def test_wrong_fields_are_a_typed_error() -> None:
 @pytest.mark.parametrize("data", [b"", b"\xc1", b"\x93\xa1zz\x01", p.encode(p.Stop()), b"\x91\xa3\x00\x00\x80"])
 def test_malformed_worker_frames_are_typed_errors(data: bytes) -> None:
     with pytest.raises(ProtocolError):
-        p.decode_worker_frame(data)
+        p.decode(data, p.WORKER_FRAMES)
 
 
 def test_oversized_frames_are_refused_before_decoding() -> None:
     with pytest.raises(FrameTooLarge):
-        p.decode_worker_frame(b"\x00" * (p.MAX_FRAME + 1))
+        p.decode(b"\x00" * (p.MAX_FRAME + 1), p.WORKER_FRAMES)
 
 
 @example(b"\x91\xa3\x00\x00\x80")  # invalid UTF-8 in a str: msgspec raises UnicodeDecodeError
 @given(st.binary(max_size=64))
 def test_arbitrary_bytes_never_escape_as_other_errors(data: bytes) -> None:
     try:
-        p.decode_worker_frame(data)
+        p.decode(data, p.WORKER_FRAMES)
     except ProtocolError:
         pass
 

@@ -78,7 +78,7 @@ class Client:
         if not self._poll(None if timeout is None else int(timeout * 1000)):
             raise ControlError(f"the runtime did not answer within {timeout:g}s")
         try:
-            reply = p.decode_control_reply(self._sock.recv())
+            reply = p.decode(self._sock.recv(), p.CONTROL_REPLIES)
         except ProtocolError as exc:
             raise ControlError(f"bad reply from the runtime: {exc}") from None
         if isinstance(reply, p.Refused):

@@ -104,7 +104,7 @@ def status_table(reply: p.StatusReply) -> str:
 
 def event_record(evt: Streamed) -> dict[str, Any]:
     """A subscriber's event as plain data: time, name, severity, source, payload."""
-    env = p.decode_item(evt.item)
+    env = p.decode(evt.item, p.ITEMS)
     if not isinstance(env, p.Envelope):
         raise ValueError("not a message")
     try:

@@ -9,7 +9,7 @@ from typing import Any, Final, Literal, TypeAlias
 
 import msgspec
 
-from ._frames import Frame, decode
+from ._frames import Frame
 from ._text import safe_fields
 
 #: Recent dispatched messages the runtime keeps for a subscriber's backlog (``bussdcc events``).
@@ -146,13 +146,3 @@ class Events(Frame, tag="events", frozen=True):
 ControlReply: TypeAlias = Refused | Failed | Done | StatusReply | Joined | Events
 CONTROL_REQUESTS: Final = msgspec.msgpack.Decoder(ControlRequest)
 CONTROL_REPLIES: Final = msgspec.msgpack.Decoder(ControlReply)
-
-
-def decode_control_request(data: bytes | memoryview) -> ControlRequest:
-    """Decode a request sent to the control endpoint."""
-    return decode(data, CONTROL_REQUESTS)
-
-
-def decode_control_reply(data: bytes | memoryview) -> ControlReply:
-    """Decode a reply from the control endpoint."""
-    return decode(data, CONTROL_REPLIES)

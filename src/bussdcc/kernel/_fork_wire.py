@@ -9,7 +9,7 @@ from typing import Final, TypeAlias
 
 import msgspec
 
-from ._frames import Frame, decode
+from ._frames import Frame
 from ._text import safe_fields
 
 
@@ -80,13 +80,3 @@ ForkRequest: TypeAlias = Spawn | Quit
 ForkReport: TypeAlias = Spawned | SpawnFailed | Reaped | Output
 FORK_REQUESTS: Final = msgspec.msgpack.Decoder(ForkRequest)
 FORK_REPORTS: Final = msgspec.msgpack.Decoder(ForkReport)
-
-
-def decode_fork_request(data: bytes) -> ForkRequest:
-    """Decode a request to the fork server."""
-    return decode(data, FORK_REQUESTS)
-
-
-def decode_fork_report(data: bytes) -> ForkReport:
-    """Decode a report from the fork server."""
-    return decode(data, FORK_REPORTS)

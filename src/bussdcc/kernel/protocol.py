@@ -45,8 +45,6 @@ from ._control_wire import (
     SubscribeRequest,
     WorkerOp,
     WorkerRequest,
-    decode_control_reply,
-    decode_control_request,
 )
 from ._event import Event
 from ._fork_wire import (
@@ -62,8 +60,6 @@ from ._fork_wire import (
     Spawn,
     Spawned,
     SpawnFailed,
-    decode_fork_report,
-    decode_fork_request,
 )
 from ._frames import (
     MAX_FRAME,
@@ -228,21 +224,6 @@ KEYS: Final = msgspec.msgpack.Decoder(tuple[bytes, bytes])
 _message_decoders: dict[type[Message], msgspec.msgpack.Decoder[Any]] = {}
 
 
-def decode_worker_frame(data: bytes | memoryview) -> WorkerFrame:
-    """Decode a frame sent by a worker."""
-    return decode(data, WORKER_FRAMES)
-
-
-def decode_parent_frame(data: bytes | memoryview) -> ParentFrame:
-    """Decode a frame sent by the parent."""
-    return decode(data, PARENT_FRAMES)
-
-
-def decode_item(data: bytes | memoryview) -> Item:
-    """Decode one item of a stream."""
-    return decode(data, ITEMS)
-
-
 #: The encoding of ``None``: the result of a failed call.
 NIL: Final = msgspec.Raw(b"\xc0")
 
@@ -362,16 +343,9 @@ __all__ = [
     "WorkerOp",
     "WorkerRequest",
     "decode",
-    "decode_control_reply",
-    "decode_control_request",
-    "decode_fork_report",
-    "decode_fork_request",
-    "decode_item",
     "decode_key",
     "decode_message",
-    "decode_parent_frame",
     "decode_value",
-    "decode_worker_frame",
     "encode",
     "encode_envelope",
     "encode_key",

@@ -297,7 +297,7 @@ class ControlServer:
 
     def _request(self, sock: zmq.Socket[bytes], identity: bytes, data: bytes) -> None:
         try:
-            req = p.decode_control_request(data)
+            req = p.decode(data, p.CONTROL_REQUESTS)
         except ProtocolError as exc:
             self._send(sock, identity, p.encode(p.Refused(f"malformed request: {exc}")))
             return

@@ -115,7 +115,7 @@ class ForkServer:
             if not chunk:
                 raise BootError("the fork server exited")
             self._buffer += chunk
-        return [p.decode_fork_report(f) for f in p.unpack_stream(self._buffer)]
+        return [p.decode(f, p.FORK_REPORTS) for f in p.unpack_stream(self._buffer)]
 
     def close(self, timeout: float = 5.0) -> None:
         """Ask the fork server to exit and reap it."""

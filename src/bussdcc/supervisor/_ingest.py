@@ -58,7 +58,7 @@ class Ingest:
             return
         worker, inc = entry
         try:
-            frame = p.decode_worker_frame(data)
+            frame = p.decode(data, p.WORKER_FRAMES)
         except ProtocolError as exc:
             if inc.hello:
                 self._reject(worker, exc)
@@ -190,7 +190,7 @@ class Ingest:
         b = self.books
         for raw in items:
             try:
-                item = p.decode_item(raw)
+                item = p.decode(raw, p.ITEMS)
                 match item:
                     case p.Envelope():
                         b.dispatch_item(item, bytes(raw), worker)

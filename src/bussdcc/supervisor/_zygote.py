@@ -233,7 +233,7 @@ class Zygote:  # pragma: no cover - runs in the child
         self.buffer += chunk
         for data in p.unpack_stream(self.buffer):
             try:
-                req = p.decode_fork_request(data)
+                req = p.decode(data, p.FORK_REQUESTS)
             except Exception:  # the parent is trusted, so a bug: serve the next request regardless
                 traceback.print_exc()
                 continue

@@ -300,7 +300,7 @@ class Channel:
         while cast(int, self.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
             data = self.sock.recv(zmq.NOBLOCK)
             try:
-                frame = p.decode_parent_frame(data)
+                frame = p.decode(data, p.PARENT_FRAMES)
                 if isinstance(frame, p.Reply) and self.on_reply is not None:
                     self.on_reply(frame)
                 else:

@@ -32,7 +32,7 @@ def _deliver(svc: Service, ctx: Context, channel: Channel, frame: p.Deliver) -> 
     for raw in frame.items:
         channel.beat()  # progress the parent can see, however long each event takes
         try:
-            item = p.decode_item(raw)
+            item = p.decode(raw, p.ITEMS)
             if not isinstance(item, p.Envelope):
                 continue
             evt = p.envelope_event(item)
