@@ -106,6 +106,11 @@ class Books:
         self.run_dir_guard: RunDirGuard | None = None
         #: Calls to devices: routed here, answered by the device incarnations.
         self.calls = CallRouter(self.workers)
+        # Last: the parts that work on these books need them complete.
+        self._compose()
+
+    def _compose(self) -> None:
+        """Make the parts that work on the books (the Supervisor's ingest, spawning, exits, ...)."""
 
     def _hub(self) -> Hub:
         hub = self.hub

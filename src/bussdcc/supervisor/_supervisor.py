@@ -17,17 +17,13 @@ import functools
 import os
 import signal
 import time
-from collections.abc import Callable
 
 from ..errors import RegistrationError
-from ..kernel import ClockProtocol, Device, Message, Service, StateStore, Strategy
+from ..kernel import Device, Service, Strategy
 from ..kernel import _builtin as m
 from ..kernel import protocol as p
-from ..kernel._boundary import SlotTable
 from ._books import Books, NoForkServer, NoFreeSlot, SpawnRefused
-from ._dispatcher import Dispatcher
 from ._exits import DRAIN_GRACE, Exits
-from ._forkserver import ForkServer
 from ._groups import Group
 from ._ingest import REFUSAL_PERIOD, Ingest
 from ._spawning import Spawning
@@ -41,32 +37,8 @@ __all__ = ["DRAIN_GRACE", "REFUSAL_PERIOD", "NoForkServer", "NoFreeSlot", "Spawn
 class Supervisor(Books):
     """The hub's client: turns frames and fork-server reports into worker state and messages."""
 
-    def __init__(
-        self,
-        *,
-        fork: ForkServer,
-        slots: SlotTable,
-        state: StateStore,
-        clock: ClockProtocol,
-        emit: Callable[[Message], None],
-        emit_now: Callable[[Message], None],
-        dispatch_item: Callable[[p.Envelope, bytes, str], None],
-        dispatcher: Dispatcher,
-        halt: Callable[[str], None],
-        changed: Callable[[], None] = lambda: None,
-    ) -> None:
-        super().__init__(
-            fork=fork,
-            slots=slots,
-            state=state,
-            clock=clock,
-            emit=emit,
-            emit_now=emit_now,
-            dispatch_item=dispatch_item,
-            dispatcher=dispatcher,
-            halt=halt,
-            changed=changed,
-        )
+    def _compose(self) -> None:
+        """Make the parts that work on these books (called once, by the books' constructor)."""
         self._stopping = Stopping(self)
         self._watchdog = Watchdog(self, self._kill)
         self._spawning = Spawning(self, kill=self._kill, ended=self._ended, watch=self._watchdog.soon)
