@@ -232,7 +232,7 @@ import os
 import time
 from pathlib import Path
 
-from bussdcc import Context, Device, Service
+from bussdcc import Context, Device, Runtime, Service
 
 MARKS = Path(os.environ["BDT_MARKS"])
 
@@ -266,6 +266,19 @@ class Poller(Service):
     def stop(self, ctx: Context) -> None:
         time.sleep(0.2)
         mark(f"stop-{self.name}")
+
+
+def system() -> Runtime:
+    """The same system as a plain Runtime (``bussdcc run groupparts:system``)."""
+    rt = Runtime(name=os.environ["BDT_NAME"])
+    for n in (1, 2):
+        rt.attach_device(Meter(id=f"meter-{n}"))
+    for n in (1, 2):
+        poller = Poller()
+        poller.name = f"poller-{n}"
+        poller.interval = 0.1
+        rt.register_service(poller)
+    return rt
 '''
 
 _SYSTEM = """
@@ -295,19 +308,23 @@ interval = 0.1
 class _Session:
     """``bussdcc run -v SYSTEM`` as the leader of a process group of its own (as a unit or a shell job)."""
 
-    def __init__(self, tmp_path: Path, name: str) -> None:
+    def __init__(self, tmp_path: Path, name: str, target: str = "toml") -> None:
+        """``target``: the system as a TOML file (a SignalRuntime), or ``module`` (a plain Runtime)."""
         (tmp_path / "groupparts.py").write_text(textwrap.dedent(_PARTS))
-        self.system = tmp_path / "system.toml"
-        self.system.write_text(_SYSTEM.format(name=name))
+        system = tmp_path / "system.toml"
+        system.write_text(_SYSTEM.format(name=name))
+        what = str(system) if target == "toml" else "groupparts:system"
+        environ = env(BDT_MARKS=str(tmp_path / "marks"), BDT_NAME=name)
+        environ["PYTHONPATH"] = f"{tmp_path}{os.pathsep}{environ['PYTHONPATH']}"  # the module target's home
         self.marks = tmp_path / "marks"
         self.marks.mkdir()
         self.name = name
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bussdcc", "run", "-v", str(self.system)],
+            [sys.executable, "-m", "bussdcc", "run", "-v", what],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=env(BDT_MARKS=str(self.marks)),
+            env=environ,
             cwd=ROOT,
             start_new_session=True,
         )
@@ -379,20 +396,22 @@ def _graceful_end(session: _Session, tree: set[int], run_base: Path) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_sigterm_to_the_whole_group_is_a_graceful_shutdown(tmp_path: Path, run_base: Path) -> None:
-    session = _Session(tmp_path, "group-term")
+@pytest.mark.parametrize("target", ["toml", "module"])
+def test_sigterm_to_the_whole_group_is_a_graceful_shutdown(tmp_path: Path, run_base: Path, target: str) -> None:
+    session = _Session(tmp_path, f"group-term-{target}", target)
     try:
         tree = session.up()
         os.killpg(session.pgid, signal.SIGTERM)  # systemd's KillMode=control-group
     finally:
         _graceful_end(session, tree, run_base)
-    assert any("group-term shut down (Terminated)" in line for line in session.err), session.err
+    assert any(f"group-term-{target} shut down (Terminated)" in line for line in session.err), session.err
     assert session.count("service.stopped") == 2 and session.count("device.detached") == 2
 
 
 @pytest.mark.timeout(120)
-def test_hup_and_usr_signals_to_the_group_reach_only_the_runtime(tmp_path: Path, run_base: Path) -> None:
-    session = _Session(tmp_path, "group-hup")
+@pytest.mark.parametrize("target", ["toml", "module"])
+def test_hup_and_usr_signals_to_the_group_reach_only_the_runtime(tmp_path: Path, run_base: Path, target: str) -> None:
+    session = _Session(tmp_path, f"group-hup-{target}", target)
     try:
         tree = session.up()
         os.killpg(session.pgid, signal.SIGHUP)

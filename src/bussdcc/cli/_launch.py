@@ -60,13 +60,23 @@ def load_runtime(target: str, name: str | None = None) -> Runtime:
 def run(target: str, name: str | None = None, verbose: bool = False) -> int:
     """Boot the system, serve until a signal or a shutdown request, shut down; the exit code."""
     rt = load_runtime(target, name)
+    stopped_by: list[str] = []  # the signal that asked for the shutdown, to say so at the end
     if not isinstance(rt, SignalRuntime):
-        # Ours to stop, from the main thread's signal handler: never block in it.
+        # Ours to handle as a SignalRuntime would: the whole process group gets these from a
+        # service manager or a shell, and none of them may end the runtime by its default action.
+        # From the main thread's signal handler: never block in it.
         def on_signal(signum: int, frame: Any) -> None:
-            threading.Thread(target=rt.shutdown, args=(signal.strsignal(signum),), name="bussdcc-stop").start()
+            action = SignalRuntime.SIGNAL_ACTIONS[signum]
+            if action == "shutdown":
+                reason = signal.strsignal(signum) or f"signal {signum}"
+                stopped_by.append(reason)
+                threading.Thread(target=rt.shutdown, args=(reason,), name="bussdcc-stop").start()
+                return
+            said: Message = m.SystemReload() if action == "reload" else m.SystemSignal(signal=signum, action=action)
+            threading.Thread(target=rt.emit, args=(said,), name="bussdcc-signal", daemon=True).start()
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, on_signal)
+        for signum in SignalRuntime.SIGNAL_ACTIONS:
+            signal.signal(signum, on_signal)
 
     def stopping(evt: Event[m.RuntimeShuttingDown]) -> None:
         notify("STOPPING=1")
@@ -86,7 +96,8 @@ def run(target: str, name: str | None = None, verbose: bool = False) -> int:
     finally:
         if dog is not None:
             dog.stop()
-    print(f"bussdcc: {rt.name} shut down ({rt.halt_reason or 'requested'})", file=sys.stderr, flush=True)
+    why = rt.halt_reason or (stopped_by[0] if stopped_by else "requested")
+    print(f"bussdcc: {rt.name} shut down ({why})", file=sys.stderr, flush=True)
     # A failure exits non-zero, so a service manager's restart-on-failure applies.
     return 1 if rt.failure is not None else 0
 
