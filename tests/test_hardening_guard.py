@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bussdcc import Context, Event, Message, Process, Runtime, Service
+from bussdcc import Context, Event, Message, Process, Runtime, Service, WorkerState
 from bussdcc.kernel import _builtin as m
 from bussdcc.supervisor._backoff import backoff_delay
 
@@ -91,15 +93,56 @@ class _DiesAtOnce(Service):
         os._exit(3)
 
 
-@pytest.mark.timeout(300)
-def test_a_worker_failing_over_a_thousand_times_in_a_row_is_still_respawned() -> None:
+class _Retried(Service):
+    """A healthy service whose respawns the environment will refuse for a while."""
+
+    name = "retried"
+    interval = 3600.0
+    max_restarts = 10**9
+    restart_window = 3600.0
+    backoff_initial = 0.0001
+    backoff_max = 0.001
+
+
+@pytest.mark.timeout(240)
+def test_supervision_goes_on_after_over_a_thousand_failed_spawns_in_a_row() -> None:
+    # Spawns that the real fork server cannot make (at its fd limit) fail in about a millisecond
+    # each: a streak past 1,024, where 2.0 ** streak overflowed, in seconds rather than minutes.
+    watcher = _Streaks("retried")
+    rt = Runtime()
+    rt.register_process(watcher)
+    rt.register_service(_Retried())
+    rt.boot()
+    try:
+        (status,) = rt.workers()
+        assert status.pid is not None and rt.stats().fork_server_pid is not None
+        server = psutil.Process(rt.stats().fork_server_pid)
+        soft, hard = server.rlimit(psutil.RLIMIT_NOFILE)
+        used = {int(fd) for fd in os.listdir(f"/proc/{server.pid}/fd")}
+        # At its fd limit: the descriptors the worker's death frees are not enough for a spawn.
+        server.rlimit(psutil.RLIMIT_NOFILE, (min(set(range(len(used) + 1)) - used), hard))
+        os.kill(status.pid, signal.SIGKILL)
+        reached = watcher.wait_attempt(1040, timeout=180)
+        assert not watcher.gave_up, watcher.gave_up
+        assert reached >= 1040, f"respawns stopped after {reached} failures in a row"
+        server.rlimit(psutil.RLIMIT_NOFILE, (soft, hard))
+        # Still supervised: the next retry makes it, a new process.
+        running = rt.wait_for_worker("retried", WorkerState.RUNNING, timeout=60)
+        assert running.pid not in (None, status.pid)
+    finally:
+        rt.shutdown()
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(900)
+def test_a_worker_crashing_over_a_thousand_times_in_a_row_is_still_respawned() -> None:
     watcher = _Streaks("dies")
     rt = Runtime()
     rt.register_process(watcher)
     rt.register_service(_DiesAtOnce())
     rt.boot()
     try:
-        reached = watcher.wait_attempt(1040, timeout=240)
+        reached = watcher.wait_attempt(1040, timeout=840)
         assert not watcher.gave_up, watcher.gave_up
         assert reached >= 1040, f"respawns stopped after {reached} failures in a row"
     finally:

@@ -145,7 +145,7 @@ def _shutdown_within(rt: Runtime, seconds: float) -> None:
     assert rt.wait(timeout=0)
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(300)
 def test_a_handler_flooding_a_slow_service_keeps_the_parent_small_and_shutdown_ends() -> None:
     flooder, counter = Flooder(), Counter()
     rt = Runtime(name="memflood")
@@ -158,7 +158,7 @@ def test_a_handler_flooding_a_slow_service_keeps_the_parent_small_and_shutdown_e
         rt.register_service(Trigger())
         rt.boot()
         assert flooder.started.wait(20), "the flood began"
-        assert flooder.done.wait(FLOOD_SECONDS + 60), "the flood ended"
+        assert flooder.done.wait(FLOOD_SECONDS + 150), "the flood ended"
         grown = peak.stop()
         print(f"emitted {flooder.emitted}; parent grew {grown / 1e6:.1f} MB; outbox peak {peak.outbox}")
         assert grown < GROWTH, f"the parent grew {grown / 1e6:.0f} MB during the flood"
@@ -187,7 +187,7 @@ def test_a_stuck_consumer_is_killed_as_hung_and_the_flood_goes_on_with_everythin
         assert flooder.started.wait(20), "the flood began"
         (exited,) = rec.wait_for("worker.exited", lambda e: e.payload.to_dict()["worker"] == "stuck", timeout=60)
         assert exited.payload.to_dict()["cause"] == "hung", exited.payload
-        assert flooder.done.wait(FLOOD_SECONDS + 60), "the flood ended once the stuck consumer was gone"
+        assert flooder.done.wait(FLOOD_SECONDS + 150), "the flood ended once the stuck consumer was gone"
         grown = peak.stop()
         print(f"emitted {flooder.emitted}; parent grew {grown / 1e6:.1f} MB; outbox peak {peak.outbox}")
         assert grown < GROWTH, f"the parent grew {grown / 1e6:.0f} MB during the flood"
