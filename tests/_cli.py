@@ -36,6 +36,18 @@ def bussdcc(*args: str, timeout: float = 60.0, **extra: str) -> subprocess.Compl
     )
 
 
+def script(source: str, *args: str) -> subprocess.Popen[str]:
+    """``python -c SOURCE ARGS`` started beside the test, the tests importable; stderr is piped (text)."""
+    return subprocess.Popen(
+        [sys.executable, "-c", source, *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env(),
+        cwd=ROOT,
+    )
+
+
 class Background:
     """``python -m bussdcc ARGS`` running in the background, its output read line by line as it comes."""
 

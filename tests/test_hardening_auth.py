@@ -11,37 +11,22 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from bussdcc import ThreadedRuntime
+from bussdcc import Runtime
 from bussdcc.kernel import _builtin as m
 
 from . import _cli
 from ._cli import Background, bussdcc
-from ._helpers import Echo, Ping, Recorder, wait_until
+from ._helpers import Echo, MakeRuntime, Ping, Recorder, wait_until
 
 _names = itertools.count()
 
 _FAILED = zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-
-
-@pytest.fixture
-def live() -> Iterator[tuple[ThreadedRuntime, Recorder]]:
-    """A runtime in this process with a real worker (an event-taking Service)."""
-    rec = Recorder()
-    rt = ThreadedRuntime(name=f"auth{next(_names)}")
-    rt.register_process(rec)
-    rt.register_service(Echo())
-    rt.start(timeout=30)
-    try:
-        yield rt, rec
-    finally:
-        rt.stop(timeout=30)
 
 
 def _handshake(path: Path, credentials: tuple[bytes, bytes] | None) -> tuple[int, bool]:
@@ -85,7 +70,7 @@ def _status(name: str) -> dict[str, object]:
     return data
 
 
-def _everything_still_works(rt: ThreadedRuntime, rec: Recorder, tag: str) -> None:
+def _everything_still_works(rt: Runtime, rec: Recorder, tag: str) -> None:
     """Real workers, ``status``, ``worker --connect`` and ``events -f`` are unaffected by the strangers."""
     assert rt.run_dir is not None
     rt.emit(Ping(n=1))
@@ -106,9 +91,9 @@ def _everything_still_works(rt: ThreadedRuntime, rec: Recorder, tag: str) -> Non
 
 
 def test_a_stranger_without_credentials_is_turned_away_at_the_handshake(
-    live: tuple[ThreadedRuntime, Recorder],
+    make_runtime: MakeRuntime,
 ) -> None:
-    rt, rec = live
+    rt, rec = make_runtime(f"auth{next(_names)}", Echo())
     assert rt.run_dir is not None
     for sock in ("workers.sock", "control.sock"):
         seen, answered = _handshake(rt.run_dir / sock, None)
@@ -119,9 +104,9 @@ def test_a_stranger_without_credentials_is_turned_away_at_the_handshake(
 
 
 def test_a_stranger_with_wrong_credentials_is_refused_counted_and_reported_in_batches(
-    live: tuple[ThreadedRuntime, Recorder],
+    make_runtime: MakeRuntime,
 ) -> None:
-    rt, rec = live
+    rt, rec = make_runtime(f"auth{next(_names)}", Echo())
     assert rt.run_dir is not None
     before = rt.stats().rejected
     for sock, credentials in (
@@ -216,14 +201,7 @@ def test_thousands_of_stranger_connections_to_both_sockets_leave_the_parent_aliv
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < 8192:
         pytest.skip(f"the hard fd limit ({hard}) is too low for a stranger holding 6,000 connections")
-    runtime = subprocess.Popen(
-        [sys.executable, "-c", _LIMITED_RUN],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_cli.env(),
-        cwd=_cli.ROOT,
-    )
+    runtime = _cli.script(_LIMITED_RUN)
     stranger: subprocess.Popen[str] | None = None
     links = tempfile.mkdtemp(prefix="flood-", dir="/tmp")  # short paths: sun_path holds 107 bytes
     try:

@@ -350,14 +350,7 @@ def test_a_stranger_holding_idle_control_connections_cannot_exhaust_the_parents_
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < 4096:
         pytest.skip(f"the hard fd limit ({hard}) leaves no room to raise the soft one")
-    runtime = subprocess.Popen(
-        [sys.executable, "-c", _LOW_LIMIT_RUN],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_cli.env(),
-        cwd=_cli.ROOT,
-    )
+    runtime = _cli.script(_LOW_LIMIT_RUN)
     stranger: subprocess.Popen[str] | None = None
     try:
         assert runtime.stderr is not None
