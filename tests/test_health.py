@@ -12,7 +12,8 @@ import pytest
 
 from bussdcc import Context, Device, Event, Message, Runtime, Service, WorkerState, message
 from bussdcc.cli._config import load_system
-from bussdcc.errors import ConfigError, RegistrationError
+from bussdcc.errors import ConfigError, ProtocolError, RegistrationError
+from bussdcc.kernel import protocol as p
 from bussdcc.kernel._components import OnUnhealthy
 
 from ._helpers import MakeRuntime, Recorder, first_incarnation
@@ -83,6 +84,19 @@ class Probe(Device):
         if first_incarnation(str(self.config)):
             return "first incarnation: unwell"
         return True
+
+
+class Unwell(Device):
+    """A device that answers calls but always says it is unwell."""
+
+    health_interval = 0.05
+    on_unhealthy: OnUnhealthy = "report"
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def health(self) -> bool | str:
+        return "calibration drifted"
 
 
 class Steady(Service):
@@ -268,6 +282,25 @@ def test_a_device_whose_health_fails_is_restarted(make_runtime: MakeRuntime, tmp
     status = rt.wait_for_worker("probe", WorkerState.RUNNING)
     assert status.pid != payload["pid"] and status.restarts == 1
     assert [e.payload.to_dict()["cause"] for e in rec.of("worker.exited")] == ["unhealthy"]
+
+
+def test_an_unhealthy_device_kept_by_report_still_answers_calls(make_runtime: MakeRuntime) -> None:
+    rt, rec = make_runtime("health-calls", Unwell(id="unwell"))
+    (unhealthy,) = rec.wait_for("worker.unhealthy")
+    assert unhealthy.payload.to_dict()["reason"] == "calibration drifted"
+    status = rt.wait_for_worker("unwell", WorkerState.UNHEALTHY)
+    assert rt.device(Unwell, "unwell").call(Unwell.pid) == status.pid
+    assert len(rec.of("worker.unhealthy")) == 1  # reported once while it stays unwell
+
+
+def test_a_health_frame_is_a_worker_frame_and_its_reason_is_made_safe() -> None:
+    for frame in (p.Health(True), p.Health(False, "sensor cold"), p.Health(False, "bad \udcff" + "x" * 100_000)):
+        back = p.decode(p.encode(frame), p.WORKER_FRAMES)
+        assert isinstance(back, p.Health) and back.ok is frame.ok
+        back.reason.encode()  # always encodable, however it was made
+        assert len(back.reason) < 100_000
+    with pytest.raises(ProtocolError):
+        p.decode(p.encode(p.Health(True))[:-1], p.WORKER_FRAMES)
 
 
 # ---- settings ----------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any, ClassVar, Final, Literal, TypeAlias, TypeVar, cast
 
 from ._builtin import DeviceOffline, DeviceOnline
@@ -97,7 +98,7 @@ class Supervised:
     backoff_reset: float = 10.0
     #: What the worker promises to emit once ready: message name -> seconds, e.g.
     #: ``{"plant.reading": 2.0}``: at least one ``plant.reading`` from it every 2 s.
-    expect: Mapping[str, float] = {}
+    expect: Mapping[str, float] = MappingProxyType({})  # read-only: set a dict of your own
     #: Seconds between two calls of ``health()`` in the worker (only if the class defines it).
     health_interval: float = 5.0
     #: Seconds one ``health()`` call may take; past that it counts as failing.
