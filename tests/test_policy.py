@@ -35,12 +35,12 @@ S = WorkerState
 
 #: The table as the README states it, one row per restart type (r: respawn, s: stop, g: give up).
 EXPECTED = {
-    #             requested normal abnormal gave_up unloadable refused
-    "permanent": ("s", "r", "r", "g", "g", "r"),
-    "transient": ("s", "s", "r", "g", "g", "r"),
-    "temporary": ("s", "s", "g", "g", "g", "g"),
+    #             requested normal abnormal gave_up unloadable refused unhealthy
+    "permanent": ("s", "r", "r", "g", "g", "r", "r"),
+    "transient": ("s", "s", "r", "g", "g", "r", "r"),
+    "temporary": ("s", "s", "g", "g", "g", "g", "g"),
 }
-COLUMNS = ("requested", "normal", "abnormal", "gave_up", "unloadable", "refused")
+COLUMNS = ("requested", "normal", "abnormal", "gave_up", "unloadable", "refused", "unhealthy")
 LETTER = {"respawn": "r", "stop": "s", "give_up": "g"}
 
 
@@ -80,6 +80,8 @@ def test_every_clause_of_the_table(policy: RestartPolicy, kind: ExitKind) -> Non
         ("cpu_limit", False, False, "abnormal"),
         ("start_timeout", False, False, "abnormal"),
         ("start_failed", False, False, "abnormal"),
+        ("unhealthy", False, False, "unhealthy"),
+        ("unhealthy", True, False, "requested"),
         ("signal", True, False, "requested"),
         ("error", True, False, "requested"),
     ],
@@ -233,8 +235,8 @@ def test_every_state_has_its_moves_and_every_move_lands_on_a_state() -> None:
     for moves in TRANSITIONS.values():
         assert moves <= set(WorkerState)
         assert S.FAILED in moves  # any worker can be given up on
-    # Only the states with a process may become running or stopping.
-    assert {s for s, moves in TRANSITIONS.items() if S.RUNNING in moves} == {S.STARTING}
+    # Only the states with a process may become running or stopping: ready, or recovered.
+    assert {s for s, moves in TRANSITIONS.items() if S.RUNNING in moves} == {S.STARTING, S.UNHEALTHY}
 
 
 @settings(max_examples=150, deadline=None)
@@ -281,3 +283,42 @@ def test_a_worker_changes_state_only_through_the_machine() -> None:
     assert state_of(worker) is S.RUNNING
     with pytest.raises(AttributeError):
         worker.state = S.STOPPED  # type: ignore[misc]
+
+
+# ---- health: the unhealthy state and exit kind ------------------------------------------
+
+
+def test_only_a_running_worker_becomes_unhealthy() -> None:
+    assert {s for s, moves in TRANSITIONS.items() if S.UNHEALTHY in moves} == {S.RUNNING}
+
+
+def test_an_unhealthy_worker_ends_as_a_running_one_does_or_recovers() -> None:
+    # Whatever ends a running worker ends an unhealthy one (a stop, a kill, a crash, giving up).
+    assert TRANSITIONS[S.UNHEALTHY] == (TRANSITIONS[S.RUNNING] - {S.UNHEALTHY}) | {S.RUNNING}
+    for new in (S.RUNNING, S.STOPPING, S.STOPPED, S.BACKOFF, S.FAILED):
+        assert transition(S.UNHEALTHY, new) is new
+    for new in (S.STARTING, S.UNHEALTHY):
+        with pytest.raises(IllegalTransition):
+            transition(S.UNHEALTHY, new)
+    for old in (S.STOPPED, S.STARTING, S.STOPPING, S.BACKOFF, S.FAILED):
+        with pytest.raises(IllegalTransition):
+            transition(old, S.UNHEALTHY)
+
+
+def test_a_worker_goes_unhealthy_and_back_through_the_machine() -> None:
+    worker = Worker(_Idle(), forked=True)
+    for state in (S.STARTING, S.RUNNING, S.UNHEALTHY, S.RUNNING, S.UNHEALTHY, S.BACKOFF, S.STARTING):
+        worker.move(state)
+        assert state_of(worker) is state
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_an_unhealthy_end_is_decided_as_an_abnormal_one(policy: RestartPolicy) -> None:
+    # Killed for its health, a worker comes back exactly when a crashed one would: same intensity, same backoff.
+    assert ACTIONS[policy, "unhealthy"] == ACTIONS[policy, "abnormal"]
+    history = History((1.0, 2.0), 2)
+    for now in (3.0, 100.0):
+        pol = Policy(policy, max_restarts=2, restart_window=10.0)
+        assert decide(pol, "unhealthy", history, now, error="e", jitter=1.0) == decide(
+            pol, "abnormal", history, now, error="e", jitter=1.0
+        )

@@ -29,10 +29,12 @@ from .kernel._builtin import (
     WorkerBackoff,
     WorkerExited,
     WorkerGaveUp,
+    WorkerHealthy,
     WorkerHung,
     WorkerLimitExceeded,
     WorkerOutput,
     WorkerStarted,
+    WorkerUnhealthy,
 )
 
 __all__ = [
@@ -64,8 +66,10 @@ __all__ = [
     "WorkerBackoff",
     "WorkerExited",
     "WorkerGaveUp",
+    "WorkerHealthy",
     "WorkerHung",
     "WorkerLimitExceeded",
     "WorkerOutput",
     "WorkerStarted",
+    "WorkerUnhealthy",
 ]

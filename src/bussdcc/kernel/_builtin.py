@@ -337,6 +337,42 @@ class WorkerHung(Message):
 
 
 @dataclass(slots=True, frozen=True)
+class WorkerUnhealthy(Message):
+    """A worker broke an expectation on what it emits, or its ``health()`` failed.
+
+    ``what`` names the check (``expect plant.reading`` or ``health``), ``reason`` says how it
+    failed, ``action`` what follows (``restart``: it is killed and respawned per its policy;
+    ``report``: it keeps running, in state ``unhealthy``, until ``worker.healthy``).
+    """
+
+    name = "worker.unhealthy"
+    severity = Severity.WARNING
+    worker: str
+    role: Role
+    pid: int
+    incarnation: int
+    what: str
+    reason: str
+    action: str
+
+    def __post_init__(self) -> None:
+        safe_fields(self, "reason")
+
+
+@dataclass(slots=True, frozen=True)
+class WorkerHealthy(Message):
+    """A worker reported unhealthy recovered: every expectation is met and ``health()`` passes again."""
+
+    name = "worker.healthy"
+    worker: str
+    role: Role
+    pid: int
+    incarnation: int
+    #: Seconds it was unhealthy.
+    unhealthy_for: float
+
+
+@dataclass(slots=True, frozen=True)
 class WorkerLimitExceeded(Message):
     """A worker used more memory or CPU than its limit allows and is killed."""
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any, ClassVar, Final, Literal, TypeAlias, TypeVar, cast
 
 from ._builtin import DeviceOffline, DeviceOnline
@@ -18,12 +19,14 @@ __all__ = [
     "Context",
     "Device",
     "Interface",
+    "OnUnhealthy",
     "Process",
     "RestartPolicy",
     "Service",
     "Strategy",
     "Supervised",
     "handles_events",
+    "has_health",
     "restart_policy",
     "tick_deadline",
 ]
@@ -33,6 +36,9 @@ __all__ = [
 RestartPolicy: TypeAlias = Literal["permanent", "transient", "temporary"]
 #: Group restart strategies (OTP's): who else is restarted when one member dies.
 Strategy: TypeAlias = Literal["one_for_one", "one_for_all", "rest_for_one"]
+
+#: What the supervisor does with a worker found unhealthy: restart it, or only report it.
+OnUnhealthy: TypeAlias = Literal["restart", "report"]
 
 _POLICIES: Final[tuple[str, ...]] = ("permanent", "transient", "temporary")
 
@@ -90,6 +96,24 @@ class Supervised:
     backoff_max: float = 2.0
     #: An incarnation that stays up this long counts as healthy: the backoff starts over.
     backoff_reset: float = 10.0
+    #: What the worker promises to emit once ready: message name -> seconds, e.g.
+    #: ``{"plant.reading": 2.0}``: at least one ``plant.reading`` from it every 2 s.
+    expect: Mapping[str, float] = MappingProxyType({})  # read-only: set a dict of your own
+    #: Seconds between two calls of ``health()`` in the worker (only if the class defines it).
+    health_interval: float = 5.0
+    #: Seconds one ``health()`` call may take; past that it counts as failing.
+    health_timeout: float = 10.0
+    #: A broken expectation or a failing ``health()``: ``"restart"`` the worker (under its
+    #: restart policy, intensity and backoff) or only ``"report"`` it (state ``unhealthy``).
+    on_unhealthy: OnUnhealthy = "restart"
+
+    def health(self) -> bool | str:
+        """Whether the worker is healthy: ``True``; ``False`` or a reason (a string) if not.
+
+        Runs in the worker, on a thread of its own, every ``health_interval`` seconds once
+        the worker is ready (only if a subclass defines it); raising counts as failing.
+        """
+        return True
 
 
 class Device(Supervised):
@@ -205,6 +229,11 @@ def tick_deadline(service: Service) -> float:
     if service.tick_timeout is not None:
         return service.tick_timeout
     return max(10.0, 10.0 * service.interval)
+
+
+def has_health(component: object) -> bool:
+    """Whether a Service's or Device's class defines its own ``health`` check."""
+    return getattr(type(component), "health", None) is not Supervised.health
 
 
 def handles_events(component: object) -> bool:

@@ -173,7 +173,17 @@ class Reply(Frame, tag="reply", frozen=True):
     failure: Failure | None = None
 
 
-WorkerFrame: TypeAlias = Hello | Ready | StartFailed | Batch | Bye | Request | Reply
+class Health(Frame, tag="health", frozen=True):
+    """The outcome of one ``health()`` call in the worker: ``ok``, else ``reason`` says why not."""
+
+    ok: bool
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        safe_fields(self, "reason")
+
+
+WorkerFrame: TypeAlias = Hello | Ready | StartFailed | Batch | Bye | Request | Reply | Health
 
 
 class Deliver(Frame, tag="deliver", frozen=True):
@@ -313,6 +323,7 @@ __all__ = [
     "ForkReport",
     "ForkRequest",
     "Frame",
+    "Health",
     "Hello",
     "Item",
     "JoinRequest",

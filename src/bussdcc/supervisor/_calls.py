@@ -114,7 +114,8 @@ class CallRouter:
         inc = worker.current
         self._pending[call.call_id] = call
         self._expire_at(call)
-        if worker.state is WorkerState.RUNNING and inc is not None and inc.ready and not inc.exited:
+        up = worker.state in (WorkerState.RUNNING, WorkerState.UNHEALTHY)  # an unhealthy device still answers
+        if up and inc is not None and inc.ready and not inc.exited:
             self._send(inc, call)
         elif call.wait and _coming_back(worker):
             # On its way back: wait for it. A stopped or failed device is not coming back by itself.

@@ -190,10 +190,10 @@ class Exits:
                     "(a component registered after boot must be picklable and its class importable)"
                 )
                 self._announce_failure(worker, error, None)
-            case "refused" | "abnormal":
+            case "refused" | "abnormal" | "unhealthy":
                 if inc.start_failed is not None:
                     error, tb = inc.start_failed.error, inc.start_failed.traceback
-                elif kind == "abnormal" and inc.pid is not None:
+                elif kind != "refused" and inc.pid is not None:
                     error = f"worker process {inc.pid} {reason}"
                 if lost:
                     error += f" ({lost} messages lost)"

@@ -66,7 +66,7 @@ class Plan:
         names = group.affected(failed)
         self.to_stop = [n for n in reversed(names) if n != failed]
         # Only what was up (or on its way back) comes back: not a disabled, stopped or failed member.
-        up = (WorkerState.STARTING, WorkerState.RUNNING, WorkerState.BACKOFF)
+        up = (WorkerState.STARTING, WorkerState.RUNNING, WorkerState.UNHEALTHY, WorkerState.BACKOFF)
         self.to_start = [] if give_up else [n for n in names if n == failed or driver.workers[n].state in up]
         self.timer: Timer | None = None
         self.waiting = False
@@ -110,7 +110,10 @@ class Plan:
             return
         while self.to_start:
             worker = workers[self.to_start[0]]
-            if worker.state in (WorkerState.RUNNING, WorkerState.FAILED) or worker.stop_requested:
+            if (
+                worker.state in (WorkerState.RUNNING, WorkerState.UNHEALTHY, WorkerState.FAILED)
+                or worker.stop_requested
+            ):
                 self.to_start.pop(0)
                 continue
             if worker.current is None:

@@ -33,8 +33,13 @@ class Ingest:
         ready: Callable[[Worker, Incarnation], None],
         send_stop: Callable[[Worker, Incarnation], None],
         maybe_finalize: Callable[[Worker, Incarnation], None],
+        health: Callable[[Worker, Incarnation, p.Health], None] = lambda worker, inc, frame: None,
+        saw: Callable[[str, str], None] = lambda worker, name: None,
     ) -> None:
         self.books = books
+        #: A worker's ``health()`` result, and every message a worker sent (its name), for the health watch.
+        self._health = health
+        self._saw = saw
         self._ready = ready
         self._send_stop = send_stop
         #: An incarnation whose process is gone may be finalized once its last frame is in.
@@ -94,6 +99,9 @@ class Ingest:
             case p.Request():
                 inc.controls += 1
                 b.calls.on_request(inc, frame)
+            case p.Health():
+                inc.controls += 1
+                self._health(worker, inc, frame)
             case p.Bye():
                 inc.controls += 1
                 inc.bye = frame
@@ -193,6 +201,7 @@ class Ingest:
                 item = p.decode(raw, p.ITEMS)
                 match item:
                     case p.Envelope():
+                        self._saw(worker, item.name)
                         b.dispatch_item(item, bytes(raw), worker)
                     case p.StateSet():
                         b.state.set(item.path, p.decode_value(item.value))

@@ -36,8 +36,9 @@ __all__ = [
 #: ``abnormal``: it crashed, was killed (hung, over a limit, too slow to start) or its start raised;
 #: ``gave_up``: it said goodbye with an error (it gave up itself);
 #: ``unloadable``: no process could be made of it, and no retry will change that;
-#: ``refused``: the environment refused the process (a limit, which may lift).
-ExitKind: TypeAlias = Literal["requested", "normal", "abnormal", "gave_up", "unloadable", "refused"]
+#: ``refused``: the environment refused the process (a limit, which may lift);
+#: ``unhealthy``: it was killed for a broken expectation or a failing ``health()``.
+ExitKind: TypeAlias = Literal["requested", "normal", "abnormal", "gave_up", "unloadable", "refused", "unhealthy"]
 Action: TypeAlias = Literal["respawn", "stop", "give_up"]
 
 _P = RestartPolicy
@@ -52,20 +53,23 @@ ACTIONS: Final[dict[tuple[RestartPolicy, ExitKind], Action]] = {
     ("permanent", "refused"): "respawn",
     ("permanent", "gave_up"): "give_up",
     ("permanent", "unloadable"): "give_up",
-    # transient: back only after an abnormal end.
+    ("permanent", "unhealthy"): "respawn",
+    # transient: back only after an abnormal (or unhealthy) end.
     ("transient", "requested"): "stop",
     ("transient", "normal"): "stop",
     ("transient", "abnormal"): "respawn",
     ("transient", "refused"): "respawn",
     ("transient", "gave_up"): "give_up",
     ("transient", "unloadable"): "give_up",
-    # temporary: never back; an abnormal end is a failure.
+    ("transient", "unhealthy"): "respawn",
+    # temporary: never back; an abnormal or unhealthy end is a failure.
     ("temporary", "requested"): "stop",
     ("temporary", "normal"): "stop",
     ("temporary", "abnormal"): "give_up",
     ("temporary", "refused"): "give_up",
     ("temporary", "gave_up"): "give_up",
     ("temporary", "unloadable"): "give_up",
+    ("temporary", "unhealthy"): "give_up",
 }
 if set(ACTIONS) != {(p, k) for p in get_args(_P) for k in get_args(_K)}:  # pragma: no cover
     raise AssertionError("the decision table must name every restart type and exit kind")
@@ -137,6 +141,8 @@ def exit_kind(cause: ExitCause, *, requested: bool = False, environmental: bool 
             return "refused" if environmental else "unloadable"
         case "exit_code" | "signal" | "hung" | "rss_limit" | "cpu_limit" | "start_timeout" | "start_failed":
             return "abnormal"
+        case "unhealthy":
+            return "unhealthy"
         case _:
             assert_never(cause)
 

@@ -12,8 +12,10 @@ from typing import Any
 from ..errors import ConfigError, RegistrationError
 from ..kernel import Device, Process, Service
 from ..kernel._components import Supervised, restart_policy
+from ..kernel._message import message_names
 
 _STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one")
+_ON_UNHEALTHY = ("restart", "report")
 #: Settings only a Service has (a Device never ticks, and runs whenever it is attached).
 SERVICE_SETTINGS = frozenset(
     key for key, value in vars(Service).items() if not key.startswith("_") and not callable(value)
@@ -75,6 +77,30 @@ def check_supervised(component: Service | Device) -> None:
         raise bad("max_restarts", "an int >= 0")
     if component.heartbeat_interval > 0 and component.heartbeat_timeout <= component.heartbeat_interval:
         raise bad("heartbeat_timeout", f"longer than heartbeat_interval ({component.heartbeat_interval!r})")
+    check_health(component)
+
+
+def check_health(component: Service | Device) -> None:
+    """Raise :class:`RegistrationError` naming the first bad ``expect``, ``health_*`` or ``on_unhealthy``."""
+    name = component.name
+    for attr in ("health_interval", "health_timeout"):
+        value = getattr(component, attr)
+        if not _number(value) or value <= 0:
+            raise RegistrationError(f"{name!r}: {attr} must be a positive number, not {value!r}")
+    if component.on_unhealthy not in _ON_UNHEALTHY:
+        raise RegistrationError(
+            f"{name!r}: on_unhealthy must be one of {', '.join(_ON_UNHEALTHY)}, not {component.on_unhealthy!r}"
+        )
+    expect = component.expect
+    rule = f"{name!r}: expect must be a table of message name -> seconds (e.g. {{'plant.reading': 2.0}})"
+    if not isinstance(expect, Mapping):
+        raise RegistrationError(f"{rule}, not {expect!r}")
+    known = message_names()
+    for message, period in expect.items():
+        if not isinstance(message, str) or message not in known:
+            raise RegistrationError(f"{rule}: {message!r} is the name of no registered Message class")
+        if not _number(period) or period <= 0:
+            raise RegistrationError(f"{rule}: {period!r} for {message!r} is not a positive number")
 
 
 def check_group(name: object, members: Sequence[object], strategy: object) -> None:

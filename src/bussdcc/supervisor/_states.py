@@ -7,6 +7,8 @@ What the supervisor *wants* of a worker is one field beside the state, :data:`In
 In short: ``stopped``/``failed`` → ``starting`` → ``running`` → ``stopping``; an exit leads
 to ``stopped`` (asked, or not to be respawned), ``backoff`` (respawned later, or held for its
 group's restart) or ``failed`` (given up); ``backoff`` → ``starting`` when it comes back.
+A running worker found unhealthy (a broken expectation, a failing ``health()``) is
+``unhealthy`` until it recovers (→ ``running``), or until it is stopped or ends like a running one.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ class WorkerState(enum.StrEnum):
 
     STARTING = "starting"
     RUNNING = "running"
+    UNHEALTHY = "unhealthy"
     STOPPING = "stopping"
     BACKOFF = "backoff"
     STOPPED = "stopped"
@@ -41,8 +44,10 @@ TRANSITIONS: Final[dict[WorkerState, frozenset[WorkerState]]] = {
     _S.STOPPED: frozenset({_S.STARTING, _S.FAILED}),
     # Ready; asked to stop; ended before ready (stop, respawn later, give up).
     _S.STARTING: frozenset({_S.RUNNING, _S.STOPPING, _S.STOPPED, _S.BACKOFF, _S.FAILED}),
-    # Asked to stop; ended on its own (stop, respawn later, give up).
-    _S.RUNNING: frozenset({_S.STOPPING, _S.STOPPED, _S.BACKOFF, _S.FAILED}),
+    # Asked to stop; ended on its own (stop, respawn later, give up); found unhealthy.
+    _S.RUNNING: frozenset({_S.STOPPING, _S.STOPPED, _S.BACKOFF, _S.FAILED, _S.UNHEALTHY}),
+    # Recovered; or, like a running worker: asked to stop, ended (killed for it, or on its own).
+    _S.UNHEALTHY: frozenset({_S.RUNNING, _S.STOPPING, _S.STOPPED, _S.BACKOFF, _S.FAILED}),
     # Asked again (a stop after its group's hold); ended: stopped, held for its group, or failed.
     _S.STOPPING: frozenset({_S.STOPPING, _S.STOPPED, _S.BACKOFF, _S.FAILED}),
     # Its next incarnation starts; a stop or shutdown came first; it could not be respawned.

@@ -6,6 +6,7 @@ part per job, each in its own module, all sharing the books (``_books``):
 - ``_spawning``: incarnations, fork requests, joins, readiness, start timeouts;
 - ``_ingest``: frames from workers, sequence accounting, Bye/ByeAck;
 - ``_watchdog``: hangs and resource limits of live workers;
+- ``_health``: what workers promised to emit (``expect``) and their own ``health()``;
 - ``_stopping``: the graceful stop and its escalation, holds for group restarts;
 - ``_exits``: every exit, classified and decided by the pure policy (``_policy``), then applied;
 - ``_states``: the worker state machine every state change goes through.
@@ -25,6 +26,7 @@ from ..kernel import protocol as p
 from ._books import Books, NoForkServer, NoFreeSlot, SpawnRefused
 from ._exits import DRAIN_GRACE, Exits
 from ._groups import Group
+from ._health import Health
 from ._ingest import REFUSAL_PERIOD, Ingest
 from ._spawning import Spawning
 from ._stopping import Stopping
@@ -43,12 +45,19 @@ class Supervisor(Books):
         self._watchdog = Watchdog(self, self._kill)
         self._spawning = Spawning(self, kill=self._kill, ended=self._ended, watch=self._watchdog.soon)
         self._exits = Exits(self, self._stopping, self._spawning.spawn)
+        self._health = Health(self, self._kill)
         self._ingest = Ingest(
             self,
-            ready=self._spawning.on_ready,
+            ready=self._on_ready,
             send_stop=self._stopping.send_stop,
             maybe_finalize=self._exits.maybe_finalize,
+            health=self._health.on_report,
+            saw=self._health.saw,
         )
+
+    def _on_ready(self, worker: Worker, inc: Incarnation) -> None:
+        self._spawning.on_ready(worker, inc)
+        self._health.on_ready(worker, inc)  # its expectations and health() count from now
 
     # Every report of an exit, from whichever part, goes to the exits.
     def _kill(self, worker: Worker, inc: Incarnation, verdict: Verdict) -> None:

@@ -27,7 +27,7 @@ SAMPLE_PERIOD = 0.5
 
 
 #: The exit causes the supervisor itself brings about by killing an incarnation.
-KillCause: TypeAlias = Literal["hung", "rss_limit", "cpu_limit", "start_timeout"]
+KillCause: TypeAlias = Literal["hung", "rss_limit", "cpu_limit", "start_timeout", "unhealthy"]
 
 
 @dataclass(frozen=True, slots=True)

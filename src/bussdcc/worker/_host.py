@@ -15,6 +15,7 @@ from ..kernel._components import handles_events, restart_policy, tick_deadline
 from ..kernel._text import emit_report
 from ._calls import CallServer
 from ._channel import Channel
+from ._health import HealthCheck
 from ._signals import stop_arrived
 from ._watchdog import Watchdog
 
@@ -67,6 +68,8 @@ def run_service(svc: Service, ctx: Context, channel: Channel, dog: Watchdog) -> 
     except Exception as exc:
         return _start_failed(channel, exc)
     channel.send_control(p.Ready())
+    health = HealthCheck(svc, channel)
+    health.start()
     wants_events = handles_events(svc)
     temporary = restart_policy(svc) == "temporary"
     deadline = tick_deadline(svc)
@@ -110,6 +113,7 @@ def run_service(svc: Service, ctx: Context, channel: Channel, dog: Watchdog) -> 
                     channel.send_control(fail(frame.call_id, UnknownDevice(f"{svc.name!r} is a service")))
                 case _:
                     assert_never(frame)
+    health.stop()
     with dog.busy("stop", svc.stop_timeout):
         try:
             svc.stop(ctx)
@@ -134,6 +138,8 @@ def run_device(dev: Device, ctx: Context, channel: Channel, dog: Watchdog) -> in
     except Exception as exc:
         return _start_failed(channel, exc)
     channel.send_control(p.Ready())
+    health = HealthCheck(dev, channel)
+    health.start()
     stopping = False
     while not stopping:
         for frame in channel.wait(None):
@@ -147,6 +153,7 @@ def run_device(dev: Device, ctx: Context, channel: Channel, dog: Watchdog) -> in
                     pass
                 case _:
                     assert_never(frame)
+    health.stop()
     server.stop(dev.stop_timeout)
     try:
         with dog.busy("stop", dev.stop_timeout):
