@@ -90,6 +90,18 @@ class Supervised:
     backoff_max: float = 2.0
     #: An incarnation that stays up this long counts as healthy: the backoff starts over.
     backoff_reset: float = 10.0
+    #: Workers (or pools) by name this one starts after, once they are ready, and stops before.
+    after: tuple[str, ...] | list[str] = ()
+    #: Workers (or pools) this one needs: as ``after``, and it is stopped and restarted with them
+    #: (systemd's ``BindsTo``); it gives up when one of them does.
+    requires: tuple[str, ...] | list[str] = ()
+    #: Environment variables set in the worker's process (over the runtime's own), just after fork.
+    env: dict[str, str] | None = None
+    #: The worker's working directory (``None``: the runtime's).
+    cwd: str | None = None
+    #: The user and group (names) the worker runs as; only a runtime running as root may set them.
+    user: str | None = None
+    group: str | None = None
 
 
 class Device(Supervised):

@@ -12,6 +12,7 @@ from typing import Any
 from ..errors import ConfigError, RegistrationError
 from ..kernel import Device, Process, Service
 from ..kernel._components import Supervised, restart_policy
+from ._procenv import check_process
 
 _STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one")
 #: Settings only a Service has (a Device never ticks, and runs whenever it is attached).
@@ -75,6 +76,7 @@ def check_supervised(component: Service | Device) -> None:
         raise bad("max_restarts", "an int >= 0")
     if component.heartbeat_interval > 0 and component.heartbeat_timeout <= component.heartbeat_interval:
         raise bad("heartbeat_timeout", f"longer than heartbeat_interval ({component.heartbeat_interval!r})")
+    check_process(component)
 
 
 def check_group(name: object, members: Sequence[object], strategy: object) -> None:
