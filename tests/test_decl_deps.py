@@ -107,7 +107,7 @@ def test_requires_restarts_the_dependent_when_its_dependency_dies(make_runtime: 
     os.kill(before["db"], signal.SIGKILL)
     # db comes back, then app (which requires it), then web (which requires app); other only followed db.
     for name in ("db", "app", "web"):
-        rec.wait_for("worker.started", lambda e, n=name: e.payload.worker == n, count=2, timeout=60)  # type: ignore[attr-defined,misc]
+        rec.wait_for("worker.started", lambda e, n=name: e.payload.worker == n, count=2, timeout=60)  # type: ignore[misc]
     for name in ("app", "web"):
         status = rt.wait_for_worker(name, WorkerState.RUNNING, timeout=60)
         assert status.pid != before[name] and status.incarnation == 2 and status.restarts == 1
