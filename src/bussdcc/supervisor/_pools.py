@@ -146,7 +146,7 @@ class PoolManagement(WorkerManagement):
             try:
                 open_run_dir(parts.run_dir)
             except OSError as exc:
-                raise RegistrationError(f"cannot open {parts.run_dir} to workers of another user: {exc}") from exc
+                raise RegistrationError(f"cannot let workers of another user reach {parts.run_dir}: {exc}") from exc
 
     def _boot_start(self, parts: Assembly, name: str) -> None:
         """Start ``name`` at boot, unless a worker it requires is not up (it stays stopped)."""

@@ -114,6 +114,12 @@ def open_run_dir(run_dir: Path) -> None:
     incarnation's routing id and token, which only that worker holds. The
     control socket and the secret stay the runtime's own.
     """
+    for folder in run_dir.parent.resolve().parents:
+        if not stat.S_IMODE(folder.stat().st_mode) & 0o001:
+            raise PermissionError(
+                f"{folder} is closed to other users, so a worker running as another user could not reach its socket "
+                f"in {run_dir} (set BUSSDCC_RUN_BASE to a directory below an open one, e.g. /run/bussdcc)"
+            )
     for folder in (run_dir.parent, run_dir):
         mode = stat.S_IMODE(folder.stat().st_mode)
         if mode & 0o011 != 0o011:
