@@ -139,3 +139,18 @@ def test_a_dependent_whose_requirement_is_down_at_boot_stays_stopped(make_runtim
     assert rt.worker("needs").state is WorkerState.STOPPED
     assert rt.worker("follows").state is WorkerState.RUNNING
     assert _started(rec) == ["follows"]
+
+
+def test_when_a_required_worker_gives_up_its_dependents_fail_with_it(make_runtime: MakeRuntime) -> None:
+    rt, rec = make_runtime(
+        "deps-giveup", service("db", max_restarts=0), service("app", requires=["db"]), service("side", after=["db"])
+    )
+    pid = rt.worker("db").pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    rt.wait_for_worker("db", WorkerState.FAILED, timeout=60)
+    app = rt.wait_for_worker("app", WorkerState.FAILED, timeout=60)
+    assert app.last_exit == "gave up: 'db', which it requires, gave up"
+    assert rt.worker("side").state is WorkerState.RUNNING
+    gave_up = [e.payload.worker for e in rec.wait_for("worker.gave_up", count=2, timeout=30)]  # type: ignore[attr-defined]
+    assert gave_up == ["db", "app"]
