@@ -128,3 +128,17 @@ def test_bussdcc_scale_changes_a_pool_of_a_running_system(tmp_path: Path) -> Non
         assert len(done.stderr.strip().splitlines()) == 1
     finally:
         assert run.stop() == 0
+
+
+def test_spawn_refuses_process_settings_it_cannot_apply(tmp_path: Path) -> None:
+    path = tmp_path / "pool.toml"
+    path.write_text(SYSTEM.format(name="pool-spawn"))
+    run = Background(["run", str(path)])
+    try:
+        run.wait_line("running", err=True, timeout=60)
+        done = bussdcc("spawn", "tests.decl_parts:Reporter", "--name", "x", "--set", "cwd=/tmp", "-r", "pool-spawn")
+        assert done.returncode == 1
+        assert "cwd: only for workers the fork server starts" in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+    finally:
+        assert run.stop() == 0

@@ -170,6 +170,12 @@ def _bounded(target: str, name: str, cfg: Any, pol: p.Policy) -> object:
 
 
 def _component(target: str, name: str, config: Any, policy: p.Policy) -> Service | Device:
+    forked_only = sorted(k for k in ("env", "cwd", "user", "group") if k in policy)
+    if forked_only:
+        # A worker run in a fresh interpreter is not made by the fork server, which applies them.
+        raise ConfigError(
+            f"{', '.join(forked_only)}: only for workers the fork server starts (a system file, or from Python)"
+        )
     component = _bounded(target, name, config, policy)
     if not isinstance(component, Service | Device):
         raise ConfigError(f"{target} is not a Service or a Device: only those run as workers")
