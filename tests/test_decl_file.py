@@ -218,3 +218,21 @@ def test_the_reference_example_loads_and_every_key_is_documented() -> None:
     documented = set(re.findall(r"`(\w+)`", section))
     missing = (keys | POLICY_KEYS | {"instances", "members", "strategy", "class", "config", "id"}) - documented
     assert not missing, f"keys the README's System file reference does not document: {sorted(missing)}"
+
+
+@ROOT_ONLY
+def test_a_dropped_worker_still_reaches_a_run_directory_made_again(tmp_path: Path, open_dir: Path) -> None:
+    import shutil
+
+    path = tmp_path / "sys.toml"
+    path.write_text(f'[runtime]\nname = "decl-remade"\n\n[[services]]\nname = "dropped"\n{REPORTER}\nuser = "nobody"\n')
+    rt, rec = _boot(path)
+    try:
+        assert rt.run_dir is not None
+        shutil.rmtree(rt.run_dir)
+        rec.wait_for("runtime.fault", lambda e: e.payload.part == "run_dir", timeout=30)  # type: ignore[attr-defined]
+        status = rt.restart_worker("dropped")
+        assert status.state is WorkerState.RUNNING and status.incarnation == 2
+        assert not [e for e in rec.of("runtime.fault") if e.payload.part != "run_dir"]  # type: ignore[attr-defined]
+    finally:
+        rt.shutdown()

@@ -147,6 +147,15 @@ class PoolManagement(WorkerManagement):
                 open_run_dir(parts.run_dir)
             except OSError as exc:
                 raise RegistrationError(f"cannot let workers of another user reach {parts.run_dir}: {exc}") from exc
+            hub, run_dir = parts.hub, parts.run_dir
+
+            def reopen() -> None:  # the endpoint bound again (its directory remade): open it again
+                try:
+                    open_run_dir(run_dir)
+                except OSError as exc:
+                    hub.fault("run_dir", "not_open", f"workers of another user cannot reach {run_dir}: {exc}")
+
+            hub.after_bind = reopen
 
     def _boot_start(self, parts: Assembly, name: str) -> None:
         """Start ``name`` at boot, unless a worker it requires is not up (it stays stopped)."""
