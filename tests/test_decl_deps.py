@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bussdcc import Runtime, WorkerState
+from bussdcc.cli._config import install, load_system
 from bussdcc.errors import RegistrationError
 from bussdcc.supervisor._deps import DependencyError, dependents, start_order
 
@@ -154,3 +156,28 @@ def test_when_a_required_worker_gives_up_its_dependents_fail_with_it(make_runtim
     assert rt.worker("side").state is WorkerState.RUNNING
     gave_up = [e.payload.worker for e in rec.wait_for("worker.gave_up", count=2, timeout=30)]  # type: ignore[attr-defined]
     assert gave_up == ["db", "app"]
+
+
+def test_a_system_file_starts_in_dependency_order_and_stops_in_reverse(tmp_path: Path) -> None:
+    reporter = 'class = "tests.decl_parts:Reporter"'
+    path = tmp_path / "deps.toml"
+    path.write_text(
+        '[runtime]\nname = "deps-file"\n\n'
+        f'[[services]]\nname = "web"\n{reporter}\nrequires = ["api"]\n\n'
+        f'[[services]]\nname = "api"\n{reporter}\nafter = ["pool", "bus"]\n\n'
+        f'[[services]]\nname = "pool"\n{reporter}\ninstances = 2\n\n'
+        f'[[services]]\nname = "g2"\n{reporter}\n\n[[services]]\nname = "g1"\n{reporter}\n\n'
+        '[[groups]]\nname = "g"\nmembers = ["g1", "g2"]\n\n'
+        '[[devices]]\nid = "bus"\nclass = "tests.decl_parts:Link"\n'
+    )
+    spec = load_system(path)
+    rt = Runtime(name=spec.name)
+    rec = Recorder()
+    rt.register_process(rec)
+    install(spec, rt)
+    rt.boot()
+    try:
+        assert _started(rec) == ["bus", "pool-0", "pool-1", "api", "web", "g1", "g2"]
+    finally:
+        rt.shutdown()
+    assert _stopped(rec) == ["g2", "g1", "web", "api", "pool-1", "pool-0", "bus"]
