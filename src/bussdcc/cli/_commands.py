@@ -113,6 +113,15 @@ def remove(args: argparse.Namespace) -> int:
     return 0
 
 
+def scale(args: argparse.Namespace) -> int:
+    """``bussdcc scale POOL N``: change the size of a pool."""
+    with _client.Client(_target(args)) as client:
+        reply = client.call(p.ScaleRequest(client.secret, args.pool, args.instances), LONG)
+    assert isinstance(reply, p.Done)
+    print(reply.outcome)
+    return 0
+
+
 def _json_arg(text: str, what: str, kind: type) -> Any:
     try:
         value = json.loads(text)

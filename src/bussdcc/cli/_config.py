@@ -2,20 +2,43 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 import sys
 import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, RegistrationError
 from ..kernel import Device, Interface, Process, Service
-from ..supervisor._specs import POLICY_KEYS, SERVICE_SETTINGS, build, check_supervised, import_target
+from ..supervisor import Runtime
+from ..supervisor._deps import DependencyError, start_order
+from ..supervisor._specs import POLICY_KEYS, SERVICE_SETTINGS, build, check_group, check_supervised, import_target
 
-__all__ = ["POLICY_KEYS", "SystemSpec", "build", "import_target", "load_system", "parse_policy_value"]
+__all__ = [
+    "POLICY_KEYS",
+    "GroupEntry",
+    "SystemSpec",
+    "WorkerEntry",
+    "build",
+    "import_target",
+    "install",
+    "load_system",
+    "parse_policy_value",
+]
 
 _SECTIONS = {"devices": Device, "services": Service, "processes": Process, "interfaces": Interface}
+#: The keys of ``[runtime]``, each with its check (None if fine, else why not).
+RUNTIME_KEYS: dict[str, Callable[[object], str | None]] = {
+    "name": lambda v: None if isinstance(v, str) and v else "must be a non-empty string",
+}
+#: The keys of a ``[[groups]]`` entry (``strategy`` may be left out).
+GROUP_KEYS = ("name", "strategy", "members")
+#: Keys of a worker entry (``[[devices]]``, ``[[services]]``) besides its policy (``POLICY_KEYS``).
+WORKER_KEYS = ("class", "config", "instances")
 
 
 def parse_policy_value(text: str) -> Any:
@@ -36,12 +59,98 @@ def parse_policy_value(text: str) -> Any:
 # ---- TOML ------------------------------------------------------------------------
 
 
-class SystemSpec:
-    """A parsed TOML system: its name and its components, in declaration order per section."""
+@dataclass(frozen=True)
+class WorkerEntry:
+    """One ``[[devices]]`` or ``[[services]]`` entry as the file says it: plain values, comparable with ``==``.
 
-    def __init__(self, name: str, components: dict[str, list[object]]) -> None:
+    ``settings`` holds every supervision and process setting the entry gives (``restart``,
+    ``after``, ``env``, ...; ``cwd`` made absolute); ``instances`` is None unless it is a pool.
+    """
+
+    section: str
+    name: str
+    target: str
+    config: Any = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    instances: int | None = None
+    line: int = field(default=0, compare=False)
+
+    def make(self, name: str | None = None) -> Service | Device:
+        """A fresh component for this entry (a pool member: ``name`` is ``NAME-k``)."""
+        component = build(self.target, name or self.name, copy.deepcopy(self.config), copy.deepcopy(self.settings))
+        assert isinstance(component, Service | Device)
+        return component
+
+    def members(self) -> list[str]:
+        """The workers this entry makes: its name, or a pool's ``NAME-0 .. NAME-(N-1)``."""
+        if self.instances is None:
+            return [self.name]
+        return [f"{self.name}-{k}" for k in range(self.instances)]
+
+
+@dataclass(frozen=True)
+class GroupEntry:
+    """One ``[[groups]]`` entry: its name, strategy and members (by name, in start order)."""
+
+    name: str
+    strategy: str
+    members: tuple[str, ...]
+    line: int = field(default=0, compare=False)
+
+
+class SystemSpec:
+    """A parsed TOML system.
+
+    ``components``: every component built, by section, in declaration order (a pool's members
+    included); ``workers``: each worker entry by name (a pool's by the pool's name);
+    ``groups``: each group by name.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        components: dict[str, list[object]],
+        workers: dict[str, WorkerEntry] | None = None,
+        groups: dict[str, GroupEntry] | None = None,
+    ) -> None:
         self.name = name
         self.components = components
+        self.workers = workers or {}
+        self.groups = groups or {}
+
+
+def install(spec: SystemSpec, rt: Runtime) -> None:
+    """Register a parsed system with a runtime (before boot): workers, groups, pools, processes, interfaces."""
+    built = {getattr(c, "name", None): c for cs in spec.components.values() for c in cs}
+    group_of = {m: g for g in spec.groups.values() for m in g.members}
+    registered: set[str] = set()
+    # In the file's order: it decides the start order wherever dependencies leave a choice.
+    for entry in spec.workers.values():
+        if entry.instances is not None:
+            rt.add_pool(entry.name, _maker(entry, built), entry.instances)
+        elif (group := group_of.get(entry.name)) is None:
+            component = built[entry.name]
+            assert isinstance(component, Service | Device)
+            rt.add_worker(component)
+        elif group.name not in registered:
+            registered.add(group.name)
+            members = [built[m] for m in group.members]
+            rt.register_group(group.name, members, strategy=group.strategy)  # type: ignore[arg-type]
+    for section in ("processes", "interfaces"):
+        for component in spec.components[section]:
+            if isinstance(component, Interface):
+                rt.register_interface(component)
+            else:
+                assert isinstance(component, Process)
+                rt.register_process(component)
+
+
+def _maker(entry: WorkerEntry, built: dict[Any, object]) -> Callable[[str], Service | Device]:
+    def make(name: str) -> Service | Device:
+        component = built.pop(name, None)  # made (and checked) when the file was read
+        return component if isinstance(component, Service | Device) else entry.make(name)
+
+    return make
 
 
 def _line_of(text: str, section: str, index: int | None, key: str | None) -> int:
@@ -55,6 +164,11 @@ def _line_of(text: str, section: str, index: int | None, key: str | None) -> int
                 if seen == index:
                     start = i
                     break
+    elif key is not None:
+        for i, line in enumerate(lines):
+            if re.match(rf"\s*\[\s*{re.escape(section)}\s*\]", line):
+                start = i
+                break
     if key is not None:
         for i in range(start, len(lines)):
             if re.match(rf"\s*{re.escape(key)}\s*=", lines[i]):
@@ -73,8 +187,7 @@ def _interval_ok(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
 
 
-def load_system(path: Path) -> SystemSpec:
-    """Parse a TOML system description; every error names the file, the line and the key."""
+def _read(path: Path) -> tuple[str, dict[str, Any]]:
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -86,9 +199,18 @@ def load_system(path: Path) -> SystemSpec:
         why = f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})"
         raise ConfigError(f"{path}:{line}: {why}") from None
     try:
-        data = tomllib.loads(text)
+        return text, tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
+        raise ConfigError(f"{path}: {' '.join(str(exc).split())}") from exc
+
+
+def load_system(path: Path) -> SystemSpec:
+    """Parse and check a TOML system description; every error is one line naming the file, the line and the key.
+
+    Nothing starts: every component is built (imported, constructed, its settings checked),
+    every group, pool and dependency checked, the start order found.
+    """
+    text, data = _read(path)
 
     def fail(section: str, index: int | None, key: str | None, why: str) -> ConfigError:
         line = _line_of(text, section, index, key)
@@ -96,60 +218,160 @@ def load_system(path: Path) -> SystemSpec:
         return ConfigError(f"{path}:{line}: {where}{'.' + key if key else ''}: {why}")
 
     for key in data:
-        if key not in _SECTIONS and key != "runtime":
-            raise fail(key, None, None, f"unknown section (expected runtime, {', '.join(_SECTIONS)})")
+        if key not in _SECTIONS and key not in ("runtime", "groups"):
+            raise fail(key, None, None, f"unknown section (expected runtime, {', '.join(_SECTIONS)}, groups)")
     runtime = data.get("runtime", {})
     if not isinstance(runtime, dict):
         raise fail("runtime", None, None, "must be a table")
-    for key in runtime:
-        if key != "name":
-            raise fail("runtime", None, key, "unknown key (expected name)")
+    for key, value in runtime.items():
+        check = RUNTIME_KEYS.get(key)
+        if check is None:
+            raise fail("runtime", None, key, f"unknown key (expected {', '.join(RUNTIME_KEYS)})")
+        if (why := check(value)) is not None:
+            raise fail("runtime", None, key, why)
     name = runtime.get("name", path.stem)
-    if not isinstance(name, str) or not name:
-        raise fail("runtime", None, "name", "must be a non-empty string")
-    # Import paths are relative to the file, as the file's author sees them.
-    folder = str(path.resolve().parent)
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
+    # Import paths (and cwd) are relative to the file, as the file's author sees them.
+    folder = path.resolve().parent
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
     components: dict[str, list[object]] = {}
+    entries: dict[str, WorkerEntry] = {}
+    #: Where each worker (a pool's members too) was declared: (section, index).
+    declared: dict[str, tuple[str, int]] = {}
+    pools: dict[str, list[str]] = {}
     seen: dict[str, set[str]] = {}
     for section, base in _SECTIONS.items():
-        entries = data.get(section, [])
-        if not isinstance(entries, list):
+        entries_in = data.get(section, [])
+        if not isinstance(entries_in, list):
             raise fail(section, None, None, f"must be an array of tables ([[{section}]])")
         built: list[object] = []
-        for i, entry in enumerate(entries):
+        for i, entry in enumerate(entries_in):
             if not isinstance(entry, dict):
                 raise fail(section, i, None, f"must be a table ([[{section}]]), not {entry!r}")
             ident = "id" if section == "devices" else "name"
             for key in ("class", ident):
                 if not isinstance(entry.get(key), str) or not entry[key]:
                     raise fail(section, i, key if key in entry else None, f"{key!r} is required (a string)")
-            policy = {k: v for k, v in entry.items() if k not in ("class", ident, "config")}
+            worker = base in (Device, Service)
+            policy = {k: v for k, v in entry.items() if k not in ("class", ident, "config", "instances")}
             for key in policy:
-                if key not in POLICY_KEYS or base in (Process, Interface):
+                if key not in POLICY_KEYS or not worker:
                     raise fail(section, i, key, "unknown key")
                 if base is Device and key in SERVICE_SETTINGS:
                     raise fail(section, i, key, "a Service setting: a Device has none")
-            try:
-                component = build(entry["class"], entry[ident], entry.get("config"), policy)
-            except ConfigError as exc:
-                raise fail(section, i, "class", str(exc)) from None
-            if not isinstance(component, base) or (base is Process and isinstance(component, Interface)):
-                raise fail(section, i, "class", f"{entry['class']} is not a {base.__name__}")
-            if entry[ident] in seen.get(_family(section), set()):
-                raise fail(section, i, ident, f"{entry[ident]!r} is used twice")
-            seen.setdefault(_family(section), set()).add(entry[ident])
-            if isinstance(component, Service | Device):
-                try:
-                    check_supervised(component)
-                    if isinstance(component, Service) and not _interval_ok(component.interval):
-                        raise RegistrationError(f"{entry[ident]!r}: interval must be a number >= 0")
-                except RegistrationError as exc:
-                    # Point at the setting at fault when the file sets it.
-                    found = re.search(r": (\w+) must be", str(exc))
-                    key = found.group(1) if found and found.group(1) in entry else "class"
-                    raise fail(section, i, key, str(exc).split(": ", 1)[-1]) from None
-            built.append(component)
+            instances = entry.get("instances")
+            if "instances" in entry:
+                if not worker:
+                    raise fail(section, i, "instances", "unknown key")
+                if not isinstance(instances, int) or isinstance(instances, bool) or instances < 0:
+                    raise fail(section, i, "instances", f"must be an int >= 0, not {instances!r}")
+            if isinstance(policy.get("cwd"), str) and policy["cwd"]:
+                policy["cwd"] = str(folder / policy["cwd"])  # relative to the file
+            names = [entry[ident]] if instances is None else [f"{entry[ident]}-{k}" for k in range(instances)]
+            family = seen.setdefault(_family(section), set())
+            for one in [entry[ident]] if instances is None else [entry[ident], *names]:
+                if one in family:
+                    raise fail(section, i, ident, f"{one!r} is used twice")
+                family.add(one)
+            # A pool of none is still checked: one member is made, and dropped.
+            for one in names or [f"{entry[ident]}-0"]:
+                component = _build(fail, section=section, i=i, base=base, entry=entry, name=one, policy=policy)
+                if names:
+                    built.append(component)
+                    if worker:
+                        declared[one] = (section, i)
+            if worker:
+                line = _line_of(text, section, i, None)
+                entries[entry[ident]] = WorkerEntry(
+                    section, entry[ident], entry["class"], entry.get("config"), policy, instances, line
+                )
+                declared[entry[ident]] = (section, i)
+                if instances is not None:
+                    pools[entry[ident]] = names
         components[section] = built
-    return SystemSpec(name, components)
+    groups = _groups(fail, data, text, components, pools)
+    workers = {
+        c.name: c for section in ("devices", "services") for c in components[section] if isinstance(c, Service | Device)
+    }
+    try:
+        start_order(workers, pools, [g.members for g in groups.values()])
+    except DependencyError as exc:
+        section, index = declared[exc.worker]
+        raise fail(section, index, exc.key, str(exc).split(": ", 1)[-1]) from None
+    return SystemSpec(name, components, entries, groups)
+
+
+def _build(
+    fail: Callable[[str, int | None, str | None, str], ConfigError],
+    *,
+    section: str,
+    i: int,
+    base: type,
+    entry: dict[str, Any],
+    name: str,
+    policy: dict[str, Any],
+) -> object:
+    try:
+        component = build(entry["class"], name, copy.deepcopy(entry.get("config")), copy.deepcopy(policy))
+    except ConfigError as exc:
+        raise fail(section, i, "class", str(exc)) from None
+    if not isinstance(component, base) or (base is Process and isinstance(component, Interface)):
+        raise fail(section, i, "class", f"{entry['class']} is not a {base.__name__}")
+    if isinstance(component, Service | Device):
+        try:
+            check_supervised(component)
+            if isinstance(component, Service) and not _interval_ok(component.interval):
+                raise RegistrationError(f"{name!r}: interval must be a number >= 0")
+        except RegistrationError as exc:
+            # Point at the setting at fault when the file sets it.
+            found = re.match(r"'[^']*': (\w+)", str(exc))
+            key = found.group(1) if found and found.group(1) in entry else "class"
+            raise fail(section, i, key, str(exc).split(": ", 1)[-1]) from None
+    return component
+
+
+def _groups(
+    fail: Callable[[str, int | None, str | None, str], ConfigError],
+    data: dict[str, Any],
+    text: str,
+    components: dict[str, list[object]],
+    pools: dict[str, list[str]],
+) -> dict[str, GroupEntry]:
+    entries = data.get("groups", [])
+    if not isinstance(entries, list):
+        raise fail("groups", None, None, "must be an array of tables ([[groups]])")
+    workers = {getattr(c, "name", None): c for s in ("devices", "services") for c in components[s]}
+    pooled = {m for members in pools.values() for m in members}
+    groups: dict[str, GroupEntry] = {}
+    taken: dict[str, str] = {}
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise fail("groups", i, None, f"must be a table ([[groups]]), not {entry!r}")
+        for key in entry:
+            if key not in GROUP_KEYS:
+                raise fail("groups", i, key, f"unknown key (expected {', '.join(GROUP_KEYS)})")
+        name = entry.get("name")
+        if not isinstance(name, str) or not name:
+            raise fail("groups", i, "name" if "name" in entry else None, "'name' is required (a string)")
+        if name in groups:
+            raise fail("groups", i, "name", f"{name!r} is used twice")
+        strategy = entry.get("strategy", "one_for_one")
+        members = entry.get("members")
+        if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
+            where = "members" if "members" in entry else None
+            raise fail("groups", i, where, "'members' is required (a list of worker names)")
+        for member in members:
+            if member in pools or member in pooled:
+                raise fail("groups", i, "members", f"{member!r} is a pool's: a pool cannot be a group's member")
+            if member not in workers:
+                raise fail("groups", i, "members", f"{member!r} is no declared device or service")
+            if member in taken:
+                raise fail("groups", i, "members", f"{member!r} is a member of the group {taken[member]!r} already")
+            taken[member] = name
+        try:
+            check_group(name, [workers[m] for m in members], strategy)
+        except RegistrationError as exc:
+            key = "strategy" if "strategy" in str(exc) and "strategy" in entry else "members"
+            raise fail("groups", i, key, str(exc)) from None
+        groups[name] = GroupEntry(name, strategy, tuple(members), _line_of(text, "groups", i, None))
+    return groups

@@ -99,6 +99,16 @@ def parser() -> argparse.ArgumentParser:
     cmd.set_defaults(fn=c.remove)
 
     cmd = sub.add_parser(
+        "scale",
+        help="change the size of a pool",
+        description="Start the next members of a pool (NAME-k) or stop and remove the highest-numbered ones.",
+    )
+    cmd.add_argument("pool", help="the pool's name")
+    cmd.add_argument("instances", type=int, help="how many members it should have")
+    find(cmd)
+    cmd.set_defaults(fn=c.scale)
+
+    cmd = sub.add_parser(
         "worker",
         help="run one standalone worker that joins a running runtime",
         description="Run a Service or Device in this process as a worker of the runtime in RUN_DIR.",

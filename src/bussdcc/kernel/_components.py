@@ -115,6 +115,19 @@ class Supervised:
         """
         return True
 
+    #: Workers (or pools) by name this one starts after, once they are ready, and stops before.
+    after: tuple[str, ...] | list[str] = ()
+    #: Workers (or pools) this one needs: as ``after``, and it is stopped and restarted with them
+    #: (systemd's ``BindsTo``); it gives up when one of them does.
+    requires: tuple[str, ...] | list[str] = ()
+    #: Environment variables set in the worker's process (over the runtime's own), just after fork.
+    env: dict[str, str] | None = None
+    #: The worker's working directory (``None``: the runtime's).
+    cwd: str | None = None
+    #: The user and group (names) the worker runs as; only a runtime running as root may set them.
+    user: str | None = None
+    group: str | None = None
+
 
 class Device(Supervised):
     """A boundary to hardware or an external resource; runs in its own worker process.

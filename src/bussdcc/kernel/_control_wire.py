@@ -84,8 +84,23 @@ class CallRequest(Frame, tag="call_device", frozen=True):
     timeout: float = 10.0
 
 
+class ScaleRequest(Frame, tag="scale", frozen=True):
+    """Make the pool ``pool`` ``instances`` strong (start the next members, or remove the last ones)."""
+
+    secret: bytes
+    pool: str
+    instances: int
+
+
 ControlRequest: TypeAlias = (
-    StatusRequest | WorkerRequest | ShutdownRequest | SpawnRequest | SubscribeRequest | JoinRequest | CallRequest
+    StatusRequest
+    | WorkerRequest
+    | ShutdownRequest
+    | SpawnRequest
+    | SubscribeRequest
+    | JoinRequest
+    | CallRequest
+    | ScaleRequest
 )
 
 

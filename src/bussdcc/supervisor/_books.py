@@ -77,6 +77,8 @@ class Books:
         self.on_output: Callable[[p.Output], None] | None = None
         self.workers: dict[str, Worker] = {}
         self.groups: dict[str, Group] = {}
+        #: The restarts under way of workers with dependents (``requires``), by the required worker's name.
+        self.bindings: dict[str, Group] = {}
         self.outbox: deque[bytes] = deque()
         self.outbox_bytes = 0
         self._outbox_lock = threading.Lock()
@@ -145,6 +147,9 @@ class Books:
         """Move the restart plan of ``worker``'s group on, if one is under way (a member changed state)."""
         if worker.group is not None and (plan := self.groups[worker.group].plan) is not None:
             plan.advance()
+        for binding in list(self.bindings.values()):
+            if binding.plan is not None and worker.name in binding.members:
+                binding.plan.advance()
 
     def _settle_stopped(self, worker: Worker) -> None:
         """The worker is stopped for good: say so to whoever waits for it."""

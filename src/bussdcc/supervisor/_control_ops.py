@@ -68,6 +68,8 @@ def act(rt: ManagedRuntime, server: ControlServer, req: p.ControlRequest) -> p.C
             return _join(rt, server, req)
         case p.CallRequest():
             return p.Done(_call(rt, req))
+        case p.ScaleRequest():
+            return p.Done(_scale(rt, req))
     raise ControlError(f"unexpected request {type(req).__name__}")
 
 
@@ -88,6 +90,19 @@ def _worker_op(rt: ManagedRuntime, op: str, name: str) -> str:
         stopped = f"{name} was {was}" if was in _IDLE else f"{name} stopped"
         return stopped if op == "stop" else f"{stopped}; removed {name}"
     raise ControlError(f"unknown operation {op!r}")
+
+
+def _scale(rt: ManagedRuntime, req: p.ScaleRequest) -> str:
+    before = {w.name for w in rt.workers()}
+    members = rt.scale(req.pool, req.instances)
+    added = [f"{w.name} (pid {w.pid if w.pid is not None else w.state})" for w in members if w.name not in before]
+    removed = sorted(before - {w.name for w in rt.workers()})
+    said = f"{req.pool}: {len(members)} instances"
+    if added:
+        said += f"; started {', '.join(added)}"
+    if removed:
+        said += f"; removed {', '.join(removed)}"
+    return said
 
 
 def _started(pid: int | None, name: str) -> str:
@@ -155,6 +170,12 @@ def _bounded(target: str, name: str, cfg: Any, pol: p.Policy) -> object:
 
 
 def _component(target: str, name: str, config: Any, policy: p.Policy) -> Service | Device:
+    forked_only = sorted(k for k in ("env", "cwd", "user", "group") if k in policy)
+    if forked_only:
+        # A worker run in a fresh interpreter is not made by the fork server, which applies them.
+        raise ConfigError(
+            f"{', '.join(forked_only)}: only for workers the fork server starts (a system file, or from Python)"
+        )
     component = _bounded(target, name, config, policy)
     if not isinstance(component, Service | Device):
         raise ConfigError(f"{target} is not a Service or a Device: only those run as workers")

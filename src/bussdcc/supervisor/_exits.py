@@ -21,6 +21,7 @@ from ..kernel import _builtin as m
 from ..kernel._vocab import ExitCause
 from ._books import Books, SpawnRefused
 from ._cgroup import oom_kills
+from ._deps import dependents
 from ._groups import Group, Plan
 from ._policy import GiveUp, History, Policy, Respawn, Stop, decide, exit_kind
 from ._stopping import Stopping
@@ -224,6 +225,9 @@ class Exits:
                 if group is not None and group.strategy != "one_for_one":
                     self._start_plan(Plan(self, group, worker.name, delay))
                     return
+                if (binding := self._binding(worker)) is not None:
+                    self._start_plan(Plan(self, binding, worker.name, delay))
+                    return
                 worker.backoff_timer = b._hub().call_later(delay, lambda: self._respawn_after_backoff(worker))
 
     def _announce_failure(self, worker: Worker, error: str, tb: str | None) -> None:
@@ -285,6 +289,24 @@ class Exits:
         group = b.groups.get(worker.group) if worker.group is not None else None
         if group is not None and group.strategy != "one_for_one" and not worker.held and not b.closing:
             self._start_plan(Plan(self, group, worker.name, 0.0, give_up=f"group member {worker.name!r} gave up"))
+        elif not worker.held and not b.closing and (binding := self._binding(worker)) is not None:
+            self._start_plan(
+                Plan(self, binding, worker.name, 0.0, give_up=f"{worker.name!r}, which it requires, gave up")
+            )
+
+    def _binding(self, worker: Worker) -> Group | None:
+        """The workers that ``require`` ``worker`` (and it first), as a group that restarts together; None if none."""
+        b = self.books
+        old = b.bindings.get(worker.name)
+        if old is not None and old.plan is not None:
+            old.plan.cancel()  # a newer exit supersedes the restart under way
+        bound = dependents({n: w.component for n, w in b.workers.items()}, worker.name)
+        if not bound:
+            b.bindings.pop(worker.name, None)
+            return None
+        binding = Group(f"requires {worker.name}", "one_for_all", [worker.name, *bound])
+        b.bindings[worker.name] = binding
+        return binding
 
     # ---- group plans (``_groups.Driver``) ----------------------------------------------
 

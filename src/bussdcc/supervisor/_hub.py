@@ -89,6 +89,8 @@ class Hub:
         self.closing = False
         #: Whether new workers can connect (the endpoint's path is there); not while fds run short.
         self.accepting = True
+        #: Called on the hub thread after the endpoint is bound again (its socket file is new).
+        self.after_bind: Callable[[], None] | None = None
 
     # ---- lifecycle ----------------------------------------------------------------
 
@@ -116,6 +118,11 @@ class Hub:
         """
         if self.sock is not None:
             self.sock.bind(self.endpoint)
+            self._bound()
+
+    def _bound(self) -> None:
+        if self.after_bind is not None:
+            self.after_bind()
 
     def accept(self, on: bool) -> None:
         """Let new workers connect, or not (hub thread); the workers connected already stay.
@@ -131,6 +138,7 @@ class Hub:
         path = self.endpoint.removeprefix("ipc://")
         if on:
             self.sock.bind(self.endpoint)
+            self._bound()
         else:
             try:
                 os.unlink(path)

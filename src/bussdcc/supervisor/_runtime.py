@@ -42,7 +42,7 @@ from ._flow import weigh
 from ._forksafety import threads_fault
 from ._lifecycle import Lifecycle, Phase
 from ._managed import RuntimeStats
-from ._management import WorkerManagement
+from ._pools import PoolManagement
 from ._registry import Registry
 from ._rundir import default_name
 from ._specs import check_group
@@ -51,7 +51,7 @@ from ._workers import WorkerStatus
 D = TypeVar("D", bound=Device)
 
 
-class Runtime(WorkerManagement):
+class Runtime(PoolManagement):
     """The coordination authority: owns the context, boots, dispatches, supervises, shuts down.
 
     Every Service and Device runs in its own worker process; Processes and
@@ -74,6 +74,7 @@ class Runtime(WorkerManagement):
         self.state = state or StateStore()
         self.version = __version__
         self._registry = Registry()
+        self._pools = {}
         self._calls = ParentPort(lambda: self._registry.devices)
         self._dispatch = Dispatch(self.events, self.clock)
         self.ctx = self._context(RUNTIME_SOURCE)
@@ -249,6 +250,7 @@ class Runtime(WorkerManagement):
 
     def _assemble(self) -> Assembly:
         reg = self._registry
+        self._order_workers()
         hooks = Hooks(
             emit=self.emit,
             emit_queued=self._emit_queued,
@@ -257,7 +259,7 @@ class Runtime(WorkerManagement):
             tap=self._dispatch.tap,
             changed=self._notify,
         )
-        return assemble(
+        parts = assemble(
             name=self.name,
             runtime=self,
             workers=[*reg.devices.values(), *reg.services.values()],
@@ -268,6 +270,12 @@ class Runtime(WorkerManagement):
             hooks=hooks,
             waiting=() if self._boot_waiter is None else (self._boot_waiter,),
         )
+        try:
+            self._open_for(parts, list(reg.workers().values()))
+        except BaseException:
+            parts.close()
+            raise
+        return parts
 
     def _boot_sequence(self, parts: Assembly) -> None:
         self.emit(m.RuntimeBooting(version=self.version))
@@ -275,14 +283,14 @@ class Runtime(WorkerManagement):
             error = threads_fault(parts.fork.threads)
             self.emit(m.RuntimeFault(part="threads", kind="threads_at_boot", error=error))
         for device in self._registry.devices.values():
-            self._start_worker(parts, device.name)
+            self._boot_start(parts, device.name)
         for rec in self._dispatch.receivers:
             self._dispatch.start_receiver(rec)
         self._lc.announced = True
         self.emit(m.RuntimeBooted(version=self.version))
         for service in self._registry.services.values():
             if service.enabled:
-                self._start_worker(parts, service.name)
+                self._boot_start(parts, service.name)
         pending = self._lc.end_boot()
         if pending is not None:
             raise BootError(f"boot interrupted: {pending}")

@@ -13,6 +13,7 @@ from ..errors import ConfigError, RegistrationError
 from ..kernel import Device, Process, Service
 from ..kernel._components import Supervised, restart_policy
 from ..kernel._message import message_names
+from ._procenv import check_process
 
 _STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one")
 _ON_UNHEALTHY = ("restart", "report")
@@ -78,6 +79,7 @@ def check_supervised(component: Service | Device) -> None:
     if component.heartbeat_interval > 0 and component.heartbeat_timeout <= component.heartbeat_interval:
         raise bad("heartbeat_timeout", f"longer than heartbeat_interval ({component.heartbeat_interval!r})")
     check_health(component)
+    check_process(component)
 
 
 def check_health(component: Service | Device) -> None:

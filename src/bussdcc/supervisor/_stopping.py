@@ -22,6 +22,9 @@ class Stopping:
         worker.intent = "stop"  # a stop ends it for good, whatever its group had planned
         if worker.group is not None and (plan := b.groups[worker.group].plan) is not None:
             plan.drop(name)  # the rest of the group restart goes on without it
+        for binding in list(b.bindings.values()):
+            if binding.plan is not None and name in binding.members:
+                binding.plan.drop(name)
         if worker.backoff_timer is not None:
             worker.backoff_timer.cancel()
             worker.backoff_timer = None
@@ -39,7 +42,7 @@ class Stopping:
         """Shutdown has begun: respawn nothing more, and let waiting workers count as stopped."""
         b = self.books
         b.closing = True
-        for group in b.groups.values():
+        for group in [*b.groups.values(), *b.bindings.values()]:
             if group.plan is not None:
                 group.plan.cancel()
         for worker in b.workers.values():

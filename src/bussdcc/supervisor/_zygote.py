@@ -28,6 +28,7 @@ import psutil
 
 from ..kernel import protocol as p
 from ..kernel._boundary import SlotTable, WorkerSpec
+from ._procenv import apply_process
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
@@ -298,6 +299,8 @@ class Zygote:  # pragma: no cover - runs in the child
                 if spec is None:
                     assert req.argv is not None
                     _exec_worker(req, self.parent)
+                if apply_process(component):
+                    _die_with_parent(me)  # a change of ids clears the death signal
                 self.entry(spec, component)
             except BaseException:
                 traceback.print_exc()
