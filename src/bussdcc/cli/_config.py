@@ -6,6 +6,7 @@ import math
 import re
 import sys
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +40,11 @@ def parse_policy_value(text: str) -> Any:
 class SystemSpec:
     """A parsed TOML system: its name and its components, in declaration order per section."""
 
-    def __init__(self, name: str, components: dict[str, list[object]]) -> None:
+    def __init__(self, name: str, components: dict[str, list[object]], http: str | None = None) -> None:
         self.name = name
         self.components = components
+        #: Where to serve metrics and the status page (``[http] listen``), if anywhere.
+        self.http = http
 
 
 def _line_of(text: str, section: str, index: int | None, key: str | None) -> int:
@@ -96,7 +99,7 @@ def load_system(path: Path) -> SystemSpec:
         return ConfigError(f"{path}:{line}: {where}{'.' + key if key else ''}: {why}")
 
     for key in data:
-        if key not in _SECTIONS and key != "runtime":
+        if key not in _SECTIONS and key not in ("runtime", "http"):
             raise fail(key, None, None, f"unknown section (expected runtime, {', '.join(_SECTIONS)})")
     runtime = data.get("runtime", {})
     if not isinstance(runtime, dict):
@@ -152,4 +155,20 @@ def load_system(path: Path) -> SystemSpec:
                     raise fail(section, i, key, str(exc).split(": ", 1)[-1]) from None
             built.append(component)
         components[section] = built
-    return SystemSpec(name, components)
+    return SystemSpec(name, components, _http_listen(data, fail))
+
+
+def _http_listen(data: dict[str, Any], fail: Callable[[str, int | None, str | None, str], ConfigError]) -> str | None:
+    """``[http] listen = "127.0.0.1:9100"``: where to serve metrics and the status page."""
+    table = data.get("http")
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise fail("http", None, None, "must be a table")
+    for key in table:
+        if key != "listen":
+            raise fail("http", None, key, "unknown key (expected listen)")
+    listen = table.get("listen")
+    if not isinstance(listen, str) or not listen:
+        raise fail("http", None, "listen" if "listen" in table else None, "listen is required: 'HOST:PORT' (a string)")
+    return listen
