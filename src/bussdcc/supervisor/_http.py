@@ -71,13 +71,14 @@ def parse_listen(text: str) -> tuple[str, int]:
     if not sep:
         host, port = "127.0.0.1", text.strip()
     host = host.strip()
-    if host.startswith("[") and host.endswith("]"):
+    bracketed = host.startswith("[") and host.endswith("]")
+    if bracketed:
         host = host[1:-1]
     try:
         number = int(port)
     except ValueError:
         number = -1
-    if not host or not 0 <= number <= 65535 or (":" in host and not sep):
+    if not host or not 0 <= number <= 65535 or (":" in host and not bracketed):
         raise ConfigError(f"http: {text!r} is not HOST:PORT (for example 127.0.0.1:9100)")
     return host, number
 

@@ -116,6 +116,8 @@ function render(st) {
         const b = document.createElement("button");
         b.textContent = action;
         b.dataset.action = action;
+        const idle = w.state === "stopped" || w.state === "failed";
+        b.disabled = action === "start" ? !idle : (action === "stop" && idle);
         b.onclick = () => act(w.name, action);
         a.appendChild(b);
       }
