@@ -151,8 +151,13 @@ def test_the_event_stream_sends_what_is_dispatched_as_it_happens(make_runtime: M
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     assert opened.wait(30)
+
     # Emitted after the stream opened: it can only arrive live. Echo answers from its own process.
-    wait_until(lambda: (rt.emit(Ping(n=1)), seen.wait(0.5))[1], timeout=30, what="a live test.pong on the stream")
+    def pong_seen() -> bool:
+        rt.emit(Ping(n=1))
+        return seen.wait(0.5)
+
+    wait_until(pong_seen, timeout=30, what="a live test.pong on the stream")
     reader.join(30)
     data = [line for line in lines if line.startswith("data: ") and "test." in line]
     assert data and all('"name": "test.' in line for line in data)  # the name filter holds
