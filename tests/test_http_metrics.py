@@ -125,6 +125,10 @@ def test_status_and_events_as_json_with_the_filters_of_bussdcc_events(make_runti
     assert code == 400 and b"severity" in body
     code, _, _ = get(base(rt) + "/nothing-here")
     assert code == 404
+    # Served on loopback: a page that rebinds its own host name to 127.0.0.1 is refused.
+    code, _, _ = get(base(rt) + "/api/status", {"Host": "evil.example:80"})
+    assert code == 421
+    assert get(base(rt) + "/api/status", {"Host": "localhost"})[0] == 200
 
 
 def test_the_event_stream_sends_what_is_dispatched_as_it_happens(make_runtime: MakeRuntime) -> None:

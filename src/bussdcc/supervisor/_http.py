@@ -61,6 +61,7 @@ _SOCKET_TIMEOUT = 10.0
 _STATUS_EVERY = 1.0
 _MAX_BODY = 64 * 1024
 _ACTIONS = {"restart": "restart_worker", "stop": "stop_worker", "start": "start_worker"}
+_LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -366,10 +367,24 @@ class _Handler(BaseHTTPRequestHandler):
 
     # ---- routes -----------------------------------------------------------------------
 
+    def _stranger(self) -> bool:
+        """Refuse a request for another host name on a loopback address (a DNS-rebinding web page's)."""
+        app = self.server.app
+        if app.host not in _LOOPBACK:
+            return False
+        host = (self.headers.get("Host") or "").strip().lower()
+        name = host[1:].partition("]")[0] if host.startswith("[") else host.partition(":")[0]
+        if name in _LOOPBACK or name == "localhost":
+            return False
+        self._json(421, {"error": f"this endpoint serves 127.0.0.1 and localhost, not {host!r}"})
+        return True
+
     def do_HEAD(self) -> None:
         self.do_GET()
 
     def do_GET(self) -> None:
+        if self._stranger():
+            return
         app = self.server.app
         url = urlsplit(self.path)
         query = parse_qs(url.query)
@@ -402,6 +417,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(404, {"error": f"no such page: {path}"})
 
     def do_POST(self) -> None:
+        if self._stranger():
+            return
         app = self.server.app
         try:
             length = int(self.headers.get("Content-Length") or 0)
