@@ -215,3 +215,26 @@ def test_toml_http_listen(tmp_path: Path) -> None:
     system.write_text("[http]\nlisten = 9100\n")
     with pytest.raises(ConfigError, match="listen is required"):
         load_system(system)
+
+
+def test_a_stream_client_that_does_not_read_is_dropped_and_dispatch_goes_on(make_runtime: MakeRuntime) -> None:
+    import socket
+
+    from ._helpers import Seq
+
+    rt, rec = make_runtime("slow-reader", http="127.0.0.1:0")
+    address = rt.http_address
+    assert address is not None
+    with socket.create_connection(address, timeout=30) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(b"GET /api/stream?n=0 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        sock.recv(1)  # the stream is open; from now on this client reads nothing
+        pad = "x" * 65536
+        for i in range(200):  # about 13 MiB: far past one client's bound
+            rt.emit(Seq(i=i, pad=pad))
+        rec.wait_for("test.seq", count=200, timeout=60)
+        wait_until(
+            lambda: get_json(base(rt) + "/api/status")["stream_clients_dropped"] >= 1,
+            timeout=60,
+            what="the slow client to be dropped",
+        )
