@@ -84,10 +84,21 @@ def browser(tmp_path: Path) -> Iterator[Any]:
 
 
 def _cell(driver: Any, worker: str, cls: str) -> str:
+    """The text of one cell of the worker table, read in one go (the table is redrawn every second)."""
+    script = "const td = document.querySelector(arguments[0]); return td ? td.textContent : '';"
+    return str(driver.execute_script(script, f'#workers tr[data-worker="{worker}"] td.{cls}'))
+
+
+def _click(driver: Any, selector: str) -> bool:
+    """Click the element, if it is there now (False if the table was redrawn under us: try again)."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
-    found = driver.find_elements(By.CSS_SELECTOR, f'#workers tr[data-worker="{worker}"] td.{cls}')
-    return str(found[0].text) if found else ""
+    try:
+        driver.find_element(By.CSS_SELECTOR, selector).click()
+    except (NoSuchElementException, StaleElementReferenceException):
+        return False
+    return True
 
 
 @pytest.mark.timeout(240)
@@ -102,8 +113,8 @@ def test_the_page_shows_the_workers_acts_and_streams_live(make_runtime: MakeRunt
     old = rt.worker("echo").pid
     wait_until(lambda: _cell(browser, "echo", "pid") == str(old), timeout=60, what="the worker table")
     assert _cell(browser, "probe", "pid") == str(rt.worker("probe").pid)
-    states = browser.find_elements(By.CSS_SELECTOR, "#workers .state")
-    assert [s.text for s in states] == ["running", "running"]
+    states = browser.execute_script("return [...document.querySelectorAll('#workers .state')].map(s => s.textContent)")
+    assert states == ["running", "running"]
     wait_until(lambda: "live" in browser.find_element(By.ID, "live").text, timeout=60, what="the stream to open")
 
     # A message dispatched now shows up without a reload (Echo answers from its own process).
@@ -117,8 +128,8 @@ def test_the_page_shows_the_workers_acts_and_streams_live(make_runtime: MakeRunt
         browser.save_screenshot(shot)
 
     # Restart from the page: the worker gets a new pid, and the page shows it.
-    button = browser.find_element(By.CSS_SELECTOR, '#workers tr[data-worker="echo"] button[data-action="restart"]')
-    button.click()
+    restart = '#workers tr[data-worker="echo"] button[data-action="restart"]'
+    wait_until(lambda: _click(browser, restart), timeout=60, what="the restart button to be clicked")
     wait_until(lambda: rt.worker("echo").pid not in (None, old), timeout=60, what="echo to be restarted")
     new = rt.worker("echo").pid
     wait_until(lambda: _cell(browser, "echo", "pid") == str(new), timeout=60, what="the new pid on the page")
