@@ -74,6 +74,9 @@ def test_metrics_read_the_runtime_at_scrape_time(make_runtime: MakeRuntime) -> N
     assert got["bussdcc_messages_dispatched_total", ()] >= 1
     assert got["bussdcc_messages_dispatched_total", ()] <= rt.stats().dispatched
     assert got["bussdcc_worker_incarnation", (("role", "service"), ("worker", "echo"))] == 2
+    # A restart asked for is no respawn: the histogram times only deaths the policy recovers from.
+    rt.restart_worker("echo")
+    assert samples(scrape(rt))["bussdcc_respawn_latency_seconds_count", ()] == 1
     # Sampled by the watchdog: present once it has looked at the workers.
     wait_until(lambda: ("bussdcc_worker_rss_bytes", (("role", "device"), ("worker", "probe"))) in samples(scrape(rt)))
 
