@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/respawn.py
 	$(BIN)/python bench/requests.py
 	$(BIN)/python bench/control.py
+	$(BIN)/python bench/scrape.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

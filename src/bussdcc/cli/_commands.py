@@ -173,7 +173,7 @@ def events(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """``bussdcc run``: run a system in the foreground."""
-    return _launch.run(args.target, args.name, args.verbose)
+    return _launch.run(args.target, args.name, args.verbose, http=args.http)
 
 
 def worker(args: argparse.Namespace) -> int:

@@ -112,11 +112,14 @@ class SystemSpec:
         components: dict[str, list[object]],
         workers: dict[str, WorkerEntry] | None = None,
         groups: dict[str, GroupEntry] | None = None,
+        http: str | None = None,
     ) -> None:
         self.name = name
         self.components = components
         self.workers = workers or {}
         self.groups = groups or {}
+        #: Where to serve metrics and the status page (``[http] listen``), if anywhere.
+        self.http = http
 
 
 def install(spec: SystemSpec, rt: Runtime) -> None:
@@ -218,8 +221,8 @@ def load_system(path: Path) -> SystemSpec:
         return ConfigError(f"{path}:{line}: {where}{'.' + key if key else ''}: {why}")
 
     for key in data:
-        if key not in _SECTIONS and key not in ("runtime", "groups"):
-            raise fail(key, None, None, f"unknown section (expected runtime, {', '.join(_SECTIONS)}, groups)")
+        if key not in _SECTIONS and key not in ("runtime", "groups", "http"):
+            raise fail(key, None, None, f"unknown section (expected runtime, {', '.join(_SECTIONS)}, groups, http)")
     runtime = data.get("runtime", {})
     if not isinstance(runtime, dict):
         raise fail("runtime", None, None, "must be a table")
@@ -298,7 +301,7 @@ def load_system(path: Path) -> SystemSpec:
     except DependencyError as exc:
         section, index = declared[exc.worker]
         raise fail(section, index, exc.key, str(exc).split(": ", 1)[-1]) from None
-    return SystemSpec(name, components, entries, groups)
+    return SystemSpec(name, components, entries, groups, _http_listen(data, fail))
 
 
 def _build(
@@ -375,3 +378,19 @@ def _groups(
             raise fail("groups", i, key, str(exc)) from None
         groups[name] = GroupEntry(name, strategy, tuple(members), _line_of(text, "groups", i, None))
     return groups
+
+
+def _http_listen(data: dict[str, Any], fail: Callable[[str, int | None, str | None, str], ConfigError]) -> str | None:
+    """``[http] listen = "127.0.0.1:9100"``: where to serve metrics and the status page."""
+    table = data.get("http")
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise fail("http", None, None, "must be a table")
+    for key in table:
+        if key != "listen":
+            raise fail("http", None, key, "unknown key (expected listen)")
+    listen = table.get("listen")
+    if not isinstance(listen, str) or not listen:
+        raise fail("http", None, "listen" if "listen" in table else None, "listen is required: 'HOST:PORT' (a string)")
+    return listen

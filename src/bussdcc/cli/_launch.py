@@ -23,11 +23,11 @@ from ._config import build, import_target, install, load_system
 from ._notify import Watchdog, notify, watchdog_interval
 
 
-def load_runtime(target: str, name: str | None = None) -> Runtime:
+def load_runtime(target: str, name: str | None = None, http: str | None = None) -> Runtime:
     """A runtime from a ``.toml`` system file or a ``module:attribute`` (a Runtime, or a function making one)."""
     if target.endswith(".toml"):
         spec = load_system(Path(target))
-        rt: Runtime = SignalRuntime(name=name or spec.name)
+        rt: Runtime = SignalRuntime(name=name or spec.name, http=http or spec.http)
         install(spec, rt)
         return rt
     sys.path.insert(0, os.getcwd())  # as `python -m` would: modules beside the caller are importable
@@ -39,6 +39,8 @@ def load_runtime(target: str, name: str | None = None) -> Runtime:
             raise ConfigError(f"{target}() raised {exc!r}") from exc
     if not isinstance(obj, Runtime):
         raise ConfigError(f"{target} is not a Runtime, nor a function returning one")
+    if http:
+        obj.http = http
     if name:
         obj.name = name
     elif obj.name == "__main__":  # named after this command's own main module
@@ -46,9 +48,9 @@ def load_runtime(target: str, name: str | None = None) -> Runtime:
     return obj
 
 
-def run(target: str, name: str | None = None, verbose: bool = False) -> int:
+def run(target: str, name: str | None = None, verbose: bool = False, http: str | None = None) -> int:
     """Boot the system, serve until a signal or a shutdown request, shut down; the exit code."""
-    rt = load_runtime(target, name)
+    rt = load_runtime(target, name, http)
     stopped_by: list[str] = []  # the signal that asked for the shutdown, to say so at the end
     if not isinstance(rt, SignalRuntime):
         # Ours to handle as a SignalRuntime would: the whole process group gets these from a
@@ -75,6 +77,8 @@ def run(target: str, name: str | None = None, verbose: bool = False) -> int:
         rt.events.subscribe(Message, _print_event)
     rt.boot()
     print(f"bussdcc: {rt.name} running (pid {os.getpid()}, {rt.run_dir})", file=sys.stderr, flush=True)
+    if rt.http_url is not None:
+        print(f"bussdcc: status page (with the right to act): {rt.http_url}", file=sys.stderr, flush=True)
     notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=running {rt.name}")
     interval = watchdog_interval()
     dog = Watchdog(interval) if interval else None

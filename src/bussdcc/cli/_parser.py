@@ -56,6 +56,11 @@ def parser() -> argparse.ArgumentParser:
     cmd.add_argument("target", help="a .toml system file, or module:attribute (a Runtime or a function returning one)")
     cmd.add_argument("--name", help="the runtime's name (default: from the file or module)")
     cmd.add_argument("-v", "--verbose", action="store_true", help="print every dispatched message")
+    cmd.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics and a live status page there (needs bussdcc[web]; e.g. 127.0.0.1:9100)",
+    )
     cmd.set_defaults(fn=c.run)
 
     cmd = sub.add_parser("status", help="show a runtime's workers", description="Show a runtime and its workers.")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import BootError
 from ..kernel import ClockProtocol, Device, Message, Service, StateStore, Strategy
@@ -28,6 +29,9 @@ from ._managed import ManagedRuntime
 from ._output import OutputSink
 from ._rundir import RunDirGuard, make_run_dir, remove_run_dir
 from ._supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from ._http import HttpServer
 
 #: The worker entry point, named rather than imported: supervisor and worker stay apart.
 WORKER_ENTRY = "bussdcc.worker._main:run"
@@ -76,6 +80,7 @@ class Assembly:
         output: OutputSink,
         guard: RunDirGuard,
         calls: ParentPort,
+        web: HttpServer | None = None,
     ) -> None:
         self.run_dir = run_dir
         self.endpoint = hub.endpoint
@@ -88,9 +93,13 @@ class Assembly:
         self.output = output
         self.guard = guard
         self.calls = calls
+        #: The metrics and status page server, when asked for (``Runtime(http=...)``).
+        self.web = web
 
     def close(self) -> None:
         """Stop every thread and free every resource, in the reverse of the order they were made."""
+        if self.web is not None:
+            self.web.stop()
         self.guard.stop()  # the directory is ours to remove now
         self.control.stop()
         self.calls.detach()
@@ -118,6 +127,7 @@ def assemble(
     calls: ParentPort,
     hooks: Hooks,
     waiting: tuple[threading.Thread, ...] = (),
+    http: str | None = None,
 ) -> Assembly:
     """Build and start the machinery of one boot; on failure, nothing is left behind."""
     # Before anything is made: the fork server and every worker inherit it too.
@@ -125,7 +135,7 @@ def assemble(
     run_dir = make_run_dir(name)
     made: list[Callable[[], None]] = [lambda: remove_run_dir(run_dir)]
     try:
-        return _assemble(run_dir, made, runtime, workers, groups, state, clock, calls, hooks, waiting)
+        return _assemble(run_dir, made, runtime, workers, groups, state, clock, calls, hooks, waiting, http)
     except BaseException:
         for undo in reversed(made):
             try:
@@ -146,6 +156,7 @@ def _assemble(  # noqa: PLR0917  (one call site, in the order things are made)
     calls: ParentPort,
     hooks: Hooks,
     waiting: tuple[threading.Thread, ...],
+    http: str | None,
 ) -> Assembly:
     endpoint = workers_endpoint(run_dir)
     slots = SlotTable(path=run_dir / SLOTS_FILE)
@@ -214,6 +225,14 @@ def _assemble(  # noqa: PLR0917  (one call site, in the order things are made)
         hub.every(_fds.PERIOD, fd_guard.check, "fd_watch")
 
     hub.call_soon(watch_fds)
+    web = None
+    if http is not None:
+        from ._http import HttpServer
+
+        web = HttpServer(runtime, sup, dispatcher, http, control.secret)
+        web.start()
+        made.append(web.stop)
+        control.listener = web.tap
     return Assembly(
         run_dir=run_dir,
         slots=slots,
@@ -225,4 +244,5 @@ def _assemble(  # noqa: PLR0917  (one call site, in the order things are made)
         output=output,
         guard=guard,
         calls=calls,
+        web=web,
     )

@@ -22,6 +22,7 @@ from ._dispatcher import Dispatcher
 from ._forkserver import ForkServer
 from ._groups import Group
 from ._hub import Hub
+from ._latency import RESPAWN_BUCKETS, Histogram
 from ._rundir import RunDirGuard
 from ._workers import Incarnation, Worker, WorkerState
 
@@ -108,6 +109,8 @@ class Books:
         self.run_dir_guard: RunDirGuard | None = None
         #: Calls to devices: routed here, answered by the device incarnations.
         self.calls = CallRouter(self.workers)
+        #: Death seen → next incarnation ready, for workers respawned by their policy (read at scrape time).
+        self.respawn_latency = Histogram(RESPAWN_BUCKETS)
         # Last: the parts that work on these books need them complete.
         self._compose()
 

@@ -30,6 +30,7 @@ from ..errors import (
 from ..kernel import Device
 from ..kernel import protocol as p
 from ..kernel._calls import MAX_TIMEOUT, Latch, Outgoing, callable_methods, fail
+from ._latency import CALL_BUCKETS, Histogram
 from ._workers import WorkerState
 
 if TYPE_CHECKING:
@@ -43,14 +44,15 @@ _ids: Final = itertools.count(1)
 
 
 class _Pending:
-    __slots__ = ("call_id", "deadline", "device", "done", "frame", "identity", "method", "wait")
+    __slots__ = ("call_id", "deadline", "device", "done", "frame", "identity", "method", "started", "wait")
 
     def __init__(self, call_id: int, call: Outgoing, frame: bytes, done: Callable[[p.Reply], None]) -> None:
         self.call_id = call_id
         self.device = call.device
         self.method = call.method
         self.frame = frame
-        self.deadline = time.monotonic() + call.timeout
+        self.started = time.monotonic()
+        self.deadline = self.started + call.timeout
         self.wait = call.wait
         self.done = done
         self.identity: bytes | None = None  # the incarnation it was sent to
@@ -83,6 +85,8 @@ class CallRouter:
         self.closed: str | None = None
         #: Replies that matched no pending call (late, or for a call that timed out).
         self.late = 0
+        #: How long answered calls took, per device (routed to answered; read at scrape time).
+        self.latency: dict[str, Histogram] = {}
 
     def counts(self) -> tuple[int, int]:
         """Calls in flight (sent or parked), and those parked for a device not ready; any thread."""
@@ -160,6 +164,10 @@ class CallRouter:
             return
         del self._pending[frame.call_id]
         self._unlink(call)
+        hist = self.latency.get(call.device)
+        if hist is None:
+            hist = self.latency[call.device] = Histogram(CALL_BUCKETS)
+        hist.observe(time.monotonic() - call.started)
         call.done(frame)
 
     def on_request(self, inc: Incarnation, frame: p.Request) -> None:

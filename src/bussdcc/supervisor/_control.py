@@ -90,6 +90,13 @@ class ControlServer:
         self._denied = 0
         self._denied_lock = threading.Lock()
         self.thread = threading.Thread(target=self._main, name="bussdcc-control", daemon=True)
+        #: Also told of every message tapped, in the same order (the HTTP event stream); never blocks.
+        self.listener: Callable[[int, bytes], None] | None = None
+
+    @property
+    def secret(self) -> bytes:
+        """The run directory's secret: whoever holds it may steer the runtime."""
+        return self._secret
 
     # ---- lifecycle ----------------------------------------------------------------
 
@@ -136,6 +143,9 @@ class ControlServer:
         Called in dispatch order (under the runtime's dispatch lock); the tap
         lock keeps the recent list and the subscriber set in step with it.
         """
+        listener = self.listener
+        if listener is not None:
+            listener(severity, item)
         weight = weigh(1, len(item))
         with self._tap_lock:
             if len(self._recent) == RECENT:

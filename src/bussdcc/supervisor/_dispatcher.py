@@ -50,6 +50,10 @@ class Dispatcher:
         """Whether the caller is the dispatch thread."""
         return threading.current_thread() is self.thread
 
+    def load(self) -> tuple[int, int]:
+        """Items and bytes waiting for the dispatch thread now (any thread; for metrics)."""
+        return self._items, self._bytes
+
     def post(self, job: Callable[[], None], items: int = 1, size: int = 0) -> None:
         """Queue ``job`` (any thread, never blocks); ``items`` and ``size`` weigh it for back-pressure."""
         with self._cond:

@@ -105,6 +105,8 @@ class Exits:
     def ended(self, worker: Worker, inc: Incarnation, exit_code: int | None, *, drain: bool = False) -> None:
         """The process of ``inc`` is gone (or never was); ``drain``: its last frames may still be on their way."""
         inc.exit_code = exit_code
+        if worker.current is inc and worker.intent == "run" and worker.died_at is None:
+            worker.died_at = time.monotonic()  # respawn latency counts from here
         if not drain:
             inc.exited = True
             self.finalize(worker, inc)
@@ -205,6 +207,8 @@ class Exits:
         verdict = decide(
             Policy.of(worker.component), kind, history, time.monotonic(), error=error, closing=b.closing, jitter=jitter
         )
+        if not isinstance(verdict, Respawn):
+            worker.died_at = None  # not coming back by itself: no respawn to time
         match verdict:
             case Stop() if kind == "requested":
                 worker.move(WorkerState.BACKOFF if worker.held else WorkerState.STOPPED)
@@ -277,6 +281,7 @@ class Exits:
         b = self.books
         worker.move(WorkerState.FAILED)
         worker.current = None
+        worker.died_at = None
         worker.last_exit = f"gave up: {error}"
         b.calls.down(worker)
         pid = (inc.pid or 0) if inc is not None else 0

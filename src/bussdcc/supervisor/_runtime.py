@@ -66,8 +66,15 @@ class Runtime(PoolManagement):
         events: EventBus | None = None,
         state: StateStore | None = None,
         name: str | None = None,
+        http: str | None = None,
     ) -> None:
         self.name = name or default_name()
+        #: ``HOST:PORT`` to serve Prometheus metrics and the status page on while up (``bussdcc[web]``).
+        self.http = http
+        if http is not None:
+            from ._http import parse_listen
+
+            parse_listen(http)  # a bad address is refused now, not at boot
         self.clock: ClockProtocol = clock or SystemClock()
         self.events = events or EventBus()
         self.events.set_error_sink(self.emit)
@@ -122,6 +129,18 @@ class Runtime(PoolManagement):
         """The private run directory while the runtime is up."""
         parts = self._parts
         return parts.run_dir if parts is not None else None
+
+    @property
+    def http_address(self) -> tuple[str, int] | None:
+        """The (host, port) the metrics and status page are served on while up (None if not served)."""
+        parts = self._parts
+        return parts.web.address if parts is not None and parts.web is not None else None
+
+    @property
+    def http_url(self) -> str | None:
+        """The status page's URL with the token that allows acting on workers (None if not served)."""
+        parts = self._parts
+        return parts.web.login_url if parts is not None and parts.web is not None else None
 
     # ---- registration -----------------------------------------------------------------
 
@@ -269,6 +288,7 @@ class Runtime(PoolManagement):
             calls=self._calls,
             hooks=hooks,
             waiting=() if self._boot_waiter is None else (self._boot_waiter,),
+            http=self.http,
         )
         try:
             self._open_for(parts, list(reg.workers().values()))

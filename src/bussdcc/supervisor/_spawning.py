@@ -41,6 +41,7 @@ class Spawning:
         """Start a new incarnation of ``name``."""
         worker = self.books.workers[name]
         worker.intent = "run"
+        worker.died_at = None  # started by request: not a respawn
         worker.done.clear()
         try:
             return self.spawn(worker)
@@ -161,6 +162,9 @@ class Spawning:
             return
         if worker.state is WorkerState.STARTING:
             worker.move(WorkerState.RUNNING)
+        if worker.died_at is not None:
+            b.respawn_latency.observe(inc.ready_at - worker.died_at)
+            worker.died_at = None
         worker.started_at = b.clock.now_utc()
         assert inc.pid is not None  # known from Hello at the latest
         b.emit(m.WorkerStarted(worker=worker.name, role=worker.role, pid=inc.pid, incarnation=inc.number))

@@ -151,6 +151,8 @@ class Worker:
         self.started_at: _dt.datetime | None = None
         self.last_exit: str | None = None
         self.backoff_timer: Timer | None = None
+        #: When the death of an incarnation it is to come back from was seen (monotonic), until it is ready.
+        self.died_at: float | None = None
         #: Set when the worker reaches ``stopped`` or ``failed``.
         self.done = threading.Event()
         self.done.set()
