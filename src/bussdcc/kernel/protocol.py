@@ -18,7 +18,6 @@ stream per worker incarnation, batched into :class:`Batch` frames.
 
 from __future__ import annotations
 
-import datetime as _dt
 from typing import Any, Final, Literal, TypeAlias
 
 import msgspec
@@ -47,7 +46,7 @@ from ._control_wire import (
     WorkerOp,
     WorkerRequest,
 )
-from ._event import Event
+from ._event import Event, event_at
 from ._fork_wire import (
     FORK_REPORTS,
     FORK_REQUESTS,
@@ -63,6 +62,8 @@ from ._fork_wire import (
     SpawnFailed,
 )
 from ._frames import (
+    ENCODE_ERRORS,
+    ENCODER,
     MAX_FRAME,
     VALUES,
     Frame,
@@ -227,13 +228,27 @@ class StateDelete(Frame, tag="d", frozen=True):
 
 
 Item: TypeAlias = Envelope | StateSet | StateDelete
+
+
+class ItemBatch(Frame, tag="batch", frozen=True):
+    """A :class:`Batch` read with its items typed: the whole batch in one decoder call."""
+
+    first_seq: int
+    items: list[Item]
+
+
 #: One decoder per channel, each built once: pass it to :func:`decode`.
 WORKER_FRAMES: Final = msgspec.msgpack.Decoder(WorkerFrame)
 PARENT_FRAMES: Final = msgspec.msgpack.Decoder(ParentFrame)
 ITEMS: Final = msgspec.msgpack.Decoder(Item)
+ITEM_BATCH: Final = msgspec.msgpack.Decoder(ItemBatch)
 KEYS: Final = msgspec.msgpack.Decoder(tuple[bytes, bytes])
 _message_decoders: dict[type[Message], msgspec.msgpack.Decoder[Any]] = {}
+# By name, the hot path: a name is bound to one class for good (the registry refuses a second).
+_body_decoders: dict[str, msgspec.msgpack.Decoder[Any]] = {}
 
+
+_encode: Final = ENCODER.encode
 
 #: The encoding of ``None``: the result of a failed call.
 NIL: Final = msgspec.Raw(b"\xc0")
@@ -251,8 +266,17 @@ def _item(data: bytes, what: str) -> bytes:
 
 
 def encode_envelope(message: Message, ts: float, source: str = "") -> bytes:
-    """Encode ``message`` as an :class:`Envelope` item (raises :class:`FrameTooLarge`)."""
-    return _item(encode(Envelope(message.name, msgspec.Raw(encode(message)), ts, source)), message.name)
+    """Encode ``message`` as an :class:`Envelope` item (raises :class:`FrameTooLarge`).
+
+    One encoder call: the array is exactly the Envelope's (tag, name, body, ts, source).
+    """
+    try:
+        data = _encode(("m", message.name, message, ts, source))
+    except ENCODE_ERRORS as exc:
+        raise MalformedFrame(f"cannot encode {type(message).__name__}: {exc}") from exc
+    if len(data) > MAX_ITEM:
+        raise FrameTooLarge(f"{message.name} encodes to {len(data)} bytes, over the {MAX_ITEM}-byte limit")
+    return data
 
 
 def encode_state_set(path: str, value: Any) -> bytes:
@@ -262,10 +286,13 @@ def encode_state_set(path: str, value: Any) -> bytes:
 
 def decode_message(name: str, body: bytes | memoryview) -> Message:
     """Decode the body of the message registered under ``name`` into its class."""
-    cls = message_class(name)
-    decoder = _message_decoders.get(cls)
+    decoder = _body_decoders.get(name)
     if decoder is None:
-        decoder = _message_decoders[cls] = msgspec.msgpack.Decoder(cls, dec_hook=dec_hook)
+        cls = message_class(name)
+        decoder = _message_decoders.get(cls)
+        if decoder is None:
+            decoder = _message_decoders[cls] = msgspec.msgpack.Decoder(cls, dec_hook=dec_hook)
+        _body_decoders[name] = decoder
     try:
         msg: Message = decoder.decode(body)
     except (msgspec.DecodeError, ValueError) as exc:
@@ -275,8 +302,7 @@ def decode_message(name: str, body: bytes | memoryview) -> Message:
 
 def envelope_event(env: Envelope, source: str | None = None) -> Event[Message]:
     """Turn a decoded envelope into the Event it carries."""
-    ts = _dt.datetime.fromtimestamp(env.ts, tz=_dt.UTC)
-    return Event(decode_message(env.name, env.body), ts, source if source is not None else env.source)
+    return event_at(decode_message(env.name, env.body), env.ts, source if source is not None else env.source)
 
 
 def encode_key(identity: bytes, token: bytes) -> bytes:
@@ -296,6 +322,7 @@ __all__ = [
     "FORK_REPORTS",
     "FORK_REQUESTS",
     "ITEMS",
+    "ITEM_BATCH",
     "KEYS",
     "KEY_FD_ENV",
     "LOG_MARK",
@@ -327,6 +354,7 @@ __all__ = [
     "Health",
     "Hello",
     "Item",
+    "ItemBatch",
     "JoinRequest",
     "Joined",
     "Output",
