@@ -279,6 +279,21 @@ def encode_envelope(message: Message, ts: float, source: str = "") -> bytes:
     return data
 
 
+_BATCH_HEAD: Final = b"\x93\xa5batch"
+
+
+def encode_batch(first_seq: int, items: list[bytes]) -> bytes:
+    """Encode a :class:`Batch` of encoded items: the bytes of ``encode(Batch(first_seq, items))``, with no Raw each."""
+    n = len(items)
+    if n < 16:
+        head = bytes((0x90 | n,))
+    elif n < 0x10000:
+        head = b"\xdc" + n.to_bytes(2, "big")
+    else:
+        head = b"\xdd" + n.to_bytes(4, "big")
+    return b"".join((_BATCH_HEAD, _encode(first_seq), head, *items))
+
+
 def encode_state_set(path: str, value: Any) -> bytes:
     """Encode a state write as a :class:`StateSet` item (raises :class:`FrameTooLarge`)."""
     return _item(encode(StateSet(path, msgspec.Raw(encode(value)))), f"state {path!r}")
@@ -388,6 +403,7 @@ __all__ = [
     "decode_message",
     "decode_value",
     "encode",
+    "encode_batch",
     "encode_envelope",
     "encode_key",
     "encode_state_set",
