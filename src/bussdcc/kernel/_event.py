@@ -18,23 +18,33 @@ _UTC = _dt.UTC
 _fromtimestamp = _dt.datetime.fromtimestamp
 
 
-class Event(Generic[M_co]):
+class _Fields:
+    """The storage of an :class:`Event`, filled by plain attribute stores before it becomes one (the fast path)."""
+
+    __slots__ = ("_time", "_ts", "payload", "source")
+
+
+class Event(_Fields, Generic[M_co]):
     """A message as dispatched: ``payload``, UTC ``time`` and the ``source`` that emitted it."""
 
     # ``_time`` is built from ``_ts`` (UNIX seconds) on first read when the event was made
     # from a timestamp (:func:`event_at`): most handlers never look at the time.
-    __slots__ = ("_time", "_ts", "payload", "source")
+    __slots__ = ()
 
     payload: M_co
     source: str
     _time: _dt.datetime | None
     _ts: float | None
 
-    def __init__(self, payload: M_co, time: _dt.datetime, source: str = RUNTIME_SOURCE) -> None:
-        _set_payload(self, payload)
-        _set_time(self, time)
-        _set_ts(self, None)
-        _set_source(self, source)
+    def __new__(cls, payload: M_co, time: _dt.datetime, source: str = RUNTIME_SOURCE) -> Event[M_co]:
+        evt: Any = _Fields()
+        evt.payload = payload
+        evt._time = time
+        evt._ts = None
+        evt.source = source
+        evt.__class__ = cls
+        made: Event[M_co] = evt
+        return made
 
     def __setattr__(self, key: str, value: object) -> None:
         raise AttributeError("Event is immutable")
@@ -45,7 +55,7 @@ class Event(Generic[M_co]):
     @property
     def time(self) -> _dt.datetime:
         """When the message was emitted (timezone-aware UTC)."""
-        t: _dt.datetime | None = self._time
+        t = self._time
         if t is None:
             t = _fromtimestamp(self._ts, _UTC)  # type: ignore[arg-type]  # set whenever _time is not
             _set_time(self, t)
@@ -68,24 +78,22 @@ class Event(Generic[M_co]):
         return f"Event({self.payload!r}, time={self.time.isoformat()}, source={self.source!r})"
 
 
-_set_payload: Any = Event.__dict__["payload"].__set__
-_set_source: Any = Event.__dict__["source"].__set__
-_set_time: Any = Event.__dict__["_time"].__set__
-_set_ts: Any = Event.__dict__["_ts"].__set__
-_new = object.__new__
+_set_time: Any = _Fields.__dict__["_time"].__set__
 
 
 def event_at(payload: Message, ts: float, source: str) -> Event[Message]:
     """An Event emitted at UNIX time ``ts``, its ``time`` built only if read (the hot path's constructor)."""
-    evt: Event[Message] = _new(Event)
-    _set_payload(evt, payload)
-    _set_time(evt, None)
-    _set_ts(evt, ts)
-    _set_source(evt, source)
-    return evt
+    evt: Any = _Fields()
+    evt.payload = payload
+    evt._time = None
+    evt._ts = ts
+    evt.source = source
+    evt.__class__ = Event
+    made: Event[Message] = evt
+    return made
 
 
 def event_ts(evt: Event[Message]) -> float:
     """The UNIX time of ``evt``, without building its datetime."""
-    ts: float | None = evt._ts
+    ts = evt._ts
     return evt.time.timestamp() if ts is None else ts

@@ -18,7 +18,10 @@ from ..kernel import _builtin as m
 from ..kernel import protocol as p
 from ..kernel._clock import SystemClock
 from ..kernel._event import RUNTIME_SOURCE, event_at, event_ts
+from ..kernel._frames import ENCODE_ERRORS, ENCODER
 from ..kernel._text import emit_report
+
+_encode = ENCODER.encode
 
 if TYPE_CHECKING:
     from ._assembly import Assembly
@@ -63,7 +66,13 @@ class Dispatch:
         if item is None:
             # Encode first, always: an unencodable or oversized message is refused
             # before anyone sees it, whether or not a worker wants it today.
-            item = p.encode_envelope(evt.payload, event_ts(evt), evt.source)
+            payload = evt.payload
+            try:
+                item = _encode(("m", payload.name, payload, event_ts(evt), evt.source))  # an Envelope's array
+            except ENCODE_ERRORS:
+                item = None
+            if item is None or len(item) > p.MAX_ITEM:
+                item = p.encode_envelope(payload, event_ts(evt), evt.source)  # raises the typed error
         with self._lock:
             self.dispatched += 1
             if self.events._subs:
