@@ -245,7 +245,7 @@ ITEM_BATCH: Final = msgspec.msgpack.Decoder(ItemBatch)
 KEYS: Final = msgspec.msgpack.Decoder(tuple[bytes, bytes])
 _message_decoders: dict[type[Message], msgspec.msgpack.Decoder[Any]] = {}
 # By name, the hot path: a name is bound to one class for good (the registry refuses a second).
-_body_decoders: dict[str, msgspec.msgpack.Decoder[Any]] = {}
+BODY_DECODERS: Final[dict[str, msgspec.msgpack.Decoder[Any]]] = {}
 
 
 _encode: Final = ENCODER.encode
@@ -301,13 +301,13 @@ def encode_state_set(path: str, value: Any) -> bytes:
 
 def decode_message(name: str, body: bytes | memoryview) -> Message:
     """Decode the body of the message registered under ``name`` into its class."""
-    decoder = _body_decoders.get(name)
+    decoder = BODY_DECODERS.get(name)
     if decoder is None:
         cls = message_class(name)
         decoder = _message_decoders.get(cls)
         if decoder is None:
             decoder = _message_decoders[cls] = msgspec.msgpack.Decoder(cls, dec_hook=dec_hook)
-        _body_decoders[name] = decoder
+        BODY_DECODERS[name] = decoder
     try:
         msg: Message = decoder.decode(body)
     except (msgspec.DecodeError, ValueError) as exc:
@@ -332,6 +332,7 @@ def decode_key(data: bytes) -> tuple[bytes, bytes]:
 
 __all__ = [
     "BATCH_BYTES",
+    "BODY_DECODERS",
     "CONTROL_REPLIES",
     "CONTROL_REQUESTS",
     "FORK_REPORTS",

@@ -13,6 +13,8 @@ import traceback
 from time import time as _now
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from ..kernel import ClockProtocol, Context, Event, EventBus, Interface, Message, Process, Severity
 from ..kernel import _builtin as m
 from ..kernel import protocol as p
@@ -22,6 +24,7 @@ from ..kernel._frames import ENCODE_ERRORS, ENCODER
 from ..kernel._text import emit_report
 
 _encode = ENCODER.encode
+_body_decoders = p.BODY_DECODERS
 
 if TYPE_CHECKING:
     from ._assembly import Assembly
@@ -121,7 +124,15 @@ class Dispatch:
 
     def dispatch_item(self, env: p.Envelope, item: bytes, worker: str) -> None:
         """Dispatch what ``worker`` sent (dispatch thread)."""
-        evt = event_at(p.decode_message(env.name, env.body), env.ts, worker)
+        decoder = _body_decoders.get(env.name)
+        if decoder is None:
+            payload = p.decode_message(env.name, env.body)  # finds (and keeps) the decoder, or raises
+        else:
+            try:
+                payload = decoder.decode(env.body)
+            except (msgspec.DecodeError, ValueError):
+                payload = p.decode_message(env.name, env.body)  # raises the typed error
+        evt = event_at(payload, env.ts, worker)
         if env.source != worker:  # the routing id, not the frame, says who sent it
             item = p.encode_envelope(evt.payload, env.ts, worker)
         self.dispatch(evt, item)

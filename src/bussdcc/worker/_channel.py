@@ -18,6 +18,7 @@ from ..errors import ProtocolError
 from ..kernel import Message
 from ..kernel import protocol as p
 from ..kernel._boundary import ACTIVITIES, WorkerSpec
+from ..kernel._frames import ENCODE_ERRORS, ENCODER
 
 # Small high-water marks make a flooding worker block early (bounded memory on
 # both sides) and make its items pile into large batches instead of frames.
@@ -30,6 +31,7 @@ _FOREIGN_RETRY = 0.05
 #: more to share its frame: a flood leaves in large batches, while a lone message leaves at once.
 _LINGER = 0.001
 _now = time.time
+_encode = ENCODER.encode
 
 
 class Channel:
@@ -55,6 +57,7 @@ class Channel:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(spec.endpoint)
         self._owner = threading.get_ident()
+        self._name = spec.name
         self._count = spec.slots.write
         self._slot = spec.slot
         self._io = threading.RLock()  # held while the socket is in use
@@ -91,7 +94,13 @@ class Channel:
 
     def emit(self, message: Message) -> None:
         """Queue ``message`` for the parent."""
-        self.push(p.encode_envelope(message, _now(), self.spec.name))
+        try:
+            item: bytes | None = _encode(("m", message.name, message, _now(), self._name))  # an Envelope's array
+        except ENCODE_ERRORS:
+            item = None
+        if item is None or len(item) > p.MAX_ITEM:
+            item = p.encode_envelope(message, _now(), self._name)  # raises the typed error
+        self.push(item)
 
     def set_state(self, path: str, value: Any) -> None:
         """Queue a state write for the parent."""
@@ -132,23 +141,35 @@ class Channel:
             self._held_event.set()
 
     def _send_held(self) -> None:
-        """The linger thread: send what is held once no frame has left for :data:`_LINGER` (the emitter went quiet)."""
+        """The linger thread: send what is held once no frame has left for :data:`_LINGER` (the emitter went quiet).
+
+        It looks without taking the socket, and takes it only if free: an emitter that is
+        busy in the channel sends by itself, so the two never contend while a flood lasts.
+        """
         wait = _LINGER
         while True:
             time.sleep(wait)
-            with self._io:
-                if self._closed:
-                    return
-                if self._pending or self._foreign:
-                    # While the emitter keeps sending by itself, stay out of its way.
-                    idle = monotonic() - self._last_send
-                    if idle < _LINGER and not self._congested:
-                        wait = _LINGER - idle
-                        continue
+            wait = _LINGER
+            if self._closed:
+                return
+            if self._pending or self._foreign:
+                idle = monotonic() - self._last_send
+                if idle < _LINGER and not self._congested:
+                    wait = _LINGER - idle  # a frame left just now: the emitter is sending by itself
+                    continue
+                if not self._io.acquire(blocking=False):
+                    continue  # the emitter is in the channel, which sends or holds again
+                try:
+                    if self._closed:
+                        return
                     self._flush(block=False)
-                wait = _LINGER
+                finally:
+                    self._io.release()
                 if self._pending:
                     continue  # the parent is behind: try again after another linger
+            with self._io:
+                if self._pending or self._foreign:
+                    continue  # pushed meanwhile
                 self._held = False
                 self._held_event.clear()
             self._held_event.wait()
