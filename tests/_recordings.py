@@ -154,7 +154,7 @@ class McapRecorder:
         self.writer.add_message(self._log_channel, log_time=now, data=msgspec.json.encode(record), publish_time=now)
 
     def flush(self) -> None:
-        self.writer.flush()
+        self.writer.flush()  # type: ignore[no-untyped-call]
         self._file.flush()
 
     def abandon(self) -> None:
@@ -164,7 +164,7 @@ class McapRecorder:
 
     def close(self) -> None:
         """Finish the file (summary, footer) and close it."""
-        self.writer.finish()
+        self.writer.finish()  # type: ignore[no-untyped-call]
         self._file.close()
 
 
