@@ -158,8 +158,7 @@ class McapRecorder:
         self._file.flush()
 
     def abandon(self) -> None:
-        """Close the file as a killed recorder leaves it: no summary, no footer."""
-        self.flush()
+        """Close the file as a killed recorder leaves it: no summary, no footer, an open chunk unwritten."""
         self._file.close()
 
     def close(self) -> None:
