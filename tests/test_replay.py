@@ -6,6 +6,7 @@ import datetime as _dt
 import logging
 import os
 import random
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from mcap.reader import make_reader
 from bussdcc import Context, Device, Event, Interface, Message, Process, ReplayReport, Runtime, Service, message
 from bussdcc.errors import RecordingError, RuntimeStateError
 
-from ._cli import ROOT, bussdcc
+from ._cli import ROOT, Background, bussdcc
 from ._helpers import Recorder, Seq
 from ._recordings import McapRecorder, recording_of, write_recording
 
@@ -435,3 +436,22 @@ def test_replay_refuses_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(RecordingError, match="cannot read"):
         rt.replay(tmp_path / "missing.mcap")
     assert isinstance(ReplayReport(), ReplayReport)
+
+
+def test_sigint_ends_a_replay_command_that_waits_for_recorded_time(tmp_path: Path) -> None:
+    path = tmp_path / "slow.mcap"
+    rec = McapRecorder(path)
+    now = time.time_ns()
+    rec.message(message.RuntimeBooting(version="0"), log_time=now)
+    rec.message(message.RuntimeBooted(version="0"), log_time=now + 3600 * 10**9)  # an hour later
+    rec.close()
+    cmd = Background(["replay", str(path), "examples/plant.toml", "-v"])
+    try:
+        cmd.wait_line("runtime.booting [runtime]")
+        cmd.proc.send_signal(signal.SIGINT)
+        assert cmd.wait(30) == 0
+    finally:
+        cmd.stop()
+    said = cmd.wait_line("bussdcc: replayed", err=True)
+    assert "replayed 1 messages" in said and "stopped early: Interrupt" in said
+    assert not any("runtime.booted" in line for line in cmd.out)
