@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import inspect
 import logging
 import os
 import random
@@ -149,9 +151,9 @@ class Alarm(Interface):
 OUTPUT_SOURCES = {"averager", "alarm"}
 
 
-def build(name: str) -> tuple[Runtime, Recorder]:
+def build(name: str, **options: Any) -> tuple[Runtime, Recorder]:
     """The system, as its application builds it (the same for the live run and the replay)."""
-    rt = Runtime(name=name)
+    rt = Runtime(name=name, **options)
     rec = Recorder()
     rt.attach_device(Sampler(id="sampler"))
     rt.register_process(Averager())
@@ -161,10 +163,24 @@ def build(name: str) -> tuple[Runtime, Recorder]:
     return rt, rec
 
 
+#: Whether the runtime has its own flight recorder (``Runtime(record=...)``): then it records the run.
+REAL_RECORDER = "record" in inspect.signature(Runtime.__init__).parameters
+
+
 def record_run(path: Path) -> list[Event[Message]]:
-    """Run the system for real, with its worker processes, recording what it dispatched; what its Recorder saw."""
-    rt, rec = build("replay-live")
-    with recording_of(rt, path):
+    """Run the system for real, with its worker processes, recording what it dispatched; what its Recorder saw.
+
+    The runtime's own recorder writes the file when there is one; else an EventBus
+    subscriber writes it in the same format (it sees every message in dispatch order, as
+    the recorder does).
+    """
+    if REAL_RECORDER:
+        rt, rec = build("replay-live", record=path)
+        recording: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    else:
+        rt, rec = build("replay-live")
+        recording = recording_of(rt, path)
+    with recording:
         rt.boot()
         try:
             rec.wait_for("replay.reading", count=READINGS, timeout=30)

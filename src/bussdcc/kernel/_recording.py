@@ -1,11 +1,14 @@
 """Reading recordings: the MCAP files the flight recorder writes, finished or cut short by a crash.
 
 Pure reading, shared by ``bussdcc events --file`` and replay: no zmq, and the
-``mcap`` package is imported only when a recording is opened. A finished file is
-read with ``mcap.reader.make_reader``; one without its summary (the recorder was
-killed) with ``mcap.stream_reader.StreamReader``, stopping quietly at the first
-record the file does not hold whole. Records come out in file order, which is
-dispatch order.
+``mcap`` package is imported only when a recording is opened. Whether a file is
+finished is asked of ``mcap.reader.make_reader`` (its summary and footer are
+there); its messages are read with ``mcap.stream_reader.StreamReader`` either way,
+in file order, which is dispatch order, one record at a time (the indexed reader's
+file-order mode loads every chunk before it yields the first message; its
+log-time order is not dispatch order if the wall clock stepped back). A file
+without its summary (the recorder was killed) is read up to the first record it
+does not hold whole, quietly.
 """
 
 from __future__ import annotations
@@ -117,13 +120,7 @@ class Recording:
     def __iter__(self) -> Iterator[Recorded]:
         mcap = _mcap()
         with self.path.open("rb") as f:
-            if self._has_summary(mcap, f):
-                self.finished = True
-                f.seek(0)
-                reader = mcap.reader.make_reader(f)
-                for _schema, channel, message in reader.iter_messages(log_time_order=False):
-                    yield _recorded(channel, message)
-                return
+            self.finished = self._has_summary(mcap, f)
             f.seek(0)
             yield from self._stream(mcap, f)
 
@@ -150,7 +147,6 @@ class Recording:
             try:
                 record = next(records)
             except StopIteration:
-                self.finished = True
                 return
             except _Cut:
                 self.truncated = True
