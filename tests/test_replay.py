@@ -198,6 +198,7 @@ def output(events: list[Event[Message]]) -> list[tuple[str, str, Message]]:
     return [s for s in seen(events) if s[1] in OUTPUT_SOURCES]
 
 
+@pytest.mark.timeout(180)
 def test_a_recorded_run_replayed_into_the_same_processes_gives_identical_output(tmp_path: Path) -> None:
     path = tmp_path / "run.mcap"
     live = record_run(path)
@@ -454,6 +455,7 @@ def test_replay_refuses_bad_arguments(tmp_path: Path) -> None:
     assert isinstance(ReplayReport(), ReplayReport)
 
 
+@pytest.mark.timeout(240)
 def test_sigint_ends_a_replay_command_that_waits_for_recorded_time(tmp_path: Path) -> None:
     path = tmp_path / "slow.mcap"
     rec = McapRecorder(path)
@@ -463,9 +465,9 @@ def test_sigint_ends_a_replay_command_that_waits_for_recorded_time(tmp_path: Pat
     rec.close()
     cmd = Background(["replay", str(path), "examples/plant.toml", "-v"])
     try:
-        cmd.wait_line("runtime.booting [runtime]")
+        cmd.wait_line("runtime.booting [runtime]", timeout=90)
         cmd.proc.send_signal(signal.SIGINT)
-        assert cmd.wait(30) == 0
+        assert cmd.wait(90) == 0
     finally:
         cmd.stop()
     said = cmd.wait_line("bussdcc: replayed", err=True)
