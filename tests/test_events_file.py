@@ -15,7 +15,7 @@ from mcap.records import Message as McapMessage
 from mcap.stream_reader import StreamReader
 
 from bussdcc import Context, Event, Runtime, Service, Severity, message
-from bussdcc.kernel._recording import Recording
+from bussdcc.kernel._readback import RecordedFile
 
 from ._cli import bussdcc, script
 from ._helpers import Recorder, Seq, wait_until
@@ -122,13 +122,13 @@ def test_each_filter_and_json_on_finished_and_cut_files(tmp_path: Path, finished
 
 def test_every_cut_of_a_file_reads_a_prefix_of_it_and_never_fails(tmp_path: Path) -> None:
     full = _write(tmp_path / "run.mcap", finish=False)
-    whole = [(r.topic, r.data) for r in Recording(full)]
+    whole = [(r.topic, r.data) for r in RecordedFile(full)]
     assert len(whole) == 36
     data = full.read_bytes()
     for size in range(0, len(data) + 1, 7):
         cut = tmp_path / "cut.mcap"
         cut.write_bytes(data[:size])
-        recording = Recording(cut)
+        recording = RecordedFile(cut)
         got = [(r.topic, r.data) for r in recording]
         assert got == whole[: len(got)], size
         assert recording.truncated or not recording.finished
@@ -146,11 +146,11 @@ def test_a_chunked_file_without_its_summary_gives_its_whole_chunks(tmp_path: Pat
     for i in range(100):
         rec.message(Seq(i=i), source="w", worker="w")
     rec.abandon()
-    got = [json.loads(r.data)["i"] for r in Recording(path)]
+    got = [json.loads(r.data)["i"] for r in RecordedFile(path)]
     assert 0 < len(got) < 100  # the last, open chunk was never written
     assert got == list(range(len(got)))
     finished = _write(tmp_path / "chunked-done.mcap", chunked=True)
-    assert len(list(Recording(finished))) == 36
+    assert len(list(RecordedFile(finished))) == 36
 
 
 KILLED_WRITER = """

@@ -376,7 +376,7 @@ def test_what_replay_does_not_feed_and_a_mid_run_recording(tmp_path: Path) -> No
     rec.message(Said(who="averager", what="from the recording"), source="averager")  # produced again, not fed
     rec.message(Said(who="gone-process", what="kept"), source="gone-process")  # a process the target lacks: fed
     rec.message(message.ProcessError(process="averager", error="x"), source="runtime")
-    rec.raw("recorder.dropped", b'{"count": 4, "total": 4}', class_path="bussdcc.kernel._builtin:RecorderDropped")
+    rec.raw("recorder.dropped", b'{"count": 4, "total": 100}', class_path="bussdcc.kernel._builtin:RecorderDropped")
     rec.message(Seq(i=2), source="sensor", worker="sensor", incarnation=2)
     rec.message(Answer(n=1, pid=1), source="answerer", worker="answerer", incarnation=1)
     rec.abandon()  # cut short: no summary, no footer

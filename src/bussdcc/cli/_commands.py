@@ -169,13 +169,6 @@ def run(args: argparse.Namespace) -> int:
     return _launch.run(args.target, args.name, args.verbose)
 
 
-def replay(args: argparse.Namespace) -> int:
-    """``bussdcc replay FILE TARGET``: a system's Processes and Interfaces fed a recording."""
-    from ._replaying import replay as replay_file
-
-    return replay_file(args)
-
-
 def worker(args: argparse.Namespace) -> int:
     """``bussdcc worker``: run one standalone worker that joins a runtime."""
     return _launch.worker(
@@ -188,3 +181,10 @@ def worker(args: argparse.Namespace) -> int:
         incarnation=args.incarnation,
         parent_pid=args.parent_pid,
     )
+
+
+def replay(args: argparse.Namespace) -> int:
+    """``bussdcc replay FILE TARGET``: a system's Processes and Interfaces fed a recording."""
+    from ._replaying import replay as replay_file
+
+    return replay_file(args)

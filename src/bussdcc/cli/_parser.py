@@ -126,27 +126,6 @@ def parser() -> argparse.ArgumentParser:
     cmd.set_defaults(fn=c.call)
 
     cmd = sub.add_parser(
-        "events",
-        help="print the event stream",
-        description="Print recent dispatched messages (and with -f, every new one), one line each.",
-    )
-    find(cmd, positional_name=True)
-    cmd.add_argument("-f", "--follow", action="store_true", help="keep printing new messages")
-    cmd.add_argument(
-        "-n", "--lines", type=int, default=20, help="recent matching messages to show first (default %(default)s)"
-    )
-    cmd.add_argument("--severity", default="DEBUG", choices=[s.name for s in Severity], help="lowest severity shown")
-    cmd.add_argument("--name", dest="pattern", metavar="GLOB", help="only messages whose name matches, e.g. 'worker.*'")
-    cmd.add_argument("--json", action="store_true", help="one JSON object per line")
-    cmd.add_argument(
-        "--file",
-        action="append",
-        metavar="FILE",
-        help="read a recording (.mcap) instead of a live runtime; repeat for rotated files (-n 0: every message)",
-    )
-    cmd.set_defaults(fn=c.events)
-
-    cmd = sub.add_parser(
         "replay",
         help="feed a recording to a system's processes",
         description="Run the Processes and Interfaces of TARGET (as `bussdcc run` takes it) fed the recorded "
@@ -166,4 +145,25 @@ def parser() -> argparse.ArgumentParser:
     )
     cmd.add_argument("-v", "--verbose", action="store_true", help="print every dispatched message")
     cmd.set_defaults(fn=c.replay)
+
+    cmd = sub.add_parser(
+        "events",
+        help="print the event stream",
+        description="Print recent dispatched messages (and with -f, every new one), one line each.",
+    )
+    find(cmd, positional_name=True)
+    cmd.add_argument("-f", "--follow", action="store_true", help="keep printing new messages")
+    cmd.add_argument(
+        "-n", "--lines", type=int, default=20, help="recent matching messages to show first (default %(default)s)"
+    )
+    cmd.add_argument("--severity", default="DEBUG", choices=[s.name for s in Severity], help="lowest severity shown")
+    cmd.add_argument(
+        "--file",
+        action="append",
+        metavar="FILE",
+        help="read a recording (.mcap) instead of a live runtime; repeat for rotated files (-n 0: every message)",
+    )
+    cmd.add_argument("--name", dest="pattern", metavar="GLOB", help="only messages whose name matches, e.g. 'worker.*'")
+    cmd.add_argument("--json", action="store_true", help="one JSON object per line")
+    cmd.set_defaults(fn=c.events)
     return parser

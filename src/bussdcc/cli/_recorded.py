@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import BussdccError
 from ..kernel import Severity
-from ..kernel._recording import LOG_TOPIC, Recorded, Recording, ns_to_datetime
+from ..kernel._readback import LOG_TOPIC, Recorded, RecordedFile, ns_to_datetime
 from . import _render
 
 #: foxglove.Log levels (1 DEBUG ... 5 FATAL) as severities.
@@ -60,7 +60,7 @@ def events_file(args: argparse.Namespace) -> int:
     if args.follow:
         raise BussdccError("-f follows a live runtime; --file reads a recording")
     minimum = Severity[args.severity]
-    recordings = [Recording(path) for path in args.file]  # each checked before anything is printed
+    recordings = [RecordedFile(path) for path in args.file]  # each checked before anything is printed
     # -n N: the last N matching messages, as live; -n 0: every one, as it is read.
     last: deque[str] | None = deque(maxlen=args.lines) if args.lines > 0 else None
     for line in _lines(recordings, minimum, args.pattern, args.json):
@@ -82,7 +82,7 @@ def events_file(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lines(recordings: list[Recording], minimum: int, pattern: str | None, as_json: bool) -> Iterator[str]:
+def _lines(recordings: list[RecordedFile], minimum: int, pattern: str | None, as_json: bool) -> Iterator[str]:
     for recording in recordings:
         for rec in recording:
             record = record_of(rec)

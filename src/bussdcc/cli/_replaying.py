@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import BussdccError
 from ..kernel import Message
-from ..kernel._recording import Recording
+from ..kernel._readback import RecordedFile
 from ._launch import _print_event, load_runtime
 
 
@@ -20,7 +20,7 @@ def replay(args: argparse.Namespace) -> int:
     if speed is not None and not speed > 0:
         raise BussdccError(f"--speed must be a positive number, not {speed:g}")
     for path in args.file:
-        Recording(path)  # a file that is not a recording is refused before the target is imported
+        RecordedFile(path)  # a file that is not a recording is refused before the target is imported
     rt = load_runtime(args.target)
     if args.verbose:
         rt.events.subscribe(Message, _print_event)

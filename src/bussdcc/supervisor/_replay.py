@@ -29,7 +29,7 @@ from ..errors import ProtocolError, UnknownMessage
 from ..kernel import Event, Message
 from ..kernel._frames import dec_hook
 from ..kernel._message import message_class
-from ..kernel._recording import DROPPED_TOPIC, LOG_TOPIC, Recorded, Recording, ns_to_datetime
+from ..kernel._readback import DROPPED_TOPIC, LOG_TOPIC, Recorded, RecordedFile, ns_to_datetime
 from ._dispatch import Dispatch, Receiver
 
 log = logging.getLogger("bussdcc.replay")
@@ -199,7 +199,7 @@ class Replay:
         return self.report
 
     def _messages(self, paths: Sequence[str | Path]) -> Iterator[Recorded]:
-        recordings = [Recording(path) for path in paths]  # every file checked before anything is fed
+        recordings = [RecordedFile(path) for path in paths]  # every file checked before anything is fed
         for recording in recordings:
             yield from recording
             if recording.truncated:
@@ -292,10 +292,11 @@ class Replay:
     def _dropped(self, rec: Recorded) -> None:
         try:
             payload = rec.payload()
-            total = int(payload.get("total", payload.get("count", 0)))
-        except (ValueError, TypeError, AttributeError):
+            count = int(payload["count"])
+        except (ValueError, TypeError, KeyError):
             return
-        self.report.recorder_dropped = max(self.report.recorder_dropped, total)
+        # Written whenever the count changes and when a file ends: the last one says it all.
+        self.report.recorder_dropped = max(self.report.recorder_dropped, count)
 
     def _unreadable(self, name: str, why: str) -> None:
         counts = self.report.unreadable

@@ -82,6 +82,8 @@ class Runtime(WorkerManagement):
         #: Why the runtime halted on a failure (not a request or a signal); None otherwise.
         self.failure: str | None = None
         self._lc = Lifecycle()
+        #: The replay under way (see replay()), which a shutdown ends.
+        self._replaying: Replay | None = None
         self._parts: Assembly | None = None
         #: Notified by the hub thread whenever the supervisor says something (see wait_for_worker).
         self._changed = threading.Condition()
@@ -89,8 +91,6 @@ class Runtime(WorkerManagement):
         #: A thread that does nothing but wait while another boots this runtime (not a fork hazard).
         self._boot_waiter: threading.Thread | None = None
         self._last_stats = RuntimeStats(dispatched=0, rejected=0, lost=0, restarts={})
-        #: The replay under way (see replay()), which a shutdown ends.
-        self._replaying: Replay | None = None
 
     # ---- the context ------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from typing import IO, Any, cast
 
 from ..errors import RecordingError
 
-__all__ = ["DROPPED_TOPIC", "LOG_TOPIC", "Recorded", "Recording", "ns_to_datetime"]
+__all__ = ["DROPPED_TOPIC", "LOG_TOPIC", "Recorded", "RecordedFile", "ns_to_datetime"]
 
 #: The topic of worker output lines (foxglove.Log); these were never dispatched.
 LOG_TOPIC = "/bussdcc/log"
@@ -98,7 +98,7 @@ def _mcap() -> Any:
     return mcap
 
 
-class Recording:
+class RecordedFile:
     """A recording on disk; iterate it for its :class:`Recorded` messages, in the order written.
 
     After iterating, ``finished`` says whether the file was complete and ``truncated``
