@@ -355,6 +355,11 @@ def test_messages_that_cannot_be_rebuilt_are_skipped_counted_and_reported_once(
     rec.message(Changed(now_required=2), data=b'{"old_field": 3}')
     rec.message(Seq(i=2), data=b"not json")
     rec.message(Seq(i=3), source="sensor", worker="sensor")
+    # A nested event is recorded as its text: the message is fed without it.
+    failed = message.ServiceError(
+        service="sensor", error="ValueError()", evt=Event(Seq(i=2), _dt.datetime.now(_dt.UTC))
+    )
+    rec.message(failed, source="sensor", worker="sensor")
     rec.close()
     rt = Runtime(name="replay-odd")
     recorder = Recorder()
@@ -363,6 +368,9 @@ def test_messages_that_cannot_be_rebuilt_are_skipped_counted_and_reported_once(
         report = rt.replay(path, speed=None)
     assert [e.payload for e in recorder.events if isinstance(e.payload, Seq)] == [Seq(i=1), Seq(i=3)]
     assert report.unreadable == {"replay.gone": 3, "replay.changed": 2, "test.seq": 1}
+    assert report.without_event == {"service.error": 1}
+    (error,) = recorder.of("service.error")
+    assert error.payload == message.ServiceError(service="sensor", error="ValueError()", evt=None)
     warned = [r.getMessage() for r in caplog.records if r.name == "bussdcc.replay"]
     assert len(warned) == 3
     assert any("tests.nowhere:Gone" in w for w in warned)

@@ -50,6 +50,8 @@ def replay(args: argparse.Namespace) -> int:
     print(said, file=sys.stderr, flush=True)
     for name, count in sorted(report.unreadable.items()):
         print(f"bussdcc: {count} recorded {name!r} messages could not be rebuilt", file=sys.stderr)
+    for name, count in sorted(report.without_event.items()):
+        print(f"bussdcc: {count} recorded {name!r} messages were fed without the event they carried", file=sys.stderr)
     if report.recorder_dropped:
         print(f"bussdcc: the recorder dropped {report.recorder_dropped} messages of this run", file=sys.stderr)
     for path in report.truncated:

@@ -12,12 +12,14 @@ were the first time; the recorded ones only mark where a component starts and st
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import fnmatch
 import importlib
 import logging
 import threading
 import time
+import typing
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +61,8 @@ class ReplayReport:
     filtered: int = 0
     #: Recorded messages that could not be rebuilt into their class, per message name (skipped).
     unreadable: dict[str, int] = field(default_factory=dict)
+    #: Recorded messages fed without the nested event they carried (recorded as text), per message name.
+    without_event: dict[str, int] = field(default_factory=dict)
     #: Worker output lines in the recording (never dispatched, live or replayed).
     log_lines: int = 0
     #: Messages the recorder said it had to drop while recording.
@@ -141,11 +145,43 @@ def _class_of(rec: Recorded) -> type[Message]:
     return obj
 
 
-def rebuild(rec: Recorded) -> Message:
-    """The message ``rec`` recorded, as an instance of its class (raises ``_Unbuildable``)."""
+_event_fields: dict[type, tuple[str, ...]] = {}
+
+
+def _optional_event_fields(cls: type[Message]) -> tuple[str, ...]:
+    """The fields of ``cls`` that hold an ``Event`` or None, defaulting to None (``process.error``'s ``evt``)."""
+    found = _event_fields.get(cls)
+    if found is None:
+        try:
+            hints = typing.get_type_hints(cls)
+        except Exception:
+            hints = {}
+        found = tuple(
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is None
+            and Event in {typing.get_origin(t) or t for t in typing.get_args(hints.get(f.name)) or (hints.get(f.name),)}
+        )
+        _event_fields[cls] = found
+    return found
+
+
+def rebuild(rec: Recorded) -> tuple[Message, bool]:
+    """The message ``rec`` recorded, as an instance of its class, and whether it lost a nested event.
+
+    A nested ``Event`` is recorded as its text: the message is rebuilt without it
+    (``None``, its default). Raises ``_Unbuildable`` for what cannot be rebuilt at all.
+    """
     cls = _class_of(rec)
     try:
-        return msgspec.convert(msgspec.json.decode(rec.data), cls, dec_hook=dec_hook)
+        fields = msgspec.json.decode(rec.data)
+        lossy = False
+        if isinstance(fields, dict):
+            for name in _optional_event_fields(cls):
+                if isinstance(fields.get(name), str):
+                    fields[name] = None
+                    lossy = True
+        return msgspec.convert(fields, cls, dec_hook=dec_hook), lossy
     except (msgspec.DecodeError, msgspec.ValidationError, TypeError, ValueError, NotImplementedError) as exc:
         raise _Unbuildable(f"its recorded fields do not fit {cls.__module__}.{cls.__qualname__}: {exc}") from None
 
@@ -241,7 +277,9 @@ class Replay:
             self.report.filtered += 1
             return
         try:
-            message = rebuild(rec)
+            message, lossy = rebuild(rec)
+            if lossy:
+                self.report.without_event[rec.topic] = self.report.without_event.get(rec.topic, 0) + 1
             self.dispatch.dispatch(Event(message, ns_to_datetime(rec.publish_time), rec.source))
         except _Unbuildable as exc:
             self._unreadable(rec.topic, str(exc))

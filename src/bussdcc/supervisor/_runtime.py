@@ -397,6 +397,8 @@ class Runtime(WorkerManagement):
         if not recordings:
             raise ValueError("replay() needs at least one recording")
         rate = validate_speed(speed)
+        if isinstance(names, str):
+            names = (names,)  # one glob, not its characters
         with self._lc.hold(live=False):
             if self._lc.phase is not Phase.DOWN:
                 raise RuntimeStateError("a booted runtime cannot replay: replay runs instead of boot()")
