@@ -154,7 +154,10 @@ class McapRecorder:
         self.writer.add_message(self._log_channel, log_time=now, data=msgspec.json.encode(record), publish_time=now)
 
     def flush(self) -> None:
-        self.writer.flush()  # type: ignore[no-untyped-call]
+        """Put what was added on disk (unchunked, the writer has written it already; mcap < 1.6 has no flush)."""
+        flush = getattr(self.writer, "flush", None)
+        if flush is not None:
+            flush()
         self._file.flush()
 
     def abandon(self) -> None:

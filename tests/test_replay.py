@@ -21,6 +21,7 @@ from mcap.reader import make_reader
 
 from bussdcc import Context, Device, Event, Interface, Message, Process, ReplayReport, Runtime, Service, message
 from bussdcc.errors import RecordingError, RuntimeStateError
+from bussdcc.kernel._readback import RecordedFile
 
 from ._cli import ROOT, Background, bussdcc
 from ._helpers import Recorder, Seq
@@ -231,6 +232,24 @@ def test_a_recorded_run_replayed_into_the_same_processes_gives_identical_output(
     rt2, rec2 = build("replay-twice")
     rt2.replay(path, speed=None)
     assert [(e.payload, e.source, e.time) for e in rec2.events] == [(e.payload, e.source, e.time) for e in rec.events]
+
+
+def cli_target() -> Runtime:
+    """The system for ``bussdcc replay FILE tests.test_replay:cli_target``."""
+    return build("replay-cli")[0]
+
+
+@pytest.mark.timeout(180)
+def test_the_replay_command_feeds_a_real_recording_in_the_live_order(tmp_path: Path) -> None:
+    path = tmp_path / "run.mcap"
+    record_run(path)
+    done = bussdcc("replay", str(path), "tests.test_replay:cli_target", "--fast", "-v", timeout=120)
+    assert done.returncode == 0, done.stderr
+    # -v prints every dispatched message as the EventBus sees it: the same names from the same
+    # sources, in the order the recording has them (the live dispatch order).
+    printed = [line.split(" ", 1)[1] for line in done.stdout.splitlines()]
+    assert printed == [f"{r.topic} [{r.source}]" for r in RecordedFile(path)]
+    assert "not started: sampler, answerer" in done.stderr and "0 unreadable" in done.stderr
 
 
 class ClockWatcher(Process):
