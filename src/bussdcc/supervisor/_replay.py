@@ -278,8 +278,6 @@ class Replay:
             return
         try:
             message, lossy = rebuild(rec)
-            if lossy:
-                self.report.without_event[rec.topic] = self.report.without_event.get(rec.topic, 0) + 1
             self.dispatch.dispatch(Event(message, ns_to_datetime(rec.publish_time), rec.source))
         except _Unbuildable as exc:
             self._unreadable(rec.topic, str(exc))
@@ -288,6 +286,8 @@ class Replay:
             self._unreadable(rec.topic, str(exc))
             return
         self.report.fed += 1
+        if lossy:
+            self.report.without_event[rec.topic] = self.report.without_event.get(rec.topic, 0) + 1
 
     def _mark(self, rec: Recorded) -> tuple[str, str] | None:
         """For the runtime's reports about a replayed Process or Interface: its name and what it marks."""
