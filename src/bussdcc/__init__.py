@@ -37,6 +37,7 @@ from .kernel import (
     SystemClock,
 )
 from .supervisor import (
+    ReplayReport,
     Runtime,
     RuntimeStats,
     SignalRuntime,
@@ -56,6 +57,7 @@ __all__ = [
     "ManualClock",
     "Message",
     "Process",
+    "ReplayReport",
     "RestartPolicy",
     "Runtime",
     "RuntimeStats",

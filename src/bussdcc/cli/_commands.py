@@ -15,7 +15,7 @@ from ..errors import BussdccError, ConfigError
 from ..kernel import Severity
 from ..kernel import protocol as p
 from ..kernel.protocol import RECENT
-from . import _client, _launch, _render
+from . import _client, _launch, _recorded, _render
 from ._config import parse_policy_value
 
 LONG = 120.0  # seconds a command waits for stops, starts and spawns (each bounded by the worker's timeouts)
@@ -146,6 +146,8 @@ def call(args: argparse.Namespace) -> int:
 
 def events(args: argparse.Namespace) -> int:
     """``bussdcc events``: print the event stream."""
+    if args.file:
+        return _recorded.events_file(args)
     minimum = Severity[args.severity]
     # The recent messages are filtered before the last --lines of them are shown.
     recent: deque[str] | None = deque(maxlen=max(0, args.lines))
@@ -188,3 +190,10 @@ def worker(args: argparse.Namespace) -> int:
         incarnation=args.incarnation,
         parent_pid=args.parent_pid,
     )
+
+
+def replay(args: argparse.Namespace) -> int:
+    """``bussdcc replay FILE TARGET``: a system's Processes and Interfaces fed a recording."""
+    from ._replaying import replay as replay_file
+
+    return replay_file(args)

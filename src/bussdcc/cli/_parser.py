@@ -141,6 +141,27 @@ def parser() -> argparse.ArgumentParser:
     cmd.set_defaults(fn=c.call)
 
     cmd = sub.add_parser(
+        "replay",
+        help="feed a recording to a system's processes",
+        description="Run the Processes and Interfaces of TARGET (as `bussdcc run` takes it) fed the recorded "
+        "messages, in order, under recorded time; its Services and Devices are not started.",
+    )
+    cmd.add_argument("file", nargs="+", metavar="FILE", help="the recording (.mcap); several play in the order given")
+    cmd.add_argument("target", help="a .toml system file, or module:attribute (a Runtime or a function returning one)")
+    pace = cmd.add_mutually_exclusive_group()
+    pace.add_argument("--speed", type=float, default=1.0, help="scale the recorded gaps: 2 plays twice as fast")
+    pace.add_argument("--fast", action="store_true", help="do not wait between messages")
+    cmd.add_argument(
+        "--name",
+        dest="names",
+        action="append",
+        metavar="GLOB",
+        help="feed only recorded messages whose name matches (repeatable), e.g. 'plant.*'",
+    )
+    cmd.add_argument("-v", "--verbose", action="store_true", help="print every dispatched message")
+    cmd.set_defaults(fn=c.replay)
+
+    cmd = sub.add_parser(
         "events",
         help="print the event stream",
         description="Print recent dispatched messages (and with -f, every new one), one line each.",
@@ -151,6 +172,12 @@ def parser() -> argparse.ArgumentParser:
         "-n", "--lines", type=int, default=20, help="recent matching messages to show first (default %(default)s)"
     )
     cmd.add_argument("--severity", default="DEBUG", choices=[s.name for s in Severity], help="lowest severity shown")
+    cmd.add_argument(
+        "--file",
+        action="append",
+        metavar="FILE",
+        help="read a recording (.mcap) instead of a live runtime; repeat for rotated files (-n 0: every message)",
+    )
     cmd.add_argument("--name", dest="pattern", metavar="GLOB", help="only messages whose name matches, e.g. 'worker.*'")
     cmd.add_argument("--json", action="store_true", help="one JSON object per line")
     cmd.set_defaults(fn=c.events)

@@ -44,6 +44,7 @@ from ._lifecycle import Lifecycle, Phase
 from ._managed import RuntimeStats
 from ._pools import PoolManagement
 from ._registry import Registry
+from ._replay import Replay, ReplayClock, ReplayReport, validate_speed
 from ._rundir import default_name
 from ._specs import check_group
 from ._workers import WorkerStatus
@@ -89,6 +90,8 @@ class Runtime(PoolManagement):
         #: Why the runtime halted on a failure (not a request or a signal); None otherwise.
         self.failure: str | None = None
         self._lc = Lifecycle()
+        #: The replay under way (see replay()), which a shutdown ends.
+        self._replaying: Replay | None = None
         self._parts: Assembly | None = None
         #: Notified by the hub thread whenever the supervisor says something (see wait_for_worker).
         self._changed = threading.Condition()
@@ -237,6 +240,8 @@ class Runtime(PoolManagement):
     def boot(self) -> None:
         """Start everything in the seed's order; return once every worker is ready or failed."""
         with self._lc.hold(live=False):
+            if self._replaying is not None:
+                raise RuntimeStateError("the runtime is replaying a recording")
             if self._lc.phase is not Phase.DOWN:
                 return
             self._lc.begin_boot()
@@ -317,6 +322,9 @@ class Runtime(PoolManagement):
 
     def shutdown(self, reason: str | None = None) -> None:
         """Stop everything in reverse boot order: graceful, then SIGTERM, then SIGKILL."""
+        if (replaying := self._replaying) is not None:
+            replaying.cancel(reason)  # a replay ends at its next message
+            return
         if self._dispatch.in_handler():
             # Shutdown waits on the hub and on dispatch, which this thread is part of:
             # run it beside, and return at once.
@@ -362,6 +370,9 @@ class Runtime(PoolManagement):
 
     def request_shutdown(self, reason: str | None = None) -> None:
         """Begin a shutdown on another thread and return at once (from any thread, handlers too)."""
+        if (replaying := self._replaying) is not None:
+            replaying.cancel(reason)
+            return
         self._halt(reason or "shutdown requested", requested=True)
 
     def _fail(self, reason: str) -> None:
@@ -395,6 +406,43 @@ class Runtime(PoolManagement):
             self.shutdown("KeyboardInterrupt")
         finally:
             self._booted_since_run = False
+
+    # ---- replay -----------------------------------------------------------------------
+
+    def replay(
+        self,
+        *recordings: str | Path,
+        speed: float | None = 1.0,
+        names: Sequence[str] = (),
+    ) -> ReplayReport:
+        """Feed recorded messages, in order, to this runtime's Processes and Interfaces; return what was done.
+
+        No worker is started: what workers emitted comes from the recording. Runs on this
+        thread until the recordings end or ``shutdown()`` is asked for. ``speed`` scales the
+        recorded gaps (``None``: no waiting at all); ``ctx.clock`` shows recorded time either
+        way. ``names``: only recorded messages whose name matches one of these globs are fed.
+        """
+        if not recordings:
+            raise ValueError("replay() needs at least one recording")
+        rate = validate_speed(speed)
+        if isinstance(names, str):
+            names = (names,)  # one glob, not its characters
+        with self._lc.hold(live=False):
+            if self._lc.phase is not Phase.DOWN:
+                raise RuntimeStateError("a booted runtime cannot replay: replay runs instead of boot()")
+            if self._replaying is not None:
+                raise RuntimeStateError("the runtime is replaying a recording already")
+            clock = ReplayClock(rate)
+            saved = (self.clock, self._dispatch.clock, self.ctx.clock)
+            self.clock = self._dispatch.clock = self.ctx.clock = clock
+            receivers = tuple(Receiver(name, comp, self._context(name)) for name, comp in self._registry.receivers())
+            session = Replay(self._dispatch, receivers, clock, names, self._registry.workers())
+            self._replaying = session
+        try:
+            return session.run(recordings)
+        finally:
+            self.clock, self._dispatch.clock, self.ctx.clock = saved
+            self._replaying = None
 
     # ---- inspection -----------------------------------------------------------------
 
