@@ -37,11 +37,21 @@ def parse_policy_value(text: str) -> Any:
 
 
 class SystemSpec:
-    """A parsed TOML system: its name and its components, in declaration order per section."""
+    """A parsed TOML system: its name and its components, in declaration order per section.
 
-    def __init__(self, name: str, components: dict[str, list[object]]) -> None:
+    ``entries`` keeps each component's table as the file gives it, by ``(section, name)``:
+    a reload compares these, whole, to tell what changed.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        components: dict[str, list[object]],
+        entries: dict[tuple[str, str], dict[str, Any]] | None = None,
+    ) -> None:
         self.name = name
         self.components = components
+        self.entries: dict[tuple[str, str], dict[str, Any]] = entries if entries is not None else {}
 
 
 def _line_of(text: str, section: str, index: int | None, key: str | None) -> int:
@@ -88,7 +98,8 @@ def load_system(path: Path) -> SystemSpec:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
+        found = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+        raise ConfigError(f"{path}:{found.group(1) + ':' if found else ''} {exc}") from exc
 
     def fail(section: str, index: int | None, key: str | None, why: str) -> ConfigError:
         line = _line_of(text, section, index, key)
@@ -112,6 +123,7 @@ def load_system(path: Path) -> SystemSpec:
     if folder not in sys.path:
         sys.path.insert(0, folder)
     components: dict[str, list[object]] = {}
+    tables: dict[tuple[str, str], dict[str, Any]] = {}
     seen: dict[str, set[str]] = {}
     for section, base in _SECTIONS.items():
         entries = data.get(section, [])
@@ -151,5 +163,6 @@ def load_system(path: Path) -> SystemSpec:
                     key = found.group(1) if found and found.group(1) in entry else "class"
                     raise fail(section, i, key, str(exc).split(": ", 1)[-1]) from None
             built.append(component)
+            tables[(section, entry[ident])] = entry
         components[section] = built
-    return SystemSpec(name, components)
+    return SystemSpec(name, components, tables)

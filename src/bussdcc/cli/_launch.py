@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, ControlError, ProtocolError
-from ..kernel import Device, Event, Interface, Message, Process, Service
+from ..kernel import Device, Event, Message, Service
 from ..kernel import _builtin as m
 from ..kernel import protocol as p
 from ..kernel._boundary import SlotTable, WorkerSpec
 from ..kernel._layout import SLOTS_FILE, workers_endpoint
 from ..supervisor import Runtime, SignalRuntime
 from ..worker._logs import STANDALONE_ENV
+from . import _reload
 from ._client import Client
 from ._config import build, import_target, load_system
 from ._notify import Watchdog, notify, watchdog_interval
@@ -28,18 +29,9 @@ def load_runtime(target: str, name: str | None = None) -> Runtime:
     if target.endswith(".toml"):
         spec = load_system(Path(target))
         rt: Runtime = SignalRuntime(name=name or spec.name)
-        for device in spec.components["devices"]:
-            assert isinstance(device, Device)
-            rt.attach_device(device)
-        for process in spec.components["processes"]:
-            assert isinstance(process, Process)
-            rt.register_process(process)
-        for interface in spec.components["interfaces"]:
-            assert isinstance(interface, Interface)
-            rt.register_interface(interface)
-        for service in spec.components["services"]:
-            assert isinstance(service, Service)
-            rt.register_service(service)
+        _reload.register(rt, spec)
+        # SIGHUP and `bussdcc reload` re-read the file and apply it.
+        rt.set_reloader(_reload.Reloader(Path(target), spec, rt))
         return rt
     sys.path.insert(0, os.getcwd())  # as `python -m` would: modules beside the caller are importable
     obj = import_target(target)
@@ -81,7 +73,14 @@ def run(target: str, name: str | None = None, verbose: bool = False) -> int:
     def stopping(evt: Event[m.RuntimeShuttingDown]) -> None:
         notify("STOPPING=1")
 
+    def reloaded(evt: Event[m.SystemReload]) -> None:
+        if evt.payload.error is not None:
+            print(f"bussdcc: {rt.name}: reload: {evt.payload.error}", file=sys.stderr, flush=True)
+        elif evt.payload.plan is not None:
+            print(f"bussdcc: {rt.name} reloaded: {_reload.summary(evt.payload.plan)}", file=sys.stderr, flush=True)
+
     rt.events.subscribe(m.RuntimeShuttingDown, stopping)
+    rt.events.subscribe(m.SystemReload, reloaded)
     if verbose:
         rt.events.subscribe(Message, _print_event)
     rt.boot()

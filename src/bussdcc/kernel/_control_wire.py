@@ -9,6 +9,7 @@ from typing import Any, Final, Literal, TypeAlias
 
 import msgspec
 
+from ._builtin import ReloadPlan
 from ._frames import Frame
 from ._text import safe_fields
 
@@ -84,8 +85,22 @@ class CallRequest(Frame, tag="call_device", frozen=True):
     timeout: float = 10.0
 
 
+class ReloadRequest(Frame, tag="reload", frozen=True):
+    """Re-read the runtime's system file and apply it (``dry_run``: only say what it would change)."""
+
+    secret: bytes
+    dry_run: bool = False
+
+
 ControlRequest: TypeAlias = (
-    StatusRequest | WorkerRequest | ShutdownRequest | SpawnRequest | SubscribeRequest | JoinRequest | CallRequest
+    StatusRequest
+    | WorkerRequest
+    | ShutdownRequest
+    | SpawnRequest
+    | SubscribeRequest
+    | JoinRequest
+    | CallRequest
+    | ReloadRequest
 )
 
 
@@ -143,6 +158,17 @@ class Events(Frame, tag="events", frozen=True):
     items: list[msgspec.Raw]
 
 
-ControlReply: TypeAlias = Refused | Failed | Done | StatusReply | Joined | Events
+class Reloaded(Frame, tag="reloaded", frozen=True):
+    """What a reload changed (or, with ``dry_run``, would change): the plan, each name's kind, and notes."""
+
+    source: str
+    plan: ReloadPlan
+    #: ``device``, ``service``, ``process`` or ``interface`` for each name of the plan.
+    kinds: dict[str, str]
+    dry_run: bool = False
+    notes: list[str] = msgspec.field(default_factory=list)
+
+
+ControlReply: TypeAlias = Refused | Failed | Done | StatusReply | Joined | Events | Reloaded
 CONTROL_REQUESTS: Final = msgspec.msgpack.Decoder(ControlRequest)
 CONTROL_REPLIES: Final = msgspec.msgpack.Decoder(ControlReply)
