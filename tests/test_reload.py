@@ -312,6 +312,22 @@ def test_a_broken_file_changes_nothing_and_says_why_on_one_line(
     assert isinstance(said, SystemReload) and said.plan is None and said.error == text
 
 
+def test_a_name_taken_by_a_worker_the_file_did_not_start_changes_nothing(system: Callable[[str], System]) -> None:
+    name = f"reload-t{next(_names)}"
+    rt, _, path = system(_text(name))
+    rt.add_worker(Knob(id="extra"))  # added by other means (as `bussdcc spawn` does)
+    before = _pids(rt)
+    path.write_text(_text(name, level=2) + '\n[[devices]]\nclass = "tests.reload_parts:Knob"\nid = "extra"\n')
+    with pytest.raises(ConfigError, match="device 'extra': the runtime has one by that name"):
+        rt.reload()
+    assert _pids(rt) == before
+    # Removing the file's own workers by other means: the file starts them again.
+    rt.remove_worker("spare")
+    path.write_text(_text(name))
+    assert rt.reload().plan.added == ("spare",)
+    assert set(_pids(rt)) == set(before)
+
+
 def test_a_runtime_not_made_from_a_file_has_nothing_to_reload(make_runtime: Any) -> None:
     rt, _ = make_runtime(f"reload-n{next(_names)}")
     assert not rt.reloadable

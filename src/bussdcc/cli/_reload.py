@@ -170,7 +170,15 @@ class Reloader:
         }
 
     def _check(self, todo: Plan, built: Mapping[Key, object], new: Mapping[Key, Item]) -> None:
-        # Everything a fork server must receive is checked before anything changes.
+        # What would refuse to start is found before anything changes: a name taken by a
+        # component the file did not declare (`bussdcc spawn`), a worker the fork server cannot receive.
+        taken = {WORKER: {w.name for w in self.rt.workers()}, RECEIVER: set(self.rt.processes())}
+        for key in todo.added:
+            if key[1] in taken[key[0]]:
+                raise ConfigError(
+                    f"{self.path}: {new[key].kind} {key[1]!r}: the runtime has one by that name "
+                    f"that this file did not start; nothing was changed"
+                )
         for key in todo.starts(new):
             if key[0] != WORKER:
                 continue

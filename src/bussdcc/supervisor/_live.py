@@ -106,6 +106,8 @@ class LiveChanges:
         self._outside("reload")
         with self._reload_lock:
             try:
+                if self._lc.phase is not Phase.UP:  # boot or shutdown under way: the plan would be stale
+                    raise RuntimeStateError(f"cannot reload while the runtime is {self._lc.phase.value}")
                 out = reloader(dry_run)
             except BussdccError as exc:
                 if not dry_run:
