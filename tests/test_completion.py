@@ -69,6 +69,7 @@ def test_subcommands_and_options_complete(tmp_path: Path) -> None:
         assert command in every
 
 
+@pytest.mark.timeout(180)
 def test_worker_names_come_from_the_live_runtime(live: ThreadedRuntime, tmp_path: Path) -> None:
     names = {w.name for w in live.workers()}
     assert names == {"echo", "probe"}

@@ -234,17 +234,22 @@ def test_reload_adds_and_removes_workers_processes_and_interfaces(system: Callab
     text += (
         '\n[[services]]\nclass = "tests.reload_parts:Greeter"\nname = "third"\nconfig = { label = "3" }\n'
         '\n[[processes]]\nclass = "tests.reload_parts:Note"\nname = "note2"\n'
+        '\n[[interfaces]]\nclass = "tests.reload_parts:Face"\nname = "face2"\nconfig = { label = "f2" }\n'
     )
     path.write_text(text)
     out = rt.reload()
     assert out.plan == ReloadPlan(
-        added=("note2", "third"), removed=("spare", "face", "other"), changed=("note",), unchanged=("knob", "greeter")
+        added=("note2", "face2", "third"),
+        removed=("spare", "face", "other"),
+        changed=("note",),
+        unchanged=("knob", "greeter"),
     )
     after = _pids(rt)
     assert set(after) == {"knob", "greeter", "third"}
     assert after["knob"] == before["knob"] and after["greeter"] == before["greeter"]
-    assert rt.processes() == ["recorder", "note", "note2"]
+    assert rt.processes() == ["recorder", "note", "note2", "face2"]
     assert _hellos(rec, "note")[-1].label == "n2" and _hellos(rec, "third")[-1].label == "3"
+    assert _hellos(rec, "face2")[-1].label == "f2" and out.kinds["face2"] == "interface"
     names = rec.names()
     # Removed ones stop in reverse boot order: the service, then the interface, then the device.
     stops = [
@@ -344,13 +349,14 @@ def _status(name: str) -> dict[str, Any]:
     return {w["name"]: w for w in json.loads(done.stdout)["workers"]}
 
 
+@pytest.mark.timeout(180)
 def test_the_reload_command_prints_the_plan_and_applies_it(tmp_path: Path) -> None:
     name = f"reload-cli{next(_names)}"
     path = tmp_path / "system.toml"
     path.write_text(_text(name))
     run = Background(["run", str(path)])
     try:
-        run.wait_line(f"{name} running", err=True)
+        run.wait_line(f"{name} running", err=True, timeout=60)
         before = _status(name)
         path.write_text(_text(name, label="two").replace('name = "other"', 'name = "fresh"'))
         dry = bussdcc("reload", name, "--dry-run")
@@ -366,30 +372,33 @@ def test_the_reload_command_prints_the_plan_and_applies_it(tmp_path: Path) -> No
         after = _status(name)
         assert set(after) == {"knob", "spare", "greeter", "fresh"}
         assert after["knob"]["pid"] == before["knob"]["pid"] and after["greeter"]["pid"] != before["greeter"]["pid"]
-        run.wait_line(f"{name} reloaded: added fresh; removed other; restarted greeter; 4 unchanged", err=True)
+        run.wait_line(
+            f"{name} reloaded: added fresh; removed other; restarted greeter; 4 unchanged", err=True, timeout=60
+        )
         # A broken file: one line naming the file and line, and nothing changes.
         path.write_text(_text(name).replace('id = "spare"', 'id = "spare"\nbogus = 1'))
         bad = bussdcc("reload", name)
         assert bad.returncode == 1 and bad.stdout == ""
         assert bad.stderr == f"bussdcc reload: {path}:13: devices[1].bogus: unknown key\n"
         assert {k: w["pid"] for k, w in _status(name).items()} == {k: w["pid"] for k, w in after.items()}
-        run.wait_line(f"{name}: reload: {path}:13: devices[1].bogus: unknown key", err=True)
+        run.wait_line(f"{name}: reload: {path}:13: devices[1].bogus: unknown key", err=True, timeout=60)
     finally:
         assert run.stop() == 0
 
 
+@pytest.mark.timeout(180)
 def test_sighup_reloads_the_file_of_bussdcc_run(tmp_path: Path) -> None:
     name = f"reload-hup{next(_names)}"
     path = tmp_path / "system.toml"
     path.write_text(_text(name))
     run = Background(["run", str(path), "-v"])
     try:
-        run.wait_line(f"{name} running", err=True)
+        run.wait_line(f"{name} running", err=True, timeout=60)
         before = _status(name)
         path.write_text(_text(name, level=3))
         run.proc.send_signal(signal.SIGHUP)
-        run.wait_line(f"{name} reloaded: restarted knob; 5 unchanged", err=True)
-        run.wait_line("system.reload")  # the seed's contract: SIGHUP says system.reload
+        run.wait_line(f"{name} reloaded: restarted knob; 5 unchanged", err=True, timeout=60)
+        run.wait_line("system.reload", timeout=60)  # the seed's contract: SIGHUP says system.reload
         after = _status(name)
         assert after["knob"]["pid"] != before["knob"]["pid"]
         assert {k: w["pid"] for k, w in after.items() if k != "knob"} == {
@@ -403,10 +412,11 @@ def test_sighup_reloads_the_file_of_bussdcc_run(tmp_path: Path) -> None:
         assert run.stop() == 0
 
 
+@pytest.mark.timeout(180)
 def test_reload_of_a_runtime_without_a_file_is_one_clear_line() -> None:
     run = Background(["run", "tests.cli_parts:make_runtime"])
     try:
-        run.wait_line("made running", err=True)
+        run.wait_line("made running", err=True, timeout=60)
         done = bussdcc("reload", "made")
         assert done.returncode == 1
         assert (
