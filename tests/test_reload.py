@@ -323,8 +323,9 @@ def test_a_name_taken_by_a_worker_the_file_did_not_start_changes_nothing(system:
     rt.add_worker(Knob(id="extra"))  # added by other means (as `bussdcc spawn` does)
     before = _pids(rt)
     path.write_text(_text(name, level=2) + '\n[[devices]]\nclass = "tests.reload_parts:Knob"\nid = "extra"\n')
-    with pytest.raises(ConfigError, match="device 'extra': the runtime has one by that name"):
-        rt.reload()
+    for dry_run in (True, False):
+        with pytest.raises(ConfigError, match="device 'extra': the runtime has one by that name"):
+            rt.reload(dry_run=dry_run)
     assert _pids(rt) == before
     # Removing the file's own workers by other means: the file starts them again.
     rt.remove_worker("spare")

@@ -155,8 +155,8 @@ class Reloader:
             )
         kinds = {new[key].name: new[key].kind for key in new}
         kinds.update({old[key].name: old[key].kind for key in todo.removed})
+        self._check(todo, built, new)  # a dry run refuses what the reload would refuse
         if not dry_run:
-            self._check(todo, built, new)
             notes += self._apply(todo, old, new, built)
             self.file_name = spec.name
         return p.Reloaded(str(self.path), todo.message(), kinds, dry_run, notes)
