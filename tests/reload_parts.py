@@ -56,3 +56,14 @@ class Face(Interface):
 
     def start(self, ctx: Context) -> None:
         ctx.emit(Hello(who=self.name, label=self.label, pid=os.getpid()))
+
+
+class Grumpy(Service):
+    """A service that refuses to start when told to."""
+
+    def __init__(self, refuse: bool = False) -> None:
+        self.refuse = refuse
+
+    def start(self, ctx: Context) -> None:
+        if self.refuse:
+            raise RuntimeError("not today")

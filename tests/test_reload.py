@@ -426,3 +426,66 @@ def test_reload_of_a_runtime_without_a_file_is_one_clear_line() -> None:
         )
     finally:
         assert run.stop() == 0
+
+
+# ---- the runtime's own API for Processes and Interfaces ----------------------------------------------
+
+
+def test_processes_and_interfaces_are_added_and_removed_at_runtime(make_runtime: Any) -> None:
+    from bussdcc import Context, Event, Message, Process
+    from bussdcc.errors import RegistrationError
+
+    from .reload_parts import Face, Note
+
+    early = Note(label="early")
+    early.name = "early"
+    rt, rec = make_runtime(f"reload-p{next(_names)}", boot=False)
+    rt.add_process(early)  # before boot: it starts at boot
+    rt.boot()
+    assert rt.processes() == ["recorder", "early"]
+    face = Face(label="late")
+    face.name = "late"
+    rt.add_process(face)
+    rec.wait_for("interface.started", lambda e: getattr(e.payload, "interface", "") == "late")
+    assert _hellos(rec, "late")[-1].label == "late" and rt.processes() == ["recorder", "early", "late"]
+    rt.add_process(Note())  # named as its class says: "process"
+    with pytest.raises(RegistrationError, match="a process named 'early' is registered already"):
+        rt.add_process(early)
+    rt.remove_process("late")
+    rec.wait_for("interface.stopped", lambda e: getattr(e.payload, "interface", "") == "late")
+    assert rt.processes() == ["recorder", "early", "process"]
+    with pytest.raises(RegistrationError, match="no process or interface named 'late'"):
+        rt.remove_process("late")
+
+    refused: list[BaseException] = []
+
+    class Meddler(Process):
+        name = "meddler"
+
+        def handle_event(self, ctx: Context, evt: Event[Message]) -> None:
+            if isinstance(evt.payload, Hello) and evt.payload.label == "meddle":
+                try:
+                    rt.remove_process("early")
+                except RuntimeStateError as exc:
+                    refused.append(exc)
+
+    rt.add_process(Meddler())
+    rt.emit(Hello(who="x", label="meddle", pid=0))
+    assert len(refused) == 1 and "not a handler" in str(refused[0])
+    assert "early" in rt.processes()
+
+
+def test_a_changed_worker_that_fails_to_start_is_said_in_the_notes(system: Callable[[str], System]) -> None:
+    name = f"reload-g{next(_names)}"
+    grumpy = '\n[[services]]\nclass = "tests.reload_parts:Grumpy"\nname = "grumpy"\nrestart = false\n'
+    rt, _, path = system(_text(name) + grumpy)
+    assert rt.worker("grumpy").state is WorkerState.RUNNING
+    path.write_text(_text(name) + grumpy + "config = { refuse = true }\n")
+    out = rt.reload()
+    assert out.plan.changed == ("grumpy",)
+    assert rt.worker("grumpy").state is WorkerState.FAILED
+    assert len(out.notes) == 1 and out.notes[0].startswith("grumpy is failed: "), out.notes
+    # Fixing the file brings it back.
+    path.write_text(_text(name) + grumpy)
+    assert rt.reload().plan.changed == ("grumpy",)
+    assert rt.worker("grumpy").state is WorkerState.RUNNING
