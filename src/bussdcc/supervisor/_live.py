@@ -57,6 +57,9 @@ class LiveChanges:
     def _drop_pool(self, name: str) -> None:
         raise NotImplementedError
 
+    def _order_workers(self) -> None:
+        raise NotImplementedError
+
     # ---- Processes and Interfaces --------------------------------------------------------
 
     def add_process(self, component: Process) -> None:
@@ -209,6 +212,7 @@ class LiveChanges:
                 out = reloader(dry_run)
             except BussdccError as exc:
                 if not dry_run:
+                    self._reorder()
                     self.emit(m.SystemReload(error=str(exc)))
                 raise
             except Exception as exc:  # a bug in user code the file names: said, not raised past the caller
@@ -217,8 +221,16 @@ class LiveChanges:
                     self.emit(m.SystemReload(error=error))
                 raise ControlError(error) from exc
             if not dry_run:
+                self._reorder()
                 self.emit(m.SystemReload(plan=out.plan))
             return out
+
+    def _reorder(self) -> None:
+        """Put the workers back in start order (what a reload started was appended): shutdown is its reverse."""
+        try:
+            self._order_workers()
+        except BussdccError:
+            pass  # a file that declared the workers was checked: no cycle can be left
 
     def _reload_soon(self) -> None:
         """Reload on a thread of its own (from the hub thread, for a signal); errors are in system.reload."""
