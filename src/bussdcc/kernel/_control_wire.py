@@ -172,7 +172,7 @@ class Reloaded(Frame, tag="reloaded", frozen=True):
 
     source: str
     plan: ReloadPlan
-    #: ``device``, ``service``, ``process`` or ``interface`` for each name of the plan.
+    #: ``device``, ``service``, ``pool``, ``group``, ``process`` or ``interface`` for each name of the plan.
     kinds: dict[str, str]
     dry_run: bool = False
     notes: list[str] = msgspec.field(default_factory=list)
