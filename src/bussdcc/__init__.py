@@ -7,7 +7,7 @@ The public surface is three modules, and each public name is exported by exactly
 
 * ``bussdcc``: what a system is built from: the components, the runtimes, events,
   the ``Message`` base and ``Severity``, state, clocks, supervision settings
-  (``Strategy``, ``RestartPolicy``) and status types;
+  (``Strategy``, ``RestartPolicy``) and status types (``ReloadPlan`` too);
 * ``bussdcc.message``: the messages the runtime itself emits;
 * ``bussdcc.errors``: every exception (``BussdccError`` is the base of all).
 
@@ -36,6 +36,7 @@ from .kernel import (
     Subscription,
     SystemClock,
 )
+from .kernel._builtin import ReloadPlan
 from .supervisor import (
     ReplayReport,
     Runtime,
@@ -57,6 +58,7 @@ __all__ = [
     "ManualClock",
     "Message",
     "Process",
+    "ReloadPlan",
     "ReplayReport",
     "RestartPolicy",
     "Runtime",

@@ -15,7 +15,7 @@ from ..errors import BussdccError, ConfigError
 from ..kernel import Severity
 from ..kernel import protocol as p
 from ..kernel.protocol import RECENT
-from . import _client, _launch, _recorded, _render
+from . import _client, _launch, _recorded, _reload, _render
 from ._config import parse_policy_value
 
 LONG = 120.0  # seconds a command waits for stops, starts and spawns (each bounded by the worker's timeouts)
@@ -63,6 +63,15 @@ def shutdown(args: argparse.Namespace) -> int:
             f"the runtime (pid {pid}) was asked to shut down but is still running after {args.timeout:g}s"
         )
     print(f"{name} shut down (pid {pid})")
+    return 0
+
+
+def reload(args: argparse.Namespace) -> int:
+    """``bussdcc reload``: re-read a runtime's system file and apply it; print the plan."""
+    with _client.Client(_target(args, args.name)) as client:
+        reply = client.call(p.ReloadRequest(client.secret, args.dry_run), LONG)
+    assert isinstance(reply, p.Reloaded)
+    print(_reload.render(reply))
     return 0
 
 

@@ -21,6 +21,7 @@ from ..supervisor._specs import POLICY_KEYS, SERVICE_SETTINGS, build, check_grou
 __all__ = [
     "POLICY_KEYS",
     "GroupEntry",
+    "ReceiverEntry",
     "SystemSpec",
     "WorkerEntry",
     "build",
@@ -98,12 +99,23 @@ class GroupEntry:
     line: int = field(default=0, compare=False)
 
 
+@dataclass(frozen=True)
+class ReceiverEntry:
+    """One ``[[processes]]`` or ``[[interfaces]]`` entry as the file says it, comparable with ``==``."""
+
+    section: str
+    name: str
+    target: str
+    config: Any = None
+    line: int = field(default=0, compare=False)
+
+
 class SystemSpec:
     """A parsed TOML system.
 
     ``components``: every component built, by section, in declaration order (a pool's members
     included); ``workers``: each worker entry by name (a pool's by the pool's name);
-    ``groups``: each group by name.
+    ``groups``: each group by name; ``receivers``: each Process and Interface entry by name.
     """
 
     def __init__(
@@ -113,6 +125,8 @@ class SystemSpec:
         workers: dict[str, WorkerEntry] | None = None,
         groups: dict[str, GroupEntry] | None = None,
         http: str | None = None,
+        *,
+        receivers: dict[str, ReceiverEntry] | None = None,
     ) -> None:
         self.name = name
         self.components = components
@@ -120,6 +134,7 @@ class SystemSpec:
         self.groups = groups or {}
         #: Where to serve metrics and the status page (``[http] listen``), if anywhere.
         self.http = http
+        self.receivers = receivers or {}
 
 
 def install(spec: SystemSpec, rt: Runtime) -> None:
@@ -204,7 +219,9 @@ def _read(path: Path) -> tuple[str, dict[str, Any]]:
     try:
         return text, tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: {' '.join(str(exc).split())}") from exc
+        found = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+        where = f"{path}:{found.group(1)}" if found else str(path)
+        raise ConfigError(f"{where}: {' '.join(str(exc).split())}") from exc
 
 
 def load_system(path: Path) -> SystemSpec:
@@ -242,6 +259,7 @@ def load_system(path: Path) -> SystemSpec:
     #: Where each worker (a pool's members too) was declared: (section, index).
     declared: dict[str, tuple[str, int]] = {}
     pools: dict[str, list[str]] = {}
+    receivers: dict[str, ReceiverEntry] = {}
     seen: dict[str, set[str]] = {}
     for section, base in _SECTIONS.items():
         entries_in = data.get(section, [])
@@ -291,6 +309,11 @@ def load_system(path: Path) -> SystemSpec:
                 declared[entry[ident]] = (section, i)
                 if instances is not None:
                     pools[entry[ident]] = names
+            else:
+                line = _line_of(text, section, i, None)
+                receivers[entry[ident]] = ReceiverEntry(
+                    section, entry[ident], entry["class"], entry.get("config"), line
+                )
         components[section] = built
     groups = _groups(fail, data, text, components, pools)
     workers = {
@@ -301,7 +324,7 @@ def load_system(path: Path) -> SystemSpec:
     except DependencyError as exc:
         section, index = declared[exc.worker]
         raise fail(section, index, exc.key, str(exc).split(": ", 1)[-1]) from None
-    return SystemSpec(name, components, entries, groups, _http_listen(data, fail))
+    return SystemSpec(name, components, entries, groups, _http_listen(data, fail), receivers=receivers)
 
 
 def _build(

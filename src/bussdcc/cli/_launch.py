@@ -18,6 +18,7 @@ from ..kernel._boundary import SlotTable, WorkerSpec
 from ..kernel._layout import SLOTS_FILE, workers_endpoint
 from ..supervisor import Runtime, SignalRuntime
 from ..worker._logs import STANDALONE_ENV
+from . import _reload
 from ._client import Client
 from ._config import build, import_target, install, load_system
 from ._notify import Watchdog, notify, watchdog_interval
@@ -29,6 +30,8 @@ def load_runtime(target: str, name: str | None = None, http: str | None = None) 
         spec = load_system(Path(target))
         rt: Runtime = SignalRuntime(name=name or spec.name, http=http or spec.http)
         install(spec, rt)
+        # SIGHUP and `bussdcc reload` re-read the file and apply it.
+        rt.set_reloader(_reload.Reloader(Path(target), spec, rt))
         return rt
     sys.path.insert(0, os.getcwd())  # as `python -m` would: modules beside the caller are importable
     obj = import_target(target)
@@ -72,7 +75,14 @@ def run(target: str, name: str | None = None, verbose: bool = False, http: str |
     def stopping(evt: Event[m.RuntimeShuttingDown]) -> None:
         notify("STOPPING=1")
 
+    def reloaded(evt: Event[m.SystemReload]) -> None:
+        if evt.payload.error is not None:
+            print(f"bussdcc: {rt.name}: reload: {evt.payload.error}", file=sys.stderr, flush=True)
+        elif evt.payload.plan is not None:
+            print(f"bussdcc: {rt.name} reloaded: {_reload.summary(evt.payload.plan)}", file=sys.stderr, flush=True)
+
     rt.events.subscribe(m.RuntimeShuttingDown, stopping)
+    rt.events.subscribe(m.SystemReload, reloaded)
     if verbose:
         rt.events.subscribe(Message, _print_event)
     rt.boot()

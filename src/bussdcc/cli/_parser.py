@@ -8,6 +8,7 @@ from typing import NoReturn
 from ..kernel import Severity
 from ..kernel import protocol as p
 from . import _commands as c
+from ._completion import completes, device_names, runtime_names, worker_names
 
 #: What ``bussdcc --help`` says first.
 DESCRIPTION = "The ``bussdcc`` command: run a system, and inspect and steer a live runtime over its control endpoint."
@@ -28,9 +29,10 @@ def parser() -> argparse.ArgumentParser:
 
     def find(cmd: argparse.ArgumentParser, positional_name: bool = False) -> None:
         if positional_name:
-            cmd.add_argument("name", nargs="?", help="the runtime's name (default: the only one running)")
+            which = cmd.add_argument("name", nargs="?", help="the runtime's name (default: the only one running)")
         else:
-            cmd.add_argument("-r", "--runtime", help="the runtime's name (default: the only one running)")
+            which = cmd.add_argument("-r", "--runtime", help="the runtime's name (default: the only one running)")
+        completes(which, runtime_names)
         cmd.add_argument("--run-dir", help="the runtime's run directory (instead of finding it by name)")
         cmd.set_defaults(runtime=None)
 
@@ -75,7 +77,7 @@ def parser() -> argparse.ArgumentParser:
     )
     for op, what in ops:
         cmd = sub.add_parser(op, help=what, description=f"{what[0].upper()}{what[1:]} and wait for the outcome.")
-        cmd.add_argument("worker", help="a Service's name or a Device's id")
+        completes(cmd.add_argument("worker", help="a Service's name or a Device's id"), worker_names)
         find(cmd)
         cmd.set_defaults(fn=c.worker_op(op))
 
@@ -86,6 +88,16 @@ def parser() -> argparse.ArgumentParser:
     cmd.add_argument("--reason", help="recorded in runtime.shutting_down")
     cmd.add_argument("--timeout", type=float, default=c.LONG, help="seconds to wait (default %(default)s)")
     cmd.set_defaults(fn=c.shutdown)
+
+    cmd = sub.add_parser(
+        "reload",
+        help="re-read a runtime's system file and apply it",
+        description="Re-read the .toml file a runtime was started from and apply it with the fewest restarts "
+        "(as SIGHUP does); print the plan. A file that fails validation changes nothing.",
+    )
+    find(cmd, positional_name=True)
+    cmd.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    cmd.set_defaults(fn=c.reload)
 
     cmd = sub.add_parser(
         "spawn",
@@ -99,7 +111,7 @@ def parser() -> argparse.ArgumentParser:
     cmd.set_defaults(fn=c.spawn)
 
     cmd = sub.add_parser("remove", help="stop and remove a worker", description="Stop a worker and forget it.")
-    cmd.add_argument("worker", help="a Service's name or a Device's id")
+    completes(cmd.add_argument("worker", help="a Service's name or a Device's id"), worker_names)
     find(cmd)
     cmd.set_defaults(fn=c.remove)
 
@@ -132,7 +144,7 @@ def parser() -> argparse.ArgumentParser:
         help="call a device's method",
         description="Call a public method of a Device in its own process and print the result as JSON.",
     )
-    cmd.add_argument("device", help="the Device's id")
+    completes(cmd.add_argument("device", help="the Device's id"), device_names)
     cmd.add_argument("method", help="the name of a public method its class defines")
     cmd.add_argument("args", nargs="?", default="[]", help="positional arguments as a JSON array (default [])")
     cmd.add_argument("--kwargs", default="{}", help="keyword arguments as a JSON object")

@@ -261,10 +261,37 @@ class SystemSignal(Message):
 
 
 @dataclass(slots=True, frozen=True)
+class ReloadPlan:
+    """What a reload of a system file changes: component names by outcome.
+
+    ``added`` start, ``removed`` stop, ``changed`` restart with their new
+    settings, ``unchanged`` keep running as they are (their pids too);
+    ``adjusted`` change in place, without a restart (a pool scaled: the members
+    that remain keep their pids; a group's strategy).
+    """
+
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+    unchanged: tuple[str, ...] = ()
+    adjusted: tuple[str, ...] = ()
+
+
+@dataclass(slots=True, frozen=True)
 class SystemReload(Message):
-    """Configuration should be reloaded (SIGHUP)."""
+    """Configuration should be reloaded (SIGHUP).
+
+    A runtime run from a system file re-reads it first: ``plan`` says what the
+    reload changed, or ``error`` why it changed nothing (or stopped part-way).
+    Otherwise both are None and reloading is up to the receivers.
+    """
 
     name = "system.reload"
+    plan: ReloadPlan | None = None
+    error: str | None = None
+
+    def __post_init__(self) -> None:
+        safe_fields(self, "error")
 
 
 @dataclass(slots=True, frozen=True)

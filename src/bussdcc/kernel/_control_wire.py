@@ -9,6 +9,7 @@ from typing import Any, Final, Literal, TypeAlias
 
 import msgspec
 
+from ._builtin import ReloadPlan
 from ._frames import Frame
 from ._text import safe_fields
 
@@ -92,6 +93,13 @@ class ScaleRequest(Frame, tag="scale", frozen=True):
     instances: int
 
 
+class ReloadRequest(Frame, tag="reload", frozen=True):
+    """Re-read the runtime's system file and apply it (``dry_run``: only say what it would change)."""
+
+    secret: bytes
+    dry_run: bool = False
+
+
 ControlRequest: TypeAlias = (
     StatusRequest
     | WorkerRequest
@@ -101,6 +109,7 @@ ControlRequest: TypeAlias = (
     | JoinRequest
     | CallRequest
     | ScaleRequest
+    | ReloadRequest
 )
 
 
@@ -158,6 +167,17 @@ class Events(Frame, tag="events", frozen=True):
     items: list[msgspec.Raw]
 
 
-ControlReply: TypeAlias = Refused | Failed | Done | StatusReply | Joined | Events
+class Reloaded(Frame, tag="reloaded", frozen=True):
+    """What a reload changed (or, with ``dry_run``, would change): the plan, each name's kind, and notes."""
+
+    source: str
+    plan: ReloadPlan
+    #: ``device``, ``service``, ``pool``, ``group``, ``process`` or ``interface`` for each name of the plan.
+    kinds: dict[str, str]
+    dry_run: bool = False
+    notes: list[str] = msgspec.field(default_factory=list)
+
+
+ControlReply: TypeAlias = Refused | Failed | Done | StatusReply | Joined | Events | Reloaded
 CONTROL_REQUESTS: Final = msgspec.msgpack.Decoder(ControlRequest)
 CONTROL_REPLIES: Final = msgspec.msgpack.Decoder(ControlReply)

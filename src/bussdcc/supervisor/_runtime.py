@@ -41,6 +41,7 @@ from ._dispatch import Dispatch, Receiver
 from ._flow import weigh
 from ._forksafety import threads_fault
 from ._lifecycle import Lifecycle, Phase
+from ._live import LiveChanges
 from ._managed import RuntimeStats
 from ._pools import PoolManagement
 from ._registry import Registry
@@ -52,7 +53,7 @@ from ._workers import WorkerStatus
 D = TypeVar("D", bound=Device)
 
 
-class Runtime(PoolManagement):
+class Runtime(PoolManagement, LiveChanges):
     """The coordination authority: owns the context, boots, dispatches, supervises, shuts down.
 
     Every Service and Device runs in its own worker process; Processes and
@@ -99,6 +100,7 @@ class Runtime(PoolManagement):
         #: A thread that does nothing but wait while another boots this runtime (not a fork hazard).
         self._boot_waiter: threading.Thread | None = None
         self._last_stats = RuntimeStats(dispatched=0, rejected=0, lost=0, restarts={})
+        self._reload_lock = threading.Lock()  # one reload of the system file at a time
 
     # ---- the context ------------------------------------------------------------
 
