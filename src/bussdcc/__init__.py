@@ -7,7 +7,7 @@ The public surface is three modules, and each public name is exported by exactly
 
 * ``bussdcc``: what a system is built from: the components, the runtimes, events,
   the ``Message`` base and ``Severity``, state, clocks, supervision settings
-  (``Strategy``, ``RestartPolicy``) and status types;
+  (``Strategy``, ``RestartPolicy``), recording (``Recording``) and status types;
 * ``bussdcc.message``: the messages the runtime itself emits;
 * ``bussdcc.errors``: every exception (``BussdccError`` is the base of all).
 
@@ -36,6 +36,7 @@ from .kernel import (
     Subscription,
     SystemClock,
 )
+from .kernel._recording import Recording
 from .supervisor import (
     Runtime,
     RuntimeStats,
@@ -56,6 +57,7 @@ __all__ = [
     "ManualClock",
     "Message",
     "Process",
+    "Recording",
     "RestartPolicy",
     "Runtime",
     "RuntimeStats",
