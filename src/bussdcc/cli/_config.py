@@ -42,6 +42,9 @@ class SystemSpec:
     def __init__(self, name: str, components: dict[str, list[object]]) -> None:
         self.name = name
         self.components = components
+        #: ``[runtime] record`` and ``snapshot``: what to record (see Runtime's ``record``).
+        self.record: str | None = None
+        self.snapshot: float | None = None
 
 
 def _line_of(text: str, section: str, index: int | None, key: str | None) -> int:
@@ -102,8 +105,13 @@ def load_system(path: Path) -> SystemSpec:
     if not isinstance(runtime, dict):
         raise fail("runtime", None, None, "must be a table")
     for key in runtime:
-        if key != "name":
-            raise fail("runtime", None, key, "unknown key (expected name)")
+        if key not in ("name", "record", "snapshot"):
+            raise fail("runtime", None, key, "unknown key (expected name, record, snapshot)")
+    record, snapshot = runtime.get("record"), runtime.get("snapshot")
+    if record is not None and (not isinstance(record, str) or not record):
+        raise fail("runtime", None, "record", "must be a non-empty string (an MCAP file)")
+    if snapshot is not None and (isinstance(snapshot, bool) or not isinstance(snapshot, int | float) or snapshot < 0):
+        raise fail("runtime", None, "snapshot", "must be a number of seconds >= 0")
     name = runtime.get("name", path.stem)
     if not isinstance(name, str) or not name:
         raise fail("runtime", None, "name", "must be a non-empty string")
@@ -152,4 +160,6 @@ def load_system(path: Path) -> SystemSpec:
                     raise fail(section, i, key, str(exc).split(": ", 1)[-1]) from None
             built.append(component)
         components[section] = built
-    return SystemSpec(name, components)
+    spec = SystemSpec(name, components)
+    spec.record, spec.snapshot = record, snapshot
+    return spec

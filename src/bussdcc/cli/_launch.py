@@ -16,6 +16,7 @@ from ..kernel import _builtin as m
 from ..kernel import protocol as p
 from ..kernel._boundary import SlotTable, WorkerSpec
 from ..kernel._layout import SLOTS_FILE, workers_endpoint
+from ..kernel._recording import Recording
 from ..supervisor import Runtime, SignalRuntime
 from ..worker._logs import STANDALONE_ENV
 from ._client import Client
@@ -27,7 +28,7 @@ def load_runtime(target: str, name: str | None = None) -> Runtime:
     """A runtime from a ``.toml`` system file or a ``module:attribute`` (a Runtime, or a function making one)."""
     if target.endswith(".toml"):
         spec = load_system(Path(target))
-        rt: Runtime = SignalRuntime(name=name or spec.name)
+        rt: Runtime = SignalRuntime(name=name or spec.name, record=spec.record, snapshot=spec.snapshot)
         for device in spec.components["devices"]:
             assert isinstance(device, Device)
             rt.attach_device(device)
@@ -57,9 +58,11 @@ def load_runtime(target: str, name: str | None = None) -> Runtime:
     return obj
 
 
-def run(target: str, name: str | None = None, verbose: bool = False) -> int:
+def run(target: str, name: str | None = None, verbose: bool = False, recording: Recording | None = None) -> int:
     """Boot the system, serve until a signal or a shutdown request, shut down; the exit code."""
     rt = load_runtime(target, name)
+    if recording is not None:
+        rt.set_recording(recording)
     stopped_by: list[str] = []  # the signal that asked for the shutdown, to say so at the end
     if not isinstance(rt, SignalRuntime):
         # Ours to handle as a SignalRuntime would: the whole process group gets these from a

@@ -363,8 +363,8 @@ class Recorder:
         self._batch = _Batch()
         self._pending = 0
         self._defs: list[_Def] = []
-        self._channels: dict[tuple[type, str, str, int], int] = {}
-        self._schema_ids: dict[type, int] = {}
+        self._channels: dict[tuple[type | str, str, str, int], int] = {}
+        self._schema_ids: dict[type | str, int] = {}
         self._log_channels: dict[str, int] = {}
         self._log_schema = 0
         self._own_seq = 0
@@ -395,16 +395,51 @@ class Recorder:
 
     # ---- the tap (dispatch thread, under the runtime's dispatch lock) ------------------------
 
-    def message(self, evt: Event[Message], worker: str = "", incarnation: int = 0, seq: int = 0) -> None:
-        """Record ``evt``, dispatched now; from a worker: its name, incarnation and sequence number."""
+    def message(
+        self, evt: Event[Message], worker: str = "", incarnation: int = 0, seq: int = 0, dispatched: int = 0
+    ) -> None:
+        """Record ``evt``, dispatched now (or at ``dispatched``, ns); from a worker: its name, incarnation, sequence."""
         try:
-            self._message(evt, worker, incarnation, seq)
+            self._message(evt, worker, incarnation, seq, dispatched)
         except Exception:  # the tap never fails a dispatch: what it cannot record, it counts
             with self._lock:
                 self.dropped += 1
 
-    def _message(self, evt: Event[Message], worker: str, incarnation: int, seq: int) -> None:
-        now = time.time_ns()
+    def foreign(  # noqa: PLR0917  (the fields of one streamed message)
+        self,
+        name: str,
+        severity: int,
+        fields: Any,
+        ts: float,
+        source: str,
+        worker: str,
+        incarnation: int,
+        seq: int,
+        dispatched: int,
+    ) -> None:
+        """Record a message whose class this process does not know, from its name and decoded fields."""
+        try:
+            data = _encoder.encode(fields)
+            publish = max(0, int(ts * 1e9))
+            with self._lock:
+                self.total += 1
+                key = (name, source, worker, incarnation)
+                chan = self._channels.get(key)
+                if chan is None:
+                    chan = self._foreign_channel(name, severity, source, worker, incarnation)
+                    if chan == 0:
+                        self.dropped += 1
+                        return
+                if not incarnation:
+                    self._own_seq += 1
+                    seq = self._own_seq
+                self._append(chan, seq, dispatched or time.time_ns(), publish, data)
+        except Exception:
+            with self._lock:
+                self.dropped += 1
+
+    def _message(self, evt: Event[Message], worker: str, incarnation: int, seq: int, dispatched: int) -> None:
+        now = dispatched or time.time_ns()
         payload = evt.payload
         cls = type(payload)
         try:
@@ -502,6 +537,24 @@ class Recorder:
         chan = self._new_channel(cls.name, self._schema(cls), metadata)
         if chan:
             self._channels[(cls, source, worker, incarnation)] = chan
+        return chan
+
+    def _foreign_channel(self, name: str, severity: int, source: str, worker: str, incarnation: int) -> int:
+        sid = self._schema_ids.get(name)
+        if sid is None:
+            sid = self._schema_ids[name] = len(self._schema_ids) + 2
+            data = json.dumps({"title": name, "type": "object"}).encode()
+            self._defs.append(_Def("schema", {"id": sid, "name": name, "encoding": "jsonschema", "data": data}))
+        metadata = {
+            "class": "",
+            "severity": _severity_name(severity),
+            "source": source,
+            "worker": worker,
+            "incarnation": str(incarnation) if incarnation else "",
+        }
+        chan = self._new_channel(name, sid, metadata)
+        if chan:
+            self._channels[(name, source, worker, incarnation)] = chan
         return chan
 
     def _log_channel(self, worker: str) -> int:
