@@ -104,7 +104,7 @@ class Dispatch:
             now = time.time_ns()
             recorder = self.recorder
             if recorder is not None:
-                recorder.message(evt, evt.source if incarnation else "", incarnation, seq)
+                recorder.message(evt, evt.source if incarnation else "", incarnation, seq, now)
             self.events.publish(evt)
             for rec in self.receivers:
                 try:
