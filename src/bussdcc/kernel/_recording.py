@@ -53,6 +53,10 @@ _MSG_HEAD = struct.Struct("<BQHIQQ")  # opcode, record length, channel, sequence
 _MSG_FIXED = 2 + 4 + 8 + 8
 _FIRST_TIME = struct.Struct("<Q")  # a record's log time, 15 bytes into it
 _MAX_CHANNELS = 0xFFFF
+#: Write failures are reported at most once per this many seconds.
+_REPORT_PERIOD = 10.0
+#: How long closing waits for the writer thread (a disk that hangs) before it gives up.
+_CLOSE_WAIT = 30.0
 #: Incident files are written at most once per worker per this many seconds (or the window, if longer).
 _INCIDENT_GAP = 1.0
 
@@ -386,6 +390,7 @@ class Recorder:
         self._ring: deque[_Batch] = deque()
         self._ring_bytes = 0
         self._recorded_drops = (0, 0)
+        self._reported = -_REPORT_PERIOD
         self._drop_seq = 0
         if options.path is not None:
             self._open()  # a path that cannot be written is a boot error, not a silent gap
@@ -602,7 +607,7 @@ class Recorder:
                 return
             self._closing = True
             self._wake.notify()
-        self._thread.join()
+        self._thread.join(_CLOSE_WAIT)  # a disk that hangs must not hang shutdown
 
     def _run(self) -> None:
         while True:
@@ -618,23 +623,43 @@ class Recorder:
             batch.taken = time.monotonic()
             try:
                 self._write(batch, defs, drops, closing)
-                self._keep(batch)
-                for worker, when in incidents:
+            except Exception as exc:  # a full disk, a removed directory: count, say so, and go on
+                self._lost(batch, f"{type(exc).__name__}: {exc}")
+            self._keep(batch)
+            for worker, when in incidents:
+                try:
                     self._write_incident(worker, when, defs)
-            except Exception as exc:  # a full disk, a removed directory: say so, and go on
-                self._fail(f"{type(exc).__name__}: {exc}")
+                except Exception as exc:
+                    self._fail(f"cannot write the incident snapshot of {worker!r}: {type(exc).__name__}: {exc}")
             if closing:
                 file, self._file = self._file, None
                 if file is not None:
                     file.finish()
                 return
 
-    def _fail(self, error: str) -> None:
-        if self._report is not None:
+    def _lost(self, batch: _Batch, error: str) -> None:
+        """``batch`` could not be written: its messages count as dropped; the next batch starts a new file."""
+        with self._lock:
+            self.dropped += batch.messages
+        file, self._file = self._file, None
+        if file is not None:
             try:
-                self._report(error)
-            except Exception:
+                os.close(file.fd)  # a record may be cut short in it: what follows goes to a new file
+            except OSError:
                 pass
+            self.index += 1
+        self._fail(error)
+
+    def _fail(self, error: str) -> None:
+        """Report a failure: the first at once, then at most one per :data:`_REPORT_PERIOD`."""
+        now = time.monotonic()
+        if self._report is None or now - self._reported < _REPORT_PERIOD:
+            return
+        self._reported = now
+        try:
+            self._report(error)
+        except Exception:
+            pass
 
     def _write(self, batch: _Batch, defs: list[_Def], drops: tuple[int, int], closing: bool) -> None:
         file = self._file
