@@ -227,7 +227,7 @@ def test_rotation_makes_complete_files_and_the_cap_deletes_the_oldest(tmp_path: 
         for i in range(60):
             for j in range(20):
                 recorder.message(Event(Reading(i=i * 20 + j, value=0.0, unit="u" * 40), now, "runtime"))
-            wait_until(lambda: not recorder._batch.messages, what="the writer to take the batch")
+            wait_until(lambda: not recorder._queue, what="the writer to take what is queued")
     finally:
         recorder.close()
     names = sorted(p.name for p in tmp_path.iterdir())

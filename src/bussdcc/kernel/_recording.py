@@ -190,16 +190,16 @@ def _safe_name(name: str) -> str:
 
 
 class _Batch:
-    """Framed message records, and what the summary needs to know about them."""
+    """Framed message records taken together by the writer, and what the summary needs to know of them."""
 
-    __slots__ = ("data", "last", "messages", "taken", "woken")
+    __slots__ = ("data", "first", "last", "messages", "taken")
 
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.messages = 0
+    def __init__(self, data: bytes, messages: int) -> None:
+        self.data = data
+        self.messages = messages
+        self.first = 0
         self.last = 0
-        self.woken = False
-        self.taken = 0.0  # monotonic time it was handed to the writer
+        self.taken = 0.0  # monotonic time the writer took it
 
 
 class _Def:
@@ -267,9 +267,8 @@ class _File:
         if not batch.messages:
             return
         self.write(batch.data)
-        first = _FIRST_TIME.unpack_from(batch.data, 15)[0]
-        if not self.messages or first < self.first:
-            self.first = first
+        if not self.messages or batch.first < self.first:
+            self.first = batch.first
         self.last = max(self.last, batch.last)
         self.messages += batch.messages
 
@@ -338,7 +337,11 @@ def _summary(file: _File) -> bytes:
 
 
 class Recorder:
-    """Records what a runtime dispatches (the tap, any thread) through a writer thread of its own.
+    """Records what a runtime dispatches (the tap) through a writer thread of its own.
+
+    The tap's methods are called by one thread at a time (the runtime calls them under its
+    dispatch lock): they share nothing with the writer thread but a deque (thread-safe appends
+    and pops) and counters each side writes alone, so the hot path takes no lock.
 
     ``index`` numbers the first file (0: ``run.mcap``, n: ``run.n.mcap``); after :meth:`close`,
     :attr:`index` is the number the next recorder of the same path should start from.
@@ -361,10 +364,9 @@ class Recorder:
         self.index = index
         #: Told (from the writer thread) about a failure to write: the recording goes on if it can.
         self._report = report
-        self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
-        self._batch = _Batch()
-        self._pending = 0
+        # Written by the tap alone: ----------------------------------------------------------
+        self._queue: deque[bytes] = deque()  # framed Message records, for the writer
+        self._queued_bytes = 0
         self._defs: list[_Def] = []
         self._channels: dict[tuple[type | str, str, str, int], int] = {}
         self._schema_ids: dict[type | str, int] = {}
@@ -374,14 +376,15 @@ class Recorder:
         #: Messages dropped because the disk could not keep up (or the channel table was full),
         #: and messages the tap was given in all.
         self.dropped = 0
-        self.total = 0
         #: Messages the source of the stream dropped before they reached us (``bussdcc record``).
         self.dropped_upstream = 0
-        self._incidents: list[tuple[str, _dt.datetime]] = []
+        self._incidents: deque[tuple[str, _dt.datetime]] = deque()
         self._last_incident: dict[str, float] = {}
-        self._snapshot = options.snapshot > 0
-        self._triggers: tuple[type, ...] = (m.WorkerExited, m.WorkerHung, m.WorkerGaveUp)
-        self._closing = False
+        # Written by the writer alone: ---------------------------------------------------------
+        self._written_bytes = 0
+        self._taken = 0  # messages taken from the queue
+        #: Messages taken from the queue that could not be written (a full disk).
+        self.lost = 0
         self._file: _File | None = None
         #: Files written by this recorder, oldest first (rotation and the disk cap).
         self.files: list[Path] = []
@@ -389,62 +392,71 @@ class Recorder:
         self.incidents: list[Path] = []
         self._ring: deque[_Batch] = deque()
         self._ring_bytes = 0
-        self._recorded_drops = (0, 0)
+        self._recorded_drops = 0
         self._reported = -_REPORT_PERIOD
         self._drop_seq = 0
+        # ---------------------------------------------------------------------------------------
+        self._snapshot = options.snapshot > 0
+        self._triggers: tuple[type, ...] = (m.WorkerExited, m.WorkerHung, m.WorkerGaveUp)
+        self._wakeup = threading.Event()
+        self._closing = False
+        # The writer's own channel, made before the writer runs: only the tap makes channels.
+        self._drop_channel = self._channel(m.RecorderDropped, "recorder", "", 0)
         if options.path is not None:
             self._open()  # a path that cannot be written is a boot error, not a silent gap
         self._thread = threading.Thread(target=self._run, name="bussdcc-recorder", daemon=True)
         self._thread.start()
 
-    # ---- the tap (dispatch thread, under the runtime's dispatch lock) ------------------------
+    # ---- the tap (one thread at a time: the runtime's dispatch lock) ---------------------------
 
-    def message(
-        self, evt: Event[Message], worker: str = "", incarnation: int = 0, seq: int = 0, dispatched: int = 0
+    def message(  # noqa: PLR0917  (the hot path: positional arguments are the cheapest)
+        self,
+        evt: Event[Message],
+        worker: str = "",
+        incarnation: int = 0,
+        seq: int = 0,
+        dispatched: int = 0,
+        ts: float = 0.0,
+        _encode: Callable[[Any], bytes] = _encoder.encode,
+        _pack: Callable[..., bytes] = _MSG_HEAD.pack,
+        _now: Callable[[], int] = time.time_ns,
     ) -> None:
         """Record ``evt``, dispatched now (or at ``dispatched``, ns); from a worker: its name, incarnation, sequence.
 
+        ``ts``: ``evt.time`` as a UNIX time, if the caller has it (it saves converting it here).
         The hot path of recording, kept to one function: it runs once per dispatched message.
         """
         try:
             payload = evt.payload
             cls = type(payload)
-            data = _encoder.encode(payload)
-            key = (cls, evt.source, worker, incarnation)
-            publish = int(evt.time.timestamp() * 1e9)
-            publish = max(publish, 0)  # a clock set before 1970
-            now = dispatched or time.time_ns()
-            size = 31 + len(data)  # 9 bytes of opcode and length, 22 of fields
-            with self._lock:
-                self.total += 1
-                chan = self._channels.get(key)
-                if chan is None:
-                    chan = self._channel(cls, evt.source, worker, incarnation)
-                    if chan == 0:
-                        self.dropped += 1
-                        return
-                if not incarnation:
-                    self._own_seq += 1
-                    seq = self._own_seq
-                pending = self._pending + size
-                if pending > self._limit:
+            data = _encode(payload)
+            chan = self._channels.get((cls, evt.source, worker, incarnation))
+            if chan is None:
+                chan = self._channel(cls, evt.source, worker, incarnation)
+                if not chan:
                     self.dropped += 1
                     return
-                self._pending = pending
-                batch = self._batch
-                batch.data += _MSG_HEAD.pack(_OP_MESSAGE, size - 9, chan, seq & 0xFFFFFFFF, now, publish) + data
-                batch.messages += 1
-                batch.last = now
-                if pending >= _WAKE_BYTES and not batch.woken:
-                    batch.woken = True
-                    self._wake.notify()
-                if self._snapshot and isinstance(payload, self._triggers):
-                    self._trigger(payload)
+            if not incarnation:
+                self._own_seq += 1
+                seq = self._own_seq
+            size = 31 + len(data)  # 9 bytes of opcode and length, 22 of fields
+            queued = self._queued_bytes + size
+            if queued - self._written_bytes > self._limit:
+                self.dropped += 1
+                return
+            publish = int((ts or evt.time.timestamp()) * 1e9)
+            self._queue.append(
+                _pack(
+                    _OP_MESSAGE, size - 9, chan, seq & 0xFFFFFFFF, dispatched or _now(), publish if publish > 0 else 0
+                )
+                + data
+            )
+            self._queued_bytes = queued
+            if queued - self._written_bytes > _WAKE_BYTES:
+                self._wakeup.set()
+            if self._snapshot and isinstance(payload, self._triggers):
+                self._trigger(payload)
         except Exception:  # the tap never fails a dispatch: what it cannot record, it counts
-            self._count_drop()
-
-    def _count_drop(self) -> None:
-        with self._lock:
             self.dropped += 1
 
     def foreign(  # noqa: PLR0917  (the fields of one streamed message)
@@ -462,72 +474,63 @@ class Recorder:
         """Record a message whose class this process does not know, from its name and decoded fields."""
         try:
             data = _encoder.encode(fields)
-            publish = max(0, int(ts * 1e9))
-            with self._lock:
-                self.total += 1
-                key = (name, source, worker, incarnation)
-                chan = self._channels.get(key)
-                if chan is None:
-                    chan = self._foreign_channel(name, severity, source, worker, incarnation)
-                    if chan == 0:
-                        self.dropped += 1
-                        return
-                if not incarnation:
-                    self._own_seq += 1
-                    seq = self._own_seq
-                self._append(chan, seq, dispatched or time.time_ns(), publish, data)
+            chan = self._channels.get((name, source, worker, incarnation))
+            if chan is None:
+                chan = self._foreign_channel(name, severity, source, worker, incarnation)
+                if not chan:
+                    self.dropped += 1
+                    return
+            if not incarnation:
+                self._own_seq += 1
+                seq = self._own_seq
+            self._append(chan, seq, dispatched or time.time_ns(), max(0, int(ts * 1e9)), data)
         except Exception:
-            with self._lock:
-                self.dropped += 1
+            self.dropped += 1
 
     def output(self, worker: str, stream: str, line: str, when: float | None = None) -> None:
         """Record a line ``worker`` wrote to ``stream`` (``"stdout"`` or ``"stderr"``)."""
         try:
-            self._output(worker, stream, line, when)
-        except Exception:
-            with self._lock:
-                self.dropped += 1
-
-    def _output(self, worker: str, stream: str, line: str, when: float | None) -> None:
-        now = time.time_ns()
-        stamp = now if when is None else int(when * 1e9)
-        sec, nsec = divmod(stamp, 1_000_000_000)
-        record = {
-            "timestamp": {"sec": sec, "nsec": nsec},
-            "level": 2 if stream == "stdout" else 3,
-            "message": line,
-            "name": worker,
-            "file": stream,
-            "line": 0,
-        }
-        data = _encoder.encode(record)
-        with self._lock:
-            self.total += 1
+            now = time.time_ns()
+            stamp = now if when is None else max(0, int(when * 1e9))
+            sec, nsec = divmod(stamp, 1_000_000_000)
+            record = {
+                "timestamp": {"sec": sec, "nsec": nsec},
+                "level": 2 if stream == "stdout" else 3,
+                "message": line,
+                "name": worker,
+                "file": stream,
+                "line": 0,
+            }
             chan = self._log_channels.get(worker)
             if chan is None:
                 chan = self._log_channel(worker)
-                if chan == 0:
+                if not chan:
                     self.dropped += 1
                     return
             self._own_seq += 1
-            self._append(chan, self._own_seq, now, stamp, data)
+            self._append(chan, self._own_seq, now, stamp, _encoder.encode(record))
+        except Exception:
+            self.dropped += 1
 
     def lost_upstream(self, count: int) -> None:
         """``count`` messages never reached the recorder (a slow subscriber of the event stream)."""
-        with self._lock:
-            self.dropped_upstream += count
-            self.total += count
+        self.dropped_upstream += count
+
+    @property
+    def total(self) -> int:
+        """Messages given to the recorder (recorded, queued or dropped), and those lost upstream."""
+        return self._taken + len(self._queue) + self.dropped + self.dropped_upstream
 
     def _append(self, chan: int, seq: int, now: int, publish: int, data: bytes) -> None:
-        size = _MSG_FIXED + 9 + len(data)
-        if self._pending + size > self._limit:
+        size = 31 + len(data)
+        queued = self._queued_bytes + size
+        if queued - self._written_bytes > self._limit:
             self.dropped += 1
             return
-        self._pending += size
-        _frame(self._batch, chan, seq, now, publish, data)
-        if self._pending >= _WAKE_BYTES and not self._batch.woken:
-            self._batch.woken = True
-            self._wake.notify()
+        self._queue.append(_MSG_HEAD.pack(_OP_MESSAGE, size - 9, chan, seq & 0xFFFFFFFF, now, publish) + data)
+        self._queued_bytes = queued
+        if queued - self._written_bytes > _WAKE_BYTES:
+            self._wakeup.set()
 
     def _schema(self, cls: type[Message]) -> int:
         sid = self._schema_ids.get(cls)
@@ -595,32 +598,45 @@ class Recorder:
         if last is not None and now - last < max(_INCIDENT_GAP, self.options.snapshot):
             return  # the same incident (hung, then exited, then given up on), or a crash loop
         self._last_incident[worker] = now
+        # After the message that reports it: the writer that sees the incident has the message.
         self._incidents.append((worker, _dt.datetime.now(_dt.UTC)))
-        self._wake.notify()
+        self._wakeup.set()
 
     # ---- the writer thread -----------------------------------------------------------------
 
     def close(self) -> None:
-        """Write what is buffered, finish the file (a complete MCAP file) and end the writer thread."""
-        with self._lock:
-            if self._closing:
-                return
-            self._closing = True
-            self._wake.notify()
+        """Write what is queued, finish the file (a complete MCAP file) and end the writer thread."""
+        if self._closing:
+            return
+        self._closing = True
+        self._wakeup.set()
         self._thread.join(_CLOSE_WAIT)  # a disk that hangs must not hang shutdown
+
+    def _take(self) -> tuple[_Batch, list[_Def], list[tuple[str, _dt.datetime]]]:
+        """What the tap queued, the channels it needs, and the incidents it reported."""
+        # Incidents first: each comes after the message that reports it, so that message is taken too.
+        incidents = [self._incidents.popleft() for _ in range(len(self._incidents))]
+        queue = self._queue
+        parts = [queue.popleft() for _ in range(len(queue))]
+        # After the messages: every channel they use was made before them.
+        defs = self._defs[:]
+        batch = _Batch(b"".join(parts), len(parts))
+        self._taken += len(parts)
+        if parts:
+            batch.first = _FIRST_TIME.unpack_from(parts[0], 15)[0]
+            batch.last = _FIRST_TIME.unpack_from(parts[-1], 15)[0]
+        self._written_bytes += len(batch.data)
+        return batch, defs, incidents
 
     def _run(self) -> None:
         while True:
-            with self._lock:
-                if not self._closing:
-                    self._wake.wait(FLUSH_PERIOD)
-                batch, self._batch = self._batch, _Batch()
-                self._pending = 0
-                defs = list(self._defs)
-                incidents, self._incidents = self._incidents, []
-                drops = (self.dropped + self.dropped_upstream, self.total)
-                closing = self._closing
+            closing = self._closing
+            if not closing:
+                self._wakeup.wait(FLUSH_PERIOD)
+                self._wakeup.clear()
+            batch, defs, incidents = self._take()
             batch.taken = time.monotonic()
+            drops = self.dropped + self.dropped_upstream + self.lost
             try:
                 self._write(batch, defs, drops, closing)
             except Exception as exc:  # a full disk, a removed directory: count, say so, and go on
@@ -639,8 +655,7 @@ class Recorder:
 
     def _lost(self, batch: _Batch, error: str) -> None:
         """``batch`` could not be written: its messages count as dropped; the next batch starts a new file."""
-        with self._lock:
-            self.dropped += batch.messages
+        self.lost += batch.messages
         file, self._file = self._file, None
         if file is not None:
             try:
@@ -661,7 +676,7 @@ class Recorder:
         except Exception:
             pass
 
-    def _write(self, batch: _Batch, defs: list[_Def], drops: tuple[int, int], closing: bool) -> None:
+    def _write(self, batch: _Batch, defs: list[_Def], drops: int, closing: bool) -> None:
         file = self._file
         if file is None:
             if self.options.path is None:
@@ -678,40 +693,30 @@ class Recorder:
             file = self._open()
         file.add_defs(defs)
         file.add(batch)
-        if drops[0] != self._recorded_drops[0] or (closing and drops[0]):
-            self._write_drops(file, defs, drops)
+        if drops != self._recorded_drops or (closing and drops):
+            self._write_drops(file, drops)
 
-    def _write_drops(self, file: _File, defs: list[_Def], drops: tuple[int, int]) -> None:
+    def _write_drops(self, file: _File, drops: int) -> None:
         """Write the drop count as a ``recorder.dropped`` message (it changed, or the file ends)."""
         self._recorded_drops = drops
-        msg = m.RecorderDropped(count=drops[0], total=drops[1])
         now = time.time_ns()
-        own = _Batch()
-        with self._lock:
-            key = (type(msg), "recorder", "", 0)
-            chan = self._channels.get(key) or self._channel(type(msg), "recorder", "", 0)
-            self._drop_seq += 1
-            defs = list(self._defs)
-        if not chan:
-            return
-        _frame(own, chan, self._drop_seq, now, now, _encoder.encode(msg))
-        file.add_defs(defs)
+        self._drop_seq += 1
+        data = _encoder.encode(m.RecorderDropped(count=drops, total=self.total))
+        record = _MSG_HEAD.pack(_OP_MESSAGE, 22 + len(data), self._drop_channel, self._drop_seq, now, now) + data
+        own = _Batch(record, 1)
+        own.first = own.last = now
         file.add(own)
 
     def _open(self) -> _File:
         path = self._path(self.index)
         try:
-            file = _File(path, self._defs_now(), self.library)
+            file = _File(path, self._defs[:], self.library)
         except OSError as exc:
             raise ConfigError(f"record: cannot write {path}: {exc.strerror or exc}") from None
         self._file = file
         self.files.append(path)
         self._cap()
         return file
-
-    def _defs_now(self) -> list[_Def]:
-        with self._lock:
-            return list(self._defs)
 
     def _path(self, index: int) -> Path:
         assert self.options.path is not None
@@ -777,16 +782,6 @@ class Recorder:
                 oldest.unlink()
             except OSError:
                 pass
-
-
-def _frame(batch: _Batch, chan: int, seq: int, now: int, publish: int, data: bytes) -> int:  # noqa: PLR0917
-    """Append one Message record to ``batch``; its size now."""
-    buf = batch.data
-    buf += _MSG_HEAD.pack(_OP_MESSAGE, _MSG_FIXED + len(data), chan, seq & 0xFFFFFFFF, now, publish)
-    buf += data
-    batch.last = now
-    batch.messages += 1
-    return len(buf)
 
 
 def _severity_name(severity: int) -> str:

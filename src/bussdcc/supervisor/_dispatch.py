@@ -67,10 +67,13 @@ class Dispatch:
         """Dispatch ``message`` now, on this thread."""
         self.dispatch(Event(message, self.clock.now_utc(), source))
 
-    def dispatch(self, evt: Event[Message], item: bytes | None = None, incarnation: int = 0, seq: int = 0) -> None:
+    def dispatch(
+        self, evt: Event[Message], item: bytes | None = None, incarnation: int = 0, seq: int = 0, ts: float = 0.0
+    ) -> None:
         """Dispatch ``evt`` (``item``: its encoded envelope, if known); waits while the outbox is full.
 
-        From a worker: ``incarnation`` and ``seq`` are its incarnation and the message's sequence number.
+        From a worker: ``incarnation`` and ``seq`` are its incarnation and the message's sequence
+        number, and ``ts`` is ``evt.time`` as the worker sent it (a UNIX time).
         """
         parts = self.parts
         if item is None:
@@ -80,7 +83,7 @@ class Dispatch:
         local = self._local
         local.depth = getattr(local, "depth", 0) + 1
         try:
-            self._dispatch_locked(evt, item, parts, incarnation, seq)
+            self._dispatch_locked(evt, item, parts, incarnation, seq, ts)
         finally:
             local.depth -= 1
         if parts is not None and parts.supervisor.outbox and not parts.hub.in_hub:
@@ -96,15 +99,15 @@ class Dispatch:
         parts = self.parts
         return parts is not None and (parts.hub.in_hub or parts.dispatcher.on_thread)
 
-    def _dispatch_locked(
-        self, evt: Event[Message], item: bytes, parts: Assembly | None, incarnation: int, seq: int
+    def _dispatch_locked(  # noqa: PLR0917
+        self, evt: Event[Message], item: bytes, parts: Assembly | None, incarnation: int, seq: int, ts: float
     ) -> None:
         with self._lock:
             self.dispatched += 1
             now = time.time_ns()
             recorder = self.recorder
             if recorder is not None:
-                recorder.message(evt, evt.source if incarnation else "", incarnation, seq, now)
+                recorder.message(evt, evt.source if incarnation else "", incarnation, seq, now, ts)
             self.events.publish(evt)
             for rec in self.receivers:
                 try:
@@ -143,7 +146,7 @@ class Dispatch:
         evt = p.envelope_event(env, worker)
         if env.source != worker:  # the routing id, not the frame, says who sent it
             item = p.encode_envelope(evt.payload, env.ts, worker)
-        self.dispatch(evt, item, incarnation, seq)
+        self.dispatch(evt, item, incarnation, seq, env.ts)
 
     # ---- receivers ---------------------------------------------------------------
 
