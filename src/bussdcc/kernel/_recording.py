@@ -617,7 +617,9 @@ class Recorder:
         # Incidents first: each comes after the message that reports it, so that message is taken too.
         incidents = [self._incidents.popleft() for _ in range(len(self._incidents))]
         queue = self._queue
-        parts = [queue.popleft() for _ in range(len(queue))]
+        parts = list(queue)  # one C call: atomic while the tap appends
+        for _ in range(len(parts)):
+            queue.popleft()
         # After the messages: every channel they use was made before them.
         defs = self._defs[:]
         batch = _Batch(b"".join(parts), len(parts))
