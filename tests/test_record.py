@@ -115,7 +115,7 @@ def test_every_dispatched_message_is_recorded_once_in_order_with_its_fields(make
     dispatched = list(seen.events)
 
     records = read_all(path)
-    messages = [r for r in records if r[1].topic != LOG_TOPIC]
+    messages = [r for r in records if r[1].topic not in (LOG_TOPIC, "recorder.dropped")]
     assert [(r[1].topic, json.loads(r[2].data)) for r in messages] == [
         (e.payload.name, _json(e.payload)) for e in dispatched
     ]
@@ -237,7 +237,7 @@ def test_rotation_makes_complete_files_and_the_cap_deletes_the_oldest(tmp_path: 
     got: list[int] = []
     for name in sorted(names, key=lambda n: int(n.split(".")[1])):
         records = read_all(tmp_path / name)  # each is a complete file, with its own schemas and channels
-        got += [json.loads(r[2].data)["i"] for r in records]
+        got += [json.loads(r[2].data)["i"] for r in records if r[1].topic == Reading.name]
     assert got == list(range(got[0], 1200))
 
 
@@ -277,13 +277,15 @@ def test_bussdcc_record_attaches_to_a_live_runtime(make_runtime: Any, tmp_path: 
     assert "runtime.shutdown" in [r[1].topic for r in records]
 
 
-def test_bussdcc_run_records_with_record(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["option", "file"])
+def test_bussdcc_run_records(tmp_path: Path, where: str) -> None:
     path = tmp_path / "cli.mcap"
     system = tmp_path / "rec.toml"
+    record = f"record = {json.dumps(str(path))}\n" if where == "file" else ""
     system.write_text(
-        '[runtime]\nname = "rec-cli"\n\n[[services]]\nclass = "tests.test_record:Flood"\nname = "flood"\n'
+        f'[runtime]\nname = "rec-cli"\n{record}\n[[services]]\nclass = "tests.test_record:Flood"\nname = "f"\n'
     )
-    cmd = Background(["run", str(system), "--record", str(path)])
+    cmd = Background(["run", str(system), *(["--record", str(path)] if where == "option" else [])])
     try:
         cmd.wait_line("running", err=True, timeout=30)
         wait_until(lambda: _count(path, Reading.name) == N, timeout=60, what="the readings on disk")
@@ -293,6 +295,8 @@ def test_bussdcc_run_records_with_record(tmp_path: Path) -> None:
         cmd.stop()
     records = read_all(path)
     assert [r[1].topic for r in records].count(Reading.name) == N
+    reports = [json.loads(r[2].data) for r in records if r[1].topic == "recorder.dropped"]
+    assert reports == [{"count": 0, "total": len(records) - 1}]
 
 
 def _count(path: Path, topic: str) -> int:

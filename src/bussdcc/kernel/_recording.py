@@ -695,7 +695,7 @@ class Recorder:
             file = self._open()
         file.add_defs(defs)
         file.add(batch)
-        if drops != self._recorded_drops or (closing and drops):
+        if drops != self._recorded_drops or closing:
             self._write_drops(file, drops)
 
     def _write_drops(self, file: _File, drops: int) -> None:
