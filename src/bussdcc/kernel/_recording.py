@@ -452,7 +452,7 @@ class Recorder:
                 + data
             )
             self._queued_bytes = queued
-            if queued - self._written_bytes > _WAKE_BYTES:
+            if queued - self._written_bytes > _WAKE_BYTES and not self._wakeup.is_set():
                 self._wakeup.set()
             if self._snapshot and isinstance(payload, self._triggers):
                 self._trigger(payload)
@@ -529,7 +529,7 @@ class Recorder:
             return
         self._queue.append(_MSG_HEAD.pack(_OP_MESSAGE, size - 9, chan, seq & 0xFFFFFFFF, now, publish) + data)
         self._queued_bytes = queued
-        if queued - self._written_bytes > _WAKE_BYTES:
+        if queued - self._written_bytes > _WAKE_BYTES and not self._wakeup.is_set():
             self._wakeup.set()
 
     def _schema(self, cls: type[Message]) -> int:
