@@ -50,7 +50,8 @@ _MIB = 1024 * 1024
 _WAKE_BYTES = 1 * _MIB
 _OP_MESSAGE = 0x05
 _MSG_HEAD = struct.Struct("<BQHIQQ")  # opcode, record length, channel, sequence, log time, publish time
-_MSG_FIXED = 2 + 4 + 8 + 8
+_MSG_FIXED = 2 + 4 + 8 + 8  # a Message record's fields before its data
+_MSG_SIZE = 9 + _MSG_FIXED  # with the opcode and the length: 31 bytes and the data
 _FIRST_TIME = struct.Struct("<Q")  # a record's log time, 15 bytes into it
 _MAX_CHANNELS = 0xFFFF
 #: Write failures are reported at most once per this many seconds.
@@ -439,7 +440,7 @@ class Recorder:
             if not incarnation:
                 self._own_seq += 1
                 seq = self._own_seq
-            size = 31 + len(data)  # 9 bytes of opcode and length, 22 of fields
+            size = _MSG_SIZE + len(data)
             queued = self._queued_bytes + size
             if queued - self._written_bytes > self._limit:
                 self.dropped += 1
@@ -522,7 +523,7 @@ class Recorder:
         return self._taken + len(self._queue) + self.dropped + self.dropped_upstream
 
     def _append(self, chan: int, seq: int, now: int, publish: int, data: bytes) -> None:
-        size = 31 + len(data)
+        size = _MSG_SIZE + len(data)
         queued = self._queued_bytes + size
         if queued - self._written_bytes > self._limit:
             self.dropped += 1
@@ -704,7 +705,9 @@ class Recorder:
         now = time.time_ns()
         self._drop_seq += 1
         data = _encoder.encode(m.RecorderDropped(count=drops, total=self.total))
-        record = _MSG_HEAD.pack(_OP_MESSAGE, 22 + len(data), self._drop_channel, self._drop_seq, now, now) + data
+        record = (
+            _MSG_HEAD.pack(_OP_MESSAGE, _MSG_FIXED + len(data), self._drop_channel, self._drop_seq, now, now) + data
+        )
         own = _Batch(record, 1)
         own.first = own.last = now
         file.add(own)
