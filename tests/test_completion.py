@@ -62,7 +62,7 @@ def live() -> Iterator[ThreadedRuntime]:
 
 
 def test_subcommands_and_options_complete(tmp_path: Path) -> None:
-    assert complete("bussdcc re", tmp_path) == ["reload", "remove", "replay", "restart"]
+    assert complete("bussdcc re", tmp_path) == ["record", "reload", "remove", "replay", "restart"]
     assert "--dry-run" in complete("bussdcc reload --", tmp_path)
     every = complete("bussdcc ", tmp_path)
     for command in ("run", "status", "reload", "stop", "call", "events"):

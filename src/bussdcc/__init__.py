@@ -7,7 +7,7 @@ The public surface is three modules, and each public name is exported by exactly
 
 * ``bussdcc``: what a system is built from: the components, the runtimes, events,
   the ``Message`` base and ``Severity``, state, clocks, supervision settings
-  (``Strategy``, ``RestartPolicy``) and status types (``ReloadPlan`` too);
+  (``Strategy``, ``RestartPolicy``), recording (``Recording``) and status types (``ReloadPlan`` too);
 * ``bussdcc.message``: the messages the runtime itself emits;
 * ``bussdcc.errors``: every exception (``BussdccError`` is the base of all).
 
@@ -37,6 +37,7 @@ from .kernel import (
     SystemClock,
 )
 from .kernel._builtin import ReloadPlan
+from .kernel._recording import Recording
 from .supervisor import (
     ReplayReport,
     Runtime,
@@ -58,6 +59,7 @@ __all__ = [
     "ManualClock",
     "Message",
     "Process",
+    "Recording",
     "ReloadPlan",
     "ReplayReport",
     "RestartPolicy",

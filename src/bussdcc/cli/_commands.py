@@ -184,7 +184,9 @@ def events(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """``bussdcc run``: run a system in the foreground."""
-    return _launch.run(args.target, args.name, args.verbose, http=args.http)
+    from ._record import recording
+
+    return _launch.run(args.target, args.name, args.verbose, recording(args, args.record), http=args.http)
 
 
 def worker(args: argparse.Namespace) -> int:

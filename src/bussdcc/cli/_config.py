@@ -35,6 +35,8 @@ _SECTIONS = {"devices": Device, "services": Service, "processes": Process, "inte
 #: The keys of ``[runtime]``, each with its check (None if fine, else why not).
 RUNTIME_KEYS: dict[str, Callable[[object], str | None]] = {
     "name": lambda v: None if isinstance(v, str) and v else "must be a non-empty string",
+    "record": lambda v: None if isinstance(v, str) and v else "must be a non-empty string (an MCAP file)",
+    "snapshot": lambda v: None if _interval_ok(v) else "must be a number of seconds >= 0",
 }
 #: The keys of a ``[[groups]]`` entry (``strategy`` may be left out).
 GROUP_KEYS = ("name", "strategy", "members")
@@ -135,6 +137,9 @@ class SystemSpec:
         #: Where to serve metrics and the status page (``[http] listen``), if anywhere.
         self.http = http
         self.receivers = receivers or {}
+        #: ``[runtime] record`` and ``snapshot``: what to record (see Runtime's ``record``).
+        self.record: str | None = None
+        self.snapshot: float | None = None
 
 
 def install(spec: SystemSpec, rt: Runtime) -> None:
@@ -249,6 +254,7 @@ def load_system(path: Path) -> SystemSpec:
             raise fail("runtime", None, key, f"unknown key (expected {', '.join(RUNTIME_KEYS)})")
         if (why := check(value)) is not None:
             raise fail("runtime", None, key, why)
+    record, snapshot = runtime.get("record"), runtime.get("snapshot")
     name = runtime.get("name", path.stem)
     # Import paths (and cwd) are relative to the file, as the file's author sees them.
     folder = path.resolve().parent
@@ -324,7 +330,9 @@ def load_system(path: Path) -> SystemSpec:
     except DependencyError as exc:
         section, index = declared[exc.worker]
         raise fail(section, index, exc.key, str(exc).split(": ", 1)[-1]) from None
-    return SystemSpec(name, components, entries, groups, _http_listen(data, fail), receivers=receivers)
+    spec = SystemSpec(name, components, entries, groups, _http_listen(data, fail), receivers=receivers)
+    spec.record, spec.snapshot = record, snapshot
+    return spec
 
 
 def _build(

@@ -16,6 +16,7 @@ from ..kernel import _builtin as m
 from ..kernel import protocol as p
 from ..kernel._boundary import SlotTable, WorkerSpec
 from ..kernel._layout import SLOTS_FILE, workers_endpoint
+from ..kernel._recording import Recording
 from ..supervisor import Runtime, SignalRuntime
 from ..worker._logs import STANDALONE_ENV
 from . import _reload
@@ -28,7 +29,9 @@ def load_runtime(target: str, name: str | None = None, http: str | None = None) 
     """A runtime from a ``.toml`` system file or a ``module:attribute`` (a Runtime, or a function making one)."""
     if target.endswith(".toml"):
         spec = load_system(Path(target))
-        rt: Runtime = SignalRuntime(name=name or spec.name, http=http or spec.http)
+        rt: Runtime = SignalRuntime(
+            name=name or spec.name, http=http or spec.http, record=spec.record, snapshot=spec.snapshot
+        )
         install(spec, rt)
         # SIGHUP and `bussdcc reload` re-read the file and apply it.
         rt.set_reloader(_reload.Reloader(Path(target), spec, rt))
@@ -51,9 +54,17 @@ def load_runtime(target: str, name: str | None = None, http: str | None = None) 
     return obj
 
 
-def run(target: str, name: str | None = None, verbose: bool = False, http: str | None = None) -> int:
+def run(
+    target: str,
+    name: str | None = None,
+    verbose: bool = False,
+    recording: Recording | None = None,
+    http: str | None = None,
+) -> int:
     """Boot the system, serve until a signal or a shutdown request, shut down; the exit code."""
     rt = load_runtime(target, name, http)
+    if recording is not None:
+        rt.set_recording(recording)
     stopped_by: list[str] = []  # the signal that asked for the shutdown, to say so at the end
     if not isinstance(rt, SignalRuntime):
         # Ours to handle as a SignalRuntime would: the whole process group gets these from a

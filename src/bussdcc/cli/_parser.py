@@ -8,6 +8,7 @@ from typing import NoReturn
 from ..kernel import Severity
 from ..kernel import protocol as p
 from . import _commands as c
+from . import _record
 from ._completion import completes, device_names, runtime_names, worker_names
 
 #: What ``bussdcc --help`` says first.
@@ -63,6 +64,8 @@ def parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="serve Prometheus metrics and a live status page there (needs bussdcc[web]; e.g. 127.0.0.1:9100)",
     )
+    cmd.add_argument("--record", metavar="FILE", help="record every dispatched message to this MCAP file")
+    _record.add_options(cmd)
     cmd.set_defaults(fn=c.run)
 
     cmd = sub.add_parser("status", help="show a runtime's workers", description="Show a runtime and its workers.")
@@ -193,4 +196,22 @@ def parser() -> argparse.ArgumentParser:
     cmd.add_argument("--name", dest="pattern", metavar="GLOB", help="only messages whose name matches, e.g. 'worker.*'")
     cmd.add_argument("--json", action="store_true", help="one JSON object per line")
     cmd.set_defaults(fn=c.events)
+
+    cmd = sub.add_parser(
+        "record",
+        help="record a live runtime to an MCAP file",
+        description="Record every message a live runtime dispatches, and its workers' output, "
+        "to an MCAP file until the runtime ends or SIGINT/SIGTERM.",
+    )
+    find(cmd, positional_name=True)
+    cmd.add_argument("-o", "--output", required=True, metavar="FILE", help="the MCAP file to write")
+    cmd.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        metavar="MODULE",
+        help="import MODULE first, so its message classes are recorded with typed schemas",
+    )
+    _record.add_options(cmd)
+    cmd.set_defaults(fn=_record.record)
     return parser

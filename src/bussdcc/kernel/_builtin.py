@@ -481,3 +481,16 @@ class WorkerOutput(Message):
 
     def __post_init__(self) -> None:
         safe_fields(self, "line")
+
+
+@dataclass(slots=True, frozen=True)
+class RecorderDropped(Message):
+    """The recorder dropped ``count`` of the ``total`` messages it was given (the disk could not keep up).
+
+    Written into the recording itself whenever the count changes, and when a file ends.
+    """
+
+    name = "recorder.dropped"
+    severity = Severity.WARNING
+    count: int
+    total: int

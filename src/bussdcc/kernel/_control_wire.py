@@ -21,6 +21,10 @@ WorkerOp: TypeAlias = Literal["start", "stop", "restart", "remove"]
 Policy: TypeAlias = dict[str, float | int | str | bool | None]
 
 
+#: Where a streamed message came from: dispatch time in ns, the worker's incarnation and sequence number.
+Origin: TypeAlias = tuple[int, int, int]
+
+
 class StatusRequest(Frame, tag="status", frozen=True):
     """Ask for the runtime's and every worker's status."""
 
@@ -165,6 +169,9 @@ class Events(Frame, tag="events", frozen=True):
     dropped: int
     severities: list[int]
     items: list[msgspec.Raw]
+    #: Per item: its dispatch time (ns since the epoch) and, for a worker's message, the worker's
+    #: incarnation and the message's sequence number (0, 0 otherwise).
+    origins: list[Origin] = msgspec.field(default_factory=list)
 
 
 class Reloaded(Frame, tag="reloaded", frozen=True):

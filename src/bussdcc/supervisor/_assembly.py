@@ -45,7 +45,7 @@ class Hooks:
         *,
         emit: Callable[[Message], None],
         emit_queued: Callable[[Message], None],
-        dispatch_item: Callable[[p.Envelope, bytes, str], None],
+        dispatch_item: Callable[[p.Envelope, bytes, str, int, int], None],
         fail: Callable[[str], None],
         tap: Callable[[int, bytes], None],
         changed: Callable[[], None],

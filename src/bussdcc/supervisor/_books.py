@@ -56,7 +56,7 @@ class Books:
         clock: ClockProtocol,
         emit: Callable[[Message], None],
         emit_now: Callable[[Message], None],
-        dispatch_item: Callable[[p.Envelope, bytes, str], None],
+        dispatch_item: Callable[[p.Envelope, bytes, str, int, int], None],
         dispatcher: Dispatcher,
         halt: Callable[[str], None],
         changed: Callable[[], None] = lambda: None,

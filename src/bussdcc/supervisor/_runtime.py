@@ -10,6 +10,8 @@ thread, supervision (``_supervisor``) on the hub thread, the control endpoint
 from __future__ import annotations
 
 import atexit
+import dataclasses
+import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +19,7 @@ from types import TracebackType
 from typing import Literal, Self, TypeVar
 
 from .._version import __version__
-from ..errors import BootError, RegistrationError, RuntimeStateError
+from ..errors import BootError, BussdccError, RegistrationError, RuntimeStateError
 from ..kernel import (
     ClockProtocol,
     Context,
@@ -35,6 +37,7 @@ from ..kernel import (
 )
 from ..kernel import _builtin as m
 from ..kernel._event import RUNTIME_SOURCE
+from ..kernel._recording import Recorder, Recording, check_available
 from ._assembly import Assembly, Hooks, assemble
 from ._calls import ParentPort
 from ._dispatch import Dispatch, Receiver
@@ -69,7 +72,11 @@ class Runtime(PoolManagement, LiveChanges):
         state: StateStore | None = None,
         name: str | None = None,
         http: str | None = None,
+        record: str | os.PathLike[str] | Recording | None = None,
+        snapshot: float | None = None,
     ) -> None:
+        """``record``: an MCAP file to record every dispatched message to (or a :class:`Recording`);
+        ``snapshot``: seconds of the recent past to write out when a worker fails (see the README)."""
         self.name = name or default_name()
         #: ``HOST:PORT`` to serve Prometheus metrics and the status page on while up (``bussdcc[web]``).
         self.http = http
@@ -101,6 +108,25 @@ class Runtime(PoolManagement, LiveChanges):
         self._boot_waiter: threading.Thread | None = None
         self._last_stats = RuntimeStats(dispatched=0, rejected=0, lost=0, restarts={})
         self._reload_lock = threading.Lock()  # one reload of the system file at a time
+        self._recording = Recording()
+        #: The number of the next recording file (a runtime booted again does not overwrite the last).
+        self._record_index = 0
+        self.set_recording(record, snapshot)
+
+    def set_recording(self, record: str | os.PathLike[str] | Recording | None, snapshot: float | None = None) -> None:
+        """Record from the next boot on: to the MCAP file ``record`` (or as a :class:`Recording` says)."""
+        if self._lc.phase is not Phase.DOWN:
+            raise RuntimeStateError("recording is set before boot")
+        if isinstance(record, Recording):
+            recording = record
+        else:
+            recording = Recording(path=None if record is None else os.fspath(record))
+        if snapshot is not None:
+            recording = dataclasses.replace(recording, snapshot=snapshot)
+        if recording.enabled:
+            check_available()
+        self._recording = recording
+        self._record_index = 0
 
     # ---- the context ------------------------------------------------------------
 
@@ -304,7 +330,30 @@ class Runtime(PoolManagement, LiveChanges):
             raise
         return parts
 
+    def _start_recorder(self) -> None:
+        if not self._recording.enabled:
+            return
+
+        def report(error: str) -> None:
+            self.emit(m.RuntimeFault(part="recorder", kind="write_failed", error=error))
+
+        try:
+            recorder = Recorder(
+                self._recording, library=f"bussdcc {self.version}", index=self._record_index, report=report
+            )
+        except BussdccError as exc:
+            raise BootError(str(exc)) from None
+        self._dispatch.recorder = recorder
+
+    def _stop_recorder(self) -> None:
+        recorder, self._dispatch.recorder = self._dispatch.recorder, None
+        if recorder is not None:
+            recorder.close()
+            self._record_index = recorder.index + 1
+
     def _boot_sequence(self, parts: Assembly) -> None:
+        # After the fork server exists: the recorder's thread is no fork hazard.
+        self._start_recorder()
         self.emit(m.RuntimeBooting(version=self.version))
         if parts.fork.threads:
             error = threads_fault(parts.fork.threads)
@@ -364,6 +413,7 @@ class Runtime(PoolManagement, LiveChanges):
         atexit.unregister(self._at_exit)
         self._last_stats = self.stats()
         parts.close()
+        self._stop_recorder()  # after the last lines of output are in
         self._parts = self._dispatch.parts = None
         self._dispatch.receivers = ()
         self._lc.move(Phase.DOWN)
