@@ -38,13 +38,14 @@ from ..errors import ConfigError
 from . import _builtin as m
 from ._event import Event
 from ._message import Message, Severity
+from ._readback import LOG_TOPIC
 
 __all__ = ["FLUSH_PERIOD", "LOG_TOPIC", "Recorder", "Recording", "check_available", "message_schema"]
 
 #: The writer thread writes what the tap buffered at least this often (seconds).
 FLUSH_PERIOD: Final = 0.02
-#: Topic of worker output lines (``foxglove.Log`` messages).
-LOG_TOPIC: Final = "/bussdcc/log"
+_EPOCH: Final = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
+_MICROSECOND: Final = _dt.timedelta(microseconds=1)
 _MIB = 1024 * 1024
 #: A buffer this full wakes the writer before its period is up.
 _WAKE_BYTES = 1 * _MIB
@@ -445,7 +446,9 @@ class Recorder:
             if queued - self._written_bytes > self._limit:
                 self.dropped += 1
                 return
-            publish = int((ts or evt.time.timestamp()) * 1e9)
+            # Exact to the microsecond, as the Event's own time: a float UNIX time would round
+            # differently from datetime's, and a replay would see another time than the live run.
+            publish = (evt.time - _EPOCH) // _MICROSECOND * 1000
             self._queue.append(
                 _pack(
                     _OP_MESSAGE, size - 9, chan, seq & 0xFFFFFFFF, dispatched or _now(), publish if publish > 0 else 0
