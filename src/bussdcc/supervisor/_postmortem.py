@@ -32,8 +32,8 @@ from ..kernel._postmortem import log_file
 from ._flow import weigh
 
 #: Lines, and characters, of a process's last output that ``worker.exited`` carries.
-LAST_LINES: Final = 30
-LAST_CHARS: Final = 8 * 1024
+LAST_LINES: Final = 100
+LAST_CHARS: Final = 16 * 1024
 #: Processes whose last lines are kept at once (a bound, should an exit never be reported).
 _RINGS: Final = 4096
 #: Output waiting for the log writer before new output is dropped (counted in the file).
@@ -210,8 +210,18 @@ class WorkerLogs:
                 out.append(head + line)
         handler = self._file(worker)
         handler.ok = True
-        record = logging.LogRecord(worker, logging.INFO, "", 0, "\n".join(out), None, None)
-        handler.handle(record)
+        # Records of at most an eighth of a file each (or one line), so a file stays near its size.
+        most = max(1, self.max_bytes // 8)
+        chunk: list[str] = []
+        size = 0
+        for line in out:
+            if chunk and size + len(line) + 1 > most:
+                handler.handle(logging.LogRecord(worker, logging.INFO, "", 0, "\n".join(chunk), None, None))
+                chunk, size = [], 0
+            chunk.append(line)
+            size += len(line) + 1
+        if chunk:
+            handler.handle(logging.LogRecord(worker, logging.INFO, "", 0, "\n".join(chunk), None, None))
         if handler.ok and self._failing:
             self._failing = False
             self._recovered()
