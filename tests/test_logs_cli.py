@@ -94,10 +94,10 @@ def test_logs_follow_prints_new_lines_across_rotations_and_ends_with_the_runtime
     follower = Background(["logs", "sayer", "-f", "-n", "1", "--run-dir", str(rt.run_dir)])
     try:
         follower.wait_line("n=00000")
-        # Batches of about 750 bytes, less than a file: the follower sees each rotation it goes through.
-        for batch in range(30):
-            said(rt, logs, 1 + batch * 10, 10)
-            follower.wait_line(f"n={batch * 10 + 10:05d}")
+        # Batches of about 2 KB: a file is 1 KB, so the follower is often rotations behind, and catches up.
+        for batch in range(10):
+            said(rt, logs, 1 + batch * 30, 30)
+            follower.wait_line(f"n={batch * 30 + 30:05d}")
         assert (logs / "sayer.log.3").exists()  # it rotated while followed
         assert numbers("\n".join(follower.out)) == list(range(301))
         rt.shutdown()

@@ -108,6 +108,38 @@ def _replaced(f: BinaryIO, path: Path) -> bool:
     return (now.st_ino, now.st_dev) != (mine.st_ino, mine.st_dev) or now.st_size < f.tell()
 
 
+def _chain(path: Path) -> list[tuple[Path, int]]:
+    """The log's files and their inodes, oldest first: ``.N`` ... ``.1``, then the current one."""
+    out = []
+    for entry in [*_rotated(path), path]:
+        try:
+            out.append((entry, os.stat(entry).st_ino))
+        except OSError:
+            pass
+    return out
+
+
+def _successor(previous: int, path: Path) -> BinaryIO | None:
+    """The file written after the one with inode ``previous`` (rotated since), open; else the current one.
+
+    If that file is gone too (rotated past the backups kept), the oldest left is next: the least is lost.
+    """
+    for _ in range(3):
+        chain = _chain(path)
+        inodes = [ino for _, ino in chain]
+        at = inodes.index(previous) + 1 if previous in inodes else 0
+        if at >= len(chain):
+            break  # it is the current file again (cut short, not rotated)
+        name, ino = chain[at]
+        f = _open(name)
+        if f is None:
+            continue
+        if os.fstat(f.fileno()).st_ino == ino:
+            return f
+        f.close()  # rotated again meanwhile: look again
+    return _open(path)
+
+
 def _available(directory: Path) -> str:
     names = sorted(entry.name[: -len(LOG_SUFFIX)] for entry in directory.glob(f"*{LOG_SUFFIX}"))
     return ", ".join(names) or "none"
@@ -149,7 +181,11 @@ def show(
 
 
 def _follow(current: BinaryIO | None, path: Path, sink: BinaryIO, ended: Callable[[], bool], poll: float) -> None:
-    """Copy what is added to ``path`` to ``sink``, whole lines at a time, across rotations, until ``ended()``."""
+    """Copy what is added to ``path`` to ``sink``, whole lines at a time, across rotations, until ``ended()``.
+
+    After a rotation the file that was followed is read to its end, then each file written after it
+    (found by inode among the rotated ones), so a follower a few rotations behind loses nothing.
+    """
     pending = b""
     try:
         while True:
@@ -161,8 +197,9 @@ def _follow(current: BinaryIO | None, path: Path, sink: BinaryIO, ended: Callabl
                 if not chunk and _replaced(current, path):
                     chunk = current.read()  # what was written before the rotation
                     if not chunk:
+                        previous = os.fstat(current.fileno()).st_ino
                         current.close()
-                        current = _open(path)
+                        current = _successor(previous, path)
                         continue
                 if chunk:
                     pending += chunk
