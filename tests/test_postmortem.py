@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bussdcc import Context, Runtime, Service, message
+from bussdcc import Context, Device, Runtime, Service, WorkerState, message
 from bussdcc.errors import BootError, ConfigError
 from bussdcc.kernel._postmortem import STACKS_SIGNAL, log_file
 from bussdcc.supervisor import _postmortem
@@ -270,3 +270,23 @@ def test_a_worker_that_gives_no_stacks_is_killed_all_the_same(make_runtime: Make
     hung, end = hung_then_exited(rec)
     assert hung.reason == "hung: tick ran longer than 0.5s" and hung.stacks == ""
     assert end.reason.startswith("hung: tick ran longer than 0.5s")
+
+
+class WokenByTheDump(Device):
+    """Its connect waits for any signal: the stack dump's wakes it, and it says Ready just before it dies."""
+
+    kind = "woken"
+    start_timeout = 0.5
+    restart = False
+
+    def connect(self) -> None:
+        ctypes.CDLL(None).pause()
+
+
+def test_a_hung_worker_that_comes_back_while_its_stacks_are_taken_is_still_killed(make_runtime: MakeRuntime) -> None:
+    rt, rec = make_runtime("woken", WokenByTheDump(id="plc"))
+    hung, _ = hung_then_exited(rec)
+    assert hung.reason == "hung: connect ran longer than start_timeout 0.5s"
+    assert re.search(r"line \d+ in connect", hung.stacks), hung.stacks
+    assert "worker.started" not in rec.names() and "device.attached" not in rec.names()
+    assert [w.state for w in rt.workers()] == [WorkerState.FAILED]
