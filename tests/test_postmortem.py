@@ -9,12 +9,14 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from bussdcc import Context, Device, Runtime, Service, WorkerState, message
+from bussdcc import Context, Device, Event, Message, Runtime, Service, WorkerState, message
 from bussdcc.errors import BootError, ConfigError
 from bussdcc.kernel._postmortem import STACKS_SIGNAL, log_file
 from bussdcc.supervisor import _postmortem
@@ -290,3 +292,80 @@ def test_a_hung_worker_that_comes_back_while_its_stacks_are_taken_is_still_kille
     assert re.search(r"line \d+ in connect", hung.stacks), hung.stacks
     assert "worker.started" not in rec.names() and "device.attached" not in rec.names()
     assert [w.state for w in rt.workers()] == [WorkerState.FAILED]
+
+
+# ---- when the log files cannot keep up, or be written -------------------------------------------
+
+
+@dataclass(slots=True, frozen=True)
+class Speak(Message):
+    """Asks a Speaker to print ``count`` lines."""
+
+    name = "test.speak"
+    count: int
+
+
+class Speaker(Service):
+    """Prints numbered lines when asked."""
+
+    name = "speaker"
+    interval = 3600.0
+
+    def handle_event(self, ctx: Context, evt: Event[Message]) -> None:
+        if isinstance(evt.payload, Speak):
+            for i in range(evt.payload.count):
+                print(f"spoken {i}")
+
+
+def test_a_log_file_that_cannot_be_written_is_one_fault_and_the_runtime_goes_on(
+    make_runtime: MakeRuntime, tmp_path: Path
+) -> None:
+    logs = tmp_path / "logs"
+    rt, rec = make_runtime("unwritable", Speaker(), log_dir=logs)
+    logs.rmdir()
+    logs.write_text("not a directory")  # where the file should be made, it cannot be
+    rt.emit(Speak(3))
+    rt.emit(Speak(3))
+    (fault,) = rec.wait_for("runtime.fault", lambda e: e.payload.to_dict()["part"] == "logs")
+    assert fault.payload.to_dict()["kind"] == "write_failed"
+    assert "cannot write" in fault.payload.to_dict()["error"] and "speaker.log" in fault.payload.to_dict()["error"]
+    # The directory is back: writing works again, and the runtime never stopped.
+    logs.unlink()
+    logs.mkdir()
+    rt.emit(Speak(2))
+    wait_until(lambda: "stdout: spoken 1" in read(logs / "speaker.log"), what="writing to work again")
+    assert [f for f in rec.of("runtime.fault") if f.payload.to_dict()["part"] == "logs"] == [fault] and rt.booted
+
+
+def test_output_the_log_writer_cannot_take_in_time_is_dropped_and_counted_in_the_file(
+    make_runtime: MakeRuntime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A disk that stops answering, for a while: the writer waits on its first write.
+    monkeypatch.setattr(_postmortem, "LOG_BYTES", 16 * 1024)
+    disk = threading.Event()
+    emit = _postmortem._FileHandler.emit
+
+    def slow_emit(self: _postmortem._FileHandler, record: logging.LogRecord) -> None:
+        disk.wait(30)
+        emit(self, record)
+
+    monkeypatch.setattr(_postmortem._FileHandler, "emit", slow_emit)
+    logs = tmp_path / "logs"
+    try:
+        rt, _ = make_runtime("slowdisk", Speaker(), log_dir=logs)
+        rt.emit(Speak(2000))  # with their overhead, far more than the writer may hold
+        wait_until(lambda: _dropped(rt) > 0, what="output to be dropped")
+    finally:
+        disk.set()
+    rt.shutdown()
+    text = read(logs / "speaker.log")
+    dropped = re.findall(r"\((\d+) lines dropped: the log writer was behind\)", text)
+    kept = re.findall(r"stdout: spoken (\d+)", text)
+    assert dropped and sum(int(n) for n in dropped) + len(kept) == 2000
+    assert text.splitlines()[-1].endswith("exited: stopped")  # what came after the drops is there
+
+
+def _dropped(rt: Runtime) -> int:
+    parts = rt._parts
+    logs = parts.supervisor.postmortem.logs if parts is not None else None
+    return logs.dropped if logs is not None else 0
