@@ -222,7 +222,7 @@ def parser() -> argparse.ArgumentParser:
         description="Print the last lines of a worker's log file (and with -f, every new one), "
         "from a live runtime's log directory or from --log-dir.",
     )
-    cmd.add_argument("worker", help="a Service's name or a Device's id")
+    completes(cmd.add_argument("worker", help="a Service's name or a Device's id"), worker_names)
     cmd.add_argument("-f", "--follow", action="store_true", help="keep printing new lines, across rotations")
     cmd.add_argument("-n", "--lines", type=int, default=20, help="last lines to show first (default %(default)s)")
     cmd.add_argument("--log-dir", help="read this log directory (a runtime that has ended) instead of a runtime's")
