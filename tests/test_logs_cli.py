@@ -110,6 +110,20 @@ def test_logs_follow_prints_new_lines_across_rotations_and_ends_with_the_runtime
     assert out.returncode == 0 and out.stdout.rstrip().endswith("exited: stopped"), out
 
 
+def test_logs_follow_goes_on_where_many_last_lines_end(make_runtime: MakeRuntime, tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    rt, _ = make_runtime("logsbig", Sayer(), log_dir=logs)
+    said(rt, logs, 0, 2000)  # about 150 KB: the last lines are read back in several blocks
+    follower = Background(["logs", "sayer", "-f", "-n", "1500", "--run-dir", str(rt.run_dir)])
+    try:
+        follower.wait_line("n=01999")
+        said(rt, logs, 2000, 5)
+        follower.wait_line("n=02004")
+        assert numbers("\n".join(follower.out)) == list(range(500, 2005))
+    finally:
+        follower.stop()
+
+
 def test_logs_says_in_one_line_what_it_cannot_show(make_runtime: MakeRuntime, tmp_path: Path) -> None:
     logs = tmp_path / "logs"
     rt, _ = make_runtime("logsbad", Sayer(), log_dir=logs)

@@ -71,10 +71,15 @@ def _last_lines(f: BinaryIO, end: int, count: int) -> list[bytes]:
 
 
 def tail(current: BinaryIO | None, path: Path, count: int) -> list[bytes]:
-    """The last ``count`` lines of the log at ``path`` (``current``: its file, open), across its rotated files."""
+    """The last ``count`` lines of the log at ``path`` (``current``: its file, open), across its rotated files.
+
+    ``current`` is left where those lines end, so that following it goes on from there.
+    """
     out: list[bytes] = []
     if current is not None:
-        out = _last_lines(current, current.seek(0, os.SEEK_END), count)
+        end = current.seek(0, os.SEEK_END)
+        out = _last_lines(current, end, count)
+        current.seek(end)
     for older in reversed(_rotated(path)):  # the newest rotated file first
         if len(out) >= count:
             break
