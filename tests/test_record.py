@@ -159,10 +159,12 @@ def test_every_dispatched_message_is_recorded_once_in_order_with_its_fields(make
 
 
 def _json(msg: Message) -> Any:
-    """What ``to_dict()`` looks like as JSON (datetimes as ISO 8601)."""
+    """What ``to_dict()`` looks like as JSON (datetimes as ISO 8601, tuples as arrays)."""
     out = {}
     for key, value in msg.to_dict().items():
         out[key] = value.isoformat().replace("+00:00", "Z") if isinstance(value, dt.datetime) else value
+        if isinstance(value, tuple):
+            out[key] = list(value)
     return out
 
 

@@ -15,7 +15,7 @@ from ..errors import BussdccError, ConfigError
 from ..kernel import Severity
 from ..kernel import protocol as p
 from ..kernel.protocol import RECENT
-from . import _client, _launch, _recorded, _reload, _render
+from . import _client, _launch, _logs, _recorded, _reload, _render
 from ._config import parse_policy_value
 
 LONG = 120.0  # seconds a command waits for stops, starts and spawns (each bounded by the worker's timeouts)
@@ -186,7 +186,21 @@ def run(args: argparse.Namespace) -> int:
     """``bussdcc run``: run a system in the foreground."""
     from ._record import recording
 
-    return _launch.run(args.target, args.name, args.verbose, recording(args, args.record), http=args.http)
+    return _launch.run(
+        args.target, args.name, args.verbose, recording(args, args.record), http=args.http, log_dir=args.log_dir
+    )
+
+
+def logs(args: argparse.Namespace) -> int:
+    """``bussdcc logs WORKER``: the end of a worker's log file (and with -f, what is added to it)."""
+    return _logs.show(
+        args.worker,
+        lines=args.lines,
+        follow=args.follow,
+        log_dir=args.log_dir,
+        runtime=args.runtime,
+        run_dir=args.run_dir,
+    )
 
 
 def worker(args: argparse.Namespace) -> int:

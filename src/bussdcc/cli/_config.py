@@ -37,6 +37,7 @@ RUNTIME_KEYS: dict[str, Callable[[object], str | None]] = {
     "name": lambda v: None if isinstance(v, str) and v else "must be a non-empty string",
     "record": lambda v: None if isinstance(v, str) and v else "must be a non-empty string (an MCAP file)",
     "snapshot": lambda v: None if _interval_ok(v) else "must be a number of seconds >= 0",
+    "log_dir": lambda v: None if isinstance(v, str) and v else "must be a non-empty string",
 }
 #: The keys of a ``[[groups]]`` entry (``strategy`` may be left out).
 GROUP_KEYS = ("name", "strategy", "members")
@@ -129,6 +130,7 @@ class SystemSpec:
         http: str | None = None,
         *,
         receivers: dict[str, ReceiverEntry] | None = None,
+        log_dir: Path | None = None,
     ) -> None:
         self.name = name
         self.components = components
@@ -140,6 +142,8 @@ class SystemSpec:
         #: ``[runtime] record`` and ``snapshot``: what to record (see Runtime's ``record``).
         self.record: str | None = None
         self.snapshot: float | None = None
+        #: ``[runtime] log_dir``, relative to the file's folder.
+        self.log_dir = log_dir
 
 
 def install(spec: SystemSpec, rt: Runtime) -> None:
@@ -330,7 +334,8 @@ def load_system(path: Path) -> SystemSpec:
     except DependencyError as exc:
         section, index = declared[exc.worker]
         raise fail(section, index, exc.key, str(exc).split(": ", 1)[-1]) from None
-    spec = SystemSpec(name, components, entries, groups, _http_listen(data, fail), receivers=receivers)
+    log_dir = folder / runtime["log_dir"] if "log_dir" in runtime else None
+    spec = SystemSpec(name, components, entries, groups, _http_listen(data, fail), receivers=receivers, log_dir=log_dir)
     spec.record, spec.snapshot = record, snapshot
     return spec
 

@@ -25,12 +25,19 @@ from ._config import build, import_target, install, load_system
 from ._notify import Watchdog, notify, watchdog_interval
 
 
-def load_runtime(target: str, name: str | None = None, http: str | None = None) -> Runtime:
-    """A runtime from a ``.toml`` system file or a ``module:attribute`` (a Runtime, or a function making one)."""
+def load_runtime(target: str, name: str | None = None, http: str | None = None, log_dir: str | None = None) -> Runtime:
+    """A runtime from a ``.toml`` system file or a ``module:attribute`` (a Runtime, or a function making one).
+
+    ``log_dir`` (``--log-dir``) overrides the file's ``[runtime] log_dir`` and a Runtime's own.
+    """
     if target.endswith(".toml"):
         spec = load_system(Path(target))
         rt: Runtime = SignalRuntime(
-            name=name or spec.name, http=http or spec.http, record=spec.record, snapshot=spec.snapshot
+            name=name or spec.name,
+            http=http or spec.http,
+            record=spec.record,
+            snapshot=spec.snapshot,
+            log_dir=log_dir or spec.log_dir,
         )
         install(spec, rt)
         # SIGHUP and `bussdcc reload` re-read the file and apply it.
@@ -51,6 +58,8 @@ def load_runtime(target: str, name: str | None = None, http: str | None = None) 
         obj.name = name
     elif obj.name == "__main__":  # named after this command's own main module
         obj.name = target.partition(":")[0].rsplit(".", 1)[-1]
+    if log_dir:
+        obj.log_dir = Path(log_dir).absolute()
     return obj
 
 
@@ -60,9 +69,11 @@ def run(
     verbose: bool = False,
     recording: Recording | None = None,
     http: str | None = None,
+    *,
+    log_dir: str | None = None,
 ) -> int:
     """Boot the system, serve until a signal or a shutdown request, shut down; the exit code."""
-    rt = load_runtime(target, name, http)
+    rt = load_runtime(target, name, http, log_dir)
     if recording is not None:
         rt.set_recording(recording)
     stopped_by: list[str] = []  # the signal that asked for the shutdown, to say so at the end

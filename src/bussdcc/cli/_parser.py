@@ -66,6 +66,7 @@ def parser() -> argparse.ArgumentParser:
     )
     cmd.add_argument("--record", metavar="FILE", help="record every dispatched message to this MCAP file")
     _record.add_options(cmd)
+    cmd.add_argument("--log-dir", help="write each worker's output to DIR/WORKER.log, rotated (overrides the file's)")
     cmd.set_defaults(fn=c.run)
 
     cmd = sub.add_parser("status", help="show a runtime's workers", description="Show a runtime and its workers.")
@@ -214,4 +215,17 @@ def parser() -> argparse.ArgumentParser:
     )
     _record.add_options(cmd)
     cmd.set_defaults(fn=_record.record)
+
+    cmd = sub.add_parser(
+        "logs",
+        help="print a worker's log file",
+        description="Print the last lines of a worker's log file (and with -f, every new one), "
+        "from a live runtime's log directory or from --log-dir.",
+    )
+    completes(cmd.add_argument("worker", help="a Service's name or a Device's id"), worker_names)
+    cmd.add_argument("-f", "--follow", action="store_true", help="keep printing new lines, across rotations")
+    cmd.add_argument("-n", "--lines", type=int, default=20, help="last lines to show first (default %(default)s)")
+    cmd.add_argument("--log-dir", help="read this log directory (a runtime that has ended) instead of a runtime's")
+    find(cmd)
+    cmd.set_defaults(fn=c.logs)
     return parser

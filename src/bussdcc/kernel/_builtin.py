@@ -342,6 +342,8 @@ class WorkerExited(Message):
     lost: int
     #: One word for the reason (see :data:`~bussdcc.kernel._vocab.ExitCause`).
     cause: ExitCause = "exited"
+    #: After an abnormal exit, the last lines the worker wrote (stdout, stderr and logging; bounded).
+    output: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         safe_fields(self, "reason")
@@ -358,9 +360,11 @@ class WorkerHung(Message):
     pid: int
     incarnation: int
     reason: str
+    #: Every thread's Python stack, dumped by the worker just before it was killed ("" if none came).
+    stacks: str = ""
 
     def __post_init__(self) -> None:
-        safe_fields(self, "reason")
+        safe_fields(self, "reason", "stacks")
 
 
 @dataclass(slots=True, frozen=True)

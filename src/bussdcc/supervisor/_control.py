@@ -60,8 +60,9 @@ class ControlServer:
         self.run_dir = run_dir
         self.endpoint = control_endpoint(run_dir)
         self.started = time.time()
+        self._log_dir = runtime.log_dir
         try:
-            self._secret = write_identity(run_dir, runtime.name)
+            self._secret = write_identity(run_dir, runtime.name, log_dir=self._log_dir)
         except OSError as exc:
             raise BootError(f"cannot write the control secret in {run_dir}: {exc}") from exc
         self._waker = WakePipe()
@@ -124,7 +125,7 @@ class ControlServer:
         new one gives the endpoint's path back to new clients. ``report`` is told
         (from the control thread) if the bind fails.
         """
-        write_identity(self.run_dir, self.runtime.name, self._secret, self.started)
+        write_identity(self.run_dir, self.runtime.name, self._secret, self.started, log_dir=self._log_dir)
         self._calls.append(lambda: self._rebind(report))
         self._wake()
 

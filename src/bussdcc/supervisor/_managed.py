@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, TypeVar
 
 from ..kernel import Device, DeviceHandle, Service
@@ -52,6 +53,8 @@ class ManagedRuntime(Protocol):
     def booted(self) -> bool: ...
     @property
     def endpoint(self) -> str: ...
+    @property
+    def log_dir(self) -> Path | None: ...
 
     def workers(self) -> list[WorkerStatus]: ...
     def worker(self, name: str) -> WorkerStatus: ...

@@ -47,6 +47,7 @@ from ._lifecycle import Lifecycle, Phase
 from ._live import LiveChanges
 from ._managed import RuntimeStats
 from ._pools import PoolManagement
+from ._postmortem import LOG_BACKUPS, LOG_MAX_BYTES, log_options
 from ._registry import Registry
 from ._replay import Replay, ReplayClock, ReplayReport, validate_speed
 from ._rundir import default_name
@@ -74,6 +75,9 @@ class Runtime(PoolManagement, LiveChanges):
         http: str | None = None,
         record: str | os.PathLike[str] | Recording | None = None,
         snapshot: float | None = None,
+        log_dir: str | os.PathLike[str] | None = None,
+        log_max_bytes: int = LOG_MAX_BYTES,
+        log_backups: int = LOG_BACKUPS,
     ) -> None:
         """``record``: an MCAP file to record every dispatched message to (or a :class:`Recording`);
         ``snapshot``: seconds of the recent past to write out when a worker fails (see the README)."""
@@ -84,6 +88,12 @@ class Runtime(PoolManagement, LiveChanges):
             from ._http import parse_listen
 
             parse_listen(http)  # a bad address is refused now, not at boot
+        #: Where each worker's output goes, one rotating file per worker (None: nowhere but our output).
+        self.log_dir: Path | None = None if log_dir is None else Path(log_dir).absolute()
+        #: A log file's size before it is rotated, and how many rotated files are kept.
+        self.log_max_bytes = log_max_bytes
+        self.log_backups = log_backups
+        log_options(self.log_dir, log_max_bytes, log_backups)  # a bad setting is refused here
         self.clock: ClockProtocol = clock or SystemClock()
         self.events = events or EventBus()
         self.events.set_error_sink(self.emit)
@@ -322,6 +332,7 @@ class Runtime(PoolManagement, LiveChanges):
             hooks=hooks,
             waiting=() if self._boot_waiter is None else (self._boot_waiter,),
             http=self.http,
+            logs=log_options(self.log_dir, self.log_max_bytes, self.log_backups),
         )
         try:
             self._open_for(parts, list(reg.workers().values()))
