@@ -139,7 +139,7 @@ class SystemSpec:
         #: Where to serve metrics and the status page (``[http] listen``), if anywhere.
         self.http = http
         self.receivers = receivers or {}
-        #: ``[runtime] record`` and ``snapshot``: what to record (see Runtime's ``record``).
+        #: ``[runtime] record`` (relative to the file's folder) and ``snapshot``: what to record.
         self.record: str | None = None
         self.snapshot: float | None = None
         #: ``[runtime] log_dir``, relative to the file's folder.
@@ -336,7 +336,8 @@ def load_system(path: Path) -> SystemSpec:
         raise fail(section, index, exc.key, str(exc).split(": ", 1)[-1]) from None
     log_dir = folder / runtime["log_dir"] if "log_dir" in runtime else None
     spec = SystemSpec(name, components, entries, groups, _http_listen(data, fail), receivers=receivers, log_dir=log_dir)
-    spec.record, spec.snapshot = record, snapshot
+    # Like every path of the file (cwd, log_dir), the recording is relative to the file's folder.
+    spec.record, spec.snapshot = (None if record is None else str(folder / record)), snapshot
     return spec
 
 
