@@ -9,6 +9,7 @@ outbox and the control stream all see messages in the same order.
 from __future__ import annotations
 
 import threading
+import time
 import traceback
 from time import time as _now
 from typing import TYPE_CHECKING
@@ -21,13 +22,27 @@ from ..kernel import protocol as p
 from ..kernel._clock import SystemClock
 from ..kernel._event import RUNTIME_SOURCE, event_at, event_ts
 from ..kernel._frames import ENCODE_ERRORS, ENCODER
+from ..kernel._recording import Recorder
 from ..kernel._text import emit_report
 
 _encode = ENCODER.encode
 _body_decoders = p.BODY_DECODERS
+_time_ns = time.time_ns
 
 if TYPE_CHECKING:
     from ._assembly import Assembly
+
+
+def record_output(recorder: Recorder, item: bytes) -> None:
+    """Record a line of worker output, given as the encoded Envelope of a ``WorkerOutput``."""
+    try:
+        env = p.decode(item, p.ITEMS)
+        if isinstance(env, p.Envelope):
+            out = p.decode_message(env.name, env.body)
+            if isinstance(out, m.WorkerOutput):
+                recorder.output(out.worker, out.stream, out.line, env.ts)
+    except Exception:
+        pass  # not a line of output: nothing to record
 
 
 class Receiver:
@@ -52,6 +67,8 @@ class Dispatch:
         self.parts: Assembly | None = None
         self.receivers: tuple[Receiver, ...] = ()
         self.dispatched = 0
+        #: Records every dispatched message and worker output line (set while recording).
+        self.recorder: Recorder | None = None
         self._lock = threading.RLock()
 
     def emit(self, message: Message, source: str = RUNTIME_SOURCE) -> None:
@@ -63,8 +80,14 @@ class Dispatch:
         else:
             self.dispatch(Event(message, clock.now_utc(), source))
 
-    def dispatch(self, evt: Event[Message], item: bytes | None = None) -> None:
-        """Dispatch ``evt`` (``item``: its encoded envelope, if known); waits while the outbox is full."""
+    def dispatch(
+        self, evt: Event[Message], item: bytes | None = None, incarnation: int = 0, seq: int = 0, ts: float = 0.0
+    ) -> None:
+        """Dispatch ``evt`` (``item``: its encoded envelope, if known); waits while the outbox is full.
+
+        From a worker: ``incarnation`` and ``seq`` are its incarnation and the message's sequence
+        number, and ``ts`` is ``evt.time`` as the worker sent it (a UNIX time).
+        """
         parts = self.parts
         if item is None:
             # Encode first, always: an unencodable or oversized message is refused
@@ -78,6 +101,10 @@ class Dispatch:
                 item = p.encode_envelope(payload, event_ts(evt), evt.source)  # raises the typed error
         with self._lock:
             self.dispatched += 1
+            now = _time_ns()
+            recorder = self.recorder
+            if recorder is not None:
+                recorder.message(evt, evt.source if incarnation else "", incarnation, seq, now, ts)
             if self.events._subs:
                 self.events.publish(evt)
             for rec in self.receivers:
@@ -88,7 +115,7 @@ class Dispatch:
             if parts is not None:
                 if parts.supervisor.targets:
                     parts.supervisor.post(item)
-                parts.control.tap(evt.payload.severity, item)
+                parts.control.tap(evt.payload.severity, item, (now, incarnation, seq))
         if parts is not None and parts.supervisor.outbox and not parts.hub.in_hub:
             parts.hub.wake()
             # Every emitter waits for room, handlers and the dispatch thread too: the hub
@@ -116,14 +143,19 @@ class Dispatch:
         emit_report(self.emit, err)
 
     def tap(self, severity: int, item: bytes) -> None:
-        """Hand a line of worker output to the control stream, in dispatch order."""
+        """Hand a line of worker output to the recorder and the control stream, in dispatch order."""
         parts = self.parts
-        if parts is not None:
-            with self._lock:  # the control stream keeps dispatch's order
-                parts.control.tap(severity, item)
+        recorder = self.recorder
+        if parts is None and recorder is None:
+            return
+        with self._lock:  # the control stream keeps dispatch's order
+            if recorder is not None:
+                record_output(recorder, item)
+            if parts is not None:
+                parts.control.tap(severity, item, (time.time_ns(), 0, 0))
 
-    def dispatch_item(self, env: p.Envelope, item: bytes, worker: str) -> None:
-        """Dispatch what ``worker`` sent (dispatch thread)."""
+    def dispatch_item(self, env: p.Envelope, item: bytes, worker: str, incarnation: int = 0, seq: int = 0) -> None:
+        """Dispatch what ``worker`` sent (dispatch thread): the ``seq``-th item of its ``incarnation``."""
         decoder = _body_decoders.get(env.name)
         if decoder is None:
             payload = p.decode_message(env.name, env.body)  # finds (and keeps) the decoder, or raises
@@ -135,7 +167,7 @@ class Dispatch:
         evt = event_at(payload, env.ts, worker)
         if env.source != worker:  # the routing id, not the frame, says who sent it
             item = p.encode_envelope(evt.payload, env.ts, worker)
-        self.dispatch(evt, item)
+        self.dispatch(evt, item, incarnation, seq, env.ts)
 
     # ---- receivers ---------------------------------------------------------------
 

@@ -192,24 +192,31 @@ class Ingest:
         inc.next_seq += len(items)
         inc.received += len(items)
         # One job per batch, however many items: the hand-off is paid per frame, never per message.
-        self.books.dispatcher.post(partial(self.apply_batch, worker.name, data, items), len(items), len(data))
+        job = partial(self.apply_batch, worker.name, data, items, inc.number, frame.first_seq)
+        self.books.dispatcher.post(job, len(items), len(data))
 
-    def apply_batch(self, worker: str, data: bytes, raws: list[msgspec.Raw]) -> None:
-        """Dispatch a worker's batch, its items decoded in one call, in order (dispatch thread)."""
+    def apply_batch(
+        self, worker: str, data: bytes, raws: list[msgspec.Raw], incarnation: int = 0, first_seq: int = 0
+    ) -> None:
+        """Dispatch a worker's batch, its items decoded in one call, in order (dispatch thread).
+
+        ``raws`` are the same items undecoded, numbers ``first_seq ...`` of the worker's ``incarnation``.
+        """
         try:
             items = p.decode(data, p.ITEM_BATCH).items
         except ProtocolError:
             # Some item is bad: take them one at a time, so the bad one alone is rejected.
-            self.apply(worker, raws)
+            self.apply(worker, raws, incarnation, first_seq)
             return
         b = self.books
         saw = self._saw
         dispatch_item = b.dispatch_item
+        seq = first_seq
         for item, raw in zip(items, raws, strict=True):
             try:
                 if type(item) is p.Envelope:
                     saw(worker, item.name)
-                    dispatch_item(item, bytes(raw), worker)
+                    dispatch_item(item, bytes(raw), worker, incarnation, seq)
                 elif type(item) is p.StateSet:
                     b.state.set(item.path, p.decode_value(item.value))
                 else:
@@ -217,17 +224,21 @@ class Ingest:
             except BaseException as exc:  # a bad item, or a handler that raised SystemExit: the rest still goes
                 b.rejected_items += 1
                 b._emit_now(m.FrameRejected(worker=worker, error=f"{type(exc).__name__}: {exc}"))
+            seq += 1
 
-    def apply(self, worker: str, items: list[msgspec.Raw]) -> None:
-        """Dispatch a worker's messages and apply its state writes, in order (dispatch thread)."""
+    def apply(self, worker: str, items: list[msgspec.Raw], incarnation: int = 0, first_seq: int = 0) -> None:
+        """Dispatch a worker's messages and apply its state writes, in order (dispatch thread).
+
+        ``items`` are numbers ``first_seq ...`` of the worker's ``incarnation``.
+        """
         b = self.books
-        for raw in items:
+        for seq, raw in enumerate(items, first_seq):
             try:
                 item = p.decode(raw, p.ITEMS)
                 match item:
                     case p.Envelope():
                         self._saw(worker, item.name)
-                        b.dispatch_item(item, bytes(raw), worker)
+                        b.dispatch_item(item, bytes(raw), worker, incarnation, seq)
                     case p.StateSet():
                         b.state.set(item.path, p.decode_value(item.value))
                     case p.StateDelete():
