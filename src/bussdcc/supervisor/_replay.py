@@ -182,7 +182,14 @@ def rebuild(rec: Recorded) -> tuple[Message, bool]:
                     fields[name] = None
                     lossy = True
         return msgspec.convert(fields, cls, dec_hook=dec_hook), lossy
-    except (msgspec.DecodeError, msgspec.ValidationError, TypeError, ValueError, NotImplementedError) as exc:
+    except (
+        msgspec.DecodeError,
+        msgspec.ValidationError,
+        TypeError,
+        ValueError,
+        NotImplementedError,
+        RecursionError,  # fields nested deeper than the decoder recurses
+    ) as exc:
         raise _Unbuildable(f"its recorded fields do not fit {cls.__module__}.{cls.__qualname__}: {exc}") from None
 
 
