@@ -20,6 +20,7 @@ from __future__ import annotations
 import fnmatch
 import hmac
 import json
+import math
 import os
 import socket
 import threading
@@ -357,7 +358,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _json(self, code: int, data: Any) -> None:
-        self._send(code, json.dumps(data, default=str).encode(), "application/json")
+        self._send(code, _dumps(data).encode(), "application/json")
 
     def _token(self) -> str | None:
         auth = self.headers.get("Authorization", "")
@@ -486,5 +487,24 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN and infinity made None (``null``): no JSON parser reads them."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _dumps(data: Any) -> str:
+    """``data`` as JSON that a browser's ``JSON.parse`` accepts (a reading may be NaN; JSON has none)."""
+    try:
+        return json.dumps(data, default=str, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(data), default=str, allow_nan=False)
+
+
 def _sse(event: str, data: Any) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data, default=str)}\n\n".encode()
+    return f"event: {event}\ndata: {_dumps(data)}\n\n".encode()
