@@ -1,0 +1,66 @@
+"""Review: a ``health()`` whose failure cannot even be described still leaves the checks running."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bussdcc import Service, WorkerState
+from bussdcc.kernel._components import OnUnhealthy
+
+from ._helpers import MakeRuntime, first_incarnation
+
+
+class Unprintable:
+    """A value (or exception) whose ``repr`` raises."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+class UnprintableError(Exception):
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr either")
+
+
+class Odd(Service):
+    """Its first ``health()`` answer is odd in the way ``how`` says; every later one is True."""
+
+    interval = 0.05
+    health_interval = 0.05
+    health_timeout = 2.0
+    on_unhealthy: OnUnhealthy = "report"
+
+    def __init__(self, name: str, marker: str, how: str) -> None:
+        self.name = name
+        self.marker = marker
+        self.how = how
+
+    def health(self) -> bool | str:
+        if first_incarnation(self.marker):
+            if self.how == "raise":
+                raise UnprintableError()
+            return Unprintable()  # type: ignore[return-value]
+        return True
+
+
+def _recovers(make_runtime: MakeRuntime, tmp_path: Path, how: str) -> None:
+    rt, rec = make_runtime(f"review-health-{how}", Odd("odd", str(tmp_path / "marker"), how))
+    (bad,) = rec.wait_for("worker.unhealthy", timeout=30)
+    assert bad.payload.what == "health"  # type: ignore[attr-defined]
+    assert "gave no answer" not in bad.payload.reason  # type: ignore[attr-defined]
+    # The check goes on: the next answer (True) makes it healthy again.
+    rec.wait_for("worker.healthy", timeout=30)
+    assert rt.worker("odd").state is WorkerState.RUNNING
+    assert rt.worker("odd").incarnation == 1
+
+
+def test_a_health_result_whose_repr_raises_fails_the_check_and_the_checks_go_on(
+    make_runtime: MakeRuntime, tmp_path: Path
+) -> None:
+    _recovers(make_runtime, tmp_path, "value")
+
+
+def test_a_health_exception_whose_repr_raises_fails_the_check_and_the_checks_go_on(
+    make_runtime: MakeRuntime, tmp_path: Path
+) -> None:
+    _recovers(make_runtime, tmp_path, "raise")
