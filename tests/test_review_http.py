@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
+
+import pytest
 
 from bussdcc import Context, Message, Service
 
@@ -76,3 +79,50 @@ def test_the_event_stream_with_non_finite_floats_is_valid_json(make_runtime: Mak
     reader.join(30)
     for line in data:
         _strict(line)
+
+
+@pytest.mark.timeout(150)
+def test_connections_that_trickle_their_request_do_not_lock_the_endpoint_out(
+    make_runtime: MakeRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bussdcc.supervisor import _http
+
+    # However slowly it arrives, a request must be whole within the deadline; the bounds are small
+    # here so that a loaded machine fills every connection slot well within the deadline.
+    monkeypatch.setattr(_http, "_REQUEST_DEADLINE", 10.0, raising=False)
+    monkeypatch.setattr(_http, "_MAX_CONNECTIONS", 4)
+    rt, _ = make_runtime("review-slowloris", http="127.0.0.1:0")
+    host, port = rt.http_address or ("", 0)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+    try:
+        for _ in range(_http._MAX_CONNECTIONS):
+            s = socket.create_connection((host, port), timeout=30)
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            held.append(s)
+
+        def trickle() -> None:  # one more byte of a header every half second: never silent for the socket timeout
+            while not stop.wait(0.5):
+                for s in held:
+                    try:
+                        s.sendall(b"a")
+                    except OSError:
+                        pass
+
+        threading.Thread(target=trickle, daemon=True).start()
+        httpd = rt._parts.web._httpd  # type: ignore[union-attr]
+        assert httpd is not None
+        # Every connection the endpoint serves at once is taken by a trickler.
+        wait_until(lambda: httpd._active >= _http._MAX_CONNECTIONS, timeout=30, what="the tricklers served")
+
+        def served() -> bool:
+            try:
+                return get(base(rt) + "/metrics", timeout=5)[0] == 200
+            except OSError:
+                return False
+
+        wait_until(served, timeout=60, what="a scrape served while every connection slot trickles")
+    finally:
+        stop.set()
+        for s in held:
+            s.close()

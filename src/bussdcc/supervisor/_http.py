@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import fnmatch
 import hmac
+import io
 import json
 import math
 import os
@@ -58,6 +59,9 @@ _RECENT_BYTES = 8 * 1024 * 1024
 _MAX_ACTIONS = 16
 #: Seconds a connection may be silent (reading a request, or a client not reading the stream).
 _SOCKET_TIMEOUT = 10.0
+#: Seconds a request (its line, headers and body) may take to arrive, however it trickles in:
+#: connections that send a byte now and then would otherwise hold every slot for good.
+_REQUEST_DEADLINE = 30.0
 #: How often the stream sends the worker table and counters.
 _STATUS_EVERY = 1.0
 _MAX_BODY = 64 * 1024
@@ -334,11 +338,37 @@ class HttpServer:
         return 200, {"worker": _status_builtins(status)}
 
 
+class _DeadlineReader(io.RawIOBase):
+    """A connection's input that must arrive by a deadline (``TimeoutError`` after it; the handler closes)."""
+
+    def __init__(self, sock: socket.socket, seconds: float) -> None:
+        self._sock = sock
+        self._end = time.monotonic() + seconds
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self._end - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request did not arrive in time")
+        self._sock.settimeout(min(_SOCKET_TIMEOUT, left))
+        try:
+            return self._sock.recv_into(buffer)
+        finally:
+            self._sock.settimeout(_SOCKET_TIMEOUT)  # what is written back has the usual time
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     timeout = _SOCKET_TIMEOUT
     server_version = "bussdcc"
     sys_version = ""
+
+    def setup(self) -> None:
+        super().setup()
+        plain, self.rfile = self.rfile, io.BufferedReader(_DeadlineReader(self.connection, _REQUEST_DEADLINE))
+        plain.close()
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # requests are not the runtime's output
