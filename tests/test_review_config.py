@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+import pytest
 
 from bussdcc import Context, Event, Message, Service
+from bussdcc.cli._config import load_system
+from bussdcc.errors import ConfigError
 
 from ._helpers import MakeRuntime, Ping, Pong
 
@@ -29,3 +34,12 @@ def test_a_service_that_ticks_once_a_month_keeps_running(make_runtime: MakeRunti
     rec.wait_for("test.pong", timeout=30)
     assert rec.of("worker.exited") == [], [e.payload for e in rec.of("worker.exited")]
     assert rt.worker("monthly").incarnation == 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="user/group need a runtime running as root (as on CI)")
+@pytest.mark.parametrize("key", ["user", "group"])
+def test_a_user_or_group_name_with_a_nul_byte_is_one_line(tmp_path: Path, key: str) -> None:
+    path = tmp_path / "nul.toml"
+    path.write_text(f'[[services]]\nname = "a"\nclass = "tests.decl_parts:Reporter"\n{key} = "ro\\u0000ot"\n')
+    with pytest.raises(ConfigError, match=rf"nul.toml:4: services\[0\]\.{key}: {key} 'ro\\x00ot' does not exist"):
+        load_system(path)
