@@ -53,3 +53,50 @@ def test_a_deeply_nested_runtime_report_does_not_end_a_replay(tmp_path: Path) ->
     rt.register_process(recorder)
     rt.replay(path, speed=None)
     assert [e.payload for e in recorder.events if isinstance(e.payload, Seq)] == [Seq(i=1)]
+
+
+def _two_seconds_apart(path: Path) -> Path:
+    rec = McapRecorder(path)
+    rec.message(Seq(i=1), source="sensor", worker="sensor", log_time=1_700_000_000_000_000_000)
+    rec.message(Seq(i=2), source="sensor", worker="sensor", log_time=1_700_000_002_000_000_000)
+    rec.close()
+    return path
+
+
+def test_replay_speed_inf_is_one_line(tmp_path: Path) -> None:
+    path = _two_seconds_apart(tmp_path / "two.mcap")
+    target = tmp_path / "empty.toml"
+    target.write_text('[runtime]\nname = "review-inf"\n')
+    done = bussdcc("replay", str(path), str(target), "--speed", "inf")
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert "--speed" in done.stderr
+
+
+def test_a_replay_slower_than_time_can_count_waits_until_it_is_shut_down(tmp_path: Path) -> None:
+    # 1e-300: two recorded seconds are more real seconds than a timeout can hold. The replay waits
+    # (it does not crash) until a shutdown ends it.
+    import threading
+
+    path = _two_seconds_apart(tmp_path / "two.mcap")
+    rt = Runtime(name="review-slow-replay")
+    recorder = Recorder()
+    rt.register_process(recorder)
+    out: list[object] = []
+
+    def run() -> None:
+        try:
+            out.append(rt.replay(path, speed=1e-300))
+        except BaseException as exc:  # what the test is about
+            out.append(exc)
+
+    replaying = threading.Thread(target=run, daemon=True)
+    replaying.start()
+    recorder.wait_for("test.seq", timeout=30)  # the first is fed at once, then the long wait
+    rt.shutdown("enough")
+    replaying.join(30)
+    assert not replaying.is_alive()
+    (report,) = out
+    assert not isinstance(report, BaseException), repr(report)
+    assert report.stopped == "enough"  # type: ignore[attr-defined]
+    assert report.fed == 1  # type: ignore[attr-defined]
