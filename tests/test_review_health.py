@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
-from bussdcc import Service, WorkerState
+import pytest
+
+from bussdcc import Context, Message, Service, WorkerState
 from bussdcc.kernel._components import OnUnhealthy
 
 from ._helpers import MakeRuntime, first_incarnation
@@ -64,3 +68,43 @@ def test_a_health_exception_whose_repr_raises_fails_the_check_and_the_checks_go_
     make_runtime: MakeRuntime, tmp_path: Path
 ) -> None:
     _recovers(make_runtime, tmp_path, "raise")
+
+
+@dataclass(slots=True, frozen=True)
+class Stopped(Message):
+    """Emitted by a Service's stop(): its cleanup ran."""
+
+    name = "test.review.stopped"
+    pid: int
+
+
+class Sick(Service):
+    """Responsive, but its own check fails: restarted for being unhealthy, once (then it gives up)."""
+
+    name = "sick"
+    interval = 0.05
+    health_interval = 0.1
+    health_timeout = 2.0
+    max_restarts = 0
+
+    def tick(self, ctx: Context) -> None:
+        pass
+
+    def stop(self, ctx: Context) -> None:
+        ctx.emit(Stopped(os.getpid()))  # a Device would close its port here
+
+    def health(self) -> bool | str:
+        return "the sensor bus is silent"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="on_unhealthy='restart' kills with SIGKILL: a responsive worker's stop()/disconnect() never runs "
+    "and what it had queued is lost (worker.exited lost > 0); a graceful stop with escalation would keep both",
+)
+def test_a_responsive_worker_restarted_for_its_health_stops_gracefully(make_runtime: MakeRuntime) -> None:
+    _, rec = make_runtime("review-health-graceful", Sick())
+    (exited,) = rec.wait_for("worker.exited", timeout=30)
+    assert exited.payload.cause == "unhealthy"  # type: ignore[attr-defined]
+    assert rec.of("test.review.stopped"), "stop() ran before the restart"
+    assert exited.payload.lost == 0  # type: ignore[attr-defined]
