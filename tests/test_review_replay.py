@@ -100,3 +100,28 @@ def test_a_replay_slower_than_time_can_count_waits_until_it_is_shut_down(tmp_pat
     assert not isinstance(report, BaseException), repr(report)
     assert report.stopped == "enough"  # type: ignore[attr-defined]
     assert report.fed == 1  # type: ignore[attr-defined]
+
+
+def test_a_drop_count_out_of_range_does_not_end_a_replay(tmp_path: Path) -> None:
+    path = tmp_path / "dropped.mcap"
+    rec = McapRecorder(path)
+    rec.message(Seq(i=1), source="sensor", worker="sensor")
+    rec.raw("recorder.dropped", b'{"count": 1e400}', class_path="bussdcc:Message")  # JSON reads it as inf
+    rec.message(Seq(i=2), source="sensor", worker="sensor")
+    rec.close()
+    rt = Runtime(name="review-dropped")
+    recorder = Recorder()
+    rt.register_process(recorder)
+    report = rt.replay(path, speed=None)
+    assert [e.payload for e in recorder.events if isinstance(e.payload, Seq)] == [Seq(i=1), Seq(i=2)]
+    assert report.recorder_dropped == 0
+
+
+def test_events_file_shows_an_output_line_whose_level_is_no_number(tmp_path: Path) -> None:
+    path = tmp_path / "log.mcap"
+    rec = McapRecorder(path)
+    rec.raw("/bussdcc/log", b'{"level": [2], "name": "w", "message": "hello", "file": "stdout"}', class_path="x:y")
+    rec.close()
+    done = bussdcc("events", "--file", str(path), "-n", "0")
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.returncode == 0 and "hello" in done.stdout, done.stderr

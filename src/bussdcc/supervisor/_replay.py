@@ -341,7 +341,7 @@ class Replay:
         try:
             payload = rec.payload()
             count = int(payload["count"])
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, OverflowError):  # OverflowError: a count of inf
             return
         # Written whenever the count changes and when a file ends: the last one says it all.
         self.report.recorder_dropped = max(self.report.recorder_dropped, count)
