@@ -126,3 +126,16 @@ def test_connections_that_trickle_their_request_do_not_lock_the_endpoint_out(
         stop.set()
         for s in held:
             s.close()
+
+
+def test_head_of_the_event_stream_sends_headers_only_and_holds_no_stream(make_runtime: MakeRuntime) -> None:
+    rt, _ = make_runtime("review-head-stream", http="127.0.0.1:0")
+    host, port = rt.http_address or ("", 0)
+    with socket.create_connection((host, port), timeout=30) as s:
+        s.sendall(b"HEAD /api/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        answer = b""
+        while chunk := s.recv(65536):  # the server closes a HEAD answer: no body follows the headers
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200"), head
+    assert body == b"", body[:200]

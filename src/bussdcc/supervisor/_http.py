@@ -477,6 +477,13 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError as exc:
             self._json(400, {"error": str(exc)})
             return
+        if self.command == "HEAD":  # the headers a GET would get, and no stream (nor a stream's slot)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.close_connection = True
+            return
         found = app.subscribe(filt.minimum)
         if found is None:
             self._json(503, {"error": f"too many event streams ({_MAX_STREAMS}) are open"})
