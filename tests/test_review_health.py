@@ -108,3 +108,24 @@ def test_a_responsive_worker_restarted_for_its_health_stops_gracefully(make_runt
     assert exited.payload.cause == "unhealthy"  # type: ignore[attr-defined]
     assert rec.of("test.review.stopped"), "stop() ran before the restart"
     assert exited.payload.lost == 0  # type: ignore[attr-defined]
+
+
+class Promising(Service):
+    """Promises a message it emits: the parent keeps a stamp for the pair while the worker exists."""
+
+    interval = 3600.0
+    expect = {"test.review.stopped": 3600.0}
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def test_a_removed_worker_leaves_no_expectation_stamps_behind(make_runtime: MakeRuntime) -> None:
+    # Workers added and removed under fresh names (jobs, say) must not grow the parent's books.
+    rt, _ = make_runtime("review-health-forget")
+    health = rt._parts.supervisor._health  # type: ignore[union-attr]
+    for k in range(3):
+        rt.add_worker(Promising(f"job-{k}"))
+        assert (f"job-{k}", "test.review.stopped") in health.seen
+        rt.remove_worker(f"job-{k}")
+    assert not [key for key in health.seen if key[0].startswith("job-")], health.seen

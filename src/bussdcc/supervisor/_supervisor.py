@@ -86,6 +86,7 @@ class Supervisor(Books):
         if worker.current is not None or worker.backoff_timer is not None or worker.group is not None:
             raise RegistrationError(f"worker {name!r} is {worker.state} or in a group: it cannot be removed")
         del self.workers[name]
+        self._health.forget(name)  # workers come and go under fresh names: their stamps must not stay
 
     def add_group(self, name: str, strategy: Strategy, members: list[str]) -> None:
         """Tie known workers into a group with a restart strategy."""
