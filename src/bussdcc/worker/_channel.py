@@ -212,7 +212,7 @@ class Channel:
         """Send what is queued and read what arrives for up to ``timeout`` seconds (a caller waiting on a reply)."""
         with self._io:
             self._flush(block=True)
-            events = dict(self._poller.poll(max(0, int(timeout * 1000))))
+            events = dict(self._poller.poll(_poll_ms(timeout)))
             if self._wake_r in events:
                 self._drain_wake()
                 self._flush(block=True)
@@ -319,7 +319,7 @@ class Channel:
                 left = max(0.0, stop_at - time.monotonic())
                 timeout = left if timeout is None else min(timeout, left)
             self._flush(block=True)
-            ms = None if timeout is None else max(0, int(timeout * 1000))
+            ms = None if timeout is None else _poll_ms(timeout)
             events = dict(self._poller.poll(ms))
             if self._wake_r in events:
                 self._drain_wake()
@@ -355,3 +355,13 @@ class Channel:
             self.zctx.term()
             os.close(self._wake_r)
             os.close(self._wake_w)
+
+
+#: The longest single poll (ms): zmq_poll takes a C int. A longer wait returns early; callers loop.
+_MAX_POLL_MS = 2**31 - 1
+
+
+def _poll_ms(timeout: float) -> int:
+    """``timeout`` seconds as a poll timeout in ms (a month-long Service ``interval`` overflowed a C int)."""
+    ms = timeout * 1000
+    return max(0, int(ms)) if ms < _MAX_POLL_MS else _MAX_POLL_MS  # inf too
