@@ -14,7 +14,7 @@ import threading
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Concatenate, Final, Generic, ParamSpec, Protocol, TypeVar
+from typing import Any, Concatenate, Final, Generic, ParamSpec, Protocol, TypeAlias, TypeVar
 
 import msgspec
 
@@ -251,6 +251,16 @@ class Outgoing:
     wait: bool
 
 
+#: A port's optional ``roundtrip(call)``: make the call on the calling thread if it can, returning
+#: ``(True, its reply, or None at the deadline)``, else ``(False, None)`` (then it goes by ``submit``).
+Direct: TypeAlias = Callable[[Outgoing], tuple[bool, "p.Reply | None"]]
+
+#: The ZAP domain of a device's own call endpoint, and the PLAIN username its callers give
+#: (the password is the device incarnation's secret).
+CALLS_DOMAIN: Final = b"bussdcc-calls"
+CALLS_USER: Final = b"bussdcc-parent"
+
+
 class CallPort(Protocol):
     """Where a side sends its calls (the parent's hub, or a worker's channel)."""
 
@@ -347,8 +357,17 @@ class DeviceHandle(Generic[D]):
         """Run ``method(*args, **kwargs)`` in the device's process and return its result."""
         spec = self._spec(method)
         a, k = spec.encode_args(args, kwargs)
+        out = Outgoing(self.id, spec.name, a, k, self.timeout, self.wait)
+        direct: Direct | None = getattr(self._port, "roundtrip", None)
+        if direct is not None:
+            done, reply = direct(out)
+            if done:  # made on this thread, straight to the device
+                if reply is None:
+                    raise self._timed_out(spec)
+                result_: R = self._result(spec, reply)
+                return result_
         latch = Latch()
-        call_id = self._port.submit(Outgoing(self.id, spec.name, a, k, self.timeout, self.wait), latch.set)
+        call_id = self._port.submit(out, latch.set)
         if not self._port.block(latch, self.timeout) and not self._verdict(latch):
             self._port.cancel(call_id)
             raise self._timed_out(spec)

@@ -98,7 +98,9 @@ class Hello(Frame, tag="hello", frozen=True):
 
 
 class Ready(Frame, tag="ready", frozen=True):
-    """The component connected (device) or started (service)."""
+    """The component connected (device) or started (service); a device's own call endpoint, if it has one."""
+
+    calls: str = ""
 
 
 class StartFailed(Frame, tag="start_failed", frozen=True):

@@ -30,6 +30,7 @@ from ..errors import (
 from ..kernel import Device
 from ..kernel import protocol as p
 from ..kernel._calls import MAX_TIMEOUT, Latch, Outgoing, callable_methods, fail
+from ._direct import DirectCalls
 from ._latency import CALL_BUCKETS, Histogram
 from ._workers import WorkerState
 
@@ -41,6 +42,10 @@ if TYPE_CHECKING:
 
 # Call ids are unique for the life of the process, so no reply can ever match a later call.
 _ids: Final = itertools.count(1)
+
+
+#: The states in which a device answers calls (an unhealthy one still does).
+_UP: Final = frozenset((WorkerState.RUNNING, WorkerState.UNHEALTHY))
 
 
 class _Pending:
@@ -70,6 +75,13 @@ def _coming_back(worker: Worker) -> bool:
     )
 
 
+def _ended(inc: Incarnation, reason: str, crashed: bool, device: str, method: str) -> DeviceCallError:
+    """Why a call in flight on ``inc`` failed when it ended."""
+    if crashed:
+        return DeviceCrashed(f"device {device!r} (pid {inc.pid}) died during {method}(): {reason}", reason=reason)
+    return DeviceUnavailable(f"device {device!r} stopped during {method}()", state="stopped")
+
+
 class CallRouter:
     """Routes calls to device incarnations and their replies back (hub thread only)."""
 
@@ -83,14 +95,28 @@ class CallRouter:
         self._timer: Timer | None = None
         self._timer_at = 0.0
         self.closed: str | None = None
-        #: Replies that matched no pending call (late, or for a call that timed out).
-        self.late = 0
+        self._late = 0
         #: How long answered calls took, per device (routed to answered; read at scrape time).
         self.latency: dict[str, Histogram] = {}
+        #: Calls the parent's threads make straight to a ready device (see ``_direct``).
+        self.direct = DirectCalls()
+
+    def histogram(self, device: str) -> Histogram:
+        """The call latency histogram of ``device`` (written under ``direct.lock``: callers write it too)."""
+        hist = self.latency.get(device)
+        if hist is None:
+            hist = self.latency.setdefault(device, Histogram(CALL_BUCKETS))
+        return hist
+
+    @property
+    def late(self) -> int:
+        """Replies that matched no pending call (late, or for a call that timed out), routed or direct."""
+        return self._late + self.direct.late
 
     def counts(self) -> tuple[int, int]:
         """Calls in flight (sent or parked), and those parked for a device not ready; any thread."""
-        return len(self._pending), sum(len(calls) for calls in tuple(self._parked.values()))
+        parked = sum(len(calls) for calls in tuple(self._parked.values()))
+        return len(self._pending) + self.direct.in_flight(), parked
 
     # ---- taking calls ----------------------------------------------------------------
 
@@ -160,14 +186,13 @@ class CallRouter:
         """A device answered a call."""
         call = self._pending.get(frame.call_id)
         if call is None or call.identity != inc.identity:
-            self.late += 1
+            self._late += 1
             return
         del self._pending[frame.call_id]
         self._unlink(call)
-        hist = self.latency.get(call.device)
-        if hist is None:
-            hist = self.latency[call.device] = Histogram(CALL_BUCKETS)
-        hist.observe(time.monotonic() - call.started)
+        hist = self.histogram(call.device)
+        with self.direct.lock:
+            hist.observe(time.monotonic() - call.started)
         call.done(frame)
 
     def on_request(self, inc: Incarnation, frame: p.Request) -> None:
@@ -189,6 +214,7 @@ class CallRouter:
 
     def ready(self, worker: Worker, inc: Incarnation) -> None:
         """A device incarnation is ready: send it the calls that waited for it."""
+        self.direct.open(worker, inc)
         parked = self._parked.pop(worker.name, None)
         for call in parked or ():
             if call.call_id in self._pending:
@@ -203,22 +229,20 @@ class CallRouter:
 
     def ended(self, inc: Incarnation, reason: str, *, crashed: bool) -> None:
         """An incarnation is gone: its calls in flight fail now, not at their deadline."""
+        self.direct.end(inc, lambda call_id, dev, method: fail(call_id, _ended(inc, reason, crashed, dev, method)))
         ids = self._by_identity.pop(inc.identity, None)
         for call_id in sorted(ids or ()):
             call = self._pending.pop(call_id, None)
             if call is None:
                 continue
-            if crashed:
-                exc: DeviceCallError = DeviceCrashed(
-                    f"device {call.device!r} (pid {inc.pid}) died during {call.method}(): {reason}", reason=reason
-                )
-            else:
-                exc = DeviceUnavailable(f"device {call.device!r} stopped during {call.method}()", state="stopped")
-            self._fail(call, exc)
+            self._fail(call, _ended(inc, reason, crashed, call.device, call.method))
 
     def close(self, reason: str) -> None:
         """The runtime is shutting down: every call still pending fails now."""
         self.closed = reason
+        self.direct.close(
+            lambda call_id, dev, method: fail(call_id, DeviceUnavailable(f"device {dev!r}: {reason}", state="stopped"))
+        )
         calls = sorted(self._pending.values(), key=lambda c: c.call_id)
         self._pending.clear()
         self._by_identity.clear()
@@ -318,6 +342,29 @@ class ParentPort:
         else:
             hub.call_soon(lambda: router.submit(pending))
         return call_id
+
+    def roundtrip(self, call: Outgoing) -> tuple[bool, p.Reply | None]:
+        """Make the call on this thread, straight to its device if it is up; else ``(False, None)``: route it."""
+        found = self._up
+        if found is None:
+            return False, None
+        hub, router = found
+        line = router.direct.lines.get(call.device)
+        if line is None or hub.in_hub:
+            return False, None
+        worker = line.worker
+        if worker.current is not line.inc or worker.state not in _UP:
+            return False, None  # in a transition the hub knows best: it parks, refuses or waits
+        if call.method not in callable_methods(type(worker.component)):
+            return False, None
+        call_id = next(_ids)
+        frame = p.encode(p.Call(call_id, call.method, msgspec.Raw(call.args), msgspec.Raw(call.kwargs)))
+        hist = router.histogram(call.device)
+        disp = self._dispatcher
+        if disp is not None and disp.on_thread:
+            with disp.waiting():  # the hub reads on: the items the call emitted must reach us
+                return router.direct.call(line, call_id, call.method, frame, timeout=call.timeout, latency=hist)
+        return router.direct.call(line, call_id, call.method, frame, timeout=call.timeout, latency=hist)
 
     def cancel(self, call_id: int) -> None:
         """Forget the call on the hub thread."""

@@ -89,6 +89,7 @@ class Ingest:
                     self._send_stop(worker, inc)
             case p.Ready():
                 inc.controls += 1
+                inc.direct = frame.calls
                 self._ready(worker, inc)
             case p.StartFailed():
                 inc.controls += 1

@@ -54,7 +54,8 @@ class CallServer:
         self._device = device
         self._channel = channel
         self._methods = callable_methods(type(device))
-        self._queue: queue.SimpleQueue[p.Call | None] = queue.SimpleQueue()
+        #: Calls for the call threads, each with the routing id of its direct caller (None: routed by the parent).
+        self._queue: queue.SimpleQueue[tuple[p.Call, bytes | None] | None] = queue.SimpleQueue()
         self.stopping = False
         n = concurrency_of(device)
         self._threads = [
@@ -64,22 +65,31 @@ class CallServer:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, frame: p.Call) -> None:
-        """Queue a call (main thread); refused once the device is stopping."""
+    def submit(self, frame: p.Call, peer: bytes | None = None) -> None:
+        """Queue a call from the parent, or straight from ``peer`` (a direct caller); refused once stopping."""
         if self.stopping:
-            self._refuse(frame)
-        elif not self._threads:
+            self._refuse(frame, peer)
+        elif self._threads:
+            self._queue.put((frame, peer))
+        elif peer is None:
             self._channel.send_control(self.run(frame))
         else:
-            self._queue.put(frame)
+            self._channel.send_direct(peer, self.run(frame))
 
-    def _refuse(self, frame: p.Call) -> None:
+    def _answer(self, reply: p.Reply, peer: bytes | None) -> None:  # any thread
+        if peer is None:
+            self._channel.post_control(reply)
+        else:
+            self._channel.post_direct(peer, reply)
+
+    def _refuse(self, frame: p.Call, peer: bytes | None) -> None:
         exc = DeviceUnavailable(f"device {self._device.id!r} is stopping", state="stopping")
-        self._channel.post_control(fail(frame.call_id, exc))
+        self._answer(fail(frame.call_id, exc), peer)
 
     def _serve(self) -> None:
-        while (frame := self._queue.get()) is not None:
-            self._channel.post_control(self.run(frame))
+        while (job := self._queue.get()) is not None:
+            frame, peer = job
+            self._answer(self.run(frame), peer)
 
     def run(self, frame: p.Call) -> p.Reply:
         """Run one call and return its reply; whatever the method raises becomes a :class:`DeviceError`."""
@@ -121,11 +131,11 @@ class CallServer:
         self.stopping = True
         while True:
             try:
-                frame = self._queue.get_nowait()
+                job = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if frame is not None:
-                self._refuse(frame)
+            if job is not None:
+                self._refuse(*job)
         for _ in self._threads:
             self._queue.put(None)
         deadline = time.monotonic() + timeout
@@ -133,8 +143,16 @@ class CallServer:
             # Keep the socket moving: the running calls' replies leave through it.
             for late in self._channel.wait(0.05):
                 if isinstance(late, p.Call):
-                    self._refuse(late)
+                    self._refuse(late, None)
+            self._refuse_direct()
+        self._refuse_direct()
         self._channel.flush()
+
+    def _refuse_direct(self) -> None:
+        direct = self._channel.direct
+        while direct is not None and direct.calls:
+            peer, frame = direct.calls.popleft()
+            self._refuse(frame, peer)
 
 
 class WorkerPort:

@@ -17,6 +17,7 @@ from ..errors import ProtocolError
 from ..kernel import Message
 from ..kernel import protocol as p
 from ..kernel._boundary import ACTIVITIES, WorkerSpec
+from ._direct import DirectEndpoint
 
 # Small high-water marks make a flooding worker block early (bounded memory on
 # both sides) and make its items pile into large batches instead of frames.
@@ -74,6 +75,37 @@ class Channel:
         self._poller = zmq.Poller()
         self._poller.register(self.sock, zmq.POLLIN)
         self._poller.register(self._wake_r, zmq.POLLIN)
+        #: A device's own call endpoint (see ``_direct``), once opened.
+        self.direct: DirectEndpoint | None = None
+
+    def open_direct(self) -> str:
+        """Bind this device's call endpoint; return its address, or "" if it cannot (calls then go by the parent)."""
+        try:
+            direct = DirectEndpoint(self.zctx, self.spec)
+        except (OSError, zmq.ZMQError):
+            return ""  # e.g. a worker running as another user may not bind in the run directory
+        with self._io:
+            self.direct = direct
+            self._poller.register(direct.sock, zmq.POLLIN)
+            self._poller.register(direct.zap, zmq.POLLIN)
+        return direct.endpoint
+
+    def send_direct(self, peer: bytes, reply: p.Reply) -> None:
+        """Answer a direct call (main thread), after everything queued before it."""
+        data = p.encode(reply)
+        with self._io:
+            self._flush(block=True)
+            if self.direct is not None:
+                self.direct.send(peer, data, self._seq)
+
+    def post_direct(self, peer: bytes, reply: p.Reply) -> None:
+        """Answer a direct call from a call thread: the socket's holder sends it after the items queued before it."""
+        data = p.encode(reply)
+        if self.direct is None:
+            return
+        with self._lock:
+            self.direct.posted.append((peer, data, self._seq))
+        self._wake()
 
     # ---- outgoing --------------------------------------------------------------
 
@@ -218,6 +250,9 @@ class Channel:
                 self._flush(block=True)
             if self.sock in events:
                 self._read_available()
+            if self.direct is not None:
+                self.direct.service(events)
+                self.direct.send_posted()
 
     def try_pump(self, timeout: float) -> bool:
         """:meth:`pump` if no other thread holds the socket; return whether it did."""
@@ -312,7 +347,7 @@ class Channel:
     def wait(self, timeout: float | None) -> list[p.ParentFrame]:
         """Flush, then wait up to ``timeout`` seconds for frames from the parent."""
         with self._io:
-            if self._inbox:
+            if self._inbox or (self.direct is not None and self.direct.calls):
                 timeout = 0
             stop_at = None if self._stop_given else self._stop_at
             if stop_at is not None:
@@ -326,6 +361,9 @@ class Channel:
                 self._flush(block=True)
             if self.sock in events:
                 self._read_available()
+            if self.direct is not None:
+                self.direct.service(events)
+                self.direct.send_posted()
             frames = list(self._inbox)
             self._inbox.clear()
             if not self._stop_given:
@@ -351,6 +389,8 @@ class Channel:
         """Close the socket (waiting up to ``linger_ms`` to send what is queued) and its context."""
         with self._io:
             self._closed = True
+            if self.direct is not None:
+                self.direct.close()
             self.sock.close(linger=linger_ms)
             self.zctx.term()
             os.close(self._wake_r)
