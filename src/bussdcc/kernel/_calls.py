@@ -9,12 +9,13 @@ from a worker) is the :class:`CallPort` of the side that makes it.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import inspect
 import threading
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Concatenate, Final, Generic, ParamSpec, Protocol, TypeAlias, TypeVar
+from typing import Any, Concatenate, Final, Generic, NamedTuple, ParamSpec, Protocol, TypeAlias, TypeVar
 
 import msgspec
 
@@ -239,9 +240,11 @@ class Latch:
         return self.reply is not None
 
 
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """One call on its way: which device and method, the encoded arguments, the deadline, whether to wait."""
+class Outgoing(NamedTuple):
+    """One call on its way: which device and method, the encoded arguments, the deadline, whether to wait.
+
+    A named tuple: it is made for every call, and a frozen dataclass costs several times as much to build.
+    """
 
     device: str
     method: str
@@ -259,6 +262,25 @@ Direct: TypeAlias = Callable[[Outgoing], tuple[bool, "p.Reply | None"]]
 #: (the password is the device incarnation's secret).
 CALLS_DOMAIN: Final = b"bussdcc-calls"
 CALLS_USER: Final = b"bussdcc-parent"
+
+
+def unpack_reply(data: bytes) -> tuple[p.Reply, int] | None:
+    """A direct reply: the encoded :class:`~bussdcc.kernel.protocol.Reply`, then the items sent before it (8 bytes)."""
+    if len(data) < 9:
+        return None
+    view = memoryview(data)
+    try:
+        reply = p.decode(view[:-8], p.WORKER_FRAMES)
+    except ProtocolError:
+        return None
+    if not isinstance(reply, p.Reply):
+        return None
+    return reply, int.from_bytes(view[-8:], "little")
+
+
+def call_key(token: bytes) -> bytes:
+    """The password of a device incarnation's call endpoint: derived from its secret, which it does not reveal."""
+    return hmac.new(token, b"bussdcc-calls", hashlib.sha256).digest()
 
 
 class CallPort(Protocol):

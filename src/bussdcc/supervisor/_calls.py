@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
@@ -30,7 +31,7 @@ from ..errors import (
 from ..kernel import Device
 from ..kernel import protocol as p
 from ..kernel._calls import MAX_TIMEOUT, Latch, Outgoing, callable_methods, fail
-from ._direct import DirectCalls
+from ._direct import DirectCalls, Line
 from ._latency import CALL_BUCKETS, Histogram
 from ._workers import WorkerState
 
@@ -42,10 +43,6 @@ if TYPE_CHECKING:
 
 # Call ids are unique for the life of the process, so no reply can ever match a later call.
 _ids: Final = itertools.count(1)
-
-
-#: The states in which a device answers calls (an unhealthy one still does).
-_UP: Final = frozenset((WorkerState.RUNNING, WorkerState.UNHEALTHY))
 
 
 class _Pending:
@@ -195,10 +192,25 @@ class CallRouter:
             hist.observe(time.monotonic() - call.started)
         call.done(frame)
 
-    def on_request(self, inc: Incarnation, frame: p.Request) -> None:
-        """A worker calls a device: route it like a local call, answer with a Reply."""
+    def _route_ended(self, line: Line, reason: str, *, crashed: bool) -> None:
+        """Tell the Services that call ``line`` directly that it ended: their calls on it fail now."""
+        if line.holders and self.hub is not None:
+            pid = line.inc.pid or 0
+            data = p.encode(p.RouteEnded(line.device, line.number, pid, reason, crashed))
+            for identity in sorted(line.holders):
+                self.hub.send(identity, data)
+
+    def on_request(self, inc: Incarnation, frame: p.Request, *, service: bool = False) -> None:
+        """A worker calls a device: route it like a local call, answer with a Reply.
+
+        A Service is also told the device's line, if it has one: its next calls go straight there.
+        """
         assert self.hub is not None
         hub, origin, their_id = self.hub, inc.identity, frame.call_id
+        line = self.direct.lines.get(frame.device) if service else None
+        if line is not None and origin not in line.holders:
+            line.holders.add(origin)
+            hub.send(origin, p.encode(p.Route(line.device, line.number, line.endpoint, line.key)))
 
         def done(reply: p.Reply) -> None:
             hub.send(origin, p.encode(p.Reply(their_id, reply.result, reply.failure)))
@@ -229,7 +241,9 @@ class CallRouter:
 
     def ended(self, inc: Incarnation, reason: str, *, crashed: bool) -> None:
         """An incarnation is gone: its calls in flight fail now, not at their deadline."""
-        self.direct.end(inc, lambda call_id, dev, method: fail(call_id, _ended(inc, reason, crashed, dev, method)))
+        line = self.direct.end(inc, lambda call_id, dev, name: fail(call_id, _ended(inc, reason, crashed, dev, name)))
+        if line is not None:
+            self._route_ended(line, reason, crashed=crashed)
         ids = self._by_identity.pop(inc.identity, None)
         for call_id in sorted(ids or ()):
             call = self._pending.pop(call_id, None)
@@ -240,9 +254,11 @@ class CallRouter:
     def close(self, reason: str) -> None:
         """The runtime is shutting down: every call still pending fails now."""
         self.closed = reason
-        self.direct.close(
+        lines = self.direct.close(
             lambda call_id, dev, method: fail(call_id, DeviceUnavailable(f"device {dev!r}: {reason}", state="stopped"))
         )
+        for line in lines:
+            self._route_ended(line, reason, crashed=False)
         calls = sorted(self._pending.values(), key=lambda c: c.call_id)
         self._pending.clear()
         self._by_identity.clear()
@@ -350,10 +366,11 @@ class ParentPort:
             return False, None
         hub, router = found
         line = router.direct.lines.get(call.device)
-        if line is None or hub.in_hub:
+        if line is None or threading.get_ident() == hub.thread.ident:
             return False, None
         worker = line.worker
-        if worker.current is not line.inc or worker.state not in _UP:
+        state = worker.state
+        if worker.current is not line.inc or (state is not WorkerState.RUNNING and state is not WorkerState.UNHEALTHY):
             return False, None  # in a transition the hub knows best: it parks, refuses or waits
         if call.method not in callable_methods(type(worker.component)):
             return False, None
@@ -361,7 +378,7 @@ class ParentPort:
         frame = p.encode(p.Call(call_id, call.method, msgspec.Raw(call.args), msgspec.Raw(call.kwargs)))
         hist = router.histogram(call.device)
         disp = self._dispatcher
-        if disp is not None and disp.on_thread:
+        if disp is not None and threading.get_ident() == disp.thread.ident:
             with disp.waiting():  # the hub reads on: the items the call emitted must reach us
                 return router.direct.call(line, call_id, call.method, frame, timeout=call.timeout, latency=hist)
         return router.direct.call(line, call_id, call.method, frame, timeout=call.timeout, latency=hist)

@@ -22,17 +22,17 @@ call can slip past its device's death.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final, cast
+from typing import TYPE_CHECKING, Any, Final
 
 import zmq
 
-from ..errors import ProtocolError
 from ..kernel import protocol as p
-from ..kernel._calls import CALLS_USER
+from ..kernel._calls import CALLS_USER, call_key, unpack_reply
 
 if TYPE_CHECKING:
     from ._latency import Histogram
@@ -42,20 +42,26 @@ if TYPE_CHECKING:
 IDLE_MAX: Final = 16
 OPEN_MAX: Final = 256
 _HWM = 64
+# Plain ints: flag enums cost a call each on the hot path.
+_POLLIN: Final = int(zmq.POLLIN)
+_NOBLOCK: Final = int(zmq.NOBLOCK)
 #: How often a caller looks whether the parent has the items its call emitted.
 _SEQ_POLL = 0.0002
+
+
+_lines = itertools.count(1)
 
 
 class _Conn:
     """One DEALER to a device's call endpoint and the eventfd that wakes its user."""
 
-    __slots__ = ("efd", "failed", "poller", "sock")
+    __slots__ = ("efd", "failed", "items", "sock")
 
     def __init__(self, zctx: zmq.Context[zmq.Socket[bytes]], line: Line) -> None:
         sock: zmq.Socket[bytes] = zctx.socket(zmq.DEALER)
         try:
             sock.setsockopt(zmq.PLAIN_USERNAME, CALLS_USER)
-            sock.setsockopt(zmq.PLAIN_PASSWORD, line.token)
+            sock.setsockopt(zmq.PLAIN_PASSWORD, line.key)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SNDHWM, _HWM)
             sock.setsockopt(zmq.RCVHWM, _HWM)
@@ -66,25 +72,22 @@ class _Conn:
             sock.close(0)
             raise
         self.sock = sock
-        self.poller = zmq.Poller()
-        self.poller.register(sock, zmq.POLLIN)
-        self.poller.register(self.efd, zmq.POLLIN)
+        #: What a caller polls: the reply, or the hub's word that the line ended.
+        self.items: list[tuple[Any, int]] = [(sock, _POLLIN), (self.efd, _POLLIN)]
         #: Set (under the lock) by the hub when the line ended with this socket's call in flight.
         self.failed: p.Reply | None = None
 
     def take(self, call_id: int, calls: DirectCalls) -> tuple[p.Reply, int] | None:
         """Read what arrived: the reply to ``call_id`` and the items sent before it, if here (others are late)."""
         sock = self.sock
-        while cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-            parts = sock.recv_multipart(zmq.NOBLOCK)
-            if len(parts) != 2:
-                continue
+        while True:
             try:
-                reply = p.decode(parts[0], p.WORKER_FRAMES)
-            except ProtocolError:
-                continue
-            if isinstance(reply, p.Reply) and reply.call_id == call_id:
-                return reply, int.from_bytes(parts[1], "little")
+                data = sock.recv(_NOBLOCK)
+            except zmq.Again:
+                return None
+            reply = unpack_reply(data)
+            if reply is not None and reply[0].call_id == call_id:
+                return reply
             with calls.lock:
                 calls.late += 1  # the caller that used this socket before gave up on it
         return None  # nothing, or replies to calls whose callers gave up (this socket was theirs)
@@ -97,14 +100,17 @@ class _Conn:
 class Line:
     """The direct path to one ready device incarnation."""
 
-    __slots__ = ("device", "ended", "endpoint", "idle", "inc", "open", "pending", "token", "worker")
+    __slots__ = ("device", "ended", "endpoint", "holders", "idle", "inc", "key", "number", "open", "pending", "worker")
 
     def __init__(self, worker: Worker, inc: Incarnation) -> None:
         self.worker = worker
         self.inc = inc
         self.device = worker.name
         self.endpoint = inc.direct
-        self.token = inc.token
+        self.key = call_key(inc.token)
+        #: Services told of this line (their routing ids): told again when it ends.
+        self.holders: set[bytes] = set()
+        self.number = next(_lines)
         self.ended = False
         self.idle: list[_Conn] = []
         self.open = 0
@@ -144,12 +150,12 @@ class DirectCalls:
             self.lines[worker.name] = line
             self._by_identity[inc.identity] = line
 
-    def end(self, inc: Incarnation, failure: Callable[[int, str, str], p.Reply]) -> None:
+    def end(self, inc: Incarnation, failure: Callable[[int, str, str], p.Reply]) -> Line | None:
         """``inc`` ended: its line closes; each call in flight on it gets ``failure(call_id, device, method)`` now."""
         with self.lock:
             line = self._by_identity.pop(inc.identity, None)
             if line is None:
-                return
+                return None
             if self.lines.get(line.device) is line:
                 del self.lines[line.device]
             line.ended = True
@@ -162,8 +168,9 @@ class DirectCalls:
             self._drop(conn)
         for _, (conn, _) in taken:
             os.eventfd_write(conn.efd, 1)  # its user closes it
+        return line
 
-    def close(self, failure: Callable[[int, str, str], p.Reply]) -> None:
+    def close(self, failure: Callable[[int, str, str], p.Reply]) -> list[Line]:
         """The runtime is shutting down: every line ends (its calls fail), and the context goes with the last socket."""
         with self.lock:
             self._closed = True
@@ -171,6 +178,7 @@ class DirectCalls:
         for line in lines:
             self.end(line.inc, failure)
         self._drop(None)
+        return lines
 
     def _drop(self, conn: _Conn | None) -> None:
         """Close a socket nobody uses any more; the context ends once closed with none left."""
@@ -187,12 +195,16 @@ class DirectCalls:
 
     # ---- calling threads ---------------------------------------------------------------
 
-    def _checkout(self, line: Line) -> _Conn | None:
+    def _checkout(self, line: Line, call_id: int, method: str) -> _Conn | None:
+        """A socket to ``line`` with the call registered on it, or None if the line ended (or is full)."""
         with self.lock:
             if line.ended or self._closed:
                 return None
             if line.idle:
-                return line.idle.pop()
+                conn = line.idle.pop()
+                conn.failed = None
+                line.pending[call_id] = (conn, method)
+                return conn
             if line.open >= OPEN_MAX:
                 return None
             if self._zctx is None:
@@ -201,17 +213,28 @@ class DirectCalls:
             line.open += 1
             self._conns += 1
         try:
-            return _Conn(zctx, line)
+            conn = _Conn(zctx, line)
         except (OSError, zmq.ZMQError):  # out of descriptors, say: the hub's path still works
             with self.lock:
                 line.open -= 1
                 self._conns -= 1
             self._drop(None)
             return None
+        with self.lock:
+            if not line.ended:
+                line.pending[call_id] = (conn, method)
+                return conn
+            line.open -= 1
+        self._drop(conn)
+        return None
 
-    def _release(self, line: Line, conn: _Conn, call_id: int) -> bool:
+    def _release(
+        self, line: Line, conn: _Conn, call_id: int, took: float = -1.0, latency: Histogram | None = None
+    ) -> bool:
         """The call is over for its caller: False if the hub had taken it first (then ``conn.failed`` says why)."""
         with self.lock:
+            if latency is not None:
+                latency.observe(took)
             mine = line.pending.pop(call_id, None) is not None
             keep = mine and not line.ended and len(line.idle) < IDLE_MAX
             if keep:
@@ -226,21 +249,13 @@ class DirectCalls:
         self, line: Line, call_id: int, method: str, frame: bytes, *, timeout: float, latency: Histogram
     ) -> tuple[bool, p.Reply | None]:
         """Make one call on ``line``: ``(True, reply or None at the deadline)``, or ``(False, None)``: route it."""
-        conn = self._checkout(line)
+        conn = self._checkout(line, call_id, method)
         if conn is None:
-            return False, None
-        with self.lock:
-            routed = not line.ended
-            if routed:
-                conn.failed = None
-                line.pending[call_id] = (conn, method)
-        if not routed:
-            self._release(line, conn, call_id)
             return False, None
         started = time.monotonic()
         deadline = started + timeout
         try:
-            conn.sock.send(frame, zmq.NOBLOCK)
+            conn.sock.send(frame, _NOBLOCK)
         except zmq.ZMQError:
             if self._release(line, conn, call_id):
                 return False, None  # not sent: the hub's path will say what is wrong
@@ -250,7 +265,7 @@ class DirectCalls:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            if conn.poller.poll(min(int(left * 1000) + 1, 2**31 - 1)):
+            if zmq.zmq_poll(conn.items, min(int(left * 1000) + 1, 2**31 - 1)):
                 got = conn.take(call_id, self)
         if got is None and conn.failed is not None:
             got = conn.take(call_id, self)  # the device answered before it died: its answer stands
@@ -258,9 +273,7 @@ class DirectCalls:
             # At the deadline, or the line ended: either way the hub decided (or nobody did).
             return True, None if self._release(line, conn, call_id) else conn.failed
         reply, sent = got
-        with self.lock:
-            latency.observe(time.monotonic() - started)
-        self._release(line, conn, call_id)
+        self._release(line, conn, call_id, time.monotonic() - started, latency)
         # What the call emitted left before its reply, on the worker's own connection: wait
         # until the parent has it, so that a reply never overtakes it (as when routed).
         inc = line.inc

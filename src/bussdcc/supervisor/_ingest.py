@@ -99,7 +99,7 @@ class Ingest:
                 b.calls.on_reply(inc, frame)
             case p.Request():
                 inc.controls += 1
-                b.calls.on_request(inc, frame)
+                b.calls.on_request(inc, frame, service=worker.role == "service")
             case p.Health():
                 inc.controls += 1
                 self._health(worker, inc, frame)

@@ -21,6 +21,8 @@ import msgspec
 
 from ..errors import (
     CallArgumentError,
+    DeviceCallError,
+    DeviceCrashed,
     DeviceError,
     DeviceUnavailable,
     ProtocolError,
@@ -31,6 +33,7 @@ from ..kernel import protocol as p
 from ..kernel._calls import Latch, Outgoing, callable_methods, fail, method_spec
 from ..kernel._text import safe_text
 from ._channel import Channel
+from ._direct import Route
 
 
 def concurrency_of(device: Device) -> int:
@@ -156,7 +159,16 @@ class CallServer:
 
 
 class WorkerPort:
-    """A worker's :class:`~bussdcc.kernel.CallPort`: calls go to the parent as requests."""
+    """A worker's :class:`~bussdcc.kernel.CallPort`: calls go to the parent as requests.
+
+    The parent answers a Service's first call to a device that has a call endpoint
+    with a :class:`~bussdcc.kernel.protocol.Route` too: from then on the worker's
+    main thread calls that device straight (no hop through the parent), reading
+    its channel meanwhile, until the parent says the device's incarnation ended
+    (:class:`~bussdcc.kernel.protocol.RouteEnded`): a call in flight on it then
+    fails at once, as when routed. Other threads, and devices not (yet) routed,
+    go through the parent.
+    """
 
     def __init__(self, channel: Channel) -> None:
         self._channel = channel
@@ -164,7 +176,65 @@ class WorkerPort:
         self._waiting: dict[int, Callable[[p.Reply], None]] = {}
         self._lock = threading.Lock()
         self._owner = threading.get_ident()
+        self._routes: dict[str, Route] = {}
+        self._ended: list[Route] = []  # their sockets are closed by the main thread
         channel.on_reply = self._on_reply
+        channel.on_route = self._on_route
+
+    def _on_route(self, frame: p.Route | p.RouteEnded) -> None:  # whoever reads the channel
+        with self._lock:
+            route = self._routes.get(frame.device)
+            if isinstance(frame, p.Route):
+                if route is not None:
+                    route.ended = route.ended or p.RouteEnded(frame.device, route.line, 0, "replaced", crashed=False)
+                    self._ended.append(route)
+                self._routes[frame.device] = Route(frame)
+            elif route is not None and route.line == frame.line:
+                route.ended = frame
+                del self._routes[frame.device]
+                self._ended.append(route)
+
+    def roundtrip(self, call: Outgoing) -> tuple[bool, p.Reply | None]:
+        """On the main thread, call a device the parent routed us to straight; else ``(False, None)``."""
+        if threading.get_ident() != self._owner:
+            return False, None
+        if self._ended:
+            with self._lock:
+                ended, self._ended = self._ended, []
+            for old in ended:
+                self._channel.forget_socket(old.sock)
+                old.close()
+        route = self._routes.get(call.device)
+        if route is None:
+            return False, None
+        fresh = route.sock is None
+        sock = route.open(self._channel.zctx)
+        if fresh:
+            self._channel.keep_socket(sock)
+        call_id = next(self._ids)
+        frame = p.encode(p.Call(call_id, call.method, msgspec.Raw(call.args), msgspec.Raw(call.kwargs)))
+        if not route.send(frame):
+            return False, None
+        deadline = time.monotonic() + call.timeout
+        while route.ended is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return True, None
+            if self._channel.poll_with(sock, left):
+                reply = route.take(call_id)
+                if reply is not None:
+                    return True, reply
+        reply = route.take(call_id)  # the device answered before it died: its answer stands
+        if reply is not None:
+            return True, reply
+        end = route.ended
+        if end.crashed:
+            exc: DeviceCallError = DeviceCrashed(
+                f"device {call.device!r} (pid {end.pid}) died during {call.method}(): {end.reason}", reason=end.reason
+            )
+        else:
+            exc = DeviceUnavailable(f"device {call.device!r} stopped during {call.method}()", state="stopped")
+        return True, fail(call_id, exc)
 
     @property
     def async_direct(self) -> bool:

@@ -77,6 +77,38 @@ class Channel:
         self._poller.register(self._wake_r, zmq.POLLIN)
         #: A device's own call endpoint (see ``_direct``), once opened.
         self.direct: DirectEndpoint | None = None
+        #: Where the parent's word on direct routes goes (see ``WorkerPort``).
+        self.on_route: Callable[[p.Route | p.RouteEnded], None] | None = None
+        #: Other sockets of this context (direct routes to devices): closed before it ends.
+        self._kept: list[zmq.Socket[bytes]] = []
+
+    def keep_socket(self, sock: zmq.Socket[bytes]) -> None:
+        """Close ``sock`` with the channel (it belongs to the channel's context)."""
+        self._kept.append(sock)
+
+    def forget_socket(self, sock: zmq.Socket[bytes] | None) -> None:
+        """``sock`` is closed by its owner now."""
+        if sock in self._kept:
+            self._kept.remove(sock)
+
+    def poll_with(self, extra: zmq.Socket[bytes], timeout: float) -> bool:
+        """:meth:`pump`, also waiting for ``extra`` to be readable (returned); the main thread only."""
+        with self._io:
+            self._flush(block=True)
+            self._poller.register(extra, zmq.POLLIN)
+            try:
+                events = dict(self._poller.poll(max(0, int(timeout * 1000))))
+            finally:
+                self._poller.unregister(extra)
+            if self._wake_r in events:
+                self._drain_wake()
+                self._flush(block=True)
+            if self.sock in events:
+                self._read_available()
+            if self.direct is not None:
+                self.direct.service(events)
+                self.direct.send_posted()
+            return extra in events
 
     def open_direct(self) -> str:
         """Bind this device's call endpoint; return its address, or "" if it cannot (calls then go by the parent)."""
@@ -94,9 +126,11 @@ class Channel:
         """Answer a direct call (main thread), after everything queued before it."""
         data = p.encode(reply)
         with self._io:
-            self._flush(block=True)
+            sent = self._seq
+            if self._pending or self._foreign or self._foreign_controls:
+                self._flush(block=True)
             if self.direct is not None:
-                self.direct.send(peer, data, self._seq)
+                self.direct.send(peer, data, sent)
 
     def post_direct(self, peer: bytes, reply: p.Reply) -> None:
         """Answer a direct call from a call thread: the socket's holder sends it after the items queued before it."""
@@ -338,6 +372,8 @@ class Channel:
                 frame = p.decode(data, p.PARENT_FRAMES)
                 if isinstance(frame, p.Reply) and self.on_reply is not None:
                     self.on_reply(frame)
+                elif isinstance(frame, p.Route | p.RouteEnded) and self.on_route is not None:
+                    self.on_route(frame)
                 else:
                     self._inbox.append(frame)
             except ProtocolError as exc:
@@ -391,6 +427,8 @@ class Channel:
             self._closed = True
             if self.direct is not None:
                 self.direct.close()
+            for sock in self._kept:
+                sock.close(0)
             self.sock.close(linger=linger_ms)
             self.zctx.term()
             os.close(self._wake_r)

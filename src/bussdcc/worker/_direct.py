@@ -6,7 +6,9 @@ of its own next to the workers' socket, ``c<slot>.<incarnation>`` in the run
 directory, and says where in its ``Ready``. The parent's callers connect a
 DEALER each (pooled), authenticated like the workers' endpoint: ZMTP PLAIN,
 admitted by a ZAP handler served inline by the device's main thread, whose
-password is this incarnation's own secret (only the parent knows it).
+password is derived from this incarnation's secret (``call_key``): the parent
+knows it, and hands it to the Services it routes calls to this device for, so
+that their next calls come straight here too (see ``WorkerPort``).
 
 Calls read here are queued and served by the device's main loop like those the
 parent routes (one at a time, or on the call threads): never from inside a
@@ -28,10 +30,16 @@ import zmq
 from ..errors import ProtocolError
 from ..kernel import protocol as p
 from ..kernel._boundary import WorkerSpec
-from ..kernel._calls import CALLS_DOMAIN, CALLS_USER
+from ..kernel._calls import CALLS_DOMAIN, CALLS_USER, call_key, unpack_reply
 
 _ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 _HWM = 64
+# Plain ints: flag enums cost a call each on the hot path.
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE = int(zmq.SNDMORE)
+_RCVMORE = int(zmq.RCVMORE)
 #: The longest ipc:// path (sun_path less its terminating zero).
 _SUN_PATH_MAX = 107
 
@@ -49,7 +57,7 @@ class DirectEndpoint:
         self.endpoint = endpoint_for(spec)
         if len(self.endpoint) - len("ipc://") > _SUN_PATH_MAX:
             raise OSError(f"{self.endpoint} is too long for an ipc:// socket")
-        self._token = spec.token
+        self._key = call_key(spec.token)
         self.zap: zmq.Socket[bytes] = zctx.socket(zmq.REP)
         self.sock: zmq.Socket[bytes] = zctx.socket(zmq.ROUTER)
         try:
@@ -78,7 +86,7 @@ class DirectEndpoint:
             self._read()
 
     def _answer_zap(self) -> None:
-        while cast(int, self.zap.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+        while cast(int, self.zap.getsockopt(_EVENTS)) & _POLLIN:
             frames = self.zap.recv_multipart(zmq.NOBLOCK)
             request_id = frames[1] if len(frames) > 1 else b""
             ok = (
@@ -87,7 +95,7 @@ class DirectEndpoint:
                 and frames[2] == CALLS_DOMAIN
                 and frames[5] == b"PLAIN"
                 and frames[6] == CALLS_USER
-                and hmac.compare_digest(frames[7], self._token)
+                and hmac.compare_digest(frames[7], self._key)
             )
             if ok:
                 self.zap.send_multipart([b"1.0", request_id, b"200", b"OK", CALLS_USER, b""])
@@ -95,21 +103,29 @@ class DirectEndpoint:
                 self.zap.send_multipart([b"1.0", request_id, b"400", b"not the parent of this device", b"", b""])
 
     def _read(self) -> None:
-        while cast(int, self.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-            frames = self.sock.recv_multipart(zmq.NOBLOCK)
-            if len(frames) != 2:
+        # Asking EVENTS is far cheaper than ending on a zmq.Again (an exception costs microseconds).
+        sock = self.sock
+        while cast(int, sock.get(_EVENTS)) & _POLLIN:
+            peer = sock.recv(_NOBLOCK)
+            if not sock.get(_RCVMORE):
+                continue
+            data = sock.recv(_NOBLOCK)  # a message arrives whole: its parts are here
+            if sock.get(_RCVMORE):  # more than [routing id, call]: nothing our callers send
+                while sock.get(_RCVMORE):
+                    sock.recv(_NOBLOCK)
                 continue
             try:
-                frame = p.decode(frames[1], p.PARENT_FRAMES)
+                frame = p.decode(data, p.PARENT_FRAMES)
             except ProtocolError:
-                continue  # only the parent gets in: a bug, not an attack; the caller times out
+                continue  # only the parent and its Services get in: a bug; the caller times out
             if isinstance(frame, p.Call):
-                self.calls.append((frames[0], frame))
+                self.calls.append((peer, frame))
 
     def send(self, peer: bytes, reply: bytes, sent: int) -> None:
-        """Send one reply to the caller ``peer`` (dropped if it is gone or its pipe is full)."""
+        """Send one reply to the caller ``peer``, with the items sent before it (dropped if the caller is gone)."""
         try:
-            self.sock.send_multipart([peer, reply, sent.to_bytes(8, "little")], zmq.NOBLOCK)
+            self.sock.send(peer, _NOBLOCK | _SNDMORE)
+            self.sock.send(reply + sent.to_bytes(8, "little"), _NOBLOCK)
         except zmq.ZMQError:
             pass  # a caller that went away (or stopped reading) has given up on it
 
@@ -122,3 +138,62 @@ class DirectEndpoint:
         """Close both sockets (the path is removed with the listener)."""
         self.sock.close(0)
         self.zap.close(0)
+
+
+# ---- a Service calling a device straight ----------------------------------------------------
+
+
+class Route:
+    """The way to one device incarnation the parent told this worker of (its ``line``)."""
+
+    __slots__ = ("device", "ended", "endpoint", "key", "line", "sock")
+
+    def __init__(self, frame: p.Route) -> None:
+        self.device = frame.device
+        self.line = frame.line
+        self.endpoint = frame.endpoint
+        self.key = frame.key
+        self.sock: zmq.Socket[bytes] | None = None
+        #: Set when the parent says the incarnation ended: a call waiting on it fails with this.
+        self.ended: p.RouteEnded | None = None
+
+    def open(self, zctx: zmq.Context[zmq.Socket[bytes]]) -> zmq.Socket[bytes]:
+        """The DEALER to the device (made on first use)."""
+        if self.sock is None:
+            sock: zmq.Socket[bytes] = zctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.PLAIN_USERNAME, CALLS_USER)
+            sock.setsockopt(zmq.PLAIN_PASSWORD, self.key)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SNDHWM, _HWM)
+            sock.setsockopt(zmq.RCVHWM, _HWM)
+            sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_FRAME)
+            sock.connect(self.endpoint)
+            self.sock = sock
+        return self.sock
+
+    def send(self, frame: bytes) -> bool:
+        """Send a call (False if it cannot be queued now)."""
+        assert self.sock is not None
+        try:
+            self.sock.send(frame, _NOBLOCK)
+        except zmq.ZMQError:
+            return False
+        return True
+
+    def take(self, call_id: int) -> p.Reply | None:
+        """The reply to ``call_id`` if it is here (replies to calls whose deadline passed are dropped)."""
+        sock = self.sock
+        assert sock is not None
+        while True:
+            try:
+                got = unpack_reply(sock.recv(_NOBLOCK))
+            except zmq.Again:
+                return None
+            if got is not None and got[0].call_id == call_id:
+                return got[0]
+
+    def close(self) -> None:
+        """Close the socket (the thread that used it)."""
+        if self.sock is not None:
+            self.sock.close(0)
+            self.sock = None

@@ -107,7 +107,7 @@ def run_service(svc: Service, ctx: Context, channel: Channel, dog: Watchdog) -> 
                 case p.Stop():
                     stopping = True
                     stop_arrived()
-                case p.ByeAck() | p.Reply():
+                case p.ByeAck() | p.Reply() | p.Route() | p.RouteEnded():
                     pass
                 case p.Call():  # the parent routes calls to devices only
                     channel.send_control(fail(frame.call_id, UnknownDevice(f"{svc.name!r} is a service")))
@@ -150,7 +150,7 @@ def run_device(dev: Device, ctx: Context, channel: Channel, dog: Watchdog) -> in
                 case p.Stop():
                     stopping = True
                     stop_arrived()
-                case p.Deliver() | p.ByeAck() | p.Reply():
+                case p.Deliver() | p.ByeAck() | p.Reply() | p.Route() | p.RouteEnded():
                     pass
                 case _:
                     assert_never(frame)
