@@ -278,6 +278,12 @@ def unpack_reply(data: bytes) -> tuple[p.Reply, int] | None:
     return reply, int.from_bytes(view[-8:], "little")
 
 
+def call_endpoint(workers: str, slot: int, incarnation: int) -> str:
+    """Where a device incarnation binds its call endpoint: next to the workers' ``ipc://`` socket."""
+    folder = workers.removeprefix("ipc://").rpartition("/")[0]
+    return f"ipc://{folder}/c{slot}.{incarnation}"
+
+
 def call_key(token: bytes) -> bytes:
     """The password of a device incarnation's call endpoint: derived from its secret, which it does not reveal."""
     return hmac.new(token, b"bussdcc-calls", hashlib.sha256).digest()

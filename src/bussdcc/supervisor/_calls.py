@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from ..errors import (
 )
 from ..kernel import Device
 from ..kernel import protocol as p
-from ..kernel._calls import MAX_TIMEOUT, Latch, Outgoing, callable_methods, fail
+from ..kernel._calls import MAX_TIMEOUT, Latch, Outgoing, call_endpoint, callable_methods, fail
 from ._direct import DirectCalls, Line
 from ._latency import CALL_BUCKETS, Histogram
 from ._workers import WorkerState
@@ -70,6 +71,13 @@ def _coming_back(worker: Worker) -> bool:
         or (state is WorkerState.STOPPING and worker.held)  # its group restarts it
         or (state is WorkerState.STOPPED and worker.incarnations == 0)  # boot has not started it yet
     )
+
+
+def _unlink(endpoint: str) -> None:
+    try:
+        os.unlink(endpoint.removeprefix("ipc://"))
+    except OSError:
+        pass  # removed by the device itself, or with the run directory
 
 
 def _ended(inc: Incarnation, reason: str, crashed: bool, device: str, method: str) -> DeviceCallError:
@@ -226,7 +234,9 @@ class CallRouter:
 
     def ready(self, worker: Worker, inc: Incarnation) -> None:
         """A device incarnation is ready: send it the calls that waited for it."""
-        self.direct.open(worker, inc)
+        assert self.hub is not None
+        if inc.direct and inc.direct == call_endpoint(self.hub.endpoint, inc.slot, inc.number):
+            self.direct.open(worker, inc)  # only where it must be: a device does not choose what others connect to
         parked = self._parked.pop(worker.name, None)
         for call in parked or ():
             if call.call_id in self._pending:
@@ -244,6 +254,8 @@ class CallRouter:
         line = self.direct.end(inc, lambda call_id, dev, name: fail(call_id, _ended(inc, reason, crashed, dev, name)))
         if line is not None:
             self._route_ended(line, reason, crashed=crashed)
+            _unlink(line.endpoint)  # a device that died left its socket file behind
+        self.direct.forget_holder(inc.identity)
         ids = self._by_identity.pop(inc.identity, None)
         for call_id in sorted(ids or ()):
             call = self._pending.pop(call_id, None)

@@ -170,6 +170,11 @@ class DirectCalls:
             os.eventfd_write(conn.efd, 1)  # its user closes it
         return line
 
+    def forget_holder(self, identity: bytes) -> None:
+        """A worker incarnation ended: no line tells it anything any more (hub thread)."""
+        for line in tuple(self._by_identity.values()):
+            line.holders.discard(identity)
+
     def close(self, failure: Callable[[int, str, str], p.Reply]) -> list[Line]:
         """The runtime is shutting down: every line ends (its calls fail), and the context goes with the last socket."""
         with self.lock:

@@ -21,7 +21,6 @@ still never overtakes what the call emitted.
 from __future__ import annotations
 
 import hmac
-import os
 from collections import deque
 from typing import cast
 
@@ -30,7 +29,7 @@ import zmq
 from ..errors import ProtocolError
 from ..kernel import protocol as p
 from ..kernel._boundary import WorkerSpec
-from ..kernel._calls import CALLS_DOMAIN, CALLS_USER, call_key, unpack_reply
+from ..kernel._calls import CALLS_DOMAIN, CALLS_USER, call_endpoint, call_key, unpack_reply
 
 _ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 _HWM = 64
@@ -44,17 +43,11 @@ _RCVMORE = int(zmq.RCVMORE)
 _SUN_PATH_MAX = 107
 
 
-def endpoint_for(spec: WorkerSpec) -> str:
-    """Where this incarnation's call endpoint is bound: next to the workers' socket."""
-    folder = os.path.dirname(spec.endpoint.removeprefix("ipc://"))
-    return f"ipc://{folder}/c{spec.slot}.{spec.incarnation}"
-
-
 class DirectEndpoint:
     """The device's ROUTER for direct calls and its ZAP handler (used under the channel's socket lock)."""
 
     def __init__(self, zctx: zmq.Context[zmq.Socket[bytes]], spec: WorkerSpec) -> None:
-        self.endpoint = endpoint_for(spec)
+        self.endpoint = call_endpoint(spec.endpoint, spec.slot, spec.incarnation)
         if len(self.endpoint) - len("ipc://") > _SUN_PATH_MAX:
             raise OSError(f"{self.endpoint} is too long for an ipc:// socket")
         self._key = call_key(spec.token)
