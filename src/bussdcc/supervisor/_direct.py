@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 #: Sockets kept idle per device incarnation, and open at most (then calls go through the hub).
 IDLE_MAX: Final = 16
-OPEN_MAX: Final = 256
+OPEN_MAX: Final = 64
 _HWM = 64
 # Plain ints: flag enums cost a call each on the hot path.
 _POLLIN: Final = int(zmq.POLLIN)
