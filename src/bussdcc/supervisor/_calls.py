@@ -236,7 +236,8 @@ class CallRouter:
         """A device incarnation is ready: send it the calls that waited for it."""
         assert self.hub is not None
         if inc.direct and inc.direct == call_endpoint(self.hub.endpoint, inc.slot, inc.number):
-            self.direct.open(worker, inc)  # only where it must be: a device does not choose what others connect to
+            # Only where it must be: a device does not choose what others connect to.
+            self.direct.open(worker, inc, self.histogram(worker.name))
         parked = self._parked.pop(worker.name, None)
         for call in parked or ():
             if call.call_id in self._pending:
@@ -378,19 +379,20 @@ class ParentPort:
             return False, None
         hub, router = found
         line = router.direct.lines.get(call.device)
-        if line is None or threading.get_ident() == hub.thread.ident:
+        me = threading.get_ident()
+        if line is None or me == hub.thread.ident:
             return False, None
         worker = line.worker
         state = worker.state
         if worker.current is not line.inc or (state is not WorkerState.RUNNING and state is not WorkerState.UNHEALTHY):
             return False, None  # in a transition the hub knows best: it parks, refuses or waits
-        if call.method not in callable_methods(type(worker.component)):
+        if call.method not in line.methods:
             return False, None
         call_id = next(_ids)
         frame = p.encode(p.Call(call_id, call.method, msgspec.Raw(call.args), msgspec.Raw(call.kwargs)))
-        hist = router.histogram(call.device)
+        hist = line.latency
         disp = self._dispatcher
-        if disp is not None and threading.get_ident() == disp.thread.ident:
+        if disp is not None and me == disp.thread.ident:
             with disp.waiting():  # the hub reads on: the items the call emitted must reach us
                 return router.direct.call(line, call_id, call.method, frame, timeout=call.timeout, latency=hist)
         return router.direct.call(line, call_id, call.method, frame, timeout=call.timeout, latency=hist)

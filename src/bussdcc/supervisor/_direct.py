@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Final
 import zmq
 
 from ..kernel import protocol as p
-from ..kernel._calls import CALLS_USER, call_key, unpack_reply
+from ..kernel._calls import CALLS_USER, call_key, callable_methods, unpack_reply
 
 if TYPE_CHECKING:
     from ._latency import Histogram
@@ -100,11 +100,28 @@ class _Conn:
 class Line:
     """The direct path to one ready device incarnation."""
 
-    __slots__ = ("device", "ended", "endpoint", "holders", "idle", "inc", "key", "number", "open", "pending", "worker")
+    __slots__ = (
+        "device",
+        "ended",
+        "endpoint",
+        "holders",
+        "idle",
+        "inc",
+        "key",
+        "latency",
+        "methods",
+        "number",
+        "open",
+        "pending",
+        "worker",
+    )
 
-    def __init__(self, worker: Worker, inc: Incarnation) -> None:
+    def __init__(self, worker: Worker, inc: Incarnation, latency: Histogram) -> None:
         self.worker = worker
         self.inc = inc
+        #: What may be called on it, and the device's call latency histogram (looked up once, here).
+        self.methods = callable_methods(type(worker.component))
+        self.latency = latency
         self.device = worker.name
         self.endpoint = inc.direct
         self.key = call_key(inc.token)
@@ -139,11 +156,11 @@ class DirectCalls:
 
     # ---- the hub thread ----------------------------------------------------------------
 
-    def open(self, worker: Worker, inc: Incarnation) -> None:
-        """``inc`` is ready: calls may go straight to it (if it has an endpoint)."""
+    def open(self, worker: Worker, inc: Incarnation, latency: Histogram) -> None:
+        """``inc`` is ready: calls may go straight to it (if it has an endpoint); their times go to ``latency``."""
         if not inc.direct:
             return
-        line = Line(worker, inc)
+        line = Line(worker, inc, latency)
         with self.lock:
             if self._closed:
                 return
