@@ -389,7 +389,8 @@ class Channel:
             if stop_at is not None:
                 left = max(0.0, stop_at - time.monotonic())
                 timeout = left if timeout is None else min(timeout, left)
-            self._flush(block=True)
+            if self._pending or self._foreign or self._foreign_controls:
+                self._flush(block=True)
             ms = None if timeout is None else max(0, int(timeout * 1000))
             events = dict(self._poller.poll(ms))
             if self._wake_r in events:
@@ -400,6 +401,8 @@ class Channel:
             if self.direct is not None:
                 self.direct.service(events)
                 self.direct.send_posted()
+            if not self._inbox and stop_at is None:
+                return []  # the common case of a device between calls
             frames = list(self._inbox)
             self._inbox.clear()
             if not self._stop_given:
