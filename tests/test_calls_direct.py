@@ -138,3 +138,15 @@ def test_a_service_calls_the_device_straight_and_its_crash_fails_the_call_at_onc
         wait_until(crashed, timeout=30, what="the call to fail with the crash")
         assert caller.incarnation == 1, "the Service itself carried on"
         # The next round waits for the respawn (through the parent), then goes straight to the new incarnation.
+
+
+def test_a_direct_reply_never_overtakes_what_the_call_emitted(make_runtime: MakeRuntime) -> None:
+    rt, rec = make_runtime("direct-order", Motor(id="axis-1"))
+    motor = rt.device(Motor, "axis-1", timeout=30.0)
+    motor.call(Motor.count)
+    inc = _direct(rt).lines["axis-1"].inc
+    for i in range(20):
+        before = inc.next_seq
+        assert motor.call(Motor.nap, 0.0, tag=f"announce:{i}") == f"announce:{i}"  # emits, then returns
+        assert inc.next_seq > before, "the parent had the call's message when its caller got the reply"
+    rec.wait_for("test.answer", count=20, timeout=30)

@@ -45,8 +45,9 @@ _HWM = 64
 # Plain ints: flag enums cost a call each on the hot path.
 _POLLIN: Final = int(zmq.POLLIN)
 _NOBLOCK: Final = int(zmq.NOBLOCK)
-#: How often a caller looks whether the parent has the items its call emitted.
+#: How soon a caller looks again whether the parent has the items its call emitted, at first and at most.
 _SEQ_POLL = 0.0002
+_SEQ_POLL_MAX = 0.01
 
 
 _lines = itertools.count(1)
@@ -299,6 +300,8 @@ class DirectCalls:
         # What the call emitted left before its reply, on the worker's own connection: wait
         # until the parent has it, so that a reply never overtakes it (as when routed).
         inc = line.inc
+        pause = _SEQ_POLL
         while inc.next_seq <= sent and not inc.exited and time.monotonic() < deadline:
-            time.sleep(_SEQ_POLL)
+            time.sleep(pause)  # rarely more than once: the items left just before the reply
+            pause = min(2 * pause, _SEQ_POLL_MAX)  # a hub held back by a backlog may take a while
         return True, reply
