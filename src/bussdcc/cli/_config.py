@@ -16,6 +16,7 @@ from ..errors import ConfigError, RegistrationError
 from ..kernel import Device, Interface, Process, Service
 from ..supervisor import Runtime
 from ..supervisor._deps import DependencyError, start_order
+from ..supervisor._pools import instances_error
 from ..supervisor._specs import POLICY_KEYS, SERVICE_SETTINGS, build, check_group, check_supervised, import_target
 
 __all__ = [
@@ -139,7 +140,7 @@ class SystemSpec:
         #: Where to serve metrics and the status page (``[http] listen``), if anywhere.
         self.http = http
         self.receivers = receivers or {}
-        #: ``[runtime] record`` and ``snapshot``: what to record (see Runtime's ``record``).
+        #: ``[runtime] record`` (relative to the file's folder) and ``snapshot``: what to record.
         self.record: str | None = None
         self.snapshot: float | None = None
         #: ``[runtime] log_dir``, relative to the file's folder.
@@ -294,8 +295,8 @@ def load_system(path: Path) -> SystemSpec:
             if "instances" in entry:
                 if not worker:
                     raise fail(section, i, "instances", "unknown key")
-                if not isinstance(instances, int) or isinstance(instances, bool) or instances < 0:
-                    raise fail(section, i, "instances", f"must be an int >= 0, not {instances!r}")
+                if (why := instances_error(instances)) is not None:
+                    raise fail(section, i, "instances", why)
             if isinstance(policy.get("cwd"), str) and policy["cwd"]:
                 policy["cwd"] = str(folder / policy["cwd"])  # relative to the file
             names = [entry[ident]] if instances is None else [f"{entry[ident]}-{k}" for k in range(instances)]
@@ -336,7 +337,8 @@ def load_system(path: Path) -> SystemSpec:
         raise fail(section, index, exc.key, str(exc).split(": ", 1)[-1]) from None
     log_dir = folder / runtime["log_dir"] if "log_dir" in runtime else None
     spec = SystemSpec(name, components, entries, groups, _http_listen(data, fail), receivers=receivers, log_dir=log_dir)
-    spec.record, spec.snapshot = record, snapshot
+    # Like every path of the file (cwd, log_dir), the recording is relative to the file's folder.
+    spec.record, spec.snapshot = (None if record is None else str(folder / record)), snapshot
     return spec
 
 

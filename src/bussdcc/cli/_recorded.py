@@ -35,7 +35,7 @@ def record_of(rec: Recorded) -> dict[str, Any]:
         return {
             "time": _stamp(rec.log_time),
             "name": "worker.output",
-            "severity": _LOG_LEVELS.get(payload.get("level", 2), "INFO"),
+            "severity": _log_level(payload.get("level", 2)),
             "source": worker,
             "payload": {"worker": worker, "stream": payload.get("file", ""), "line": payload.get("message", "")},
         }
@@ -46,6 +46,11 @@ def record_of(rec: Recorded) -> dict[str, Any]:
         "source": rec.source,
         "payload": payload,
     }
+
+
+def _log_level(level: object) -> str:
+    """A foxglove.Log level as a severity's name (INFO for anything else: the file may hold any JSON)."""
+    return _LOG_LEVELS.get(level, "INFO") if isinstance(level, int) else "INFO"
 
 
 def _severity(name: str) -> int:

@@ -100,6 +100,12 @@ class Health:
             watch.failing[HEALTH] = frame.reason or "health() failed"
         self._judge(watch, watch.last_report)
 
+    def forget(self, worker: str) -> None:
+        """``worker`` was removed (hub thread): its stamps and watch go with it."""
+        self._watches.pop(worker, None)
+        for key in [key for key in self.seen if key[0] == worker]:
+            self.seen.pop(key, None)
+
     # ---- the deadlines -------------------------------------------------------------------
 
     def _check(self) -> bool:

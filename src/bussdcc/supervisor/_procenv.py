@@ -89,13 +89,13 @@ def resolve(name: str, user: str | None, group: str | None) -> Ids:
     if user is not None:
         try:
             pw = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
-        except (KeyError, OverflowError):
+        except (KeyError, OverflowError, ValueError):  # ValueError: a NUL in the name
             raise RegistrationError(f"{name!r}: user {user!r} does not exist") from None
         uid, gid, home, user = pw.pw_uid, pw.pw_gid, pw.pw_dir, pw.pw_name
     if group is not None:
         try:
             gid = grp.getgrgid(int(group)).gr_gid if group.isdigit() else grp.getgrnam(group).gr_gid
-        except (KeyError, OverflowError):
+        except (KeyError, OverflowError, ValueError):  # ValueError: a NUL in the name
             raise RegistrationError(f"{name!r}: group {group!r} does not exist") from None
     groups = tuple(os.getgrouplist(user, gid)) if user is not None else (gid,)
     return Ids(uid, gid, groups, user, home)

@@ -47,6 +47,8 @@ _ABOUT_RECEIVER: dict[str, tuple[str, str]] = {
 }
 #: Reported by the parent's own EventBus when a subscriber raises: the replayed bus does that again.
 _SUBSCRIBER_ERROR = "event.subscriber_error"
+#: The longest single wait (s): a slow speed makes recorded gaps longer than a timeout can hold.
+_LONGEST_WAIT = 3600.0
 
 
 @dataclass
@@ -114,11 +116,13 @@ class ReplayClock:
         """Wait ``seconds / speed`` (no time at all when replaying as fast as possible)."""
         if self.speed is None:
             return bool(cancel is not None and cancel.is_set())
-        wait = max(0.0, seconds) / self.speed
-        if cancel is None:
-            time.sleep(wait)
-            return False
-        return cancel.wait(wait)
+        end = time.monotonic() + max(0.0, seconds) / self.speed
+        while (left := end - time.monotonic()) > 0:
+            if cancel is None:
+                time.sleep(min(left, _LONGEST_WAIT))
+            elif cancel.wait(min(left, _LONGEST_WAIT)):
+                return True
+        return bool(cancel is not None and cancel.is_set())
 
 
 class _Unbuildable(Exception):
@@ -182,7 +186,14 @@ def rebuild(rec: Recorded) -> tuple[Message, bool]:
                     fields[name] = None
                     lossy = True
         return msgspec.convert(fields, cls, dec_hook=dec_hook), lossy
-    except (msgspec.DecodeError, msgspec.ValidationError, TypeError, ValueError, NotImplementedError) as exc:
+    except (
+        msgspec.DecodeError,
+        msgspec.ValidationError,
+        TypeError,
+        ValueError,
+        NotImplementedError,
+        RecursionError,  # fields nested deeper than the decoder recurses
+    ) as exc:
         raise _Unbuildable(f"its recorded fields do not fit {cls.__module__}.{cls.__qualname__}: {exc}") from None
 
 
@@ -323,15 +334,14 @@ class Replay:
             self._wall0 = time.monotonic()
             return
         due = self._wall0 + (ns - self._first) / 1e9 / speed
-        delay = due - time.monotonic()
-        if delay > 0:
-            self._cancel.wait(delay)
+        while (delay := due - time.monotonic()) > 0 and not self._cancel.is_set():
+            self._cancel.wait(min(delay, _LONGEST_WAIT))
 
     def _dropped(self, rec: Recorded) -> None:
         try:
             payload = rec.payload()
             count = int(payload["count"])
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, OverflowError):  # OverflowError: a count of inf
             return
         # Written whenever the count changes and when a file ends: the last one says it all.
         self.report.recorder_dropped = max(self.report.recorder_dropped, count)

@@ -87,6 +87,7 @@ class Supervisor(Books):
             raise RegistrationError(f"worker {name!r} is {worker.state} or in a group: it cannot be removed")
         del self.workers[name]
         self.postmortem.forget(name)
+        self._health.forget(name)  # workers come and go under fresh names: their stamps must not stay
 
     def add_group(self, name: str, strategy: Strategy, members: list[str]) -> None:
         """Tie known workers into a group with a restart strategy."""

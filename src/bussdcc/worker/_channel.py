@@ -97,7 +97,7 @@ class Channel:
             self._flush(block=True)
             self._poller.register(extra, zmq.POLLIN)
             try:
-                events = dict(self._poller.poll(max(0, int(timeout * 1000))))
+                events = dict(self._poller.poll(_poll_ms(timeout)))
             finally:
                 self._poller.unregister(extra)
             if self._wake_r in events:
@@ -278,7 +278,7 @@ class Channel:
         """Send what is queued and read what arrives for up to ``timeout`` seconds (a caller waiting on a reply)."""
         with self._io:
             self._flush(block=True)
-            events = dict(self._poller.poll(max(0, int(timeout * 1000))))
+            events = dict(self._poller.poll(_poll_ms(timeout)))
             if self._wake_r in events:
                 self._drain_wake()
                 self._flush(block=True)
@@ -391,7 +391,7 @@ class Channel:
                 timeout = left if timeout is None else min(timeout, left)
             if self._pending or self._foreign or self._foreign_controls:
                 self._flush(block=True)
-            ms = None if timeout is None else max(0, int(timeout * 1000))
+            ms = None if timeout is None else _poll_ms(timeout)
             events = dict(self._poller.poll(ms))
             if self._wake_r in events:
                 self._drain_wake()
@@ -436,3 +436,13 @@ class Channel:
             self.zctx.term()
             os.close(self._wake_r)
             os.close(self._wake_w)
+
+
+#: The longest single poll (ms): zmq_poll takes a C int. A longer wait returns early; callers loop.
+_MAX_POLL_MS = 2**31 - 1
+
+
+def _poll_ms(timeout: float) -> int:
+    """``timeout`` seconds as a poll timeout in ms (a month-long Service ``interval`` overflowed a C int)."""
+    ms = timeout * 1000
+    return max(0, int(ms)) if ms < _MAX_POLL_MS else _MAX_POLL_MS  # inf too

@@ -16,19 +16,27 @@ from ..kernel._text import safe_text
 from ._channel import Channel
 
 
+def _describe(value: object) -> str:
+    """``repr(value)``, or its type's name if its ``repr`` raises: describing a failure must not fail."""
+    try:
+        return safe_text(repr(value))
+    except Exception:
+        return f"<{type(value).__name__} whose repr raised>"
+
+
 def outcome(component: Service | Device) -> p.Health:
     """Call ``component.health()`` once: its result as a frame (raising, or anything but True, fails)."""
     try:
         result = component.health()
     except BaseException as exc:  # SystemExit too: it is this thread's, and says nothing healthy
-        return p.Health(False, f"health() raised {safe_text(repr(exc))}")
+        return p.Health(False, f"health() raised {_describe(exc)}")
     if result is True:
         return p.Health(True)
     if result is False:
         return p.Health(False, "health() returned False")
     if isinstance(result, str):
         return p.Health(False, result or "health() returned an empty reason")
-    return p.Health(False, f"health() returned {safe_text(repr(result))}, not True, False or a reason (a string)")
+    return p.Health(False, f"health() returned {_describe(result)}, not True, False or a reason (a string)")
 
 
 class HealthCheck:
