@@ -67,6 +67,8 @@ class Incarnation:
         self.controls = 0
         self.hello = False
         self.ready = False
+        #: A device's own call endpoint (from its Ready), which the parent's threads call directly.
+        self.direct = ""
         self.draining = False
         self.start_failed: p.StartFailed | None = None
         #: Why the supervisor killed it ("hung", "rss_limit", ...), and the details.
