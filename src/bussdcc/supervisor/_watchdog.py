@@ -106,6 +106,8 @@ def read_stat(pid: int) -> tuple[int, float] | None:
         fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
+    except OSError as exc:  # EMFILE: said once for all workers, so without the worker's path
+        raise OSError(exc.errno, exc.strerror) from None
     try:
         data = os.read(fd, 4096)
     except (ProcessLookupError, OSError):
@@ -199,8 +201,7 @@ class Watchdog:
                 try:
                     sample(usage, inc.pid, now, comp.cpu_window)
                 except Exception as exc:  # e.g. EMFILE at the fd limit: hangs of the others are still judged
-                    failed = failed or exc
-                    usage.sampled_at = now  # not again before its turn: the others' samples go on
+                    failed = failed or exc  # tried again next period: the fault stands until a sample works
                 else:
                     verdict = over_limit(comp, usage, now) if limited else None
             if verdict is not None:
