@@ -246,6 +246,9 @@ class Exits:
                 if (binding := self._binding(worker)) is not None:
                     self._start_plan(Plan(self, binding, worker.name, delay))
                     return
+                if delay <= 0:
+                    self._respawn_after_backoff(worker)  # at once: not a turn of the hub loop later
+                    return
                 worker.backoff_timer = b._hub().call_later(delay, lambda: self._respawn_after_backoff(worker))
 
     def _announce_failure(self, worker: Worker, error: str, tb: str | None) -> None:
