@@ -45,7 +45,10 @@ def test_command_line_settings(text: str, value: object) -> None:
 
 
 BAD = [
-    ('[runtime]\nname = "x"\ncolour = 1\n', "3: runtime.colour: unknown key (expected name)"),
+    (
+        '[runtime]\nname = "x"\ncolour = 1\n',
+        "3: runtime.colour: unknown key (expected name, record, snapshot, log_dir)",
+    ),
     ('[runtime]\nname = ""\n', "2: runtime.name: must be a non-empty string"),
     ("[[gadgets]]\nclass = 'a:b'\n", "1: gadgets: unknown section (expected runtime, devices, services, processes"),
     ("devices = 3\n", "1: devices: must be an array of tables ([[devices]])"),

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bussdcc import Runtime, WorkerState
-from bussdcc.cli._config import POLICY_KEYS, GroupEntry, WorkerEntry, install, load_system
+from bussdcc.cli._config import POLICY_KEYS, RUNTIME_KEYS, GroupEntry, WorkerEntry, install, load_system
 from bussdcc.errors import ConfigError
 
 from ._cli import ROOT
@@ -216,14 +216,8 @@ def test_the_reference_example_loads_and_every_key_is_documented() -> None:
     section = readme.split("## System file reference", 1)[1].split("\n## ", 1)[0]
     keys = set(re.findall(r"^#?\s*(\w+)\s*=", example.read_text(), re.MULTILINE))
     documented = set(re.findall(r"`(\w+)`", section))
-    # The settings of Supervised and Service as of this writing (a setting added since belongs in the table too).
-    settings = {
-        *("restart", "critical", "start_timeout", "event_timeout", "tick_timeout", "heartbeat_interval"),
-        *("heartbeat_timeout", "max_rss", "max_cpu", "cpu_window", "stop_timeout", "kill_timeout", "max_restarts"),
-        *("restart_window", "backoff_initial", "backoff_max", "backoff_reset", "interval", "enabled"),
-        *("after", "requires", "env", "cwd", "user", "group"),
-    }
-    assert settings <= POLICY_KEYS
+    # Every setting a worker entry takes, every [runtime] key, and [http]'s one.
+    settings = set(POLICY_KEYS) | set(RUNTIME_KEYS) | {"listen"}
     missing = (keys | settings | {"instances", "members", "strategy", "class", "config", "id"}) - documented
     assert not missing, f"keys the README's System file reference does not document: {sorted(missing)}"
 

@@ -16,7 +16,7 @@ from bussdcc.errors import BootError, ConfigError
 from bussdcc.supervisor._metrics import metric_names
 
 from ._cli import Background
-from ._helpers import Echo, MakeRuntime, wait_until
+from ._helpers import Echo, MakeRuntime, missing_tool, wait_until
 from ._web import base, free_port, get, get_json, tool
 from .cli_parts import Probe
 
@@ -94,7 +94,7 @@ def test_a_removed_worker_leaves_no_series_behind(make_runtime: MakeRuntime) -> 
 def test_promtool_accepts_the_exposition(make_runtime: MakeRuntime, tmp_path: Path) -> None:
     promtool = tool("promtool")
     if promtool is None:
-        pytest.skip("promtool is not installed (Debian package prometheus; .ci/run installs it)")
+        missing_tool("promtool is not installed (Debian package prometheus; .ci/run installs it)")
     rt, _ = make_runtime("promtool", Probe(id="probe"), Echo(), http="127.0.0.1:0")
     rt.device(Probe, "probe").call(Probe.read, 1)
     _respawned(rt, "echo")

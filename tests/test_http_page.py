@@ -11,7 +11,7 @@ import pytest
 
 from bussdcc import WorkerState
 
-from ._helpers import Echo, MakeRuntime, Ping, wait_until
+from ._helpers import Echo, MakeRuntime, Ping, missing_tool, wait_until
 from ._web import base, get, post, token_of, tool
 from .cli_parts import Probe
 
@@ -64,12 +64,12 @@ def browser(tmp_path: Path) -> Iterator[Any]:
     """A headless Chromium driven by Selenium through Debian's chromedriver."""
     chromium, driver_path = tool("chromium"), tool("chromedriver")
     if chromium is None or driver_path is None:
-        pytest.skip("chromium and chromedriver are not installed (apt-get install chromium chromium-driver)")
+        missing_tool("chromium and chromedriver are not installed (apt-get install chromium chromium-driver)")
     try:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service as ChromeService
     except ImportError:
-        pytest.skip("selenium is not installed (the dev extra has it)")
+        missing_tool("selenium is not installed (the dev extra has it)")
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for arg in CHROMIUM_ARGS:

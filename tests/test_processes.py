@@ -175,7 +175,7 @@ def test_signal_runtime_turns_signals_into_messages_and_shuts_down(tmp_path: Pat
     proc, pids = _start_script(tmp_path, SIGNAL_SCRIPT)
     try:
         proc.send_signal(signal.SIGHUP)
-        _read_until(proc, "system.reload {}")
+        _read_until(proc, "system.reload {'plan': None, 'error': None}")  # no system file: nothing planned
         proc.send_signal(signal.SIGUSR1)
         _read_until(proc, f"system.signal {{'signal': {int(signal.SIGUSR1)}, 'action': 'user1'}}")
         proc.send_signal(signal.SIGUSR2)

@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from ._helpers import Echo, MakeRuntime, wait_until
+from ._helpers import Echo, MakeRuntime, missing_tool, wait_until
 from ._web import free_port, get, tool
 from .cli_parts import Probe
 
@@ -18,7 +18,7 @@ from .cli_parts import Probe
 def test_prometheus_scrapes_the_runtime_and_answers_a_query(make_runtime: MakeRuntime, tmp_path: Path) -> None:
     prometheus = tool("prometheus")
     if prometheus is None:
-        pytest.skip("the prometheus server is not installed (apt-get install prometheus; .ci/run installs it)")
+        missing_tool("the prometheus server is not installed (apt-get install prometheus; .ci/run installs it)")
     rt, _ = make_runtime("scraped", Echo(), Probe(id="probe"), http="127.0.0.1:0")
     address = rt.http_address
     assert address is not None

@@ -7,7 +7,7 @@ The public surface is three modules, and each public name is exported by exactly
 
 * ``bussdcc``: what a system is built from: the components, the runtimes, events,
   the ``Message`` base and ``Severity``, state, clocks, supervision settings
-  (``Strategy``, ``RestartPolicy``) and status types;
+  (``Strategy``, ``RestartPolicy``), recording (``Recording``) and status types (``ReloadPlan`` too);
 * ``bussdcc.message``: the messages the runtime itself emits;
 * ``bussdcc.errors``: every exception (``BussdccError`` is the base of all).
 
@@ -36,7 +36,10 @@ from .kernel import (
     Subscription,
     SystemClock,
 )
+from .kernel._builtin import ReloadPlan
+from .kernel._recording import Recording
 from .supervisor import (
+    ReplayReport,
     Runtime,
     RuntimeStats,
     SignalRuntime,
@@ -56,6 +59,9 @@ __all__ = [
     "ManualClock",
     "Message",
     "Process",
+    "Recording",
+    "ReloadPlan",
+    "ReplayReport",
     "RestartPolicy",
     "Runtime",
     "RuntimeStats",

@@ -17,6 +17,7 @@ __all__ = [
     "FrameTooLarge",
     "MalformedFrame",
     "ProtocolError",
+    "RecordingError",
     "RegistrationError",
     "RuntimeStateError",
     "StatePathError",
@@ -169,6 +170,10 @@ class CallArgumentError(DeviceCallError, TypeError):
 
 class ConfigError(BussdccError, ValueError):
     """A system description (a TOML file, a ``module:Class`` target, a JSON config) is invalid."""
+
+
+class RecordingError(BussdccError, ValueError):
+    """A recording cannot be read: missing, not an MCAP file, or the ``mcap`` package is not installed."""
 
 
 class ControlError(BussdccError):

@@ -1,7 +1,9 @@
+# PYTHON_ARGCOMPLETE_OK
 """The ``bussdcc`` command: run a system, and inspect and steer a live runtime over its control endpoint."""
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -13,7 +15,12 @@ __all__ = ["main"]
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``bussdcc`` command; return its exit code."""
-    args = parser().parse_args(argv)
+    cli = parser()
+    if argv is None and "_ARGCOMPLETE" in os.environ:  # the shell asks for completions (TAB)
+        from ._completion import complete
+
+        complete(cli)
+    args = cli.parse_args(argv)
     try:
         code: int = args.fn(args)
         return code

@@ -24,6 +24,8 @@ class Streamed:
     severity: int
     item: msgspec.Raw
     dropped: int
+    #: Dispatch time (ns) and, for a worker's message, its incarnation and sequence number.
+    origin: p.Origin = (0, 0, 0)
 
 
 def client_credentials(sock: zmq.Socket[bytes], secret: bytes) -> None:
@@ -108,8 +110,9 @@ class Client:
                 continue
             if isinstance(reply, p.Events):
                 dropped = reply.dropped
-                for severity, item in zip(reply.severities, reply.items, strict=True):
-                    yield Streamed(severity, item, dropped)
+                origins = reply.origins if len(reply.origins) == len(reply.items) else [(0, 0, 0)] * len(reply.items)
+                for severity, item, origin in zip(reply.severities, reply.items, origins, strict=True):
+                    yield Streamed(severity, item, dropped, origin)
                     dropped = 0
 
 

@@ -15,7 +15,7 @@ from ..errors import BussdccError, ConfigError
 from ..kernel import Severity
 from ..kernel import protocol as p
 from ..kernel.protocol import RECENT
-from . import _client, _launch, _render
+from . import _client, _launch, _logs, _recorded, _reload, _render
 from ._config import parse_policy_value
 
 LONG = 120.0  # seconds a command waits for stops, starts and spawns (each bounded by the worker's timeouts)
@@ -63,6 +63,15 @@ def shutdown(args: argparse.Namespace) -> int:
             f"the runtime (pid {pid}) was asked to shut down but is still running after {args.timeout:g}s"
         )
     print(f"{name} shut down (pid {pid})")
+    return 0
+
+
+def reload(args: argparse.Namespace) -> int:
+    """``bussdcc reload``: re-read a runtime's system file and apply it; print the plan."""
+    with _client.Client(_target(args, args.name)) as client:
+        reply = client.call(p.ReloadRequest(client.secret, args.dry_run), LONG)
+    assert isinstance(reply, p.Reloaded)
+    print(_reload.render(reply))
     return 0
 
 
@@ -146,6 +155,8 @@ def call(args: argparse.Namespace) -> int:
 
 def events(args: argparse.Namespace) -> int:
     """``bussdcc events``: print the event stream."""
+    if args.file:
+        return _recorded.events_file(args)
     minimum = Severity[args.severity]
     # The recent messages are filtered before the last --lines of them are shown.
     recent: deque[str] | None = deque(maxlen=max(0, args.lines))
@@ -173,7 +184,23 @@ def events(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """``bussdcc run``: run a system in the foreground."""
-    return _launch.run(args.target, args.name, args.verbose, http=args.http)
+    from ._record import recording
+
+    return _launch.run(
+        args.target, args.name, args.verbose, recording(args, args.record), http=args.http, log_dir=args.log_dir
+    )
+
+
+def logs(args: argparse.Namespace) -> int:
+    """``bussdcc logs WORKER``: the end of a worker's log file (and with -f, what is added to it)."""
+    return _logs.show(
+        args.worker,
+        lines=args.lines,
+        follow=args.follow,
+        log_dir=args.log_dir,
+        runtime=args.runtime,
+        run_dir=args.run_dir,
+    )
 
 
 def worker(args: argparse.Namespace) -> int:
@@ -188,3 +215,10 @@ def worker(args: argparse.Namespace) -> int:
         incarnation=args.incarnation,
         parent_pid=args.parent_pid,
     )
+
+
+def replay(args: argparse.Namespace) -> int:
+    """``bussdcc replay FILE TARGET``: a system's Processes and Interfaces fed a recording."""
+    from ._replaying import replay as replay_file
+
+    return replay_file(args)

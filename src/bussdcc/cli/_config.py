@@ -21,6 +21,7 @@ from ..supervisor._specs import POLICY_KEYS, SERVICE_SETTINGS, build, check_grou
 __all__ = [
     "POLICY_KEYS",
     "GroupEntry",
+    "ReceiverEntry",
     "SystemSpec",
     "WorkerEntry",
     "build",
@@ -34,6 +35,9 @@ _SECTIONS = {"devices": Device, "services": Service, "processes": Process, "inte
 #: The keys of ``[runtime]``, each with its check (None if fine, else why not).
 RUNTIME_KEYS: dict[str, Callable[[object], str | None]] = {
     "name": lambda v: None if isinstance(v, str) and v else "must be a non-empty string",
+    "record": lambda v: None if isinstance(v, str) and v else "must be a non-empty string (an MCAP file)",
+    "snapshot": lambda v: None if _interval_ok(v) else "must be a number of seconds >= 0",
+    "log_dir": lambda v: None if isinstance(v, str) and v else "must be a non-empty string",
 }
 #: The keys of a ``[[groups]]`` entry (``strategy`` may be left out).
 GROUP_KEYS = ("name", "strategy", "members")
@@ -98,12 +102,23 @@ class GroupEntry:
     line: int = field(default=0, compare=False)
 
 
+@dataclass(frozen=True)
+class ReceiverEntry:
+    """One ``[[processes]]`` or ``[[interfaces]]`` entry as the file says it, comparable with ``==``."""
+
+    section: str
+    name: str
+    target: str
+    config: Any = None
+    line: int = field(default=0, compare=False)
+
+
 class SystemSpec:
     """A parsed TOML system.
 
     ``components``: every component built, by section, in declaration order (a pool's members
     included); ``workers``: each worker entry by name (a pool's by the pool's name);
-    ``groups``: each group by name.
+    ``groups``: each group by name; ``receivers``: each Process and Interface entry by name.
     """
 
     def __init__(
@@ -113,6 +128,9 @@ class SystemSpec:
         workers: dict[str, WorkerEntry] | None = None,
         groups: dict[str, GroupEntry] | None = None,
         http: str | None = None,
+        *,
+        receivers: dict[str, ReceiverEntry] | None = None,
+        log_dir: Path | None = None,
     ) -> None:
         self.name = name
         self.components = components
@@ -120,6 +138,12 @@ class SystemSpec:
         self.groups = groups or {}
         #: Where to serve metrics and the status page (``[http] listen``), if anywhere.
         self.http = http
+        self.receivers = receivers or {}
+        #: ``[runtime] record`` (relative to the file's folder) and ``snapshot``: what to record.
+        self.record: str | None = None
+        self.snapshot: float | None = None
+        #: ``[runtime] log_dir``, relative to the file's folder.
+        self.log_dir = log_dir
 
 
 def install(spec: SystemSpec, rt: Runtime) -> None:
@@ -204,7 +228,9 @@ def _read(path: Path) -> tuple[str, dict[str, Any]]:
     try:
         return text, tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: {' '.join(str(exc).split())}") from exc
+        found = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+        where = f"{path}:{found.group(1)}" if found else str(path)
+        raise ConfigError(f"{where}: {' '.join(str(exc).split())}") from exc
 
 
 def load_system(path: Path) -> SystemSpec:
@@ -232,6 +258,7 @@ def load_system(path: Path) -> SystemSpec:
             raise fail("runtime", None, key, f"unknown key (expected {', '.join(RUNTIME_KEYS)})")
         if (why := check(value)) is not None:
             raise fail("runtime", None, key, why)
+    record, snapshot = runtime.get("record"), runtime.get("snapshot")
     name = runtime.get("name", path.stem)
     # Import paths (and cwd) are relative to the file, as the file's author sees them.
     folder = path.resolve().parent
@@ -242,6 +269,7 @@ def load_system(path: Path) -> SystemSpec:
     #: Where each worker (a pool's members too) was declared: (section, index).
     declared: dict[str, tuple[str, int]] = {}
     pools: dict[str, list[str]] = {}
+    receivers: dict[str, ReceiverEntry] = {}
     seen: dict[str, set[str]] = {}
     for section, base in _SECTIONS.items():
         entries_in = data.get(section, [])
@@ -291,6 +319,11 @@ def load_system(path: Path) -> SystemSpec:
                 declared[entry[ident]] = (section, i)
                 if instances is not None:
                     pools[entry[ident]] = names
+            else:
+                line = _line_of(text, section, i, None)
+                receivers[entry[ident]] = ReceiverEntry(
+                    section, entry[ident], entry["class"], entry.get("config"), line
+                )
         components[section] = built
     groups = _groups(fail, data, text, components, pools)
     workers = {
@@ -301,7 +334,11 @@ def load_system(path: Path) -> SystemSpec:
     except DependencyError as exc:
         section, index = declared[exc.worker]
         raise fail(section, index, exc.key, str(exc).split(": ", 1)[-1]) from None
-    return SystemSpec(name, components, entries, groups, _http_listen(data, fail))
+    log_dir = folder / runtime["log_dir"] if "log_dir" in runtime else None
+    spec = SystemSpec(name, components, entries, groups, _http_listen(data, fail), receivers=receivers, log_dir=log_dir)
+    # Like every path of the file (cwd, log_dir), the recording is relative to the file's folder.
+    spec.record, spec.snapshot = (None if record is None else str(folder / record)), snapshot
+    return spec
 
 
 def _build(

@@ -16,19 +16,32 @@ from ..kernel import _builtin as m
 from ..kernel import protocol as p
 from ..kernel._boundary import SlotTable, WorkerSpec
 from ..kernel._layout import SLOTS_FILE, workers_endpoint
+from ..kernel._recording import Recording
 from ..supervisor import Runtime, SignalRuntime
 from ..worker._logs import STANDALONE_ENV
+from . import _reload
 from ._client import Client
 from ._config import build, import_target, install, load_system
 from ._notify import Watchdog, notify, watchdog_interval
 
 
-def load_runtime(target: str, name: str | None = None, http: str | None = None) -> Runtime:
-    """A runtime from a ``.toml`` system file or a ``module:attribute`` (a Runtime, or a function making one)."""
+def load_runtime(target: str, name: str | None = None, http: str | None = None, log_dir: str | None = None) -> Runtime:
+    """A runtime from a ``.toml`` system file or a ``module:attribute`` (a Runtime, or a function making one).
+
+    ``log_dir`` (``--log-dir``) overrides the file's ``[runtime] log_dir`` and a Runtime's own.
+    """
     if target.endswith(".toml"):
         spec = load_system(Path(target))
-        rt: Runtime = SignalRuntime(name=name or spec.name, http=http or spec.http)
+        rt: Runtime = SignalRuntime(
+            name=name or spec.name,
+            http=http or spec.http,
+            record=spec.record,
+            snapshot=spec.snapshot,
+            log_dir=log_dir or spec.log_dir,
+        )
         install(spec, rt)
+        # SIGHUP and `bussdcc reload` re-read the file and apply it.
+        rt.set_reloader(_reload.Reloader(Path(target), spec, rt))
         return rt
     sys.path.insert(0, os.getcwd())  # as `python -m` would: modules beside the caller are importable
     obj = import_target(target)
@@ -45,12 +58,24 @@ def load_runtime(target: str, name: str | None = None, http: str | None = None) 
         obj.name = name
     elif obj.name == "__main__":  # named after this command's own main module
         obj.name = target.partition(":")[0].rsplit(".", 1)[-1]
+    if log_dir:
+        obj.log_dir = Path(log_dir).absolute()
     return obj
 
 
-def run(target: str, name: str | None = None, verbose: bool = False, http: str | None = None) -> int:
+def run(
+    target: str,
+    name: str | None = None,
+    verbose: bool = False,
+    recording: Recording | None = None,
+    http: str | None = None,
+    *,
+    log_dir: str | None = None,
+) -> int:
     """Boot the system, serve until a signal or a shutdown request, shut down; the exit code."""
-    rt = load_runtime(target, name, http)
+    rt = load_runtime(target, name, http, log_dir)
+    if recording is not None:
+        rt.set_recording(recording)
     stopped_by: list[str] = []  # the signal that asked for the shutdown, to say so at the end
     if not isinstance(rt, SignalRuntime):
         # Ours to handle as a SignalRuntime would: the whole process group gets these from a
@@ -72,7 +97,14 @@ def run(target: str, name: str | None = None, verbose: bool = False, http: str |
     def stopping(evt: Event[m.RuntimeShuttingDown]) -> None:
         notify("STOPPING=1")
 
+    def reloaded(evt: Event[m.SystemReload]) -> None:
+        if evt.payload.error is not None:
+            print(f"bussdcc: {rt.name}: reload: {evt.payload.error}", file=sys.stderr, flush=True)
+        elif evt.payload.plan is not None:
+            print(f"bussdcc: {rt.name} reloaded: {_reload.summary(evt.payload.plan)}", file=sys.stderr, flush=True)
+
     rt.events.subscribe(m.RuntimeShuttingDown, stopping)
+    rt.events.subscribe(m.SystemReload, reloaded)
     if verbose:
         rt.events.subscribe(Message, _print_event)
     rt.boot()

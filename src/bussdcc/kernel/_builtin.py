@@ -261,10 +261,37 @@ class SystemSignal(Message):
 
 
 @dataclass(slots=True, frozen=True)
+class ReloadPlan:
+    """What a reload of a system file changes: component names by outcome.
+
+    ``added`` start, ``removed`` stop, ``changed`` restart with their new
+    settings, ``unchanged`` keep running as they are (their pids too);
+    ``adjusted`` change in place, without a restart (a pool scaled: the members
+    that remain keep their pids; a group's strategy).
+    """
+
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+    unchanged: tuple[str, ...] = ()
+    adjusted: tuple[str, ...] = ()
+
+
+@dataclass(slots=True, frozen=True)
 class SystemReload(Message):
-    """Configuration should be reloaded (SIGHUP)."""
+    """Configuration should be reloaded (SIGHUP).
+
+    A runtime run from a system file re-reads it first: ``plan`` says what the
+    reload changed, or ``error`` why it changed nothing (or stopped part-way).
+    Otherwise both are None and reloading is up to the receivers.
+    """
 
     name = "system.reload"
+    plan: ReloadPlan | None = None
+    error: str | None = None
+
+    def __post_init__(self) -> None:
+        safe_fields(self, "error")
 
 
 @dataclass(slots=True, frozen=True)
@@ -315,6 +342,8 @@ class WorkerExited(Message):
     lost: int
     #: One word for the reason (see :data:`~bussdcc.kernel._vocab.ExitCause`).
     cause: ExitCause = "exited"
+    #: After an abnormal exit, the last lines the worker wrote (stdout, stderr and logging; bounded).
+    output: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         safe_fields(self, "reason")
@@ -331,9 +360,11 @@ class WorkerHung(Message):
     pid: int
     incarnation: int
     reason: str
+    #: Every thread's Python stack, dumped by the worker just before it was killed ("" if none came).
+    stacks: str = ""
 
     def __post_init__(self) -> None:
-        safe_fields(self, "reason")
+        safe_fields(self, "reason", "stacks")
 
 
 @dataclass(slots=True, frozen=True)
@@ -454,3 +485,16 @@ class WorkerOutput(Message):
 
     def __post_init__(self) -> None:
         safe_fields(self, "line")
+
+
+@dataclass(slots=True, frozen=True)
+class RecorderDropped(Message):
+    """The recorder dropped ``count`` of the ``total`` messages it was given (the disk could not keep up).
+
+    Written into the recording itself whenever the count changes, and when a file ends.
+    """
+
+    name = "recorder.dropped"
+    severity = Severity.WARNING
+    count: int
+    total: int

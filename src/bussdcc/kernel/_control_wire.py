@@ -9,6 +9,7 @@ from typing import Any, Final, Literal, TypeAlias
 
 import msgspec
 
+from ._builtin import ReloadPlan
 from ._frames import Frame
 from ._text import safe_fields
 
@@ -18,6 +19,10 @@ RECENT: Final = 1000
 WorkerOp: TypeAlias = Literal["start", "stop", "restart", "remove"]
 #: Supervision settings as sent over the wire (``restart``, ``max_restarts``, ...): scalars only.
 Policy: TypeAlias = dict[str, float | int | str | bool | None]
+
+
+#: Where a streamed message came from: dispatch time in ns, the worker's incarnation and sequence number.
+Origin: TypeAlias = tuple[int, int, int]
 
 
 class StatusRequest(Frame, tag="status", frozen=True):
@@ -92,6 +97,13 @@ class ScaleRequest(Frame, tag="scale", frozen=True):
     instances: int
 
 
+class ReloadRequest(Frame, tag="reload", frozen=True):
+    """Re-read the runtime's system file and apply it (``dry_run``: only say what it would change)."""
+
+    secret: bytes
+    dry_run: bool = False
+
+
 ControlRequest: TypeAlias = (
     StatusRequest
     | WorkerRequest
@@ -101,6 +113,7 @@ ControlRequest: TypeAlias = (
     | JoinRequest
     | CallRequest
     | ScaleRequest
+    | ReloadRequest
 )
 
 
@@ -156,8 +169,22 @@ class Events(Frame, tag="events", frozen=True):
     dropped: int
     severities: list[int]
     items: list[msgspec.Raw]
+    #: Per item: its dispatch time (ns since the epoch) and, for a worker's message, the worker's
+    #: incarnation and the message's sequence number (0, 0 otherwise).
+    origins: list[Origin] = msgspec.field(default_factory=list)
 
 
-ControlReply: TypeAlias = Refused | Failed | Done | StatusReply | Joined | Events
+class Reloaded(Frame, tag="reloaded", frozen=True):
+    """What a reload changed (or, with ``dry_run``, would change): the plan, each name's kind, and notes."""
+
+    source: str
+    plan: ReloadPlan
+    #: ``device``, ``service``, ``pool``, ``group``, ``process`` or ``interface`` for each name of the plan.
+    kinds: dict[str, str]
+    dry_run: bool = False
+    notes: list[str] = msgspec.field(default_factory=list)
+
+
+ControlReply: TypeAlias = Refused | Failed | Done | StatusReply | Joined | Events | Reloaded
 CONTROL_REQUESTS: Final = msgspec.msgpack.Decoder(ControlRequest)
 CONTROL_REPLIES: Final = msgspec.msgpack.Decoder(ControlReply)

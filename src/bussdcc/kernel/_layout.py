@@ -7,7 +7,7 @@ here, so neither has to import the other to agree on them.
 One run directory per live runtime, ``<run base>/<name>-XXXXXXXX`` (mode 0700):
 
 * ``secret``: 32 random bytes (0600) every control request carries;
-* ``runtime.json``: ``{"name", "pid", "started"}``, replaced atomically;
+* ``runtime.json``: ``{"name", "pid", "started", "log_dir"}``, replaced atomically;
 * ``workers.sock``: the endpoint workers connect to;
 * ``control.sock``: the control endpoint the command line talks to;
 * ``slots``: the shared counters, which workers started by exec open by path.
@@ -67,9 +67,12 @@ class _Info(msgspec.Struct, frozen=True):
     name: str
     pid: int
     started: float
+    log_dir: str | None = None
 
 
-def write_identity(run_dir: Path, name: str, secret: bytes | None = None, started: float | None = None) -> bytes:
+def write_identity(
+    run_dir: Path, name: str, secret: bytes | None = None, started: float | None = None, *, log_dir: Path | None = None
+) -> bytes:
     """Create the run directory's secret (mode 0600) and ``runtime.json``; return the secret.
 
     With ``secret``, write that one unless the file is there already (restoring a
@@ -85,7 +88,9 @@ def write_identity(run_dir: Path, name: str, secret: bytes | None = None, starte
     else:
         with os.fdopen(fd, "wb") as f:
             f.write(secret)
-    info = _Info(name, os.getpid(), time.time() if started is None else started)
+    info = _Info(
+        name, os.getpid(), time.time() if started is None else started, None if log_dir is None else str(log_dir)
+    )
     tmp = run_dir / f"{INFO_FILE}.tmp"
     tmp.write_bytes(msgspec.json.encode(info))
     tmp.rename(run_dir / INFO_FILE)  # readers never see half a file
@@ -100,6 +105,8 @@ class RuntimeInfo:
     pid: int
     run_dir: Path
     started: float
+    #: Where it writes its workers' log files (None: it writes none).
+    log_dir: Path | None = None
 
 
 def read_info(run_dir: Path) -> RuntimeInfo | None:
@@ -108,7 +115,7 @@ def read_info(run_dir: Path) -> RuntimeInfo | None:
         info = msgspec.json.decode((run_dir / INFO_FILE).read_bytes(), type=_Info)
     except (OSError, msgspec.DecodeError):
         return None
-    return RuntimeInfo(info.name, info.pid, run_dir, info.started)
+    return RuntimeInfo(info.name, info.pid, run_dir, info.started, None if info.log_dir is None else Path(info.log_dir))
 
 
 def read_secret(run_dir: Path) -> bytes:

@@ -27,6 +27,7 @@ from ._forkserver import ForkServer
 from ._hub import Hub
 from ._managed import ManagedRuntime
 from ._output import OutputSink
+from ._postmortem import LogOptions, PostMortem, open_log_dir
 from ._rundir import RunDirGuard, make_run_dir, remove_run_dir
 from ._supervisor import Supervisor
 
@@ -45,7 +46,7 @@ class Hooks:
         *,
         emit: Callable[[Message], None],
         emit_queued: Callable[[Message], None],
-        dispatch_item: Callable[[p.Envelope, bytes, str], None],
+        dispatch_item: Callable[[p.Envelope, bytes, str, int, int], None],
         fail: Callable[[str], None],
         tap: Callable[[int, bytes], None],
         changed: Callable[[], None],
@@ -111,6 +112,7 @@ class Assembly:
         self.hub.stop()
         self.dispatcher.stop()
         self.output.close()
+        self.supervisor.postmortem.close()
         self.fork.close()
         self.slots.close()
         remove_run_dir(self.run_dir)
@@ -128,14 +130,17 @@ def assemble(
     hooks: Hooks,
     waiting: tuple[threading.Thread, ...] = (),
     http: str | None = None,
+    logs: LogOptions | None = None,
 ) -> Assembly:
     """Build and start the machinery of one boot; on failure, nothing is left behind."""
+    if logs is not None:
+        open_log_dir(logs.directory)  # a BootError before anything is made
     # Before anything is made: the fork server and every worker inherit it too.
     _fds.raise_limit()
     run_dir = make_run_dir(name)
     made: list[Callable[[], None]] = [lambda: remove_run_dir(run_dir)]
     try:
-        return _assemble(run_dir, made, runtime, workers, groups, state, clock, calls, hooks, waiting, http)
+        return _assemble(run_dir, made, runtime, workers, groups, state, clock, calls, hooks, waiting, http, logs)
     except BaseException:
         for undo in reversed(made):
             try:
@@ -157,6 +162,7 @@ def _assemble(  # noqa: PLR0917  (one call site, in the order things are made)
     hooks: Hooks,
     waiting: tuple[threading.Thread, ...],
     http: str | None,
+    logs: LogOptions | None,
 ) -> Assembly:
     endpoint = workers_endpoint(run_dir)
     slots = SlotTable(path=run_dir / SLOTS_FILE)
@@ -195,6 +201,9 @@ def _assemble(  # noqa: PLR0917  (one call site, in the order things are made)
     sup.hub = sup.calls.hub = hub
     output = sup.on_output = OutputSink(hooks.tap)
     made.append(output.close)
+    if logs is not None:
+        sup.postmortem = PostMortem(logs.open(hub))
+        made.append(sup.postmortem.close)
     # Refused control connections are counted and reported by the supervisor, on the hub thread.
     control = ControlServer(
         runtime, run_dir, denied=lambda: hub.call_soon(lambda: sup.control_denied(control.denied_since()))

@@ -23,6 +23,7 @@ from ._forkserver import ForkServer
 from ._groups import Group
 from ._hub import Hub
 from ._latency import RESPAWN_BUCKETS, Histogram
+from ._postmortem import PostMortem
 from ._rundir import RunDirGuard
 from ._workers import Incarnation, Worker, WorkerState
 
@@ -58,7 +59,7 @@ class Books:
         clock: ClockProtocol,
         emit: Callable[[Message], None],
         emit_now: Callable[[Message], None],
-        dispatch_item: Callable[[p.Envelope, bytes, str], None],
+        dispatch_item: Callable[[p.Envelope, bytes, str, int, int], None],
         dispatcher: Dispatcher,
         halt: Callable[[str], None],
         changed: Callable[[], None] = lambda: None,
@@ -81,6 +82,8 @@ class Books:
         self.hub: Hub | None = None
         #: Shows what workers print (set by the runtime).
         self.on_output: Callable[[p.Output], None] | None = None
+        #: Keeps the last lines of each worker process, and writes the log files (set by the runtime).
+        self.postmortem = PostMortem()
         self.workers: dict[str, Worker] = {}
         self.groups: dict[str, Group] = {}
         #: The restarts under way of workers with dependents (``requires``), by the required worker's name.

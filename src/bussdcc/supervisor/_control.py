@@ -60,8 +60,9 @@ class ControlServer:
         self.run_dir = run_dir
         self.endpoint = control_endpoint(run_dir)
         self.started = time.time()
+        self._log_dir = runtime.log_dir
         try:
-            self._secret = write_identity(run_dir, runtime.name)
+            self._secret = write_identity(run_dir, runtime.name, log_dir=self._log_dir)
         except OSError as exc:
             raise BootError(f"cannot write the control secret in {run_dir}: {exc}") from exc
         self._waker = WakePipe()
@@ -70,9 +71,9 @@ class ControlServer:
         self._error: BaseException | None = None
         self._replies: deque[tuple[bytes, bytes]] = deque()
         self._calls: deque[Callable[[], None]] = deque()
-        self._events: deque[tuple[int, bytes]] = deque()
+        self._events: deque[_Tapped] = deque()
         self._events_bytes = 0
-        self._recent: deque[tuple[int, bytes]] = deque(maxlen=RECENT)
+        self._recent: deque[_Tapped] = deque(maxlen=RECENT)
         self._recent_bytes = 0
         self._tap_lock = threading.Lock()
         self._overflow = 0
@@ -124,7 +125,7 @@ class ControlServer:
         new one gives the endpoint's path back to new clients. ``report`` is told
         (from the control thread) if the bind fails.
         """
-        write_identity(self.run_dir, self.runtime.name, self._secret, self.started)
+        write_identity(self.run_dir, self.runtime.name, self._secret, self.started, log_dir=self._log_dir)
         self._calls.append(lambda: self._rebind(report))
         self._wake()
 
@@ -137,20 +138,22 @@ class ControlServer:
         except zmq.ZMQError as exc:
             report(f"cannot bind the control endpoint {self.endpoint} again: {exc}")
 
-    def tap(self, severity: int, item: bytes) -> None:
+    def tap(self, severity: int, item: bytes, origin: p.Origin = (0, 0, 0)) -> None:
         """Keep a dispatched message (its encoded Envelope) and queue it for subscribers; never blocks.
 
         Called in dispatch order (under the runtime's dispatch lock); the tap
         lock keeps the recent list and the subscriber set in step with it.
+        ``origin``: the dispatch time (ns) and, from a worker, its incarnation and sequence number.
         """
         listener = self.listener
         if listener is not None:
             listener(severity, item)
         weight = weigh(1, len(item))
+        entry = (severity, item, origin)
         with self._tap_lock:
             if len(self._recent) == RECENT:
                 self._recent_bytes -= weigh(1, len(self._recent[0][1]))
-            self._recent.append((severity, item))
+            self._recent.append(entry)
             self._recent_bytes += weight
             while self._recent_bytes > SUBSCRIBER_BYTES and len(self._recent) > 1:
                 self._recent_bytes -= weigh(1, len(self._recent.popleft()[1]))
@@ -159,7 +162,7 @@ class ControlServer:
             if len(self._events) >= _MAX_QUEUED or self._events_bytes + weight > SUBSCRIBER_BYTES:
                 self._overflow += 1
                 return
-            self._events.append((severity, item))
+            self._events.append(entry)
             self._events_bytes += weight
             first = len(self._events) == 1
         if first:
@@ -294,7 +297,7 @@ class ControlServer:
                 self._skip[identity] = skip - len(batch)
             ours = batch[skip:]
             for chunk in _chunks(ours):
-                frame = p.Events(missed, [sev for sev, _ in chunk], [msgspec.Raw(item) for _, item in chunk])
+                frame = _events_frame(missed, chunk)
                 if self._send(sock, identity, p.encode(frame)):
                     missed = 0
                 else:
@@ -336,8 +339,7 @@ class ControlServer:
                 # Messages queued before it subscribed were meant for the others.
                 for start in range(0, len(backlog), _CHUNK):
                     chunk = backlog[start : start + _CHUNK]
-                    events = p.Events(0, [sev for sev, _ in chunk], [msgspec.Raw(item) for _, item in chunk])
-                    self._send(sock, identity, p.encode(events))
+                    self._send(sock, identity, p.encode(_events_frame(0, chunk)))
                 reply = p.Done("subscribed")
                 if queued:
                     self._skip[identity] = queued
@@ -392,10 +394,20 @@ class ControlServer:
         self.runtime.worker_exited(pid)
 
 
-def _chunks(items: list[tuple[int, bytes]]) -> list[list[tuple[int, bytes]]]:
+#: A message as the control stream keeps it: its severity, encoded Envelope and origin.
+_Tapped = tuple[int, bytes, p.Origin]
+
+
+def _events_frame(dropped: int, chunk: list[_Tapped]) -> p.Events:
+    return p.Events(
+        dropped, [sev for sev, _, _ in chunk], [msgspec.Raw(item) for _, item, _ in chunk], [o for _, _, o in chunk]
+    )
+
+
+def _chunks(items: list[_Tapped]) -> list[list[_Tapped]]:
     """Split ``items`` into frames of at most _CHUNK messages and about _CHUNK_BYTES."""
-    out: list[list[tuple[int, bytes]]] = []
-    chunk: list[tuple[int, bytes]] = []
+    out: list[list[_Tapped]] = []
+    chunk: list[_Tapped] = []
     size = 0
     for entry in items:
         if chunk and (len(chunk) >= _CHUNK or size + len(entry[1]) > _CHUNK_BYTES):

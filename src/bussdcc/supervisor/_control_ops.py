@@ -1,4 +1,4 @@
-"""What the control endpoint does to a runtime: status, start/stop/restart/remove, spawn, join.
+"""What the control endpoint does to a runtime: status, start/stop/restart/remove, spawn, join, reload.
 
 Runs on the control thread (status) and on a thread per request (the rest),
 against a runtime seen only through :class:`ManagedRuntime`.
@@ -70,6 +70,8 @@ def act(rt: ManagedRuntime, server: ControlServer, req: p.ControlRequest) -> p.C
             return p.Done(_call(rt, req))
         case p.ScaleRequest():
             return p.Done(_scale(rt, req))
+        case p.ReloadRequest():
+            return rt.reload(req.dry_run)
     raise ControlError(f"unexpected request {type(req).__name__}")
 
 

@@ -9,6 +9,7 @@ outbox and the control stream all see messages in the same order.
 from __future__ import annotations
 
 import threading
+import time
 import traceback
 from typing import TYPE_CHECKING
 
@@ -16,10 +17,23 @@ from ..kernel import ClockProtocol, Context, Event, EventBus, Interface, Message
 from ..kernel import _builtin as m
 from ..kernel import protocol as p
 from ..kernel._event import RUNTIME_SOURCE
+from ..kernel._recording import Recorder
 from ..kernel._text import emit_report
 
 if TYPE_CHECKING:
     from ._assembly import Assembly
+
+
+def record_output(recorder: Recorder, item: bytes) -> None:
+    """Record a line of worker output, given as the encoded Envelope of a ``WorkerOutput``."""
+    try:
+        env = p.decode(item, p.ITEMS)
+        if isinstance(env, p.Envelope):
+            out = p.decode_message(env.name, env.body)
+            if isinstance(out, m.WorkerOutput):
+                recorder.output(out.worker, out.stream, out.line, env.ts)
+    except Exception:
+        pass  # not a line of output: nothing to record
 
 
 class Receiver:
@@ -44,6 +58,8 @@ class Dispatch:
         self.parts: Assembly | None = None
         self.receivers: tuple[Receiver, ...] = ()
         self.dispatched = 0
+        #: Records every dispatched message and worker output line (set while recording).
+        self.recorder: Recorder | None = None
         self._lock = threading.RLock()
         self._local = threading.local()
 
@@ -51,8 +67,14 @@ class Dispatch:
         """Dispatch ``message`` now, on this thread."""
         self.dispatch(Event(message, self.clock.now_utc(), source))
 
-    def dispatch(self, evt: Event[Message], item: bytes | None = None) -> None:
-        """Dispatch ``evt`` (``item``: its encoded envelope, if known); waits while the outbox is full."""
+    def dispatch(
+        self, evt: Event[Message], item: bytes | None = None, incarnation: int = 0, seq: int = 0, ts: float = 0.0
+    ) -> None:
+        """Dispatch ``evt`` (``item``: its encoded envelope, if known); waits while the outbox is full.
+
+        From a worker: ``incarnation`` and ``seq`` are its incarnation and the message's sequence
+        number, and ``ts`` is ``evt.time`` as the worker sent it (a UNIX time).
+        """
         parts = self.parts
         if item is None:
             # Encode first, always: an unencodable or oversized message is refused
@@ -61,7 +83,7 @@ class Dispatch:
         local = self._local
         local.depth = getattr(local, "depth", 0) + 1
         try:
-            self._dispatch_locked(evt, item, parts)
+            self._dispatch_locked(evt, item, parts, incarnation, seq, ts)
         finally:
             local.depth -= 1
         if parts is not None and parts.supervisor.outbox and not parts.hub.in_hub:
@@ -77,9 +99,15 @@ class Dispatch:
         parts = self.parts
         return parts is not None and (parts.hub.in_hub or parts.dispatcher.on_thread)
 
-    def _dispatch_locked(self, evt: Event[Message], item: bytes, parts: Assembly | None) -> None:
+    def _dispatch_locked(  # noqa: PLR0917
+        self, evt: Event[Message], item: bytes, parts: Assembly | None, incarnation: int, seq: int, ts: float
+    ) -> None:
         with self._lock:
             self.dispatched += 1
+            now = time.time_ns()
+            recorder = self.recorder
+            if recorder is not None:
+                recorder.message(evt, evt.source if incarnation else "", incarnation, seq, now, ts)
             self.events.publish(evt)
             for rec in self.receivers:
                 try:
@@ -99,21 +127,26 @@ class Dispatch:
             if parts is not None:
                 if parts.supervisor.targets:
                     parts.supervisor.post(item)
-                parts.control.tap(evt.payload.severity, item)
+                parts.control.tap(evt.payload.severity, item, (now, incarnation, seq))
 
     def tap(self, severity: int, item: bytes) -> None:
-        """Hand a line of worker output to the control stream, in dispatch order."""
+        """Hand a line of worker output to the recorder and the control stream, in dispatch order."""
         parts = self.parts
-        if parts is not None:
-            with self._lock:  # the control stream keeps dispatch's order
-                parts.control.tap(severity, item)
+        recorder = self.recorder
+        if parts is None and recorder is None:
+            return
+        with self._lock:  # the control stream keeps dispatch's order
+            if recorder is not None:
+                record_output(recorder, item)
+            if parts is not None:
+                parts.control.tap(severity, item, (time.time_ns(), 0, 0))
 
-    def dispatch_item(self, env: p.Envelope, item: bytes, worker: str) -> None:
-        """Dispatch what ``worker`` sent (dispatch thread)."""
+    def dispatch_item(self, env: p.Envelope, item: bytes, worker: str, incarnation: int = 0, seq: int = 0) -> None:
+        """Dispatch what ``worker`` sent (dispatch thread): the ``seq``-th item of its ``incarnation``."""
         evt = p.envelope_event(env, worker)
         if env.source != worker:  # the routing id, not the frame, says who sent it
             item = p.encode_envelope(evt.payload, env.ts, worker)
-        self.dispatch(evt, item)
+        self.dispatch(evt, item, incarnation, seq, env.ts)
 
     # ---- receivers ---------------------------------------------------------------
 

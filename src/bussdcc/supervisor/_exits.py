@@ -24,6 +24,7 @@ from ._cgroup import oom_kills
 from ._deps import dependents
 from ._groups import Group, Plan
 from ._policy import GiveUp, History, Policy, Respawn, Stop, decide, exit_kind
+from ._stacks import Stacks
 from ._stopping import Stopping
 from ._timers import Timer
 from ._watchdog import Verdict
@@ -75,6 +76,8 @@ class Exits:
         self.workers = books.workers  # for the group plans (``_groups.Driver``)
         self._stopping = stopping
         self._spawn = spawn
+        #: A hung worker's stacks, asked for before it is killed.
+        self.stacks = Stacks(books.fork.run_dir, lambda delay, fn: books._hub().call_later(delay, fn))
 
     # ---- entry points ---------------------------------------------------------------
 
@@ -92,8 +95,19 @@ class Exits:
         b = self.books
         pid = inc.pid or 0
         if verdict.cause == "hung":
-            b.emit(m.WorkerHung(worker.name, worker.role, pid, inc.number, verdict.reason))
-        elif verdict.limit:
+            b.targets.pop(inc.identity, None)
+
+            def hung(stacks: str) -> None:
+                # Said, then killed, once its stacks are in (or did not come in time, or it ended meanwhile).
+                b.emit(m.WorkerHung(worker.name, worker.role, pid, inc.number, verdict.reason, stacks))
+                said = f"{verdict.reason}; stacks:\n{stacks}" if stacks else f"{verdict.reason}; no stacks came"
+                b.postmortem.note(worker.name, pid, said)
+                b._signal(inc, signal.SIGKILL)
+
+            if not self.stacks.begin(inc, hung):
+                hung("")
+            return
+        if verdict.limit:
             b.emit(
                 m.WorkerLimitExceeded(
                     worker.name,
@@ -155,13 +169,18 @@ class Exits:
     def _finalize(self, worker: Worker, inc: Incarnation) -> None:
         b = self.books
         inc.finalized = True
+        self.stacks.forget(inc)  # a hang still being said is said first
         inc.cancel_timers()
         emitted, _ = b.slots.read(inc.slot)
         lost = max(0, emitted - inc.received)
         b.lost += lost
         b._retire(worker, inc)
         cause, reason, signame = classify(inc)
+        abnormal = cause not in ("stopped", "exited")
+        last = b.postmortem.last(worker.name, inc.pid)
         b.calls.ended(inc, reason, crashed=inc.bye is None)
+        if inc.pid is not None:
+            b.postmortem.note(worker.name, inc.pid, f"exited: {reason}")
         b.emit(
             m.WorkerExited(
                 worker=worker.name,
@@ -171,11 +190,12 @@ class Exits:
                 reason=reason,
                 exit_code=inc.exit_code if inc.exit_code is not None and inc.exit_code >= 0 else None,
                 signal=signame,
-                abnormal=cause not in ("stopped", "exited"),
+                abnormal=abnormal,
                 emitted=emitted,
                 dispatched=inc.received,
                 lost=lost,
                 cause=cause,
+                output=last if abnormal else (),
             )
         )
         worker.last_exit = reason

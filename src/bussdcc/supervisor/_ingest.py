@@ -190,19 +190,24 @@ class Ingest:
         items = frame.items
         inc.next_seq += len(items)
         inc.received += len(items)
-        name = worker.name
-        self.books.dispatcher.post(lambda: self.apply(name, items), len(items), sum(len(raw) for raw in items))
+        name, number, first = worker.name, inc.number, frame.first_seq
+        self.books.dispatcher.post(
+            lambda: self.apply(name, items, number, first), len(items), sum(len(raw) for raw in items)
+        )
 
-    def apply(self, worker: str, items: list[msgspec.Raw]) -> None:
-        """Dispatch a worker's messages and apply its state writes, in order (dispatch thread)."""
+    def apply(self, worker: str, items: list[msgspec.Raw], incarnation: int = 0, first_seq: int = 0) -> None:
+        """Dispatch a worker's messages and apply its state writes, in order (dispatch thread).
+
+        ``items`` are numbers ``first_seq ...`` of the worker's ``incarnation``.
+        """
         b = self.books
-        for raw in items:
+        for seq, raw in enumerate(items, first_seq):
             try:
                 item = p.decode(raw, p.ITEMS)
                 match item:
                     case p.Envelope():
                         self._saw(worker, item.name)
-                        b.dispatch_item(item, bytes(raw), worker)
+                        b.dispatch_item(item, bytes(raw), worker, incarnation, seq)
                     case p.StateSet():
                         b.state.set(item.path, p.decode_value(item.value))
                     case p.StateDelete():

@@ -98,6 +98,12 @@ class PoolManagement(WorkerManagement):
         """Every pool's name and size."""
         return {name: pool.size for name, pool in self._pools.items()}
 
+    def _pool_names(self) -> set[str]:
+        return set(self._pools)
+
+    def _drop_pool(self, name: str) -> None:
+        self._pools.pop(name, None)
+
     def remove_worker(self, name: str) -> None:
         """Stop ``name`` if it runs, and forget it (not a member of a group, nor of a pool: ``scale`` it)."""
         pool = pool_of(self.component(name)) if self._parts is not None else None

@@ -10,6 +10,8 @@ thread, supervision (``_supervisor``) on the hub thread, the control endpoint
 from __future__ import annotations
 
 import atexit
+import dataclasses
+import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +19,7 @@ from types import TracebackType
 from typing import Literal, Self, TypeVar
 
 from .._version import __version__
-from ..errors import BootError, RegistrationError, RuntimeStateError
+from ..errors import BootError, BussdccError, RegistrationError, RuntimeStateError
 from ..kernel import (
     ClockProtocol,
     Context,
@@ -35,15 +37,19 @@ from ..kernel import (
 )
 from ..kernel import _builtin as m
 from ..kernel._event import RUNTIME_SOURCE
+from ..kernel._recording import Recorder, Recording, check_available
 from ._assembly import Assembly, Hooks, assemble
 from ._calls import ParentPort
 from ._dispatch import Dispatch, Receiver
 from ._flow import weigh
 from ._forksafety import threads_fault
 from ._lifecycle import Lifecycle, Phase
+from ._live import LiveChanges
 from ._managed import RuntimeStats
 from ._pools import PoolManagement
+from ._postmortem import LOG_BACKUPS, LOG_MAX_BYTES, log_options
 from ._registry import Registry
+from ._replay import Replay, ReplayClock, ReplayReport, validate_speed
 from ._rundir import default_name
 from ._specs import check_group
 from ._staging import start_stage, stop_stage
@@ -52,7 +58,7 @@ from ._workers import WorkerStatus
 D = TypeVar("D", bound=Device)
 
 
-class Runtime(PoolManagement):
+class Runtime(PoolManagement, LiveChanges):
     """The coordination authority: owns the context, boots, dispatches, supervises, shuts down.
 
     Every Service and Device runs in its own worker process; Processes and
@@ -68,7 +74,14 @@ class Runtime(PoolManagement):
         state: StateStore | None = None,
         name: str | None = None,
         http: str | None = None,
+        record: str | os.PathLike[str] | Recording | None = None,
+        snapshot: float | None = None,
+        log_dir: str | os.PathLike[str] | None = None,
+        log_max_bytes: int = LOG_MAX_BYTES,
+        log_backups: int = LOG_BACKUPS,
     ) -> None:
+        """``record``: an MCAP file to record every dispatched message to (or a :class:`Recording`);
+        ``snapshot``: seconds of the recent past to write out when a worker fails (see the README)."""
         self.name = name or default_name()
         #: ``HOST:PORT`` to serve Prometheus metrics and the status page on while up (``bussdcc[web]``).
         self.http = http
@@ -76,6 +89,12 @@ class Runtime(PoolManagement):
             from ._http import parse_listen
 
             parse_listen(http)  # a bad address is refused now, not at boot
+        #: Where each worker's output goes, one rotating file per worker (None: nowhere but our output).
+        self.log_dir: Path | None = None if log_dir is None else Path(log_dir).absolute()
+        #: A log file's size before it is rotated, and how many rotated files are kept.
+        self.log_max_bytes = log_max_bytes
+        self.log_backups = log_backups
+        log_options(self.log_dir, log_max_bytes, log_backups)  # a bad setting is refused here
         self.clock: ClockProtocol = clock or SystemClock()
         self.events = events or EventBus()
         self.events.set_error_sink(self.emit)
@@ -90,6 +109,8 @@ class Runtime(PoolManagement):
         #: Why the runtime halted on a failure (not a request or a signal); None otherwise.
         self.failure: str | None = None
         self._lc = Lifecycle()
+        #: The replay under way (see replay()), which a shutdown ends.
+        self._replaying: Replay | None = None
         self._parts: Assembly | None = None
         #: Notified by the hub thread whenever the supervisor says something (see wait_for_worker).
         self._changed = threading.Condition()
@@ -97,6 +118,26 @@ class Runtime(PoolManagement):
         #: A thread that does nothing but wait while another boots this runtime (not a fork hazard).
         self._boot_waiter: threading.Thread | None = None
         self._last_stats = RuntimeStats(dispatched=0, rejected=0, lost=0, restarts={})
+        self._reload_lock = threading.Lock()  # one reload of the system file at a time
+        self._recording = Recording()
+        #: The number of the next recording file (a runtime booted again does not overwrite the last).
+        self._record_index = 0
+        self.set_recording(record, snapshot)
+
+    def set_recording(self, record: str | os.PathLike[str] | Recording | None, snapshot: float | None = None) -> None:
+        """Record from the next boot on: to the MCAP file ``record`` (or as a :class:`Recording` says)."""
+        if self._lc.phase is not Phase.DOWN:
+            raise RuntimeStateError("recording is set before boot")
+        if isinstance(record, Recording):
+            recording = record
+        else:
+            recording = Recording(path=None if record is None else os.fspath(record))
+        if snapshot is not None:
+            recording = dataclasses.replace(recording, snapshot=snapshot)
+        if recording.enabled:
+            check_available()
+        self._recording = recording
+        self._record_index = 0
 
     # ---- the context ------------------------------------------------------------
 
@@ -238,6 +279,8 @@ class Runtime(PoolManagement):
     def boot(self) -> None:
         """Start everything in the seed's order; return once every worker is ready or failed."""
         with self._lc.hold(live=False):
+            if self._replaying is not None:
+                raise RuntimeStateError("the runtime is replaying a recording")
             if self._lc.phase is not Phase.DOWN:
                 return
             self._lc.begin_boot()
@@ -290,6 +333,7 @@ class Runtime(PoolManagement):
             hooks=hooks,
             waiting=() if self._boot_waiter is None else (self._boot_waiter,),
             http=self.http,
+            logs=log_options(self.log_dir, self.log_max_bytes, self.log_backups),
         )
         try:
             self._open_for(parts, list(reg.workers().values()))
@@ -298,7 +342,30 @@ class Runtime(PoolManagement):
             raise
         return parts
 
+    def _start_recorder(self) -> None:
+        if not self._recording.enabled:
+            return
+
+        def report(error: str) -> None:
+            self.emit(m.RuntimeFault(part="recorder", kind="write_failed", error=error))
+
+        try:
+            recorder = Recorder(
+                self._recording, library=f"bussdcc {self.version}", index=self._record_index, report=report
+            )
+        except BussdccError as exc:
+            raise BootError(str(exc)) from None
+        self._dispatch.recorder = recorder
+
+    def _stop_recorder(self) -> None:
+        recorder, self._dispatch.recorder = self._dispatch.recorder, None
+        if recorder is not None:
+            recorder.close()
+            self._record_index = recorder.index + 1
+
     def _boot_sequence(self, parts: Assembly) -> None:
+        # After the fork server exists: the recorder's thread is no fork hazard.
+        self._start_recorder()
         self.emit(m.RuntimeBooting(version=self.version))
         if parts.fork.threads:
             error = threads_fault(parts.fork.threads)
@@ -327,6 +394,9 @@ class Runtime(PoolManagement):
 
     def shutdown(self, reason: str | None = None) -> None:
         """Stop everything in reverse boot order: graceful, then SIGTERM, then SIGKILL."""
+        if (replaying := self._replaying) is not None:
+            replaying.cancel(reason)  # a replay ends at its next message
+            return
         if self._dispatch.in_handler():
             # Shutdown waits on the hub and on dispatch, which this thread is part of:
             # run it beside, and return at once.
@@ -364,6 +434,7 @@ class Runtime(PoolManagement):
         atexit.unregister(self._at_exit)
         self._last_stats = self.stats()
         parts.close()
+        self._stop_recorder()  # after the last lines of output are in
         self._parts = self._dispatch.parts = None
         self._dispatch.receivers = ()
         self._lc.move(Phase.DOWN)
@@ -372,6 +443,9 @@ class Runtime(PoolManagement):
 
     def request_shutdown(self, reason: str | None = None) -> None:
         """Begin a shutdown on another thread and return at once (from any thread, handlers too)."""
+        if (replaying := self._replaying) is not None:
+            replaying.cancel(reason)
+            return
         self._halt(reason or "shutdown requested", requested=True)
 
     def _fail(self, reason: str) -> None:
@@ -405,6 +479,43 @@ class Runtime(PoolManagement):
             self.shutdown("KeyboardInterrupt")
         finally:
             self._booted_since_run = False
+
+    # ---- replay -----------------------------------------------------------------------
+
+    def replay(
+        self,
+        *recordings: str | Path,
+        speed: float | None = 1.0,
+        names: Sequence[str] = (),
+    ) -> ReplayReport:
+        """Feed recorded messages, in order, to this runtime's Processes and Interfaces; return what was done.
+
+        No worker is started: what workers emitted comes from the recording. Runs on this
+        thread until the recordings end or ``shutdown()`` is asked for. ``speed`` scales the
+        recorded gaps (``None``: no waiting at all); ``ctx.clock`` shows recorded time either
+        way. ``names``: only recorded messages whose name matches one of these globs are fed.
+        """
+        if not recordings:
+            raise ValueError("replay() needs at least one recording")
+        rate = validate_speed(speed)
+        if isinstance(names, str):
+            names = (names,)  # one glob, not its characters
+        with self._lc.hold(live=False):
+            if self._lc.phase is not Phase.DOWN:
+                raise RuntimeStateError("a booted runtime cannot replay: replay runs instead of boot()")
+            if self._replaying is not None:
+                raise RuntimeStateError("the runtime is replaying a recording already")
+            clock = ReplayClock(rate)
+            saved = (self.clock, self._dispatch.clock, self.ctx.clock)
+            self.clock = self._dispatch.clock = self.ctx.clock = clock
+            receivers = tuple(Receiver(name, comp, self._context(name)) for name, comp in self._registry.receivers())
+            session = Replay(self._dispatch, receivers, clock, names, self._registry.workers())
+            self._replaying = session
+        try:
+            return session.run(recordings)
+        finally:
+            self.clock, self._dispatch.clock, self.ctx.clock = saved
+            self._replaying = None
 
     # ---- inspection -----------------------------------------------------------------
 

@@ -158,8 +158,8 @@ class Spawning:
         b = self.books
         inc.ready = True
         inc.ready_at = time.monotonic()
-        if worker.current is not inc:
-            return
+        if worker.current is not inc or inc.cause is not None:
+            return  # judged already (a hung one is killed once its stacks are in): its end is what comes next
         if worker.state is WorkerState.STARTING:
             worker.move(WorkerState.RUNNING)
         if worker.died_at is not None:

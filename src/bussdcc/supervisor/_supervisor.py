@@ -86,6 +86,7 @@ class Supervisor(Books):
         if worker.current is not None or worker.backoff_timer is not None or worker.group is not None:
             raise RegistrationError(f"worker {name!r} is {worker.state} or in a group: it cannot be removed")
         del self.workers[name]
+        self.postmortem.forget(name)
 
     def add_group(self, name: str, strategy: Strategy, members: list[str]) -> None:
         """Tie known workers into a group with a restart strategy."""
@@ -207,6 +208,7 @@ class Supervisor(Books):
                     self._show(report)
 
     def _show(self, report: p.Output) -> None:
+        self.postmortem.output(report)  # kept even when it cannot be shown
         show = self.on_output
         if show is None:
             return

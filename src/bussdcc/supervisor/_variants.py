@@ -61,7 +61,8 @@ class ThreadedRuntime(Runtime):
 class SignalRuntime(ThreadedRuntime):
     """A ThreadedRuntime driven by POSIX signals while booted.
 
-    SIGINT and SIGTERM shut down; SIGHUP emits ``system.reload``; SIGUSR1 and
+    SIGINT and SIGTERM shut down; SIGHUP emits ``system.reload`` (after re-reading and
+    applying the system file, if the runtime has one: see :meth:`Runtime.reload`); SIGUSR1 and
     SIGUSR2 emit ``system.signal`` with action ``user1`` / ``user2``. Boot it
     from the main thread (only that thread may install signal handlers).
     """
@@ -127,7 +128,12 @@ class SignalRuntime(ThreadedRuntime):
         if action == "shutdown":
             self._halt(signal.strsignal(signum) or f"signal {signum}")
         elif action == "reload":
-            self._emit_later(m.SystemReload())
+            parts = self._parts
+            if self._reloader is not None and parts is not None:
+                # Re-read the system file and apply it (it emits system.reload, with the plan).
+                parts.hub.call_soon(self._reload_soon)
+            else:
+                self._emit_later(m.SystemReload())
         elif action is not None:
             self._emit_later(m.SystemSignal(signal=signum, action=action))
 

@@ -19,6 +19,7 @@ from ._context import make_context
 from ._host import run_component
 from ._logs import forward_logging
 from ._signals import DeferredTerm, take_signals
+from ._stacks import dump_stacks_on_request
 
 # When a worker ends without an acknowledged goodbye (an exception, a failed
 # start), what it sent last may still be queued in ZeroMQ's I/O thread: give it
@@ -26,10 +27,11 @@ from ._signals import DeferredTerm, take_signals
 _LINGER_MS = 2000
 
 
-def _reset_process(component: object) -> DeferredTerm:
+def _reset_process(spec: WorkerSpec, component: object) -> DeferredTerm:
     stop_timeout = getattr(component, "stop_timeout", 5.0)
     term = take_signals(float(stop_timeout) if isinstance(stop_timeout, int | float) else 5.0)
     faulthandler.enable()
+    dump_stacks_on_request(spec)
     forward_logging()
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, io.TextIOWrapper):
@@ -53,7 +55,7 @@ def run(spec: WorkerSpec, component: object, on_term: Callable[[], None] | None 
     """
     code = 1
     try:
-        term = _reset_process(component)
+        term = _reset_process(spec, component)
         if on_term is not None:
             signal.signal(signal.SIGTERM, lambda signum, frame: threading.Thread(target=on_term, daemon=True).start())
         channel = Channel(spec)
