@@ -212,6 +212,8 @@ class Zygote:  # pragma: no cover - runs in the child
         self.buffer = bytearray()
         #: The gate the processes of the burst of requests at hand wait at (see ``_read_requests``).
         self.gate: tuple[int, int] | None = None
+        #: Reports held while a burst is forked (see ``_report``).
+        self.reports: list[bytes] = []
 
     def run(self) -> None:
         # What a dead worker's helpers leave behind is adopted here, to be killed and reaped.
@@ -299,8 +301,9 @@ class Zygote:  # pragma: no cover - runs in the child
                 if not chunk:
                     return "orphaned"
         finally:
-            _close_gate(self.gate)
-            self.gate = None
+            gate, self.gate = self.gate, None
+            self._flush_reports()  # the parent knows their pids before any of them says hello
+            _close_gate(gate)
 
     def _more_waiting(self) -> bool:
         """Whether another request is buffered or already readable behind the one at hand."""
@@ -459,10 +462,24 @@ class Zygote:  # pragma: no cover - runs in the child
         self.adopted = {c for c in _children(os.getpid()) if c not in workers and not _reap_if_done(c)}
 
     def _report(self, frame: Any) -> None:
+        data = p.pack_stream(frame)
+        if self.gate is not None:
+            self.reports.append(data)  # a burst: said at once, when its gate opens
+            return
         try:
-            self.sock.sendall(p.pack_stream(frame))
+            self.sock.sendall(data)
         except OSError:
             pass
+
+    def _flush_reports(self) -> None:
+        """Send the reports held during a burst, in one write."""
+        if self.reports:
+            data = b"".join(self.reports)
+            self.reports.clear()
+            try:
+                self.sock.sendall(data)
+            except OSError:
+                pass
 
     def _kill_all(self) -> None:
         """Kill every worker's process group and every orphan; reap them (a bounded wait)."""
