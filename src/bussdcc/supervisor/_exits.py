@@ -85,6 +85,13 @@ class Exits:
         """Kill an incarnation for ``verdict``; its exit is reported with that cause."""
         if inc.exited or not inc.blame(verdict.cause, verdict.reason):
             return
+        before = self.books.about(worker.name)
+        try:
+            self._kill(worker, inc, verdict)
+        finally:
+            self.books.about(before)
+
+    def _kill(self, worker: Worker, inc: Incarnation, verdict: Verdict) -> None:
         b = self.books
         pid = inc.pid or 0
         if verdict.cause == "hung":
@@ -153,6 +160,13 @@ class Exits:
         """Close the books of an ended incarnation, say how it ended, and decide what follows."""
         if inc.finalized:
             return
+        before = self.books.about(worker.name)
+        try:
+            self._finalize(worker, inc)
+        finally:
+            self.books.about(before)
+
+    def _finalize(self, worker: Worker, inc: Incarnation) -> None:
         b = self.books
         inc.finalized = True
         self.stacks.forget(inc)  # a hang still being said is said first
@@ -252,6 +266,9 @@ class Exits:
                 if (binding := self._binding(worker)) is not None:
                     self._start_plan(Plan(self, binding, worker.name, delay))
                     return
+                if delay <= 0:
+                    self._respawn_after_backoff(worker)  # at once: not a turn of the hub loop later
+                    return
                 worker.backoff_timer = b._hub().call_later(delay, lambda: self._respawn_after_backoff(worker))
 
     def _announce_failure(self, worker: Worker, error: str, tb: str | None) -> None:
@@ -277,6 +294,13 @@ class Exits:
 
     def respawn(self, worker: Worker) -> None:
         """Start the next incarnation of a worker that is waiting to come back."""
+        before = self.books.about(worker.name)
+        try:
+            self._respawn(worker)
+        finally:
+            self.books.about(before)
+
+    def _respawn(self, worker: Worker) -> None:
         b = self.books
         if b.closing:
             b._settle_stopped(worker)

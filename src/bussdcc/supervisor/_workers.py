@@ -9,8 +9,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
 from ..kernel import Device, Service
 from ..kernel import protocol as p
 from ..kernel._components import handles_events
@@ -18,7 +16,22 @@ from ..kernel._vocab import ExitCause, Role
 from ._states import Intent, WorkerState, transition
 from ._timers import Timer
 
-__all__ = ["Incarnation", "Usage", "Worker", "WorkerState", "WorkerStatus"]
+__all__ = ["Flag", "Incarnation", "Usage", "Worker", "WorkerState", "WorkerStatus"]
+
+
+class Flag(threading.Event):
+    """An Event that also calls its ``listener`` (if any) each time it is set, on the setting thread."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listener: Callable[[], None] | None = None
+
+    def set(self) -> None:
+        """Set the flag, then tell the listener."""
+        super().set()
+        listener = self.listener
+        if listener is not None:
+            listener()
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +90,8 @@ class Incarnation:
         self.ready_at: float | None = None
         self.stop_sent = False
         self.usage = Usage()
+        #: When the watchdog next judges whether it hangs (monotonic; 0: at its first look).
+        self.watch_at = 0.0
         self.spawn_error: str | None = None
         #: Set when the environment refused the spawn (a limit, which may lift): it is retried.
         self.spawn_errno: int | None = None
@@ -92,7 +107,7 @@ class Incarnation:
         self.external = False
         self.timers: list[Timer] = []
         #: Set once the incarnation is ready or has ended.
-        self.outcome = threading.Event()
+        self.outcome = Flag()
         #: The dispatch ticket of what was said about that outcome (see ``Dispatcher.wait_for``).
         self.ticket = 0
 
@@ -112,10 +127,9 @@ class Incarnation:
 class Usage:
     """Resource samples of one incarnation (taken by the supervisor's watchdog)."""
 
-    __slots__ = ("cpu", "proc", "rss", "sampled_at", "samples")
+    __slots__ = ("cpu", "rss", "sampled_at", "samples")
 
     def __init__(self) -> None:
-        self.proc: psutil.Process | None = None
         self.samples: deque[tuple[float, float]] = deque()  # (monotonic, cpu seconds)
         self.sampled_at = 0.0
         self.rss: int | None = None
@@ -156,7 +170,7 @@ class Worker:
         #: When the death of an incarnation it is to come back from was seen (monotonic), until it is ready.
         self.died_at: float | None = None
         #: Set when the worker reaches ``stopped`` or ``failed``.
-        self.done = threading.Event()
+        self.done = Flag()
         self.done.set()
 
     @property

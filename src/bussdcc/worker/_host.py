@@ -68,6 +68,7 @@ def run_service(svc: Service, ctx: Context, channel: Channel, dog: Watchdog) -> 
     except Exception as exc:
         return _start_failed(channel, exc)
     channel.send_control(p.Ready())
+    dog.ready()
     health = HealthCheck(svc, channel)
     health.start()
     wants_events = handles_events(svc)
@@ -138,6 +139,7 @@ def run_device(dev: Device, ctx: Context, channel: Channel, dog: Watchdog) -> in
     except Exception as exc:
         return _start_failed(channel, exc)
     channel.send_control(p.Ready(channel.open_direct()))
+    dog.ready()
     health = HealthCheck(dev, channel)
     health.start()
     stopping = False
