@@ -6,8 +6,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 from bussdcc import Context, Message, Service, WorkerState
 from bussdcc.kernel._components import OnUnhealthy
 
@@ -97,11 +95,6 @@ class Sick(Service):
         return "the sensor bus is silent"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="on_unhealthy='restart' kills with SIGKILL: a responsive worker's stop()/disconnect() never runs "
-    "and what it had queued is lost (worker.exited lost > 0); a graceful stop with escalation would keep both",
-)
 def test_a_responsive_worker_restarted_for_its_health_stops_gracefully(make_runtime: MakeRuntime) -> None:
     _, rec = make_runtime("review-health-graceful", Sick())
     (exited,) = rec.wait_for("worker.exited", timeout=30)

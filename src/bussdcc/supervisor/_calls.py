@@ -68,7 +68,8 @@ def _coming_back(worker: Worker) -> bool:
     state = worker.state
     return (
         state in (WorkerState.STARTING, WorkerState.BACKOFF)
-        or (state is WorkerState.STOPPING and worker.held)  # its group restarts it
+        # Its group restarts it, or its health does (stopped for it, gracefully, to be respawned).
+        or (state is WorkerState.STOPPING and worker.intent in ("hold", "run"))
         or (state is WorkerState.STOPPED and worker.incarnations == 0)  # boot has not started it yet
     )
 

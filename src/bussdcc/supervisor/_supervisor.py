@@ -45,7 +45,7 @@ class Supervisor(Books):
         self._watchdog = Watchdog(self, self._kill)
         self._spawning = Spawning(self, kill=self._kill, ended=self._ended, watch=self._watchdog.soon)
         self._exits = Exits(self, self._stopping, self._spawning.spawn)
-        self._health = Health(self, self._kill)
+        self._health = Health(self, self._exits.stop_for)  # graceful: a responsive worker cleans up
         self._ingest = Ingest(
             self,
             ready=self._on_ready,
