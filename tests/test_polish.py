@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from bussdcc import Runtime
+from bussdcc import Runtime, WorkerState
 
-from ._helpers import Recorder
+from ._helpers import MakeRuntime, Recorder
 from ._recordings import McapRecorder
 
 
@@ -44,3 +44,18 @@ def test_replay_never_imports_a_module_the_recording_names(
     assert not recorder.of("polish.planted")
     (warned,) = [r.getMessage() for r in caplog.records if r.name == "bussdcc.replay"]
     assert "polish_planted:Planted" in warned and "import" in warned
+
+
+def test_worker_up_is_1_while_the_process_is_up_even_unhealthy(make_runtime: MakeRuntime) -> None:
+    from .test_health import Flow
+    from .test_http_metrics import samples, scrape
+
+    svc = Flow("sulking")  # no gate: it never emits what it is expected to
+    svc.expect = {"test.health.reading": 0.5}
+    svc.on_unhealthy = "report"
+    rt, _ = make_runtime("polish-up", svc, http="127.0.0.1:0")
+    rt.wait_for_worker("sulking", WorkerState.UNHEALTHY)
+    got = samples(scrape(rt))
+    labels = (("role", "service"), ("worker", "sulking"))
+    assert got["bussdcc_worker_state", (*labels[:1], ("state", "unhealthy"), *labels[1:])] == 1.0
+    assert got["bussdcc_worker_up", labels] == 1.0
