@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
+import pwd
 import sys
 from pathlib import Path
 
 import pytest
 
 from bussdcc import Runtime, WorkerState
+from bussdcc.errors import ConfigError
 
-from ._helpers import MakeRuntime, Recorder
+from ._helpers import Echo, MakeRuntime, Recorder
 from ._recordings import McapRecorder
 
 
@@ -59,3 +62,41 @@ def test_worker_up_is_1_while_the_process_is_up_even_unhealthy(make_runtime: Mak
     labels = (("role", "service"), ("worker", "sulking"))
     assert got["bussdcc_worker_state", (*labels[:1], ("state", "unhealthy"), *labels[1:])] == 1.0
     assert got["bussdcc_worker_up", labels] == 1.0
+
+
+REPORTER = 'class = "tests.decl_parts:Reporter"'
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="user/group need a runtime running as root (as on CI)")
+
+
+@ROOT_ONLY
+def test_user_and_group_may_be_numbers_in_the_file_and_from_python(tmp_path: Path) -> None:
+    from bussdcc.cli._config import load_system
+    from bussdcc.supervisor._procenv import check_process
+
+    nobody = pwd.getpwnam("nobody")
+    path = tmp_path / "sys.toml"
+    path.write_text(
+        f'[[services]]\nname = "a"\n{REPORTER}\nuser = {nobody.pw_uid}\n\n'
+        f'[[services]]\nname = "b"\n{REPORTER}\ngroup = {nobody.pw_gid}\n'
+    )
+    spec = load_system(path)
+    a, b = spec.components["services"]
+    ids_a, ids_b = vars(a)["_bussdcc_ids"], vars(b)["_bussdcc_ids"]
+    assert (ids_a.uid, ids_a.user) == (nobody.pw_uid, "nobody")
+    assert (ids_b.uid, ids_b.gid) == (None, nobody.pw_gid)
+    svc = Echo()
+    svc.user, svc.group = nobody.pw_uid, nobody.pw_gid
+    check_process(svc)
+    for value, why in (
+        ("-1", "user must be None, a name or an id >= 0, not -1"),
+        ("true", "user must be None, a name or an id >= 0, not True"),
+        ("4000000000", "user 4000000000 does not exist"),
+        ("4000000001000", "user 4000000001000 does not exist"),
+    ):
+        path.write_text(f'[[services]]\nname = "a"\n{REPORTER}\nuser = {value}\n')
+        with pytest.raises(ConfigError) as info:
+            load_system(path)
+        assert str(info.value) == f"{path}:4: services[0].user: {why}"
+    path.write_text(f'[[services]]\nname = "a"\n{REPORTER}\ngroup = 4000000000\n')
+    with pytest.raises(ConfigError, match=r"^\S+:4: services\[0\]\.group: group 4000000000 does not exist$"):
+        load_system(path)
