@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from bussdcc import Runtime, WorkerState
-from bussdcc.errors import ConfigError
+from bussdcc import Runtime, ThreadedRuntime, WorkerState
+from bussdcc.errors import ConfigError, RegistrationError
 
+from ._cli import bussdcc
 from ._helpers import Echo, MakeRuntime, Recorder
 from ._recordings import McapRecorder
+from .cli_parts import Probe
 
 
 def test_replay_never_imports_a_module_the_recording_names(
@@ -100,3 +102,53 @@ def test_user_and_group_may_be_numbers_in_the_file_and_from_python(tmp_path: Pat
     path.write_text(f'[[services]]\nname = "a"\n{REPORTER}\ngroup = 4000000000\n')
     with pytest.raises(ConfigError, match=r"^\S+:4: services\[0\]\.group: group 4000000000 does not exist$"):
         load_system(path)
+
+
+@pytest.mark.parametrize("bad", ["a\0b", "a\nb", "tab\there", "bell\x07", "del\x7f", "nl-\u2028"])
+def test_names_with_control_characters_are_refused_at_registration(bad: str) -> None:
+    rt = Runtime(name="polish-names")
+    svc = Echo()
+    svc.name = bad
+    with pytest.raises(RegistrationError) as info:
+        rt.register_service(svc)
+    assert "\n" not in str(info.value) and "control character" in str(info.value)
+    recorder = Recorder()
+    recorder.name = bad
+    with pytest.raises(RegistrationError, match="control character"):
+        rt.register_process(recorder)
+    with pytest.raises(RegistrationError, match="control character"):
+        rt.attach_device(Probe(id=bad))
+    assert not rt.workers()
+
+
+def test_names_with_control_characters_are_refused_in_the_file(tmp_path: Path) -> None:
+    from bussdcc.cli._config import load_system
+
+    path = tmp_path / "sys.toml"
+    for section, cls in (("services", REPORTER), ("processes", 'class = "tests._helpers:Recorder"')):
+        path.write_text(f'[[{section}]]\nname = "a\\nb"\n{cls}\n')
+        with pytest.raises(ConfigError) as info:
+            load_system(path)
+        message = str(info.value)
+        assert message.startswith(f"{path}:2: {section}[0].name: ") and "control character" in message, message
+        assert "\n" not in message
+
+
+def test_spawn_refuses_a_name_with_control_characters() -> None:
+    rt = ThreadedRuntime(name="polish-spawn")
+    rt.start(timeout=30)
+    try:
+        done = bussdcc("spawn", "tests.cli_parts:Beeper", "--name", "bad\x01name", "-r", "polish-spawn")
+        assert done.returncode == 1
+        assert "control character" in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert not rt.workers()
+    finally:
+        rt.stop(timeout=30)
+
+
+def test_group_names_with_control_characters_are_refused() -> None:
+    rt = Runtime(name="polish-group")
+    echo = Echo()
+    rt.register_service(echo)
+    with pytest.raises(RegistrationError, match="control character"):
+        rt.register_group("g\nh", [echo])
