@@ -152,3 +152,23 @@ def test_group_names_with_control_characters_are_refused() -> None:
     rt.register_service(echo)
     with pytest.raises(RegistrationError, match="control character"):
         rt.register_group("g\nh", [echo])
+
+
+@pytest.mark.timeout(180)
+def test_bussdcc_scale_lists_members_by_number_and_says_1_instance() -> None:
+    from .decl_parts import service
+
+    rt = ThreadedRuntime(name="polish-scale")
+    rt.add_pool("crawler", service, 1)
+    rt.start(timeout=60)
+    try:
+        done = bussdcc("scale", "crawler", "11", "-r", "polish-scale", timeout=150)
+        assert done.returncode == 0, done.stderr
+        started = [part.split(" (pid")[0] for part in done.stdout.split("; started ", 1)[1].split(", ")]
+        assert started == [f"crawler-{k}" for k in range(1, 11)]
+        done = bussdcc("scale", "crawler", "1", "-r", "polish-scale", timeout=150)
+        assert done.returncode == 0, done.stderr
+        removed = ", ".join(f"crawler-{k}" for k in range(1, 11))
+        assert done.stdout.strip() == f"crawler: 1 instance; removed {removed}"
+    finally:
+        rt.stop(timeout=60)
