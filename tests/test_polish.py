@@ -172,3 +172,31 @@ def test_bussdcc_scale_lists_members_by_number_and_says_1_instance() -> None:
         assert done.stdout.strip() == f"crawler: 1 instance; removed {removed}"
     finally:
         rt.stop(timeout=60)
+
+
+def test_n_0_shows_none_of_the_stored_messages_and_n_all_every_one_everywhere(tmp_path: Path) -> None:
+    from bussdcc.supervisor._http import _Filter
+
+    from .test_events_file import _write
+
+    path = _write(tmp_path / "run.mcap")
+    none = bussdcc("events", "--file", str(path), "-n", "0")
+    assert none.returncode == 0 and none.stdout == "", none.stdout
+    every = bussdcc("events", "--file", str(path), "-n", "all")
+    assert every.returncode == 0 and len(every.stdout.splitlines()) == 36, every.stderr
+    bad = bussdcc("events", "--file", str(path), "-n", "-1")
+    assert bad.returncode == 2 and "-n" in bad.stderr
+    # The HTTP API: n=0 none, n=all every one it keeps.
+    assert _Filter({"n": ["0"]}).lines == 0
+    assert _Filter({"n": ["all"]}).lines == _Filter({"n": ["1000000"]}).lines > 100
+    # Live: -n 0 shows none of the recent ones (with -f: only new ones), -n all every recent one.
+    rt = ThreadedRuntime(name="polish-events")
+    rt.start(timeout=30)
+    try:
+        live_none = bussdcc("events", "polish-events", "-n", "0")
+        assert live_none.returncode == 0 and live_none.stdout == "", live_none.stdout
+        live_all = bussdcc("events", "polish-events", "-n", "all")
+        assert live_all.returncode == 0, live_all.stderr
+        assert "runtime.booting" in live_all.stdout.splitlines()[0]
+    finally:
+        rt.stop(timeout=30)
