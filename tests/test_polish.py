@@ -200,3 +200,37 @@ def test_n_0_shows_none_of_the_stored_messages_and_n_all_every_one_everywhere(tm
         assert "runtime.booting" in live_all.stdout.splitlines()[0]
     finally:
         rt.stop(timeout=30)
+
+
+@pytest.mark.parametrize("interval", [1e10, 1e300])
+def test_a_huge_health_interval_does_not_kill_the_health_thread(interval: float) -> None:
+    import threading
+
+    from bussdcc import Service
+    from bussdcc.worker._health import HealthCheck
+
+    class Patient(Service):
+        name = "patient"
+        health_interval = interval
+
+        def health(self) -> bool:
+            return True
+
+    died: list[BaseException | None] = []
+    check = HealthCheck(Patient(), None)  # type: ignore[arg-type]  # the channel is only used after a wait
+
+    def body() -> None:
+        try:
+            check._run()
+        except BaseException as exc:
+            died.append(exc)
+
+    thread = threading.Thread(target=body, daemon=True)
+    thread.start()
+    thread.join(5)  # broken, it dies at once; waiting, it is still alive
+    try:
+        assert thread.is_alive(), died
+    finally:
+        check.stop()
+        thread.join(30)
+    assert not thread.is_alive() and not died
