@@ -284,6 +284,8 @@ def load_system(path: Path) -> SystemSpec:
             for key in ("class", ident):
                 if not isinstance(entry.get(key), str) or not entry[key]:
                     raise fail(section, i, key if key in entry else None, f"{key!r} is required (a string)")
+            if not entry[ident].isprintable():  # a status row, a file name, a metric label: one clean line
+                raise fail(section, i, ident, f"must have no control characters, not {entry[ident]!r}")
             worker = base in (Device, Service)
             policy = {k: v for k, v in entry.items() if k not in ("class", ident, "config", "instances")}
             for key in policy:

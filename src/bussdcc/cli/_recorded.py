@@ -66,8 +66,8 @@ def events_file(args: argparse.Namespace) -> int:
         raise BussdccError("-f follows a live runtime; --file reads a recording")
     minimum = Severity[args.severity]
     recordings = [RecordedFile(path) for path in args.file]  # each checked before anything is printed
-    # -n N: the last N matching messages, as live; -n 0: every one, as it is read.
-    last: deque[str] | None = deque(maxlen=args.lines) if args.lines > 0 else None
+    # -n N: the last N matching messages, -n 0 none, as live; -n all (None): every one, as it is read.
+    last: deque[str] | None = None if args.lines is None else deque(maxlen=args.lines)
     for line in _lines(recordings, minimum, args.pattern, args.json):
         if last is not None:
             last.append(line)

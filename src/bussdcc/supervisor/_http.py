@@ -121,10 +121,11 @@ class _Filter:
             raise ValueError(f"severity must be one of {', '.join(Severity.__members__)}")
         self.minimum = int(Severity[level])
         self.pattern = (query.get("name") or [""])[0]
-        try:
-            self.lines = max(0, min(_RECENT, int((query.get("n") or ["100"])[0])))
+        n = (query.get("n") or ["100"])[0]
+        try:  # n=0: none, as `bussdcc events -n 0`; n=all: every one kept
+            self.lines = _RECENT if n.strip().lower() == "all" else max(0, min(_RECENT, int(n)))
         except ValueError:
-            raise ValueError("n must be a whole number") from None
+            raise ValueError("n must be a whole number or 'all'") from None
 
     def match(self, severity: int, record: dict[str, Any]) -> bool:
         return severity >= self.minimum and (not self.pattern or fnmatch.fnmatchcase(record["name"], self.pattern))

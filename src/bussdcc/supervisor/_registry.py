@@ -19,6 +19,9 @@ def check_name(name: object, what: str, taken: dict[str, Any]) -> str:
     """``name``, unless it is not a non-empty string or is taken (:class:`RegistrationError`)."""
     if not isinstance(name, str) or not name:
         raise RegistrationError(f"a {what} needs a non-empty string name, not {name!r}")
+    if not name.isprintable():  # a NUL, newline or other control or format character
+        # Names become status table rows, file names and metric labels: each must stay one clean line.
+        raise RegistrationError(f"a {what} name must have no control characters, not {name!r}")
     if name in taken:
         raise RegistrationError(f"a {what} named {name!r} is registered already")
     return name

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import fnmatch
-import importlib
 import logging
 import threading
 import time
@@ -23,7 +22,6 @@ import typing
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
@@ -130,23 +128,22 @@ class _Unbuildable(Exception):
 
 
 def _class_of(rec: Recorded) -> type[Message]:
+    """The class registered under the recorded name: what the target imported, never what the file names.
+
+    A recording can come from anyone: importing the module it names would run that module's code.
+    """
     try:
         return message_class(rec.topic)
     except UnknownMessage:
         pass
     path = rec.meta.get("class", "")
-    module, _, qualname = path.partition(":")
-    if not module or not qualname:
+    if not path:
         raise _Unbuildable(f"no message class is registered under {rec.topic!r} and the recording names none")
-    try:
-        obj: Any = importlib.import_module(module)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-    except (Exception, SystemExit) as exc:
-        raise _Unbuildable(f"its class {path} cannot be imported: {exc!r}") from None
-    if not (isinstance(obj, type) and issubclass(obj, Message)) or obj.name != rec.topic:
-        raise _Unbuildable(f"{path} is not the message class named {rec.topic!r}")
-    return obj
+    module = path.partition(":")[0]
+    raise _Unbuildable(
+        f"no message class is registered under {rec.topic!r}; the recording says {path}: "
+        f"import {module} in the target to replay them"
+    )
 
 
 _event_fields: dict[type, tuple[str, ...]] = {}
