@@ -31,8 +31,6 @@ __all__ = ["Books", "NoForkServer", "NoFreeSlot", "SpawnRefused"]
 
 #: Routing ids of ended incarnations remembered, so that their late frames are not taken for a stranger's.
 _RETIRED = 256
-#: Messages held about one worker at most (a crash loop during boot says the rest at once).
-_HELD = 256
 
 
 class SpawnRefused(BussdccError):
@@ -68,11 +66,8 @@ class Books:
         self.slots = slots
         self.state = state
         self.clock = clock
-        self._post = emit
-        #: Workers whose announcements are held back to be said in a given order (boot, shutdown), and
-        #: what is held for each; and the worker that what is emitted now is about (see :meth:`about`).
-        self.held: dict[str, list[Message]] = {}
-        self._about: str | None = None
+        #: Dispatch a message from the hub thread: queued, in order, for the dispatch thread.
+        self.emit = emit
         self._emit_now = emit_now
         self.dispatch_item = dispatch_item
         self.dispatcher = dispatcher
@@ -121,33 +116,6 @@ class Books:
         self.respawn_latency = Histogram(RESPAWN_BUCKETS)
         # Last: the parts that work on these books need them complete.
         self._compose()
-
-    def emit(self, message: Message) -> None:
-        """Dispatch a message from the hub thread: queued, in order, for the dispatch thread (or held)."""
-        about = self._about
-        if about is not None:
-            held = self.held.get(about)
-            if held is not None and len(held) < _HELD:
-                held.append(message)
-                return
-        self._post(message)
-
-    def about(self, name: str | None) -> str | None:
-        """What is emitted from now on is about the worker ``name``; returns who it was about before."""
-        before, self._about = self._about, name
-        return before
-
-    def hold_announcements(self, names: list[str]) -> None:
-        """Hold what is said about these workers' starts and exits until :meth:`release_announcements` (hub thread)."""
-        for name in names:
-            self.held.setdefault(name, [])
-
-    def release_announcements(self, names: list[str]) -> int:
-        """Say what was held about these workers, in this order; the dispatch ticket of the last (hub thread)."""
-        for name in names:
-            for message in self.held.pop(name, ()):
-                self._post(message)
-        return self.dispatcher.posted
 
     def _compose(self) -> None:
         """Make the parts that work on the books (the Supervisor's ingest, spawning, exits, ...)."""

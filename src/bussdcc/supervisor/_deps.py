@@ -107,28 +107,6 @@ def start_order(
     return order
 
 
-def predecessors(
-    workers: Mapping[str, Service | Device],
-    pools: Mapping[str, Sequence[str]] = {},
-    groups: Sequence[Sequence[str]] = (),
-) -> dict[str, set[str]]:
-    """Whom each of ``workers`` starts after: what its ``after``/``requires`` name (a pool: every member),
-    and the member before it in its group. Names that are nobody's are left out (``start_order`` refuses them).
-    """
-    before: dict[str, set[str]] = {name: set() for name in workers}
-    for name, comp in workers.items():
-        for key in ("after", "requires"):
-            for dep in names(comp, key):
-                for one in [dep] if dep in workers else pools.get(dep, ()):
-                    if one in workers and one != name:
-                        before[name].add(one)
-    for members in groups:
-        for dep, name in itertools.pairwise(members):
-            if dep in workers and name in workers:
-                before[name].add(dep)
-    return before
-
-
 def _a_cycle(before: dict[str, set[str]]) -> list[str]:
     """One cycle among workers none of which could start (each waits for another of them)."""
     start = min(before)

@@ -86,13 +86,6 @@ class Exits:
         """Kill an incarnation for ``verdict``; its exit is reported with that cause."""
         if inc.exited or not inc.blame(verdict.cause, verdict.reason):
             return
-        before = self.books.about(worker.name)
-        try:
-            self._kill(worker, inc, verdict)
-        finally:
-            self.books.about(before)
-
-    def _kill(self, worker: Worker, inc: Incarnation, verdict: Verdict) -> None:
         b = self.books
         pid = inc.pid or 0
         if verdict.cause == "hung":
@@ -171,13 +164,6 @@ class Exits:
         """Close the books of an ended incarnation, say how it ended, and decide what follows."""
         if inc.finalized:
             return
-        before = self.books.about(worker.name)
-        try:
-            self._finalize(worker, inc)
-        finally:
-            self.books.about(before)
-
-    def _finalize(self, worker: Worker, inc: Incarnation) -> None:
         b = self.books
         inc.finalized = True
         self.stacks.forget(inc)  # a hang still being said is said first
@@ -305,13 +291,6 @@ class Exits:
 
     def respawn(self, worker: Worker) -> None:
         """Start the next incarnation of a worker that is waiting to come back."""
-        before = self.books.about(worker.name)
-        try:
-            self._respawn(worker)
-        finally:
-            self.books.about(before)
-
-    def _respawn(self, worker: Worker) -> None:
         b = self.books
         if b.closing:
             b._settle_stopped(worker)

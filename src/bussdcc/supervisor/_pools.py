@@ -15,7 +15,7 @@ from ..errors import RegistrationError, RuntimeStateError
 from ..kernel import Device, Service
 from ..kernel._boundary import WORKER_SLOTS
 from ._assembly import Assembly
-from ._deps import POOL_ATTR, DependencyError, dependents, pool_of, predecessors, start_order
+from ._deps import POOL_ATTR, DependencyError, dependents, pool_of, start_order
 from ._management import WorkerManagement
 from ._procenv import drops, names, open_run_dir
 from ._workers import WorkerState, WorkerStatus
@@ -166,25 +166,14 @@ class PoolManagement(WorkerManagement):
 
     def _boot_start(self, parts: Assembly, name: str) -> None:
         """Start ``name`` at boot, unless a worker it requires is not up (it stays stopped)."""
-        if self._may_start(parts, name):
-            self._start_worker(parts, name)
-
-    def _may_start(self, parts: Assembly, name: str) -> bool:
-        """Whether ``name`` starts at boot: not if a worker it requires is not up (it stays stopped)."""
         workers = parts.supervisor.workers
         component = workers[name].component
         pools = {n: p.members() for n, p in self._pools.items()}
         for dep in names(component, "requires"):
             for one in pools.get(dep, [dep]):
                 if one in workers and workers[one].state not in _UP:
-                    return False
-        return True
-
-    def _start_deps(self) -> dict[str, set[str]]:
-        """Whom each registered worker starts after (and stops before)."""
-        reg = self._registry
-        pools = {n: p.members() for n, p in self._pools.items()}
-        return predecessors(reg.workers(), pools, [members for _, members in reg.groups.values()])
+                    return
+        self._start_worker(parts, name)
 
     def _dependents(self, name: str) -> list[str]:
         """Who requires ``name``, directly or not, in start order."""

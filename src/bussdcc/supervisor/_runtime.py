@@ -51,7 +51,6 @@ from ._postmortem import LOG_BACKUPS, LOG_MAX_BYTES, log_options
 from ._registry import Registry
 from ._replay import Replay, ReplayClock, ReplayReport, validate_speed
 from ._rundir import default_name
-from ._staging import start_stage, stop_stage
 from ._workers import WorkerStatus
 
 D = TypeVar("D", bound=Device)
@@ -362,27 +361,18 @@ class Runtime(PoolManagement, LiveChanges):
         if parts.fork.threads:
             error = threads_fault(parts.fork.threads)
             self.emit(m.RuntimeFault(part="threads", kind="threads_at_boot", error=error))
-        before = self._start_deps()
-        # Every device at once where no dependency orders them; device.attached said in start order.
-        self._boot_stage(parts, list(self._registry.devices), before)
+        for device in self._registry.devices.values():
+            self._boot_start(parts, device.name)
         for rec in self._dispatch.receivers:
             self._dispatch.start_receiver(rec)
         self._lc.announced = True
         self.emit(m.RuntimeBooted(version=self.version))
-        self._boot_stage(parts, [n for n, svc in self._registry.services.items() if svc.enabled], before)
+        for service in self._registry.services.values():
+            if service.enabled:
+                self._boot_start(parts, service.name)
         pending = self._lc.end_boot()
         if pending is not None:
             raise BootError(f"boot interrupted: {pending}")
-
-    def _boot_stage(self, parts: Assembly, order: list[str], before: dict[str, set[str]]) -> None:
-        start_stage(
-            parts,
-            order,
-            before,
-            may_start=lambda name: self._may_start(parts, name),
-            interrupted=lambda: self._lc.pending,
-            notify=self._notify,
-        )
 
     def shutdown(self, reason: str | None = None) -> None:
         """Stop everything in reverse boot order: graceful, then SIGTERM, then SIGKILL."""
@@ -413,12 +403,12 @@ class Runtime(PoolManagement, LiveChanges):
         parts.hub.call(sup.close)
         self._settle()
         self.emit(m.RuntimeShuttingDown(reason=reason))
-        before = self._start_deps()
-        # The workers of one stage stop at once, each after those that follow it.
-        stop_stage(parts, list(self._registry.services), before, notify=self._notify)
+        for name in reversed(self._registry.services):
+            self._stop_worker(name)
         for rec in reversed(self._dispatch.receivers):
             self._dispatch.stop_receiver(rec)
-        stop_stage(parts, list(self._registry.devices), before, notify=self._notify)
+        for name in reversed(self._registry.devices):
+            self._stop_worker(name)
         if sup.undelivered:
             error = f"{sup.undelivered} events were not delivered to Services that were behind when shutdown began"
             self.emit(m.RuntimeFault(part="outbox", kind="undelivered", error=error))

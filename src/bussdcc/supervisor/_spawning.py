@@ -167,15 +167,11 @@ class Spawning:
             worker.died_at = None
         worker.started_at = b.clock.now_utc()
         assert inc.pid is not None  # known from Hello at the latest
-        before = b.about(worker.name)
-        try:
-            b.emit(m.WorkerStarted(worker=worker.name, role=worker.role, pid=inc.pid, incarnation=inc.number))
-            if isinstance(worker.component, Device):
-                b.emit(m.DeviceAttached(device=worker.name, kind=worker.kind))
-            else:
-                b.emit(m.ServiceStarted(service=worker.name))
-        finally:
-            b.about(before)
+        b.emit(m.WorkerStarted(worker=worker.name, role=worker.role, pid=inc.pid, incarnation=inc.number))
+        if isinstance(worker.component, Device):
+            b.emit(m.DeviceAttached(device=worker.name, kind=worker.kind))
+        else:
+            b.emit(m.ServiceStarted(service=worker.name))
         inc.ticket = b.dispatcher.posted
         inc.outcome.set()
         b.calls.ready(worker, inc)

@@ -16,22 +16,7 @@ from ..kernel._vocab import ExitCause, Role
 from ._states import Intent, WorkerState, transition
 from ._timers import Timer
 
-__all__ = ["Flag", "Incarnation", "Usage", "Worker", "WorkerState", "WorkerStatus"]
-
-
-class Flag(threading.Event):
-    """An Event that also calls its ``listener`` (if any) each time it is set, on the setting thread."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.listener: Callable[[], None] | None = None
-
-    def set(self) -> None:
-        """Set the flag, then tell the listener."""
-        super().set()
-        listener = self.listener
-        if listener is not None:
-            listener()
+__all__ = ["Incarnation", "Usage", "Worker", "WorkerState", "WorkerStatus"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +92,7 @@ class Incarnation:
         self.external = False
         self.timers: list[Timer] = []
         #: Set once the incarnation is ready or has ended.
-        self.outcome = Flag()
+        self.outcome = threading.Event()
         #: The dispatch ticket of what was said about that outcome (see ``Dispatcher.wait_for``).
         self.ticket = 0
 
@@ -170,7 +155,7 @@ class Worker:
         #: When the death of an incarnation it is to come back from was seen (monotonic), until it is ready.
         self.died_at: float | None = None
         #: Set when the worker reaches ``stopped`` or ``failed``.
-        self.done = Flag()
+        self.done = threading.Event()
         self.done.set()
 
     @property
