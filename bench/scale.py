@@ -223,7 +223,7 @@ def cannot_hold(n: int, fd_limit: int) -> str | None:
 def run_size(n: int, idle: float, total: int) -> dict[str, Any] | str:
     """One size in a fresh interpreter: its figures, or the reason it failed."""
     cmd = [sys.executable, __file__, "--one", str(n), "--idle", str(idle), "--total", str(total)]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=900)
+    proc = subprocess.run(cmd, check=False, stdout=subprocess.PIPE, text=True, timeout=900)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("RESULT "):
             result: dict[str, Any] = json.loads(line.removeprefix("RESULT "))
@@ -269,19 +269,37 @@ def main() -> None:
     def mib(x: float) -> str:
         return f"{x / 2**20:.1f} MiB"
 
-    head = ("workers", "boot", "N bare forks", "ratio", "shutdown", "bare exit", "ratio", "idle CPU", "parent RSS", "fds", "USS/worker", "bare fork USS", "throughput")
+    head = (
+        "workers",
+        "boot",
+        "N bare forks",
+        "ratio",
+        "shutdown",
+        "bare exit",
+        "ratio",
+        "idle CPU",
+        "parent RSS",
+        "fds",
+        "USS/worker",
+        "bare fork USS",
+        "throughput",
+    )
     rows = [
         (f"{r['n']:,}", s(r["boot"]), s(r["bare_boot"]), f"{r['boot'] / r['bare_boot']:.1f}", s(r["shutdown"]), s(r["bare_stop"]), f"{r['shutdown'] / r['bare_stop']:.1f}", f"{r['idle_cpu']:.2%}", mib(r["rss"]), str(r["fds"]), mib(r["uss"]), mib(r["bare_uss"]), f"{r['throughput']:,.0f} msg/s")
         for r in results
     ]  # fmt: skip
-    grid(f"scale: half Devices, half Services; idle window {args.idle:g} s; {args.total:,} messages from N/2 Services at once", head, rows)
+    grid(
+        f"scale: half Devices, half Services; idle window {args.idle:g} s; {args.total:,} messages from N/2 Services at once",
+        head,
+        rows,
+    )
     base = results[0]
-    head = ("workers", "N growth", "boot", "shutdown", "idle CPU", "parent RSS", "throughput")
-    rows = [
+    growth_head = ("workers", "N growth", "boot", "shutdown", "idle CPU", "parent RSS", "throughput")
+    growth = [
         (f"{r['n']:,}", f"{r['n'] / base['n']:.0f}x", f"{r['boot'] / base['boot']:.1f}x", f"{r['shutdown'] / base['shutdown']:.1f}x", f"{r['idle_cpu'] / base['idle_cpu']:.1f}x" if base["idle_cpu"] > 0 else "-", f"{r['rss'] / base['rss']:.2f}x", f"{r['throughput'] / base['throughput']:.2f}x")
         for r in results
     ]  # fmt: skip
-    grid(f"growth against the {base['n']}-worker figures (same run)", head, rows)
+    grid(f"growth against the {base['n']}-worker figures (same run)", growth_head, growth)
     bare = f"{base['n']} workers (same run)"
     for r in results:
         n = r["n"]

@@ -69,14 +69,14 @@ print(json.dumps({"rate": N / elapsed}))
 def seed_python() -> str:
     """The seed venv's interpreter, making the venv first if it is missing or holds another version."""
     python = os.path.join(VENV, "bin", "python")
-    check = [python, "-c", f"import bussdcc, sys; sys.exit(bussdcc.__version__ != {SEED_VERSION!r})"]
-    if os.path.exists(python) and subprocess.run(check, capture_output=True).returncode == 0:
+    probe = [python, "-c", f"import bussdcc, sys; sys.exit(bussdcc.__version__ != {SEED_VERSION!r})"]
+    if os.path.exists(python) and subprocess.run(probe, check=False, capture_output=True).returncode == 0:
         return python
     print(f"making {VENV} with bussdcc=={SEED_VERSION} (once) ...", flush=True)
     subprocess.run([sys.executable, "-m", "venv", "--clear", VENV], check=True)
     pip = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", f"bussdcc=={SEED_VERSION}"]
     subprocess.run(pip, check=True)
-    subprocess.run(check, check=True)
+    subprocess.run(probe, check=True)
     return python
 
 
@@ -147,7 +147,12 @@ def main() -> None:
         ("in-process rt.emit → Process", rate(o), seed_name, rate(s), f"{o / s:.2f}"),
     ]  # fmt: skip
     table(f"dispatch vs the seed: {args.n:,} messages, median of {args.rounds} alternating rounds", rows)
-    print("spread (min-max): " + ", ".join(f"{k} {min(v):,.0f}-{max(v):,.0f}" for k, v in (("seed", seed), ("in-process", ours), ("worker", worker))))
+    print(
+        "spread (min-max): "
+        + ", ".join(
+            f"{k} {min(v):,.0f}-{max(v):,.0f}" for k, v in (("seed", seed), ("in-process", ours), ("worker", worker))
+        )
+    )
     report("worker_vs_seed", w, s, "msg/s", seed_name)
     report("worker_vs_inprocess", w, o, "msg/s", "own in-process rt.emit → Process")
     report("inprocess_vs_seed", o, s, "msg/s", seed_name)
