@@ -113,7 +113,7 @@ def main() -> None:
             ("seed.py", ["--n", "100000", "--rounds", "3"]),
             ("requests.py", ["2000"]),
             ("respawn.py", ["50", "--no-heartbeat"]),
-            ("scale.py", ["--sizes", sizes, "--idle", "5", "--total", "100000"]),
+            ("scale.py", ["--sizes", sizes, "--idle", "10", "--total", "100000"]),
         ]
     started = time.monotonic()
     fd, results = tempfile.mkstemp(prefix="bench-", suffix=".jsonl")

@@ -1,13 +1,13 @@
-"""Instructions per message, per call, per step: counted by valgrind's callgrind, so the machine's load does not matter.
+"""Instructions per message and per step, counted by valgrind's callgrind, so the machine's load does not matter.
 
-Each scenario runs under ``valgrind --tool=callgrind --dump-before=getppid``: the scenario calls
-``os.getppid()`` between its phases, so each phase gets its own counts (all threads of the process).
-Scenarios: this project's per-message steps in the parent (``steps.py``'s, K calls each), the seed's
-in-process ``ctx.emit`` (in ``bench/.seed-venv``), a worker's flood as the parent sees it, raw
-DEALER/ROUTER messages and calls, and device calls from the parent and from a Service (parent side).
-Instructions are not time (a cache miss or a thread hand-off costs time, no instructions), but a ratio of
-instructions against a baseline counted the same way holds on any machine. Usage:
-``python bench/callgrind.py [--k K]`` (needs valgrind; about 3 minutes).
+Each scenario runs under ``valgrind --tool=callgrind --dump-before=getppid``: it calls ``os.getppid()``
+between its phases, so each phase gets its own counts. Scenarios: the seed's in-process ``ctx.emit`` and
+its steps (in ``bench/.seed-venv``); this project's per-message steps (``Dispatch`` with one Process, no
+runtime booted: valgrind 3.19 has no ``pidfd_open``, which a booted runtime needs, so the whole paths
+through workers are measured by time in ``steps.py`` and the other scripts); raw DEALER/ROUTER messages
+and calls, parent side. Instructions are not time (a cache miss or a thread hand-off costs time, not
+instructions), but a ratio of instructions counted the same way holds on any machine.
+Usage: ``python bench/callgrind.py [--k K]`` (needs valgrind).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 from collections.abc import Callable
+from typing import Any
 
 import msgspec
 
@@ -57,54 +57,44 @@ def loop(fn: Callable[[], object], k: int) -> Callable[[], None]:
 
 
 def scenario_steps(k: int) -> list[tuple[str, int]]:
-    from steps import Count, parent_steps
+    """The per-message steps of this project's dispatch, without a booted runtime (see the module's note)."""
+    import datetime as dt
 
-    from bussdcc import Runtime
+    from steps import Count, Sample
 
+    from bussdcc import Context, Event, EventBus, SystemClock
+    from bussdcc.kernel import protocol as p
+
+    d: Any = __import__("bussdcc.supervisor._dispatch", fromlist=["Dispatch", "Receiver"])
     count = Count()
-    rt = Runtime(name="bench-cg")
-    rt.register_process(count)
-    rt.boot()
+    dispatch = d.Dispatch(EventBus(), SystemClock())
+    runtime: Any = None
+    ctx = Context(clock=dispatch.clock, events=dispatch.events, state=runtime, runtime=runtime, emit=dispatch.emit)
+    dispatch.receivers = (d.Receiver("count", count, ctx),)
+    msg = Sample(i=1, value=21.5, unit="C")
+    now = dt.datetime.now(dt.UTC)
+    ts = now.timestamp()
+    item = p.encode_envelope(msg, ts, "w")
+    raw = msgspec.Raw(item)
+    env: Any = p.decode(raw, p.ITEMS)
+    evt = p.envelope_event(env, "w")
     out: list[tuple[str, int]] = []
-    try:
-        phases(out, "(empty loop)", k, loop(lambda: None, k))
-        for title, steps in parent_steps(rt, count).items():
-            for label, fn, per in steps:
-                if fn is not None:
-                    phases(out, f"{title.split(',')[0]}: {label}", k * per, loop(fn, k))
-    finally:
-        rt.shutdown()
+    steps: list[tuple[str, Callable[[], object]]] = [
+        ("(empty loop)", lambda: None),
+        ("ours: Dispatch.emit(msg), no runtime parts (rt.emit less control tap and outbox check)", lambda: dispatch.emit(msg)),
+        ("ours: clock.now_utc()", dispatch.clock.now_utc),
+        ("ours: Event(...)", lambda: Event(msg, now, "w")),
+        ("ours: encode_envelope", lambda: p.encode_envelope(msg, ts, "runtime")),
+        ("ours: Dispatch.dispatch(evt, item), no runtime parts", lambda: dispatch.dispatch(evt, item)),
+        ("ours: the Process's handle_event", lambda: count.handle_event(ctx, evt)),
+        ("ours: decode the item into an Envelope", lambda: p.decode(raw, p.ITEMS)),
+        ("ours: decode the body into its class", lambda: p.decode_message(env.name, env.body)),
+        ("ours: timestamp → datetime", lambda: dt.datetime.fromtimestamp(ts, tz=dt.UTC)),
+        ("ours: envelope_event (body + datetime + Event)", lambda: p.envelope_event(env, "w")),
+    ]  # fmt: skip
+    for label, fn in steps:
+        phases(out, label, k, loop(fn, k))
     return out
-
-
-def scenario_worker(k: int) -> list[tuple[str, int]]:
-    """A Service floods K messages to a Process: the parent's instructions per message (all threads)."""
-    from dispatch import Flood, Sample
-
-    from bussdcc import Context, Event, Message, Process, Runtime
-
-    class Marked(Process):
-        name = "marked"
-
-        def __init__(self) -> None:
-            self.n = 0
-            self.done = threading.Event()
-
-        def handle_event(self, ctx: Context, evt: Event[Message]) -> None:
-            if isinstance(evt.payload, Sample):
-                self.n += 1
-                if self.n in (1, k):
-                    mark()
-                if self.n == k:
-                    self.done.set()
-
-    marked = Marked()
-    rt = Runtime(name="bench-cg-worker")
-    rt.register_process(marked)
-    rt.register_service(Flood(k))
-    with rt:
-        assert marked.done.wait(600)
-    return [("worker → Process, parent side, all threads", k - 1)]
 
 
 def scenario_raw(k: int) -> list[tuple[str, int]]:
@@ -150,39 +140,9 @@ def scenario_raw(k: int) -> list[tuple[str, int]]:
     return out
 
 
-def scenario_calls(k: int) -> list[tuple[str, int]]:
-    """Device calls from the parent's main thread, and from a Service (the parent routes them)."""
-    from requests import Caller, Collect, Go, Motor, round_trips
-
-    from bussdcc import Runtime
-
-    collect = Collect()
-    rt = Runtime(name="bench-cg-calls")
-    rt.attach_device(Motor(id="axis-1"))
-    rt.register_process(collect)
-    rt.register_service(Caller())
-    out: list[tuple[str, int]] = []
-    with rt:
-        motor = rt.device(Motor, "axis-1")
-        round_trips(motor, 20)
-
-        def from_service() -> None:
-            rt.emit(Go(n=k))
-            assert collect.done.wait(600)
-
-        def from_parent() -> None:
-            round_trips(motor, k)
-
-        phases(out, "parent → device call, parent side, all threads", k, from_parent)
-        phases(out, "Service → device call, parent side (routing), all threads", k, from_service)
-    return out
-
-
 SCENARIOS: dict[str, Callable[[int], list[tuple[str, int]]]] = {
     "steps": scenario_steps,
-    "worker": scenario_worker,
     "raw": scenario_raw,
-    "calls": scenario_calls,
 }
 
 # Under the seed's interpreter: the seed's emit, and its steps, each between two marks.

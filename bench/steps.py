@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from bussdcc import Context, Event, Message, Process, Runtime
 
-K = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
+K = int(sys.argv[1]) if __name__ == "__main__" and len(sys.argv) > 1 else 20_000
 REPEAT = 7
 
 
