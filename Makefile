@@ -38,12 +38,13 @@ soak: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/all.py
 
-# The other scripts' fuller tables (dispatch round trips, heartbeats, control plane, scrapes).
+# The other scripts' fuller tables (dispatch round trips, heartbeats, control plane, scrapes, recording).
 bench-more: $(STAMP)
 	$(BIN)/python bench/dispatch.py
 	$(BIN)/python bench/respawn.py
 	$(BIN)/python bench/control.py
 	$(BIN)/python bench/scrape.py
+	$(BIN)/python bench/record.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
