@@ -23,12 +23,12 @@ import msgspec
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from _common import median, percentile, short_tmp, table
+from _common import median, percentile, report, short_tmp, table
 from dispatch import _connect_when_bound, _fork_and_bind
 
 from bussdcc import Context, Device, DeviceHandle, Event, Message, Process, Runtime, Service
 
-TRIPS = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
+TRIPS = int(sys.argv[1]) if __name__ == "__main__" and len(sys.argv) > 1 else 2000
 WARMUP = 200
 CALLS = 4 * TRIPS  # for the calls/s rows
 CALLERS = 8
@@ -275,6 +275,10 @@ def main() -> None:
     for what, ratio, met in targets:
         print(f"target: {what} -> {ratio:.2f}x ({'met' if met else 'NOT met'})")
     print(f"took {time.monotonic() - started:.1f} s")
+    report("call_parent", p50, r50, "s", base)
+    report("call_service", s50, r50, "s", base)
+    report("calls_1", rate_one, rate_raw_one, "calls/s", base + ", 1 in flight")
+    report(f"calls_{CALLERS}", rate_many, rate_raw_many, "calls/s", base + f", {CALLERS} in flight")
 
 
 if __name__ == "__main__":
