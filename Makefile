@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-crashy test lint typecheck unit bench soak clean
+.PHONY: demo demo-crashy test lint typecheck unit bench bench-more soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,12 +34,17 @@ soak: $(STAMP)
 	$(BIN)/pytest -m soak
 	$(BIN)/python bench/soak_respawn.py
 
+# Every figure of the performance table, each beside its baseline and target, one summary at the end.
 bench: $(STAMP)
+	$(BIN)/python bench/all.py
+
+# The other scripts' fuller tables (dispatch round trips, heartbeats, control plane, scrapes, recording).
+bench-more: $(STAMP)
 	$(BIN)/python bench/dispatch.py
 	$(BIN)/python bench/respawn.py
-	$(BIN)/python bench/requests.py
 	$(BIN)/python bench/control.py
 	$(BIN)/python bench/scrape.py
+	$(BIN)/python bench/record.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

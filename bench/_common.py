@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import tempfile
@@ -35,3 +36,31 @@ def table(title: str, rows: list[tuple[str, str, str, str, str]]) -> None:
     print(line)
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+
+
+def report(key: str, value: float, baseline: float | None = None, unit: str = "", basis: str = "") -> None:
+    """Record one figure for ``bench/all.py``'s summary: a JSON line in the file named by $BENCH_RESULTS.
+
+    ``value`` and ``baseline`` are in ``unit``; ``basis`` names the baseline. Nothing happens when the
+    script runs on its own (the variable unset).
+    """
+    path = os.environ.get("BENCH_RESULTS")
+    if not path:
+        return
+    row = {"key": key, "value": value, "baseline": baseline, "unit": unit, "basis": basis}
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def grid(title: str, head: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Print a table of any number of columns, aligned (the first column left, the rest right)."""
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    print(f"\n{title}  (pid {os.getpid()}, {os.cpu_count()} cores)")
+
+    def fmt(r: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+
+    print(fmt(head))
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print(fmt(r))

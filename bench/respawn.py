@@ -6,7 +6,8 @@ kills, beside two ways of starting a fresh worker measured in the same run:
 ``multiprocessing`` (fork) to a READY message, and a new interpreter that
 imports bussdcc. Then the cost of heartbeats: worker → Process throughput
 with heartbeats off, at the default interval, and at 100 per second.
-Usage: ``python bench/respawn.py [KILLS]``.
+A bare ``os.fork`` whose child writes one byte to a pipe is the floor a respawn is compared with.
+Usage: ``python bench/respawn.py [KILLS] [--no-heartbeat]`` (the flag skips the heartbeat rows).
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ from multiprocessing.connection import Connection
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from _common import median, percentile, table
+from _common import median, percentile, report, table
 
 from bussdcc import Context, Event, Message, Process, Runtime, Service, message
 
-KILLS = int(sys.argv[1]) if len(sys.argv) > 1 else 50
+_ARGS = [a for a in sys.argv[1:] if not a.startswith("--")] if __name__ == "__main__" else []
+KILLS = int(_ARGS[0]) if _ARGS else 50
+HEARTBEAT = "--no-heartbeat" not in sys.argv
 FLOOD = 100_000
 ROUNDS = 5
 
@@ -142,6 +145,24 @@ def _child(conn: Connection) -> None:
     conn.send("ready")
 
 
+def bare_fork_starts() -> list[float]:
+    """A bare ``os.fork``: until the child's first byte arrives on a pipe."""
+    out = []
+    for _ in range(KILLS):
+        r, w = os.pipe()
+        t0 = time.perf_counter()
+        pid = os.fork()
+        if pid == 0:
+            os.write(w, b"r")
+            os._exit(0)
+        os.read(r, 1)
+        out.append(time.perf_counter() - t0)
+        os.waitpid(pid, 0)
+        os.close(r)
+        os.close(w)
+    return out
+
+
 def mp_fork_starts() -> list[float]:
     ctx = multiprocessing.get_context("fork")
     out = []
@@ -170,6 +191,7 @@ def fresh_interpreter_starts() -> list[float]:
 
 def main() -> None:
     # Baselines first: multiprocessing forks this process, best done before any runtime threads exist.
+    bare = bare_fork_starts()
     mp = mp_fork_starts()
     fresh = fresh_interpreter_starts()
     detect, ready = bussdcc_respawns()
@@ -181,12 +203,17 @@ def main() -> None:
     rows = [
         ("detection p50 (kill → worker.exited)", ms(median(detect)), "", "", ""),
         ("detection p90", ms(percentile(detect, 90)), "", "", ""),
-        ("respawn p50 (kill → ready)", ms(r50), "multiprocessing fork → READY", ms(median(mp)), f"{r50 / median(mp):.2f}"),
+        ("respawn p50 (kill → ready)", ms(r50), "bare os.fork → a byte on a pipe", ms(median(bare)), f"{r50 / median(bare):.2f}"),
+        ("", "", "multiprocessing fork → READY", ms(median(mp)), f"{r50 / median(mp):.2f}"),
         ("", "", "fresh interpreter, import bussdcc", ms(median(fresh)), f"{r50 / median(fresh):.2f}"),
         ("respawn p90", ms(r90), "multiprocessing fork → READY", ms(percentile(mp, 90)), f"{r90 / percentile(mp, 90):.2f}"),
     ]  # fmt: skip
     table(f"respawn: {KILLS} SIGKILLs", rows)
     print(f"\ntarget: respawn p50 < 20 ms -> {r50 * 1e3:.2f} ms ({'met' if r50 < 0.020 else 'NOT met'})")
+    report("respawn", r50, median(bare), "s", "bare os.fork → a byte on a pipe")
+    report("detection", median(detect), None, "s")
+    if not HEARTBEAT:
+        return
 
     costs = heartbeat_costs()
     off = costs[0.0]

@@ -9,6 +9,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import NoReturn, TypeVar
 
 import pytest
@@ -229,3 +230,12 @@ def joined_worker(rt: Runtime, name: str) -> Iterator[Peer]:
 
 #: The ``make_runtime`` fixture: ``make_runtime(name, *workers, boot=True) -> (runtime, recorder)``.
 MakeRuntime = Callable[..., tuple[Runtime, Recorder]]
+
+
+#: What the ``system`` fixture makes: a booted runtime, its Recorder, and the system file.
+System = tuple[Runtime, Recorder, Path]
+
+
+def pids(rt: Runtime) -> dict[str, int | None]:
+    """Each worker's pid, by name."""
+    return {w.name: w.pid for w in rt.workers()}

@@ -15,7 +15,7 @@ import pytest
 
 from bussdcc import Device, Runtime, Service
 
-from ._helpers import Recorder
+from ._helpers import Recorder, System
 
 _BASE = Path(tempfile.mkdtemp(prefix="bdt-", dir="/tmp"))
 os.environ["BUSSDCC_RUN_BASE"] = str(_BASE)  # short, so ipc:// paths fit in sun_path
@@ -79,6 +79,32 @@ def make_runtime() -> Iterator[Callable[..., tuple[Runtime, Recorder]]]:
         if boot:
             rt.boot()
         return rt, rec
+
+    yield make
+    for rt in reversed(made):
+        rt.shutdown()
+
+
+@pytest.fixture
+def system(tmp_path: Path) -> Iterator[Callable[[str], System]]:
+    """A booted runtime made from a system file (as ``bussdcc run`` makes it), with a Recorder."""
+    from bussdcc.cli._config import load_system
+    from bussdcc.cli._reload import Reloader, register
+
+    made: list[Runtime] = []
+
+    def make(text: str) -> System:
+        path = tmp_path / "system.toml"
+        path.write_text(text)
+        spec = load_system(path)
+        rt = Runtime(name=spec.name)
+        made.append(rt)
+        rec = Recorder()
+        rt.register_process(rec)
+        register(rt, spec)
+        rt.set_reloader(Reloader(path, spec, rt))
+        rt.boot()
+        return rt, rec, path
 
     yield make
     for rt in reversed(made):

@@ -121,7 +121,7 @@ def test_bussdcc_scale_changes_a_pool_of_a_running_system(tmp_path: Path) -> Non
         }
         done = bussdcc("scale", "crawler", "1", "-r", "pool-cli")
         assert done.returncode == 0, done.stderr
-        assert done.stdout.strip() == "crawler: 1 instances; removed crawler-1, crawler-2"
+        assert done.stdout.strip() == "crawler: 1 instance; removed crawler-1, crawler-2"
         assert sorted(_status("pool-cli")) == ["crawler-0"]
         done = bussdcc("scale", "ghost", "1", "-r", "pool-cli")
         assert done.returncode != 0 and "no pool named 'ghost'" in done.stderr

@@ -69,7 +69,7 @@ def test_a_finished_recording_is_shown_as_the_live_command_shows_it(tmp_path: Pa
     assert len(lines) == 20  # the last 20, as live
     assert lines[-1] == '2026-11-24T23:20:14.214Z INFO     runtime.shutdown [runtime] {"reason": "requested"}'
     assert lines[-2] == '2026-11-24T23:20:14.153Z INFO     test.seq [sensor-1] {"i": 29, "pad": ""}'
-    every = events("--file", str(path), "-n", "0")
+    every = events("--file", str(path), "-n", "all")
     assert len(every) == 2 + 30 + 1 + 1 + 1 + 1
     assert every[0] == '2026-11-24T23:20:14.114Z INFO     runtime.booting [runtime] {"version": "0.1.0"}'
     output = next(line for line in every if "worker.output" in line)
@@ -86,7 +86,7 @@ def test_each_filter_and_json_on_finished_and_cut_files(tmp_path: Path, finished
     if not finished:
         # Cut inside the last record, as a killed recorder leaves a file: the shutdown is lost.
         path = _cut(path, len(path.read_bytes()) - 20, tmp_path)
-    seqs = events("--file", str(path), "-n", "0", "--name", "test.*", "--json")
+    seqs = events("--file", str(path), "-n", "all", "--name", "test.*", "--json")
     records = [json.loads(line) for line in seqs]
     assert {r["name"] for r in records} == {"test.seq"} and records[0]["payload"] == {"i": 0, "pad": ""}
     assert records[0] == {
@@ -183,7 +183,7 @@ def test_a_recording_whose_writer_was_killed_is_read_up_to_the_kill(tmp_path: Pa
         os.kill(writer.pid, signal.SIGKILL)
         writer.wait(10)
         writer.stderr.close()
-    done = bussdcc("events", "--file", str(path), "-n", "0", "--json")
+    done = bussdcc("events", "--file", str(path), "-n", "all", "--json")
     assert done.returncode == 0 and "was not finished" in done.stderr
     got = [json.loads(line)["payload"]["i"] for line in done.stdout.splitlines()]
     assert len(got) >= flushed and got == list(range(len(got)))
@@ -250,7 +250,7 @@ def test_the_file_shows_what_the_live_command_showed(tmp_path: Path) -> None:
         finally:
             rt.shutdown()
     assert live.returncode == 0, live.stderr
-    recorded = events("--file", str(path), "-n", "0", "--json")
+    recorded = events("--file", str(path), "-n", "all", "--json")
     live_lines = live.stdout.splitlines()
     assert len(live_lines) > 20
     # The same lines, byte for byte: the file has the live stream's messages, then the shutdown's.

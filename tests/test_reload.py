@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +13,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bussdcc import ReloadPlan, Runtime, WorkerState
-from bussdcc.cli._config import load_system
-from bussdcc.cli._reload import RECEIVER, WORKER, Item, Key, Plan, Reloader, plan, register
+from bussdcc import ReloadPlan, WorkerState
+from bussdcc.cli._reload import RECEIVER, WORKER, Item, Key, Plan, plan
 from bussdcc.errors import ConfigError, RuntimeStateError
 from bussdcc.message import SystemReload
 
 from ._cli import Background, bussdcc
-from ._helpers import Recorder
+from ._helpers import Recorder, System, pids
 from .reload_parts import Hello, Knob
 
 _names = itertools.count()
@@ -159,36 +158,6 @@ def _text(name: str, level: int = 1, label: str = "one", note: str = "n1") -> st
     return BASE.format(name=name, level=level, label=label, note=note)
 
 
-System = tuple[Runtime, Recorder, Path]
-
-
-@pytest.fixture
-def system(tmp_path: Path) -> Iterator[Callable[[str], System]]:
-    """A booted runtime made from a system file (as ``bussdcc run`` makes it), with a Recorder."""
-    made: list[Runtime] = []
-
-    def make(text: str) -> System:
-        path = tmp_path / "system.toml"
-        path.write_text(text)
-        spec = load_system(path)
-        rt = Runtime(name=spec.name)
-        made.append(rt)
-        rec = Recorder()
-        rt.register_process(rec)
-        register(rt, spec)
-        rt.set_reloader(Reloader(path, spec, rt))
-        rt.boot()
-        return rt, rec, path
-
-    yield make
-    for rt in reversed(made):
-        rt.shutdown()
-
-
-def _pids(rt: Runtime) -> dict[str, int | None]:
-    return {w.name: w.pid for w in rt.workers()}
-
-
 def _hellos(rec: Recorder, who: str) -> list[Hello]:
     return [e.payload for e in rec.of("test.hello") if isinstance(e.payload, Hello) and e.payload.who == who]
 
@@ -196,13 +165,13 @@ def _hellos(rec: Recorder, who: str) -> list[Hello]:
 def test_reload_restarts_exactly_the_changed_workers_with_their_new_config(system: Callable[[str], System]) -> None:
     name = f"reload-c{next(_names)}"
     rt, rec, path = system(_text(name))
-    before = _pids(rt)
+    before = pids(rt)
     assert rt.device(Knob, "knob").call(Knob.settings)["config"] == {"level": 1}
     path.write_text(_text(name, level=2, label="two"))
     out = rt.reload()
     assert out.plan == ReloadPlan(changed=("knob", "greeter"), unchanged=("spare", "note", "face", "other"))
     assert not out.dry_run and out.kinds["knob"] == "device" and out.kinds["greeter"] == "service"
-    after = _pids(rt)
+    after = pids(rt)
     # Unchanged workers keep their processes; changed ones have new ones.
     assert after["spare"] == before["spare"] and after["other"] == before["other"]
     assert after["knob"] != before["knob"] and after["greeter"] != before["greeter"]
@@ -219,13 +188,13 @@ def test_reload_restarts_exactly_the_changed_workers_with_their_new_config(syste
     # A second reload of the same file changes nothing.
     again = rt.reload()
     assert again.plan.changed == () and again.plan.added == () and len(again.plan.unchanged) == 6
-    assert _pids(rt) == after
+    assert pids(rt) == after
 
 
 def test_reload_adds_and_removes_workers_processes_and_interfaces(system: Callable[[str], System]) -> None:
     name = f"reload-a{next(_names)}"
     rt, rec, path = system(_text(name))
-    before = _pids(rt)
+    before = pids(rt)
     text = _text(name, note="n2")
     # Remove the spare device, the other service and the interface; add a service and a process.
     text = text.replace('[[devices]]\nclass = "tests.reload_parts:Knob"\nid = "spare"\n', "")
@@ -244,7 +213,7 @@ def test_reload_adds_and_removes_workers_processes_and_interfaces(system: Callab
         changed=("note",),
         unchanged=("knob", "greeter"),
     )
-    after = _pids(rt)
+    after = pids(rt)
     assert set(after) == {"knob", "greeter", "third"}
     assert after["knob"] == before["knob"] and after["greeter"] == before["greeter"]
     assert rt.processes() == ["recorder", "note", "note2", "face2"]
@@ -273,14 +242,14 @@ def test_reload_adds_and_removes_workers_processes_and_interfaces(system: Callab
 def test_a_dry_run_changes_nothing_and_says_what_would(system: Callable[[str], System]) -> None:
     name = f"reload-d{next(_names)}"
     rt, rec, path = system(_text(name))
-    before = _pids(rt)
+    before = pids(rt)
     path.write_text(_text(name, level=5).replace('name = "other"', 'name = "renamed"'))
     out = rt.reload(dry_run=True)
     assert out.dry_run
     assert out.plan == ReloadPlan(
         added=("renamed",), removed=("other",), changed=("knob",), unchanged=("spare", "note", "face", "greeter")
     )
-    assert _pids(rt) == before
+    assert pids(rt) == before
     assert rt.device(Knob, "knob").call(Knob.settings)["config"] == {"level": 1}
     assert rec.of("system.reload") == []
     # Applying it afterwards does what the dry run said.
@@ -304,7 +273,7 @@ def test_a_broken_file_changes_nothing_and_says_why_on_one_line(
 ) -> None:
     name = f"reload-b{next(_names)}"
     rt, rec, path = system(_text(name))
-    before = _pids(rt)
+    before = pids(rt)
     broken = edit(_text(name, level=9))
     path.write_text(broken)
     with pytest.raises(ConfigError) as caught:
@@ -312,7 +281,7 @@ def test_a_broken_file_changes_nothing_and_says_why_on_one_line(
     text = str(caught.value)
     line = _line(broken, needle) if needle != "[[services]\n" else broken.count("\n")
     assert "\n" not in text and text.startswith(f"{path}:{line}: {error}"), text
-    assert _pids(rt) == before and rt.processes() == ["recorder", "note", "face"]
+    assert pids(rt) == before and rt.processes() == ["recorder", "note", "face"]
     said = rec.wait_for("system.reload")[0].payload
     assert isinstance(said, SystemReload) and said.plan is None and said.error == text
 
@@ -321,17 +290,17 @@ def test_a_name_taken_by_a_worker_the_file_did_not_start_changes_nothing(system:
     name = f"reload-t{next(_names)}"
     rt, _, path = system(_text(name))
     rt.add_worker(Knob(id="extra"))  # added by other means (as `bussdcc spawn` does)
-    before = _pids(rt)
+    before = pids(rt)
     path.write_text(_text(name, level=2) + '\n[[devices]]\nclass = "tests.reload_parts:Knob"\nid = "extra"\n')
     for dry_run in (True, False):
         with pytest.raises(ConfigError, match="device 'extra': the runtime has one by that name"):
             rt.reload(dry_run=dry_run)
-    assert _pids(rt) == before
+    assert pids(rt) == before
     # Removing the file's own workers by other means: the file starts them again.
     rt.remove_worker("spare")
     path.write_text(_text(name))
     assert rt.reload().plan.added == ("spare",)
-    assert set(_pids(rt)) == set(before)
+    assert set(pids(rt)) == set(before)
 
 
 def test_a_runtime_not_made_from_a_file_has_nothing_to_reload(make_runtime: Any) -> None:

@@ -4,50 +4,18 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
-from bussdcc import Event, Message, Runtime, WorkerState
-from bussdcc.cli._config import load_system
-from bussdcc.cli._reload import Reloader, register
+from bussdcc import Event, Message, WorkerState
 from bussdcc.errors import ConfigError
 
-from ._helpers import Recorder
+from ._helpers import System, pids
 from .reload_parts import Hello, Knob
 
 _names = itertools.count()
 WAIT = 60.0  # generous: the machine may be loaded
-
-System = tuple[Runtime, Recorder, Path]
-
-
-@pytest.fixture
-def system(tmp_path: Path) -> Iterator[Callable[[str], System]]:
-    """A booted runtime made from a system file (as ``bussdcc run`` makes it), with a Recorder."""
-    made: list[Runtime] = []
-
-    def make(text: str) -> System:
-        path = tmp_path / "system.toml"
-        path.write_text(text)
-        spec = load_system(path)
-        rt = Runtime(name=spec.name)
-        made.append(rt)
-        rec = Recorder()
-        rt.register_process(rec)
-        register(rt, spec)
-        rt.set_reloader(Reloader(path, spec, rt))
-        rt.boot()
-        return rt, rec, path
-
-    yield make
-    for rt in reversed(made):
-        rt.shutdown()
-
-
-def _pids(rt: Runtime) -> dict[str, int | None]:
-    return {w.name: w.pid for w in rt.workers()}
 
 
 def _head(name: str) -> str:
@@ -68,13 +36,13 @@ def _said(evt: Event[Message], who: str, label: str) -> bool:
 def test_a_pool_scaled_by_reload_keeps_the_remaining_members_pids(system: Callable[[str], System]) -> None:
     name = f"rdecl-p{next(_names)}"
     rt, _, path = system(_head(name) + _pool(3))
-    before = _pids(rt)
+    before = pids(rt)
     assert {"crew-0", "crew-1", "crew-2"} <= set(before)
 
     path.write_text(_head(name) + _pool(2))
     done = rt.reload()
     assert done.plan.adjusted == ("crew",) and done.plan.changed == ()
-    after = _pids(rt)
+    after = pids(rt)
     assert "crew-2" not in after
     assert after["crew-0"] == before["crew-0"] and after["crew-1"] == before["crew-1"]
     assert rt.pools()["crew"] == 2
@@ -82,7 +50,7 @@ def test_a_pool_scaled_by_reload_keeps_the_remaining_members_pids(system: Callab
     path.write_text(_head(name) + _pool(4))
     done = rt.reload()
     assert done.plan.adjusted == ("crew",)
-    grown = _pids(rt)
+    grown = pids(rt)
     assert grown["crew-0"] == before["crew-0"] and grown["crew-1"] == before["crew-1"]
     for member in ("crew-2", "crew-3"):
         assert rt.worker(member).state is WorkerState.RUNNING
@@ -92,12 +60,12 @@ def test_a_pool_scaled_by_reload_keeps_the_remaining_members_pids(system: Callab
 def test_a_pools_template_change_restarts_its_members(system: Callable[[str], System]) -> None:
     name = f"rdecl-t{next(_names)}"
     rt, rec, path = system(_head(name) + _pool(2, "one"))
-    before = _pids(rt)
+    before = pids(rt)
 
     path.write_text(_head(name) + _pool(2, "two"))
     done = rt.reload()
     assert done.plan.changed == ("crew",) and done.plan.adjusted == ()
-    after = _pids(rt)
+    after = pids(rt)
     for member in ("crew-0", "crew-1"):
         assert after[member] != before[member]
         said = functools.partial(_said, who=member, label="two")
@@ -130,13 +98,13 @@ members = ["knob-a", "knob-b"]
 def test_a_group_members_config_change_applies_without_stopping_half_way(system: Callable[[str], System]) -> None:
     name = f"rdecl-g{next(_names)}"
     rt, _, path = system(_head(name) + GROUP.format(level=1, strategy="one_for_all"))
-    before = _pids(rt)
+    before = pids(rt)
 
     path.write_text(_head(name) + GROUP.format(level=2, strategy="one_for_all"))
     done = rt.reload()  # the runtime refuses to remove a group's member: the group restarts as a unit
     assert done.plan.changed == ("pair",)
     assert "loner" in done.plan.unchanged
-    after = _pids(rt)
+    after = pids(rt)
     assert after["loner"] == before["loner"]
     for member in ("knob-a", "knob-b"):
         assert after[member] != before[member]
@@ -149,7 +117,7 @@ def test_a_group_members_config_change_applies_without_stopping_half_way(system:
     path.write_text(_head(name) + GROUP.format(level=2, strategy="rest_for_one"))
     done = rt.reload()
     assert done.plan.adjusted == ("pair",) and done.plan.changed == ()
-    assert _pids(rt) == after
+    assert pids(rt) == after
     assert rt.groups() == {"pair": ("rest_for_one", ["knob-a", "knob-b"])}
 
     # The group is gone from the file: its members stop, the rest stays.
@@ -158,7 +126,7 @@ def test_a_group_members_config_change_applies_without_stopping_half_way(system:
     assert done.plan.removed == ("pair",)
     assert set(done.plan.added) == {"knob-a", "knob-b"}
     assert rt.groups() == {}
-    assert _pids(rt)["loner"] == before["loner"]
+    assert pids(rt)["loner"] == before["loner"]
     for member in ("knob-a", "knob-b"):
         assert rt.worker(member).state is WorkerState.RUNNING and rt.worker(member).group is None
 
@@ -173,7 +141,7 @@ def test_added_workers_start_in_dependency_order_and_removed_ones_stop_in_revers
 ) -> None:
     name = f"rdecl-d{next(_names)}"
     rt, rec, path = system(_head(name) + _service("base"))
-    base = _pids(rt)["base"]
+    base = pids(rt)["base"]
     chain = ("dep-a", "dep-b", "dep-c")
 
     def of(message: str) -> list[str]:
@@ -197,17 +165,17 @@ def test_added_workers_start_in_dependency_order_and_removed_ones_stop_in_revers
     assert set(done.plan.removed) == set(chain)
     rec.wait_for("worker.exited", lambda e: getattr(e.payload, "worker", None) in chain, count=3, timeout=WAIT)
     assert of("worker.exited") == list(reversed(chain))
-    assert _pids(rt) == {"base": base}
+    assert pids(rt) == {"base": base}
 
 
 def test_a_changed_after_is_a_change_of_that_worker(system: Callable[[str], System]) -> None:
     name = f"rdecl-a{next(_names)}"
     rt, _, path = system(_head(name) + _service("one") + _service("two"))
-    before = _pids(rt)
+    before = pids(rt)
     path.write_text(_head(name) + _service("one") + _service("two", ["one"]))
     done = rt.reload()
     assert done.plan.changed == ("two",) and done.plan.unchanged == ("one",)
-    after = _pids(rt)
+    after = pids(rt)
     assert after["one"] == before["one"] and after["two"] != before["two"]
 
 
@@ -219,12 +187,12 @@ def test_what_requires_a_restarted_worker_restarts_with_it(system: Callable[[str
     text += '\n[[services]]\nclass = "tests.reload_parts:Greeter"\nname = "user"\nrequires = ["bus"]\n'
     text += _service("free")
     rt, _, path = system(text.format(level=1))
-    before = _pids(rt)
+    before = pids(rt)
     path.write_text(text.format(level=2))
     done = rt.reload()
     assert set(done.plan.changed) == {"bus", "user"} and done.plan.unchanged == ("free",)
     assert any("user" in note and "requires" in note for note in done.notes)
-    after = _pids(rt)
+    after = pids(rt)
     assert after["free"] == before["free"]
     assert after["bus"] != before["bus"] and after["user"] != before["user"]
     assert rt.worker("user").state is WorkerState.RUNNING
@@ -233,13 +201,13 @@ def test_what_requires_a_restarted_worker_restarts_with_it(system: Callable[[str
 def test_a_file_with_a_cycle_changes_nothing(system: Callable[[str], System]) -> None:
     name = f"rdecl-c{next(_names)}"
     rt, _, path = system(_head(name) + _service("one") + _pool(2))
-    before = _pids(rt)
+    before = pids(rt)
     path.write_text(_head(name) + _service("one", ["two"]) + _service("two", ["one"]) + _pool(3))
     for dry_run in (True, False):
         with pytest.raises(ConfigError, match=r"system\.toml:\d+: services\[\d\]\.after: dependency cycle") as caught:
             rt.reload(dry_run=dry_run)
         assert "\n" not in str(caught.value)
-    assert _pids(rt) == before
+    assert pids(rt) == before
     assert rt.pools() == {"crew": 2}
 
 

@@ -159,9 +159,10 @@ def events(args: argparse.Namespace) -> int:
         return _recorded.events_file(args)
     minimum = Severity[args.severity]
     # The recent messages are filtered before the last --lines of them are shown.
-    recent: deque[str] | None = deque(maxlen=max(0, args.lines))
+    # -n 0: none of them (with -f, only new ones, as tail -n 0 -f); -n all (None): every one kept.
+    recent: deque[str] | None = deque(maxlen=args.lines)
     with _client.Client(_target(args, args.name)) as client:
-        for evt in client.events(RECENT if args.lines > 0 else 0, args.follow):
+        for evt in client.events(RECENT if args.lines is None or args.lines > 0 else 0, args.follow):
             if evt is None:
                 for line in recent or ():
                     print(line, flush=True)

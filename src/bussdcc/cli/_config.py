@@ -16,6 +16,7 @@ from ..errors import ConfigError, RegistrationError
 from ..kernel import Device, Interface, Process, Service
 from ..supervisor import Runtime
 from ..supervisor._deps import DependencyError, start_order
+from ..supervisor._pools import instances_error
 from ..supervisor._specs import POLICY_KEYS, SERVICE_SETTINGS, build, check_group, check_supervised, import_target
 
 __all__ = [
@@ -283,6 +284,8 @@ def load_system(path: Path) -> SystemSpec:
             for key in ("class", ident):
                 if not isinstance(entry.get(key), str) or not entry[key]:
                     raise fail(section, i, key if key in entry else None, f"{key!r} is required (a string)")
+            if not entry[ident].isprintable():  # a status row, a file name, a metric label: one clean line
+                raise fail(section, i, ident, f"must have no control characters, not {entry[ident]!r}")
             worker = base in (Device, Service)
             policy = {k: v for k, v in entry.items() if k not in ("class", ident, "config", "instances")}
             for key in policy:
@@ -294,8 +297,8 @@ def load_system(path: Path) -> SystemSpec:
             if "instances" in entry:
                 if not worker:
                     raise fail(section, i, "instances", "unknown key")
-                if not isinstance(instances, int) or isinstance(instances, bool) or instances < 0:
-                    raise fail(section, i, "instances", f"must be an int >= 0, not {instances!r}")
+                if (why := instances_error(instances)) is not None:
+                    raise fail(section, i, "instances", why)
             if isinstance(policy.get("cwd"), str) and policy["cwd"]:
                 policy["cwd"] = str(folder / policy["cwd"])  # relative to the file
             names = [entry[ident]] if instances is None else [f"{entry[ident]}-{k}" for k in range(instances)]

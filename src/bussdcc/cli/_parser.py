@@ -23,6 +23,19 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
+def _how_many(text: str) -> int | None:
+    """``-n`` of ``events``: a count >= 0, or ``all`` (None: every one there is)."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0 or 'all', not {text!r}")
+    return n
+
+
 def parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bussdcc", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__import__('bussdcc').__version__}")
@@ -185,14 +198,19 @@ def parser() -> argparse.ArgumentParser:
     find(cmd, positional_name=True)
     cmd.add_argument("-f", "--follow", action="store_true", help="keep printing new messages")
     cmd.add_argument(
-        "-n", "--lines", type=int, default=20, help="recent matching messages to show first (default %(default)s)"
+        "-n",
+        "--lines",
+        type=_how_many,
+        default=20,
+        metavar="N",
+        help="recent matching messages to show first: a number (0: none, as tail -n 0) or 'all' (default %(default)s)",
     )
     cmd.add_argument("--severity", default="DEBUG", choices=[s.name for s in Severity], help="lowest severity shown")
     cmd.add_argument(
         "--file",
         action="append",
         metavar="FILE",
-        help="read a recording (.mcap) instead of a live runtime; repeat for rotated files (-n 0: every message)",
+        help="read a recording (.mcap) instead of a live runtime; repeat for rotated files (-n all: every message)",
     )
     cmd.add_argument("--name", dest="pattern", metavar="GLOB", help="only messages whose name matches, e.g. 'worker.*'")
     cmd.add_argument("--json", action="store_true", help="one JSON object per line")

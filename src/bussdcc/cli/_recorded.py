@@ -35,7 +35,7 @@ def record_of(rec: Recorded) -> dict[str, Any]:
         return {
             "time": _stamp(rec.log_time),
             "name": "worker.output",
-            "severity": _LOG_LEVELS.get(payload.get("level", 2), "INFO"),
+            "severity": _log_level(payload.get("level", 2)),
             "source": worker,
             "payload": {"worker": worker, "stream": payload.get("file", ""), "line": payload.get("message", "")},
         }
@@ -46,6 +46,11 @@ def record_of(rec: Recorded) -> dict[str, Any]:
         "source": rec.source,
         "payload": payload,
     }
+
+
+def _log_level(level: object) -> str:
+    """A foxglove.Log level as a severity's name (INFO for anything else: the file may hold any JSON)."""
+    return _LOG_LEVELS.get(level, "INFO") if isinstance(level, int) else "INFO"
 
 
 def _severity(name: str) -> int:
@@ -61,8 +66,8 @@ def events_file(args: argparse.Namespace) -> int:
         raise BussdccError("-f follows a live runtime; --file reads a recording")
     minimum = Severity[args.severity]
     recordings = [RecordedFile(path) for path in args.file]  # each checked before anything is printed
-    # -n N: the last N matching messages, as live; -n 0: every one, as it is read.
-    last: deque[str] | None = deque(maxlen=args.lines) if args.lines > 0 else None
+    # -n N: the last N matching messages, -n 0 none, as live; -n all (None): every one, as it is read.
+    last: deque[str] | None = None if args.lines is None else deque(maxlen=args.lines)
     for line in _lines(recordings, minimum, args.pattern, args.json):
         if last is not None:
             last.append(line)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
 import threading
@@ -17,7 +18,7 @@ from ._launch import _print_event, load_runtime
 def replay(args: argparse.Namespace) -> int:
     """Load TARGET as ``bussdcc run`` does, replay the recording into it, say what was done."""
     speed: float | None = None if args.fast else args.speed
-    if speed is not None and not speed > 0:
+    if speed is not None and not 0 < speed < math.inf:
         raise BussdccError(f"--speed must be a positive number, not {speed:g}")
     for path in args.file:
         RecordedFile(path)  # a file that is not a recording is refused before the target is imported

@@ -32,6 +32,10 @@ _STRIDE: Final = 64
 ACTIVITIES: Final = ("idle", "start", "tick", "handle_event", "stop")
 
 
+#: Workers a runtime runs at once: one slot each in the shared table (a pool is never larger).
+WORKER_SLOTS: Final = 1024
+
+
 class SlotTable:
     """Fixed-size table of per-worker counters and watchdog times in shared memory.
 
@@ -39,7 +43,7 @@ class SlotTable:
     share (one clock per boot on Linux).
     """
 
-    def __init__(self, slots: int = 1024, path: Path | None = None) -> None:
+    def __init__(self, slots: int = WORKER_SLOTS, path: Path | None = None) -> None:
         self.size = slots
         if path is None:
             self._map = mmap.mmap(-1, slots * _STRIDE, flags=mmap.MAP_SHARED)

@@ -9,12 +9,13 @@ from a worker) is the :class:`CallPort` of the side that makes it.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import inspect
 import threading
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Concatenate, Final, Generic, ParamSpec, Protocol, TypeVar
+from typing import Any, Concatenate, Final, Generic, NamedTuple, ParamSpec, Protocol, TypeAlias, TypeVar
 
 import msgspec
 
@@ -68,6 +69,8 @@ _raw_list: Final = msgspec.msgpack.Decoder(list[msgspec.Raw])
 _raw_map: Final = msgspec.msgpack.Decoder(dict[str, msgspec.Raw])
 _methods: dict[type, dict[str, Callable[..., Any]]] = {}
 _specs: dict[Callable[..., Any], MethodSpec] = {}
+#: (device class, method) pairs a handle has checked: the method is callable on that class.
+_checked: dict[tuple[type, Callable[..., Any]], MethodSpec] = {}
 
 
 def callable_methods(cls: type) -> dict[str, Callable[..., Any]]:
@@ -239,9 +242,11 @@ class Latch:
         return self.reply is not None
 
 
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """One call on its way: which device and method, the encoded arguments, the deadline, whether to wait."""
+class Outgoing(NamedTuple):
+    """One call on its way: which device and method, the encoded arguments, the deadline, whether to wait.
+
+    A named tuple: it is made for every call, and a frozen dataclass costs several times as much to build.
+    """
 
     device: str
     method: str
@@ -249,6 +254,38 @@ class Outgoing:
     kwargs: bytes
     timeout: float
     wait: bool
+
+
+#: A port's optional ``roundtrip(call)``: make the call on the calling thread if it can, returning
+#: ``(True, its reply, or None at the deadline)``, else ``(False, None)`` (then it goes by ``submit``).
+Direct: TypeAlias = Callable[[Outgoing], tuple[bool, "p.Reply | None"]]
+
+#: The ZAP domain of a device's own call endpoint, and the PLAIN username its callers give
+#: (the password is the device incarnation's secret).
+CALLS_DOMAIN: Final = b"bussdcc-calls"
+CALLS_USER: Final = b"bussdcc-parent"
+
+
+_replies: Final = msgspec.msgpack.Decoder(p.Reply)
+
+
+def unpack_reply(data: bytes) -> tuple[p.Reply, int] | None:
+    """A direct reply: the encoded :class:`~bussdcc.kernel.protocol.Reply`, then the items sent before it (8 bytes)."""
+    try:
+        return p.decode(data[:-8], _replies), int.from_bytes(data[-8:], "little")
+    except ProtocolError:
+        return None  # the device is ours, so this is a bug: the caller gets no answer, and times out
+
+
+def call_endpoint(workers: str, slot: int, incarnation: int) -> str:
+    """Where a device incarnation binds its call endpoint: next to the workers' ``ipc://`` socket."""
+    folder = workers.removeprefix("ipc://").rpartition("/")[0]
+    return f"ipc://{folder}/c{slot}.{incarnation}"
+
+
+def call_key(token: bytes) -> bytes:
+    """The password of a device incarnation's call endpoint: derived from its secret, which it does not reveal."""
+    return hmac.new(token, b"bussdcc-calls", hashlib.sha256).digest()
 
 
 class CallPort(Protocol):
@@ -311,6 +348,9 @@ class DeviceHandle(Generic[D]):
         )
 
     def _spec(self, method: Callable[..., Any]) -> MethodSpec:
+        found = _checked.get((self.cls, method))
+        if found is not None:
+            return found
         name = getattr(method, "__name__", None) or repr(method)
         allowed = callable_methods(self.cls)
         if allowed.get(name) is not method:
@@ -320,7 +360,8 @@ class DeviceHandle(Generic[D]):
                 method=name,
                 available=tuple(sorted(allowed)),
             )
-        return method_spec(method)
+        spec = _checked[self.cls, method] = method_spec(method)
+        return spec
 
     def _result(self, spec: MethodSpec, reply: p.Reply) -> Any:
         if reply.failure is not None:
@@ -347,8 +388,17 @@ class DeviceHandle(Generic[D]):
         """Run ``method(*args, **kwargs)`` in the device's process and return its result."""
         spec = self._spec(method)
         a, k = spec.encode_args(args, kwargs)
+        out = Outgoing(self.id, spec.name, a, k, self.timeout, self.wait)
+        direct: Direct | None = getattr(self._port, "roundtrip", None)
+        if direct is not None:
+            done, reply = direct(out)
+            if done:  # made on this thread, straight to the device
+                if reply is None:
+                    raise self._timed_out(spec)
+                result_: R = self._result(spec, reply)
+                return result_
         latch = Latch()
-        call_id = self._port.submit(Outgoing(self.id, spec.name, a, k, self.timeout, self.wait), latch.set)
+        call_id = self._port.submit(out, latch.set)
         if not self._port.block(latch, self.timeout) and not self._verdict(latch):
             self._port.cancel(call_id)
             raise self._timed_out(spec)

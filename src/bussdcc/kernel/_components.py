@@ -124,9 +124,9 @@ class Supervised:
     env: dict[str, str] | None = None
     #: The worker's working directory (``None``: the runtime's).
     cwd: str | None = None
-    #: The user and group (names) the worker runs as; only a runtime running as root may set them.
-    user: str | None = None
-    group: str | None = None
+    #: The user and group (names or ids) the worker runs as; only a runtime running as root may set them.
+    user: str | int | None = None
+    group: str | int | None = None
 
 
 class Device(Supervised):

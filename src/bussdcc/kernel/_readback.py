@@ -67,8 +67,12 @@ class Recorded:
         return self.meta.get("severity", "INFO")
 
     def payload(self) -> Any:
-        """The recorded fields (raises ``ValueError`` if they are not JSON)."""
-        return json.loads(self.data)
+        """The recorded fields (raises ``ValueError`` if they are not JSON, or nest too deep to read)."""
+        try:
+            return json.loads(self.data)
+        except RecursionError:
+            # Data from a file: nesting deeper than the interpreter recurses is unreadable, not a crash.
+            raise ValueError("the recorded fields nest too deep to read") from None
 
 
 class _Cut(Exception):

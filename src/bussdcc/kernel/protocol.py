@@ -102,7 +102,9 @@ class Hello(Frame, tag="hello", frozen=True):
 
 
 class Ready(Frame, tag="ready", frozen=True):
-    """The component connected (device) or started (service)."""
+    """The component connected (device) or started (service); a device's own call endpoint, if it has one."""
+
+    calls: str = ""
 
 
 class StartFailed(Frame, tag="start_failed", frozen=True):
@@ -205,7 +207,29 @@ class ByeAck(Frame, tag="bye_ack", frozen=True):
     """Everything up to the worker's ``Bye.last_seq`` has been dispatched: it may exit."""
 
 
-ParentFrame: TypeAlias = Deliver | Stop | ByeAck | Call | Reply
+class Route(Frame, tag="route", frozen=True):
+    """Parent → Service: ``device`` takes calls straight at ``endpoint`` (PLAIN with ``key``) until its line ends."""
+
+    device: str
+    line: int
+    endpoint: str
+    key: bytes
+
+
+class RouteEnded(Frame, tag="route_ended", frozen=True):
+    """Parent → Service: the device incarnation of ``line`` ended (``crashed``, of ``reason``); calls on it fail."""
+
+    device: str
+    line: int
+    pid: int
+    reason: str
+    crashed: bool
+
+    def __post_init__(self) -> None:
+        safe_fields(self, "reason")
+
+
+ParentFrame: TypeAlias = Deliver | Stop | ByeAck | Call | Reply | Route | RouteEnded
 
 
 class Envelope(Frame, tag="m", frozen=True):

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import os
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
@@ -29,7 +31,8 @@ from ..errors import (
 )
 from ..kernel import Device
 from ..kernel import protocol as p
-from ..kernel._calls import MAX_TIMEOUT, Latch, Outgoing, callable_methods, fail
+from ..kernel._calls import MAX_TIMEOUT, Latch, Outgoing, call_endpoint, callable_methods, fail
+from ._direct import DirectCalls, Line
 from ._latency import CALL_BUCKETS, Histogram
 from ._workers import WorkerState
 
@@ -65,9 +68,24 @@ def _coming_back(worker: Worker) -> bool:
     state = worker.state
     return (
         state in (WorkerState.STARTING, WorkerState.BACKOFF)
-        or (state is WorkerState.STOPPING and worker.held)  # its group restarts it
+        # Its group restarts it, or its health does (stopped for it, gracefully, to be respawned).
+        or (state is WorkerState.STOPPING and worker.intent in ("hold", "run"))
         or (state is WorkerState.STOPPED and worker.incarnations == 0)  # boot has not started it yet
     )
+
+
+def _unlink(endpoint: str) -> None:
+    try:
+        os.unlink(endpoint.removeprefix("ipc://"))
+    except OSError:
+        pass  # removed by the device itself, or with the run directory
+
+
+def _ended(inc: Incarnation, reason: str, crashed: bool, device: str, method: str) -> DeviceCallError:
+    """Why a call in flight on ``inc`` failed when it ended."""
+    if crashed:
+        return DeviceCrashed(f"device {device!r} (pid {inc.pid}) died during {method}(): {reason}", reason=reason)
+    return DeviceUnavailable(f"device {device!r} stopped during {method}()", state="stopped")
 
 
 class CallRouter:
@@ -83,14 +101,28 @@ class CallRouter:
         self._timer: Timer | None = None
         self._timer_at = 0.0
         self.closed: str | None = None
-        #: Replies that matched no pending call (late, or for a call that timed out).
-        self.late = 0
+        self._late = 0
         #: How long answered calls took, per device (routed to answered; read at scrape time).
         self.latency: dict[str, Histogram] = {}
+        #: Calls the parent's threads make straight to a ready device (see ``_direct``).
+        self.direct = DirectCalls()
+
+    def histogram(self, device: str) -> Histogram:
+        """The call latency histogram of ``device`` (written under ``direct.lock``: callers write it too)."""
+        hist = self.latency.get(device)
+        if hist is None:
+            hist = self.latency.setdefault(device, Histogram(CALL_BUCKETS))
+        return hist
+
+    @property
+    def late(self) -> int:
+        """Replies that matched no pending call (late, or for a call that timed out), routed or direct."""
+        return self._late + self.direct.late
 
     def counts(self) -> tuple[int, int]:
         """Calls in flight (sent or parked), and those parked for a device not ready; any thread."""
-        return len(self._pending), sum(len(calls) for calls in tuple(self._parked.values()))
+        parked = sum(len(calls) for calls in tuple(self._parked.values()))
+        return len(self._pending) + self.direct.in_flight(), parked
 
     # ---- taking calls ----------------------------------------------------------------
 
@@ -160,20 +192,34 @@ class CallRouter:
         """A device answered a call."""
         call = self._pending.get(frame.call_id)
         if call is None or call.identity != inc.identity:
-            self.late += 1
+            self._late += 1
             return
         del self._pending[frame.call_id]
         self._unlink(call)
-        hist = self.latency.get(call.device)
-        if hist is None:
-            hist = self.latency[call.device] = Histogram(CALL_BUCKETS)
-        hist.observe(time.monotonic() - call.started)
+        hist = self.histogram(call.device)
+        with self.direct.lock:
+            hist.observe(time.monotonic() - call.started)
         call.done(frame)
 
-    def on_request(self, inc: Incarnation, frame: p.Request) -> None:
-        """A worker calls a device: route it like a local call, answer with a Reply."""
+    def _route_ended(self, line: Line, reason: str, *, crashed: bool) -> None:
+        """Tell the Services that call ``line`` directly that it ended: their calls on it fail now."""
+        if line.holders and self.hub is not None:
+            pid = line.inc.pid or 0
+            data = p.encode(p.RouteEnded(line.device, line.number, pid, reason, crashed))
+            for identity in sorted(line.holders):
+                self.hub.send(identity, data)
+
+    def on_request(self, inc: Incarnation, frame: p.Request, *, service: bool = False) -> None:
+        """A worker calls a device: route it like a local call, answer with a Reply.
+
+        A Service is also told the device's line, if it has one: its next calls go straight there.
+        """
         assert self.hub is not None
         hub, origin, their_id = self.hub, inc.identity, frame.call_id
+        line = self.direct.lines.get(frame.device) if service else None
+        if line is not None and origin not in line.holders:
+            line.holders.add(origin)
+            hub.send(origin, p.encode(p.Route(line.device, line.number, line.endpoint, line.key)))
 
         def done(reply: p.Reply) -> None:
             hub.send(origin, p.encode(p.Reply(their_id, reply.result, reply.failure)))
@@ -189,6 +235,10 @@ class CallRouter:
 
     def ready(self, worker: Worker, inc: Incarnation) -> None:
         """A device incarnation is ready: send it the calls that waited for it."""
+        assert self.hub is not None
+        if inc.direct and inc.direct == call_endpoint(self.hub.endpoint, inc.slot, inc.number):
+            # Only where it must be: a device does not choose what others connect to.
+            self.direct.open(worker, inc, self.histogram(worker.name))
         parked = self._parked.pop(worker.name, None)
         for call in parked or ():
             if call.call_id in self._pending:
@@ -203,22 +253,26 @@ class CallRouter:
 
     def ended(self, inc: Incarnation, reason: str, *, crashed: bool) -> None:
         """An incarnation is gone: its calls in flight fail now, not at their deadline."""
+        line = self.direct.end(inc, lambda call_id, dev, name: fail(call_id, _ended(inc, reason, crashed, dev, name)))
+        if line is not None:
+            self._route_ended(line, reason, crashed=crashed)
+            _unlink(line.endpoint)  # a device that died left its socket file behind
+        self.direct.forget_holder(inc.identity)
         ids = self._by_identity.pop(inc.identity, None)
         for call_id in sorted(ids or ()):
             call = self._pending.pop(call_id, None)
             if call is None:
                 continue
-            if crashed:
-                exc: DeviceCallError = DeviceCrashed(
-                    f"device {call.device!r} (pid {inc.pid}) died during {call.method}(): {reason}", reason=reason
-                )
-            else:
-                exc = DeviceUnavailable(f"device {call.device!r} stopped during {call.method}()", state="stopped")
-            self._fail(call, exc)
+            self._fail(call, _ended(inc, reason, crashed, call.device, call.method))
 
     def close(self, reason: str) -> None:
         """The runtime is shutting down: every call still pending fails now."""
         self.closed = reason
+        lines = self.direct.close(
+            lambda call_id, dev, method: fail(call_id, DeviceUnavailable(f"device {dev!r}: {reason}", state="stopped"))
+        )
+        for line in lines:
+            self._route_ended(line, reason, crashed=False)
         calls = sorted(self._pending.values(), key=lambda c: c.call_id)
         self._pending.clear()
         self._by_identity.clear()
@@ -318,6 +372,31 @@ class ParentPort:
         else:
             hub.call_soon(lambda: router.submit(pending))
         return call_id
+
+    def roundtrip(self, call: Outgoing) -> tuple[bool, p.Reply | None]:
+        """Make the call on this thread, straight to its device if it is up; else ``(False, None)``: route it."""
+        found = self._up
+        if found is None:
+            return False, None
+        hub, router = found
+        line = router.direct.lines.get(call.device)
+        me = threading.get_ident()
+        if line is None or me == hub.thread.ident:
+            return False, None
+        worker = line.worker
+        state = worker.state
+        if worker.current is not line.inc or (state is not WorkerState.RUNNING and state is not WorkerState.UNHEALTHY):
+            return False, None  # in a transition the hub knows best: it parks, refuses or waits
+        if call.method not in line.methods:
+            return False, None
+        call_id = next(_ids)
+        frame = p.encode(p.Call(call_id, call.method, msgspec.Raw(call.args), msgspec.Raw(call.kwargs)))
+        hist = line.latency
+        disp = self._dispatcher
+        if disp is not None and me == disp.thread.ident:
+            with disp.waiting():  # the hub reads on: the items the call emitted must reach us
+                return router.direct.call(line, call_id, call.method, frame, timeout=call.timeout, latency=hist)
+        return router.direct.call(line, call_id, call.method, frame, timeout=call.timeout, latency=hist)
 
     def cancel(self, call_id: int) -> None:
         """Forget the call on the hub thread."""

@@ -98,13 +98,20 @@ def _scale(rt: ManagedRuntime, req: p.ScaleRequest) -> str:
     before = {w.name for w in rt.workers()}
     members = rt.scale(req.pool, req.instances)
     added = [f"{w.name} (pid {w.pid if w.pid is not None else w.state})" for w in members if w.name not in before]
-    removed = sorted(before - {w.name for w in rt.workers()})
-    said = f"{req.pool}: {len(members)} instances"
+    # By member number, as the pool counts them (crawler-2 before crawler-10).
+    removed = sorted(before - {w.name for w in rt.workers()}, key=_member_number)
+    said = f"{req.pool}: {len(members)} instance{'' if len(members) == 1 else 's'}"
     if added:
         said += f"; started {', '.join(added)}"
     if removed:
         said += f"; removed {', '.join(removed)}"
     return said
+
+
+def _member_number(name: str) -> tuple[int, str]:
+    """A pool member's number (``crawler-10`` is 10), to sort by; what has none sorts by name."""
+    tail = name.rpartition("-")[2]
+    return (int(tail), name) if tail.isdigit() else (-1, name)
 
 
 def _started(pid: int | None, name: str) -> str:

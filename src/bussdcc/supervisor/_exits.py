@@ -1,7 +1,8 @@
 """Exits: every way an incarnation ends is reported here, classified, decided and applied (hub thread).
 
 Entry points: :meth:`Exits.kill` (the watchdog, the hub's stall check, the start timeout judge
-an incarnation must die: it is killed with that cause) and :meth:`Exits.ended` (the process is
+an incarnation must die: it is killed with that cause), :meth:`Exits.stop_for` (the health
+watcher ends a responsive incarnation: gracefully, with that cause) and :meth:`Exits.ended` (the process is
 gone: reaped by the fork server, seen by the pidfd of a joined worker, never made, or lost with
 the fork server). Once its last frames are in, :meth:`Exits.finalize` closes its books, and
 :meth:`Exits.conclude` asks the pure policy (``_policy.decide``) and applies the verdict:
@@ -115,6 +116,16 @@ class Exits:
             )
         b.targets.pop(inc.identity, None)
         b._signal(inc, signal.SIGKILL)
+
+    def stop_for(self, worker: Worker, inc: Incarnation, verdict: Verdict) -> None:
+        """End an incarnation for ``verdict`` gracefully: Stop, then SIGTERM, then SIGKILL (as a stop does).
+
+        Its ``stop()``/``disconnect()`` runs and what it emitted is delivered; its exit is still
+        reported with ``verdict``'s cause and decided as a failure: the worker's intent stays ``run``.
+        """
+        if inc.exited or inc.stop_sent or not inc.blame(verdict.cause, verdict.reason):
+            return
+        self._stopping.begin(worker, inc)
 
     def ended(self, worker: Worker, inc: Incarnation, exit_code: int | None, *, drain: bool = False) -> None:
         """The process of ``inc`` is gone (or never was); ``drain``: its last frames may still be on their way."""
@@ -251,6 +262,9 @@ class Exits:
                     return
                 if (binding := self._binding(worker)) is not None:
                     self._start_plan(Plan(self, binding, worker.name, delay))
+                    return
+                if delay <= 0:
+                    self._respawn_after_backoff(worker)  # at once: not a turn of the hub loop later
                     return
                 worker.backoff_timer = b._hub().call_later(delay, lambda: self._respawn_after_backoff(worker))
 

@@ -45,6 +45,21 @@ def raise_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
+def table_size() -> int | None:
+    """The size of this process's fd table (``FDSize`` in /proc/self/status): no open fd is numbered above it.
+
+    One short read, whatever the number of fds: while it is far below the limit, so is the count.
+    """
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"FDSize:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
 def open_count(limit: int) -> int:
     """How many fds this process has open (the limit itself if it cannot even look)."""
     try:
@@ -78,6 +93,10 @@ class FdGuard:
         limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         if limit == resource.RLIM_INFINITY:
             return
+        if not self.refusing:
+            size = table_size()
+            if size is not None and size < HIGH * limit:
+                return  # every fd is numbered below the table's size: fewer are open than that
         count = open_count(limit)
         closing_control = not self.refusing and count >= HIGH * limit
         closing_workers = self._accept_workers is not None and not self.refusing_workers and count >= HIGHER * limit

@@ -18,7 +18,7 @@ import sys
 import threading
 import traceback
 import warnings
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 
 from ..errors import BootError
@@ -32,6 +32,12 @@ def _resolve(entry: str) -> Entry:
     module, _, attr = entry.partition(":")
     fn: Entry = getattr(importlib.import_module(module), attr)
     return fn
+
+
+def _preparation(entry: str) -> Callable[[], None] | None:
+    """The ``prepare()`` of the entry point's module, if it has one: run once in the fork server."""
+    prepare = getattr(importlib.import_module(entry.partition(":")[0]), "prepare", None)
+    return prepare if callable(prepare) else None
 
 
 class ForkServer:
@@ -49,6 +55,7 @@ class ForkServer:
     ) -> None:
         """Fork the fork server; ``waiting``: threads known to wait for the boot, holding nothing."""
         fn = _resolve(entry)
+        prepare = _preparation(entry)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         for stream in (sys.stdout, sys.stderr):
             stream.flush()  # or the children would print the parent's buffered output again
@@ -64,6 +71,8 @@ class ForkServer:
         if pid == 0:  # pragma: no cover - runs in the child
             try:
                 ours.close()
+                if prepare is not None:
+                    prepare()
                 Zygote(theirs, dict(components), endpoint, slots, fn, run_dir).run()
             except BaseException:  # say why, or the parent only learns that it exited
                 traceback.print_exc()

@@ -8,8 +8,9 @@ The parent sees every message a worker sends: :meth:`Health.saw` (dispatch threa
 ``(worker, name) -> when`` for the pairs someone expects, one dict lookup per message.
 A periodic job on the hub compares the stamps with the deadlines and notices a ``health()``
 that stopped answering (a call that hangs counts as failing). A worker found unhealthy is
-reported (``worker.unhealthy``) and, per its ``on_unhealthy``, killed with the cause
-``unhealthy`` (the exits then respawn it under its policy, intensity and backoff) or kept,
+reported (``worker.unhealthy``) and, per its ``on_unhealthy``, stopped with the cause
+``unhealthy`` (gracefully: a Stop, escalating to SIGTERM then SIGKILL if it does not end; the
+exits then respawn it under its policy, intensity and backoff) or kept,
 in state ``unhealthy``, until every check passes again (``worker.healthy``).
 """
 
@@ -55,9 +56,10 @@ class _Watch:
 class Health:
     """Watches the expectations and ``health()`` of every ready worker that has either."""
 
-    def __init__(self, books: Books, kill: Callable[[Worker, Incarnation, Verdict], None]) -> None:
+    def __init__(self, books: Books, end: Callable[[Worker, Incarnation, Verdict], None]) -> None:
         self.books = books
-        self._kill = kill
+        #: Ends an incarnation for a verdict (gracefully, escalating); its exit says the verdict's cause.
+        self._end = end
         #: (worker, message name) -> monotonic time it was last dispatched, for the expected pairs only.
         #: Written on the dispatch thread (existing keys only), read and extended on the hub thread.
         self.seen: dict[tuple[str, str], float] = {}
@@ -99,6 +101,12 @@ class Health:
         else:
             watch.failing[HEALTH] = frame.reason or "health() failed"
         self._judge(watch, watch.last_report)
+
+    def forget(self, worker: str) -> None:
+        """``worker`` was removed (hub thread): its stamps and watch go with it."""
+        self._watches.pop(worker, None)
+        for key in [key for key in self.seen if key[0] == worker]:
+            self.seen.pop(key, None)
 
     # ---- the deadlines -------------------------------------------------------------------
 
@@ -153,7 +161,7 @@ class Health:
             if action == "restart":
                 what = new[0]
                 self._watches.pop(worker.name, None)
-                self._kill(worker, inc, Verdict("unhealthy", f"unhealthy: {what}: {watch.failing[what]}"))
+                self._end(worker, inc, Verdict("unhealthy", f"unhealthy: {what}: {watch.failing[what]}"))
             return
         if watch.since is not None:
             since, watch.since = watch.since, None

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import fnmatch
 import hmac
+import io
 import json
+import math
 import os
 import socket
 import threading
@@ -57,6 +59,9 @@ _RECENT_BYTES = 8 * 1024 * 1024
 _MAX_ACTIONS = 16
 #: Seconds a connection may be silent (reading a request, or a client not reading the stream).
 _SOCKET_TIMEOUT = 10.0
+#: Seconds a request (its line, headers and body) may take to arrive, however it trickles in:
+#: connections that send a byte now and then would otherwise hold every slot for good.
+_REQUEST_DEADLINE = 30.0
 #: How often the stream sends the worker table and counters.
 _STATUS_EVERY = 1.0
 _MAX_BODY = 64 * 1024
@@ -116,10 +121,11 @@ class _Filter:
             raise ValueError(f"severity must be one of {', '.join(Severity.__members__)}")
         self.minimum = int(Severity[level])
         self.pattern = (query.get("name") or [""])[0]
-        try:
-            self.lines = max(0, min(_RECENT, int((query.get("n") or ["100"])[0])))
+        n = (query.get("n") or ["100"])[0]
+        try:  # n=0: none, as `bussdcc events -n 0`; n=all: every one kept
+            self.lines = _RECENT if n.strip().lower() == "all" else max(0, min(_RECENT, int(n)))
         except ValueError:
-            raise ValueError("n must be a whole number") from None
+            raise ValueError("n must be a whole number or 'all'") from None
 
     def match(self, severity: int, record: dict[str, Any]) -> bool:
         return severity >= self.minimum and (not self.pattern or fnmatch.fnmatchcase(record["name"], self.pattern))
@@ -333,11 +339,37 @@ class HttpServer:
         return 200, {"worker": _status_builtins(status)}
 
 
+class _DeadlineReader(io.RawIOBase):
+    """A connection's input that must arrive by a deadline (``TimeoutError`` after it; the handler closes)."""
+
+    def __init__(self, sock: socket.socket, seconds: float) -> None:
+        self._sock = sock
+        self._end = time.monotonic() + seconds
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self._end - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request did not arrive in time")
+        self._sock.settimeout(min(_SOCKET_TIMEOUT, left))
+        try:
+            return self._sock.recv_into(buffer)
+        finally:
+            self._sock.settimeout(_SOCKET_TIMEOUT)  # what is written back has the usual time
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     timeout = _SOCKET_TIMEOUT
     server_version = "bussdcc"
     sys_version = ""
+
+    def setup(self) -> None:
+        super().setup()
+        plain, self.rfile = self.rfile, io.BufferedReader(_DeadlineReader(self.connection, _REQUEST_DEADLINE))
+        plain.close()
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # requests are not the runtime's output
@@ -357,7 +389,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _json(self, code: int, data: Any) -> None:
-        self._send(code, json.dumps(data, default=str).encode(), "application/json")
+        self._send(code, _dumps(data).encode(), "application/json")
 
     def _token(self) -> str | None:
         auth = self.headers.get("Authorization", "")
@@ -446,6 +478,13 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError as exc:
             self._json(400, {"error": str(exc)})
             return
+        if self.command == "HEAD":  # the headers a GET would get, and no stream (nor a stream's slot)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.close_connection = True
+            return
         found = app.subscribe(filt.minimum)
         if found is None:
             self._json(503, {"error": f"too many event streams ({_MAX_STREAMS}) are open"})
@@ -486,5 +525,24 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN and infinity made None (``null``): no JSON parser reads them."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _dumps(data: Any) -> str:
+    """``data`` as JSON that a browser's ``JSON.parse`` accepts (a reading may be NaN; JSON has none)."""
+    try:
+        return json.dumps(data, default=str, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(data), default=str, allow_nan=False)
+
+
 def _sse(event: str, data: Any) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data, default=str)}\n\n".encode()
+    return f"event: {event}\ndata: {_dumps(data)}\n\n".encode()

@@ -90,6 +90,7 @@ class Ingest:
                     self._send_stop(worker, inc)
             case p.Ready():
                 inc.controls += 1
+                inc.direct = frame.calls
                 self._ready(worker, inc)
             case p.StartFailed():
                 inc.controls += 1
@@ -99,7 +100,7 @@ class Ingest:
                 b.calls.on_reply(inc, frame)
             case p.Request():
                 inc.controls += 1
-                b.calls.on_request(inc, frame)
+                b.calls.on_request(inc, frame, service=worker.role == "service")
             case p.Health():
                 inc.controls += 1
                 self._health(worker, inc, frame)

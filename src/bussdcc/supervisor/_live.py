@@ -117,13 +117,7 @@ class LiveChanges:
         self._outside("add_group")
         if self._parts is None:
             raise RuntimeStateError("add_group() is for a runtime that is up: use register_group() before boot")
-        check_group(name, members, strategy)
-        if name in self._registry.groups:
-            raise RegistrationError(f"a group named {name!r} is registered already")
-        taken = dict(self._registry.workers())
-        for member in members:
-            self._registry.check_worker(member, "group member", taken)
-            taken[member.name] = member
+        self._registry.check_group(name, members, strategy)
         for member in members:
             self.add_worker(member)
         parts = self._parts

@@ -35,6 +35,10 @@ def _bound(value: float) -> str:
     return "+Inf" if value == float("inf") else repr(value)
 
 
+#: States whose process is up and past its handshake: an unhealthy worker still runs.
+_UP = frozenset({WorkerState.RUNNING, WorkerState.UNHEALTHY})
+
+
 class _Collector:
     """Yields the metric families of one runtime (called by prometheus-client at each scrape)."""
 
@@ -55,7 +59,11 @@ class _Collector:
         info = GaugeMetricFamily("bussdcc_runtime_info", "The runtime's name and version", labels=["name", "version"])
         info.add_metric([rt.name, rt.version], 1.0)
         yield info
-        up = GaugeMetricFamily("bussdcc_worker_up", "1 while the worker is running, else 0", labels=["worker", "role"])
+        up = GaugeMetricFamily(
+            "bussdcc_worker_up",
+            "1 while the worker's process is up and serving (running or unhealthy), else 0",
+            labels=["worker", "role"],
+        )
         state = GaugeMetricFamily(
             "bussdcc_worker_state",
             "1 for the state the worker is in, 0 for the others",
@@ -84,7 +92,7 @@ class _Collector:
             labels = [ws.name, ws.role]
             now = str(ws.state)
             per_state[now] = per_state.get(now, 0) + 1
-            up.add_metric(labels, 1.0 if ws.state is WorkerState.RUNNING else 0.0)
+            up.add_metric(labels, 1.0 if ws.state in _UP else 0.0)
             for name in names:
                 state.add_metric([*labels, name], 1.0 if name == now else 0.0)
             restarts.add_metric(labels, float(ws.restarts))

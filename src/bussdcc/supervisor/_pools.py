@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from ..errors import RegistrationError, RuntimeStateError
 from ..kernel import Device, Service
+from ..kernel._boundary import WORKER_SLOTS
 from ._assembly import Assembly
 from ._deps import POOL_ATTR, DependencyError, dependents, pool_of, start_order
 from ._management import WorkerManagement
@@ -210,6 +211,16 @@ class PoolManagement(WorkerManagement):
             return status
 
 
-def _count(name: str, instances: object) -> None:
+def instances_error(instances: object) -> str | None:
+    """Why ``instances`` is no pool size (None if it is one)."""
     if not isinstance(instances, int) or isinstance(instances, bool) or instances < 0:
-        raise RegistrationError(f"pool {name!r}: instances must be an int >= 0, not {instances!r}")
+        return f"must be an int >= 0, not {instances!r}"
+    if instances > WORKER_SLOTS:
+        # More could never run at once: refused before any member is made, not forked until the slots run out.
+        return f"must be at most {WORKER_SLOTS} (the workers a runtime runs at once), not {instances!r}"
+    return None
+
+
+def _count(name: str, instances: object) -> None:
+    if (why := instances_error(instances)) is not None:
+        raise RegistrationError(f"pool {name!r}: instances {why}")

@@ -68,8 +68,10 @@ def check_process(component: object) -> None:
             raise RegistrationError(f"{name!r}: cwd {cwd!r} is not a directory")
     user, group = getattr(component, "user", None), getattr(component, "group", None)
     for attr, value in (("user", user), ("group", group)):
-        if value is not None and (not isinstance(value, str) or not value):
-            raise bad(attr, "None or a name")
+        if value is None or (isinstance(value, str) and value):
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise bad(attr, "None, a name or an id >= 0")
     if user is None and group is None:
         vars(component).pop(_IDS_ATTR, None)
         return
@@ -81,24 +83,33 @@ def check_process(component: object) -> None:
     vars(component)[_IDS_ATTR] = resolve(name, user, group)
 
 
-def resolve(name: str, user: str | None, group: str | None) -> Ids:
+def resolve(name: str, user: str | int | None, group: str | int | None) -> Ids:
     """The ids of ``user`` and ``group`` (by name or number); :class:`RegistrationError` if unknown."""
     uid: int | None = None
     home: str | None = None
     gid = os.getgid()
     if user is not None:
         try:
-            pw = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
-        except (KeyError, OverflowError):
+            pw = pwd.getpwuid(_number(user)) if _is_number(user) else pwd.getpwnam(str(user))
+        except (KeyError, OverflowError, ValueError):  # ValueError: a NUL in the name
             raise RegistrationError(f"{name!r}: user {user!r} does not exist") from None
         uid, gid, home, user = pw.pw_uid, pw.pw_gid, pw.pw_dir, pw.pw_name
     if group is not None:
         try:
-            gid = grp.getgrgid(int(group)).gr_gid if group.isdigit() else grp.getgrnam(group).gr_gid
-        except (KeyError, OverflowError):
+            gid = grp.getgrgid(_number(group)).gr_gid if _is_number(group) else grp.getgrnam(str(group)).gr_gid
+        except (KeyError, OverflowError, ValueError):  # ValueError: a NUL in the name
             raise RegistrationError(f"{name!r}: group {group!r} does not exist") from None
     groups = tuple(os.getgrouplist(user, gid)) if user is not None else (gid,)
     return Ids(uid, gid, groups, user, home)
+
+
+def _is_number(value: str | int) -> bool:
+    """Whether ``value`` is a uid or gid: an int, or a name that is all digits (as ``chown`` reads it)."""
+    return isinstance(value, int) or value.isdigit()
+
+
+def _number(value: str | int) -> int:
+    return value if isinstance(value, int) else int(value)
 
 
 def drops(component: object) -> bool:

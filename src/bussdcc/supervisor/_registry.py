@@ -7,17 +7,21 @@ thread of a management request (the runtime serialises those).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from ..errors import RegistrationError, UnknownWorker
 from ..kernel import Device, Interface, Process, Service, Strategy
-from ._specs import check_supervised
+from ._specs import check_group, check_supervised
 
 
 def check_name(name: object, what: str, taken: dict[str, Any]) -> str:
     """``name``, unless it is not a non-empty string or is taken (:class:`RegistrationError`)."""
     if not isinstance(name, str) or not name:
         raise RegistrationError(f"a {what} needs a non-empty string name, not {name!r}")
+    if not name.isprintable():  # a NUL, newline or other control or format character
+        # Names become status table rows, file names and metric labels: each must stay one clean line.
+        raise RegistrationError(f"a {what} name must have no control characters, not {name!r}")
     if name in taken:
         raise RegistrationError(f"a {what} named {name!r} is registered already")
     return name
@@ -62,6 +66,17 @@ class Registry:
             or component.interval < 0
         ):
             raise RegistrationError(f"{component.name!r}: interval must be a number >= 0")
+
+    def check_group(self, name: str, members: Sequence[Service | Device], strategy: object) -> None:
+        """Refuse a group whose name is taken, or any of whose members could not be registered."""
+        check_group(name, members, strategy)
+        if name in self.groups:
+            raise RegistrationError(f"a group named {name!r} is registered already")
+        # Every member is checked before any is registered: a refused group registers nothing.
+        taken = dict(self.workers())
+        for member in members:
+            self.check_worker(member, "group member", taken)
+            taken[member.name] = member
 
     def put(self, component: Service | Device) -> None:
         """Record a checked Service or Device."""

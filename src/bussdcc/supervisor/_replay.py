@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import fnmatch
-import importlib
 import logging
 import threading
 import time
@@ -23,7 +22,6 @@ import typing
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
@@ -47,6 +45,8 @@ _ABOUT_RECEIVER: dict[str, tuple[str, str]] = {
 }
 #: Reported by the parent's own EventBus when a subscriber raises: the replayed bus does that again.
 _SUBSCRIBER_ERROR = "event.subscriber_error"
+#: The longest single wait (s): a slow speed makes recorded gaps longer than a timeout can hold.
+_LONGEST_WAIT = 3600.0
 
 
 @dataclass
@@ -114,11 +114,13 @@ class ReplayClock:
         """Wait ``seconds / speed`` (no time at all when replaying as fast as possible)."""
         if self.speed is None:
             return bool(cancel is not None and cancel.is_set())
-        wait = max(0.0, seconds) / self.speed
-        if cancel is None:
-            time.sleep(wait)
-            return False
-        return cancel.wait(wait)
+        end = time.monotonic() + max(0.0, seconds) / self.speed
+        while (left := end - time.monotonic()) > 0:
+            if cancel is None:
+                time.sleep(min(left, _LONGEST_WAIT))
+            elif cancel.wait(min(left, _LONGEST_WAIT)):
+                return True
+        return bool(cancel is not None and cancel.is_set())
 
 
 class _Unbuildable(Exception):
@@ -126,23 +128,22 @@ class _Unbuildable(Exception):
 
 
 def _class_of(rec: Recorded) -> type[Message]:
+    """The class registered under the recorded name: what the target imported, never what the file names.
+
+    A recording can come from anyone: importing the module it names would run that module's code.
+    """
     try:
         return message_class(rec.topic)
     except UnknownMessage:
         pass
     path = rec.meta.get("class", "")
-    module, _, qualname = path.partition(":")
-    if not module or not qualname:
+    if not path:
         raise _Unbuildable(f"no message class is registered under {rec.topic!r} and the recording names none")
-    try:
-        obj: Any = importlib.import_module(module)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-    except (Exception, SystemExit) as exc:
-        raise _Unbuildable(f"its class {path} cannot be imported: {exc!r}") from None
-    if not (isinstance(obj, type) and issubclass(obj, Message)) or obj.name != rec.topic:
-        raise _Unbuildable(f"{path} is not the message class named {rec.topic!r}")
-    return obj
+    module = path.partition(":")[0]
+    raise _Unbuildable(
+        f"no message class is registered under {rec.topic!r}; the recording says {path}: "
+        f"import {module} in the target to replay them"
+    )
 
 
 _event_fields: dict[type, tuple[str, ...]] = {}
@@ -182,7 +183,14 @@ def rebuild(rec: Recorded) -> tuple[Message, bool]:
                     fields[name] = None
                     lossy = True
         return msgspec.convert(fields, cls, dec_hook=dec_hook), lossy
-    except (msgspec.DecodeError, msgspec.ValidationError, TypeError, ValueError, NotImplementedError) as exc:
+    except (
+        msgspec.DecodeError,
+        msgspec.ValidationError,
+        TypeError,
+        ValueError,
+        NotImplementedError,
+        RecursionError,  # fields nested deeper than the decoder recurses
+    ) as exc:
         raise _Unbuildable(f"its recorded fields do not fit {cls.__module__}.{cls.__qualname__}: {exc}") from None
 
 
@@ -323,15 +331,14 @@ class Replay:
             self._wall0 = time.monotonic()
             return
         due = self._wall0 + (ns - self._first) / 1e9 / speed
-        delay = due - time.monotonic()
-        if delay > 0:
-            self._cancel.wait(delay)
+        while (delay := due - time.monotonic()) > 0 and not self._cancel.is_set():
+            self._cancel.wait(min(delay, _LONGEST_WAIT))
 
     def _dropped(self, rec: Recorded) -> None:
         try:
             payload = rec.payload()
             count = int(payload["count"])
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, OverflowError):  # OverflowError: a count of inf
             return
         # Written whenever the count changes and when a file ends: the last one says it all.
         self.report.recorder_dropped = max(self.report.recorder_dropped, count)

@@ -52,7 +52,6 @@ from ._postmortem import LOG_BACKUPS, LOG_MAX_BYTES, log_options
 from ._registry import Registry
 from ._replay import Replay, ReplayClock, ReplayReport, validate_speed
 from ._rundir import default_name
-from ._specs import check_group
 from ._workers import WorkerStatus
 
 D = TypeVar("D", bound=Device)
@@ -216,14 +215,7 @@ class Runtime(PoolManagement, LiveChanges):
         """
         if self._lc.phase is not Phase.DOWN:
             raise RegistrationError("cannot register a group after boot")
-        check_group(name, members, strategy)
-        if name in self._registry.groups:
-            raise RegistrationError(f"a group named {name!r} is registered already")
-        # Every member is checked before any is registered: a refused group registers nothing.
-        taken = dict(self._registry.workers())
-        for member in members:
-            self._registry.check_worker(member, "group member", taken)
-            taken[member.name] = member
+        self._registry.check_group(name, members, strategy)
         for member in members:
             self.add_worker(member)
         self._registry.groups[name] = (strategy, [member.name for member in members])

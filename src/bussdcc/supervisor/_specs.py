@@ -109,6 +109,8 @@ def check_group(name: object, members: Sequence[object], strategy: object) -> No
     """Raise :class:`RegistrationError` unless the group can start in the order given."""
     if not isinstance(name, str) or not name:
         raise RegistrationError(f"a group needs a non-empty string name, not {name!r}")
+    if not name.isprintable():
+        raise RegistrationError(f"a group name must have no control characters, not {name!r}")
     if strategy not in _STRATEGIES:
         raise RegistrationError(f"group {name!r}: strategy must be one of {', '.join(_STRATEGIES)}, not {strategy!r}")
     if not members:

@@ -45,7 +45,7 @@ class Supervisor(Books):
         self._watchdog = Watchdog(self, self._kill)
         self._spawning = Spawning(self, kill=self._kill, ended=self._ended, watch=self._watchdog.soon)
         self._exits = Exits(self, self._stopping, self._spawning.spawn)
-        self._health = Health(self, self._kill)
+        self._health = Health(self, self._exits.stop_for)  # graceful: a responsive worker cleans up
         self._ingest = Ingest(
             self,
             ready=self._on_ready,
@@ -87,6 +87,7 @@ class Supervisor(Books):
             raise RegistrationError(f"worker {name!r} is {worker.state} or in a group: it cannot be removed")
         del self.workers[name]
         self.postmortem.forget(name)
+        self._health.forget(name)  # workers come and go under fresh names: their stamps must not stay
 
     def add_group(self, name: str, strategy: Strategy, members: list[str]) -> None:
         """Tie known workers into a group with a restart strategy."""

@@ -1,29 +1,45 @@
-"""The parent's watchdog: hangs judged from shared memory, memory and CPU sampled with psutil (hub thread).
+"""The parent's watchdog: hangs judged from shared memory, memory and CPU read from /proc (hub thread).
 
 The functions judge: they say what is wrong with an incarnation. :class:`Watchdog` runs them
 periodically and reports each incarnation that must die to the exits (``_exits``), which kill it
 and, once it is gone, decide what follows.
+
+Idle cost stays near O(1) per period however many workers there are: each incarnation is looked
+at only when something about it may be due. A hang is judged at its known deadline (the start of
+the running activity plus its limit, the last heartbeat plus ``heartbeat_timeout``) and, for an
+activity that may begin meanwhile, at least every tenth of the worker's smallest limit. A worker
+with ``max_rss`` or ``max_cpu`` is sampled every ``SAMPLE_PERIOD`` (its limits are enforced as
+before); the others, whose figures only feed the status and metrics, share a budget of
+``SAMPLE_RATE`` samples a second. A sample is one read of ``/proc/PID/stat``.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
-import psutil
-
 from ..kernel import Device, Service
 from ..kernel._boundary import SlotTable
+from ..kernel._components import tick_deadline
 from ._books import Books
 from ._timers import Periodic
 from ._workers import Incarnation, Usage, Worker
 
 #: How often the hub looks at its live workers (seconds).
 WATCH_PERIOD = 0.1
-#: How often each live worker's memory and CPU are sampled (seconds).
+#: How often the memory and CPU of a worker with a resource limit are sampled (seconds).
 SAMPLE_PERIOD = 0.5
+#: Samples a second shared by the workers without a limit (each at most every ``SAMPLE_PERIOD``).
+SAMPLE_RATE = 32.0
+#: A hang check of a worker is at most this fraction of its smallest limit late (and at most ``WATCH_PERIOD``
+#: late for an activity already running or heartbeats already stopped: those deadlines are known).
+CHECK_FRACTION = 0.1
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 #: The exit causes the supervisor itself brings about by killing an incarnation.
@@ -59,19 +75,61 @@ def hang(comp: Service | Device, inc: Incarnation, slots: SlotTable, now: float)
     return None
 
 
+def next_check(comp: Service | Device, inc: Incarnation, slots: SlotTable, now: float) -> float:
+    """When ``inc`` may next be hung: a known deadline, or a tenth of its smallest limit from now."""
+    due = now + max(WATCH_PERIOD, smallest_limit(comp) * CHECK_FRACTION)
+    activity, since, limit = slots.activity(inc.slot)
+    if activity in ("tick", "handle_event"):
+        if activity == "handle_event":
+            since = max(since, slots.progress(inc.slot))
+        due = min(due, since + limit)
+    if comp.heartbeat_interval > 0:
+        last = slots.heartbeat(inc.slot)
+        if last:
+            due = min(due, last + comp.heartbeat_timeout)
+    return due
+
+
+def smallest_limit(comp: Service | Device) -> float:
+    """The smallest time limit a new activity of ``comp`` may run under (its heartbeat's included)."""
+    limits = [comp.event_timeout]
+    if comp.heartbeat_interval > 0:
+        limits.append(comp.heartbeat_timeout)
+    if isinstance(comp, Service):
+        limits.append(tick_deadline(comp))
+    return min(limits)
+
+
+def read_stat(pid: int) -> tuple[int, float] | None:
+    """(rss bytes, cpu seconds) of process ``pid`` from one read of /proc/PID/stat; None if it is gone."""
+    try:
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    except OSError as exc:  # EMFILE: said once for all workers, so without the worker's path
+        raise OSError(exc.errno, exc.strerror) from None
+    try:
+        data = os.read(fd, 4096)
+    except (ProcessLookupError, OSError):
+        return None
+    finally:
+        os.close(fd)
+    # After the command name (which may hold spaces and parentheses): state is field 3.
+    fields = data[data.rfind(b")") + 2 :].split()
+    if len(fields) < 22 or fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[21]) * _PAGE, (int(fields[11]) + int(fields[12])) / _TICK
+
+
 def sample(usage: Usage, pid: int, now: float, window: float) -> None:
     """Record the memory and CPU of process ``pid``; keep ``window`` seconds of CPU samples."""
-    try:
-        if usage.proc is None or usage.proc.pid != pid:
-            usage.proc = psutil.Process(pid)
-        with usage.proc.oneshot():
-            usage.rss = usage.proc.memory_info().rss
-            times = usage.proc.cpu_times()
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+    got = read_stat(pid)
+    if got is None:
         return
+    usage.rss, cpu = got
     usage.sampled_at = now
     samples = usage.samples
-    samples.append((now, times.user + times.system))
+    samples.append((now, cpu))
     while len(samples) > 2 and now - samples[1][0] >= window:
         samples.popleft()
     t0, c0 = samples[0]
@@ -115,26 +173,37 @@ class Watchdog:
             self._watching = self.books._hub().every(WATCH_PERIOD, self._watch, "watchdog")
 
     def _watch(self) -> bool:
-        """Look at every live worker once; False once there is none (a spawn starts it again)."""
+        """Look at every live worker that something may be due for; False once there is none."""
         b = self.books
         now = time.monotonic()
         live = False
         failed: Exception | None = None
-        for worker, inc in list(b._by_identity.values()):
+        entries = list(b._by_identity.values())
+        # The workers without a limit share SAMPLE_RATE samples a second between them.
+        spread = max(SAMPLE_PERIOD, len(entries) / SAMPLE_RATE)
+        for worker, inc in entries:
             if inc.exited or inc.pid is None:
                 continue
             live = True
             if inc.cause is not None or not inc.ready or inc.stop_sent:
                 continue
+            usage = inc.usage
             comp = worker.component
-            verdict = hang(comp, inc, b.slots, now)
-            if verdict is None and now - inc.usage.sampled_at >= SAMPLE_PERIOD:
+            limited = comp.max_rss is not None or comp.max_cpu is not None
+            sample_due = now - usage.sampled_at >= (SAMPLE_PERIOD if limited else spread)
+            if now < inc.watch_at and not sample_due:
+                continue
+            verdict = None
+            if now >= inc.watch_at:
+                verdict = hang(comp, inc, b.slots, now)
+                inc.watch_at = next_check(comp, inc, b.slots, now)
+            if verdict is None and sample_due:
                 try:
-                    sample(inc.usage, inc.pid, now, comp.cpu_window)
+                    sample(usage, inc.pid, now, comp.cpu_window)
                 except Exception as exc:  # e.g. EMFILE at the fd limit: hangs of the others are still judged
-                    failed = failed or exc
+                    failed = failed or exc  # tried again next period: the fault stands until a sample works
                 else:
-                    verdict = over_limit(comp, inc.usage, now)
+                    verdict = over_limit(comp, usage, now) if limited else None
             if verdict is not None:
                 self._kill(worker, inc, verdict)
         if failed is not None:

@@ -9,8 +9,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
 from ..kernel import Device, Service
 from ..kernel import protocol as p
 from ..kernel._components import handles_events
@@ -67,6 +65,8 @@ class Incarnation:
         self.controls = 0
         self.hello = False
         self.ready = False
+        #: A device's own call endpoint (from its Ready), which the parent's threads call directly.
+        self.direct = ""
         self.draining = False
         self.start_failed: p.StartFailed | None = None
         #: Why the supervisor killed it ("hung", "rss_limit", ...), and the details.
@@ -75,6 +75,8 @@ class Incarnation:
         self.ready_at: float | None = None
         self.stop_sent = False
         self.usage = Usage()
+        #: When the watchdog next judges whether it hangs (monotonic; 0: at its first look).
+        self.watch_at = 0.0
         self.spawn_error: str | None = None
         #: Set when the environment refused the spawn (a limit, which may lift): it is retried.
         self.spawn_errno: int | None = None
@@ -110,10 +112,9 @@ class Incarnation:
 class Usage:
     """Resource samples of one incarnation (taken by the supervisor's watchdog)."""
 
-    __slots__ = ("cpu", "proc", "rss", "sampled_at", "samples")
+    __slots__ = ("cpu", "rss", "sampled_at", "samples")
 
     def __init__(self) -> None:
-        self.proc: psutil.Process | None = None
         self.samples: deque[tuple[float, float]] = deque()  # (monotonic, cpu seconds)
         self.sampled_at = 0.0
         self.rss: int | None = None

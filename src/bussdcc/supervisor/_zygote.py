@@ -90,6 +90,33 @@ def _reap_if_done(pid: int) -> bool:
         return True
 
 
+def _open_gate() -> tuple[int, int] | None:
+    """A pipe whose read end children block on until the write end is closed (None if none can be made)."""
+    try:
+        return os.pipe2(os.O_CLOEXEC)
+    except OSError:
+        return None  # no gate: the children just start at once
+
+
+def _close_gate(gate: tuple[int, int] | None) -> None:
+    """Open the gate: every child waiting at it goes on."""
+    if gate is not None:
+        for fd in gate:
+            os.close(fd)
+
+
+def _pass_gate(gate: tuple[int, int] | None) -> None:  # pragma: no cover - runs in the child
+    """Wait (in a child just forked) until the fork server has forked the rest of the burst."""
+    if gate is None:
+        return
+    read_end, write_end = gate
+    os.close(write_end)  # or the gate would never open: EOF comes once no write end is left
+    try:
+        os.read(read_end, 1)
+    finally:
+        os.close(read_end)
+
+
 def _exec_worker(req: p.Spawn, parent: int) -> NoReturn:  # pragma: no cover - runs in the child
     argv = [*(req.argv or []), "--slot", str(req.slot), "--incarnation", str(req.incarnation)]
     argv += ["--parent-pid", str(parent)]
@@ -177,6 +204,10 @@ class Zygote:  # pragma: no cover - runs in the child
         self.tended = 0.0
         self.pipes: dict[int, _Pipe] = {}  # read end -> the worker's stdout or stderr
         self.buffer = bytearray()
+        #: The gate the processes of the burst of requests at hand wait at (see ``_read_requests``).
+        self.gate: tuple[int, int] | None = None
+        #: Reports held while a burst is forked (see ``_report``).
+        self.reports: list[bytes] = []
 
     def run(self) -> None:
         # What a dead worker's helpers leave behind is adopted here, to be killed and reaped.
@@ -231,20 +262,48 @@ class Zygote:  # pragma: no cover - runs in the child
             chunk = b""
         if not chunk:
             return "orphaned"
-        self.buffer += chunk
-        for data in p.unpack_stream(self.buffer):
-            try:
-                req = p.decode(data, p.FORK_REQUESTS)
-            except Exception:  # the parent is trusted, so a bug: serve the next request regardless
-                traceback.print_exc()
-                continue
-            if isinstance(req, p.Quit):
-                return "quit"
-            try:
-                self._spawn(req, poller)
-            except BaseException as exc:  # one bad request is one failed spawn, never this process's end
-                self._report(p.SpawnFailed(req.worker, req.incarnation, _describe(exc)))
-        return "more"
+        # The processes forked for one burst of requests wait at a gate until all are forked:
+        # runnable at once, they would slow down the forking of the rest (a boot of many).
+        self.gate = None
+        try:
+            while True:
+                self.buffer += chunk
+                frames = p.unpack_stream(self.buffer)
+                for k, data in enumerate(frames):
+                    try:
+                        req = p.decode(data, p.FORK_REQUESTS)
+                    except Exception:  # the parent is trusted, so a bug: serve the next request regardless
+                        traceback.print_exc()
+                        continue
+                    if isinstance(req, p.Quit):
+                        return "quit"
+                    if self.gate is None and (k + 1 < len(frames) or self._more_waiting()):
+                        self.gate = _open_gate()
+                    try:
+                        self._spawn(req, poller)
+                    except BaseException as exc:  # one bad request is one failed spawn, never this process's end
+                        self._report(p.SpawnFailed(req.worker, req.incarnation, _describe(exc)))
+                try:
+                    chunk = self.sock.recv(65536, socket.MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    return "more"
+                except OSError:
+                    return "orphaned"
+                if not chunk:
+                    return "orphaned"
+        finally:
+            gate, self.gate = self.gate, None
+            self._flush_reports()  # the parent knows their pids before any of them says hello
+            _close_gate(gate)
+
+    def _more_waiting(self) -> bool:
+        """Whether another request is buffered or already readable behind the one at hand."""
+        if self.buffer:
+            return True
+        try:
+            return bool(self.sock.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK))
+        except OSError:
+            return False
 
     def _spawn(self, req: p.Spawn, poller: select.poll) -> None:
         spec: WorkerSpec | None = None
@@ -283,6 +342,7 @@ class Zygote:  # pragma: no cover - runs in the child
             return
         if pid == 0:
             try:
+                _pass_gate(self.gate)
                 os.setpgid(0, 0)
                 _die_with_parent(me)
                 self.sock.close()
@@ -393,10 +453,24 @@ class Zygote:  # pragma: no cover - runs in the child
         self.adopted = {c for c in _children(os.getpid()) if c not in workers and not _reap_if_done(c)}
 
     def _report(self, frame: Any) -> None:
+        data = p.pack_stream(frame)
+        if self.gate is not None:
+            self.reports.append(data)  # a burst: said at once, when its gate opens
+            return
         try:
-            self.sock.sendall(p.pack_stream(frame))
+            self.sock.sendall(data)
         except OSError:
             pass
+
+    def _flush_reports(self) -> None:
+        """Send the reports held during a burst, in one write."""
+        if self.reports:
+            data = b"".join(self.reports)
+            self.reports.clear()
+            try:
+                self.sock.sendall(data)
+            except OSError:
+                pass
 
     def _kill_all(self) -> None:
         """Kill every worker's process group and every orphan; reap them (a bounded wait)."""

@@ -21,6 +21,8 @@ import msgspec
 
 from ..errors import (
     CallArgumentError,
+    DeviceCallError,
+    DeviceCrashed,
     DeviceError,
     DeviceUnavailable,
     ProtocolError,
@@ -31,6 +33,7 @@ from ..kernel import protocol as p
 from ..kernel._calls import Latch, Outgoing, callable_methods, fail, method_spec
 from ..kernel._text import safe_text
 from ._channel import Channel
+from ._direct import Route
 
 
 def concurrency_of(device: Device) -> int:
@@ -54,7 +57,8 @@ class CallServer:
         self._device = device
         self._channel = channel
         self._methods = callable_methods(type(device))
-        self._queue: queue.SimpleQueue[p.Call | None] = queue.SimpleQueue()
+        #: Calls for the call threads, each with the routing id of its direct caller (None: routed by the parent).
+        self._queue: queue.SimpleQueue[tuple[p.Call, bytes | None] | None] = queue.SimpleQueue()
         self.stopping = False
         n = concurrency_of(device)
         self._threads = [
@@ -64,22 +68,31 @@ class CallServer:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, frame: p.Call) -> None:
-        """Queue a call (main thread); refused once the device is stopping."""
+    def submit(self, frame: p.Call, peer: bytes | None = None) -> None:
+        """Queue a call from the parent, or straight from ``peer`` (a direct caller); refused once stopping."""
         if self.stopping:
-            self._refuse(frame)
-        elif not self._threads:
+            self._refuse(frame, peer)
+        elif self._threads:
+            self._queue.put((frame, peer))
+        elif peer is None:
             self._channel.send_control(self.run(frame))
         else:
-            self._queue.put(frame)
+            self._channel.send_direct(peer, self.run(frame))
 
-    def _refuse(self, frame: p.Call) -> None:
+    def _answer(self, reply: p.Reply, peer: bytes | None) -> None:  # any thread
+        if peer is None:
+            self._channel.post_control(reply)
+        else:
+            self._channel.post_direct(peer, reply)
+
+    def _refuse(self, frame: p.Call, peer: bytes | None) -> None:
         exc = DeviceUnavailable(f"device {self._device.id!r} is stopping", state="stopping")
-        self._channel.post_control(fail(frame.call_id, exc))
+        self._answer(fail(frame.call_id, exc), peer)
 
     def _serve(self) -> None:
-        while (frame := self._queue.get()) is not None:
-            self._channel.post_control(self.run(frame))
+        while (job := self._queue.get()) is not None:
+            frame, peer = job
+            self._answer(self.run(frame), peer)
 
     def run(self, frame: p.Call) -> p.Reply:
         """Run one call and return its reply; whatever the method raises becomes a :class:`DeviceError`."""
@@ -121,11 +134,11 @@ class CallServer:
         self.stopping = True
         while True:
             try:
-                frame = self._queue.get_nowait()
+                job = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if frame is not None:
-                self._refuse(frame)
+            if job is not None:
+                self._refuse(*job)
         for _ in self._threads:
             self._queue.put(None)
         deadline = time.monotonic() + timeout
@@ -133,12 +146,29 @@ class CallServer:
             # Keep the socket moving: the running calls' replies leave through it.
             for late in self._channel.wait(0.05):
                 if isinstance(late, p.Call):
-                    self._refuse(late)
+                    self._refuse(late, None)
+            self._refuse_direct()
+        self._refuse_direct()
         self._channel.flush()
+
+    def _refuse_direct(self) -> None:
+        direct = self._channel.direct
+        while direct is not None and direct.calls:
+            peer, frame = direct.calls.popleft()
+            self._refuse(frame, peer)
 
 
 class WorkerPort:
-    """A worker's :class:`~bussdcc.kernel.CallPort`: calls go to the parent as requests."""
+    """A worker's :class:`~bussdcc.kernel.CallPort`: calls go to the parent as requests.
+
+    The parent answers a Service's first call to a device that has a call endpoint
+    with a :class:`~bussdcc.kernel.protocol.Route` too: from then on the worker's
+    main thread calls that device straight (no hop through the parent), reading
+    its channel meanwhile, until the parent says the device's incarnation ended
+    (:class:`~bussdcc.kernel.protocol.RouteEnded`): a call in flight on it then
+    fails at once, as when routed. Other threads, and devices not (yet) routed,
+    go through the parent.
+    """
 
     def __init__(self, channel: Channel) -> None:
         self._channel = channel
@@ -146,7 +176,65 @@ class WorkerPort:
         self._waiting: dict[int, Callable[[p.Reply], None]] = {}
         self._lock = threading.Lock()
         self._owner = threading.get_ident()
+        self._routes: dict[str, Route] = {}
+        self._ended: list[Route] = []  # their sockets are closed by the main thread
         channel.on_reply = self._on_reply
+        channel.on_route = self._on_route
+
+    def _on_route(self, frame: p.Route | p.RouteEnded) -> None:  # whoever reads the channel
+        with self._lock:
+            route = self._routes.get(frame.device)
+            if isinstance(frame, p.Route):
+                if route is not None:
+                    route.ended = route.ended or p.RouteEnded(frame.device, route.line, 0, "replaced", crashed=False)
+                    self._ended.append(route)
+                self._routes[frame.device] = Route(frame)
+            elif route is not None and route.line == frame.line:
+                route.ended = frame
+                del self._routes[frame.device]
+                self._ended.append(route)
+
+    def roundtrip(self, call: Outgoing) -> tuple[bool, p.Reply | None]:
+        """On the main thread, call a device the parent routed us to straight; else ``(False, None)``."""
+        if threading.get_ident() != self._owner:
+            return False, None
+        if self._ended:
+            with self._lock:
+                ended, self._ended = self._ended, []
+            for old in ended:
+                self._channel.forget_socket(old.sock)
+                old.close()
+        route = self._routes.get(call.device)
+        if route is None:
+            return False, None
+        fresh = route.sock is None
+        sock = route.open(self._channel.zctx)
+        if fresh:
+            self._channel.keep_socket(sock)
+        call_id = next(self._ids)
+        frame = p.encode(p.Call(call_id, call.method, msgspec.Raw(call.args), msgspec.Raw(call.kwargs)))
+        if not route.send(frame):
+            return False, None
+        deadline = time.monotonic() + call.timeout
+        while route.ended is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return True, None
+            if self._channel.poll_with(sock, left):
+                reply = route.take(call_id)
+                if reply is not None:
+                    return True, reply
+        reply = route.take(call_id)  # the device answered before it died: its answer stands
+        if reply is not None:
+            return True, reply
+        end = route.ended
+        if end.crashed:
+            exc: DeviceCallError = DeviceCrashed(
+                f"device {call.device!r} (pid {end.pid}) died during {call.method}(): {end.reason}", reason=end.reason
+            )
+        else:
+            exc = DeviceUnavailable(f"device {call.device!r} stopped during {call.method}()", state="stopped")
+        return True, fail(call_id, exc)
 
     @property
     def async_direct(self) -> bool:

@@ -19,6 +19,7 @@ from ..kernel import Message
 from ..kernel import protocol as p
 from ..kernel._boundary import ACTIVITIES, WorkerSpec
 from ..kernel._frames import ENCODE_ERRORS, ENCODER
+from ._direct import DirectEndpoint
 
 # Small high-water marks make a flooding worker block early (bounded memory on
 # both sides) and make its items pile into large batches instead of frames.
@@ -89,6 +90,71 @@ class Channel:
         self._poller = zmq.Poller()
         self._poller.register(self.sock, zmq.POLLIN)
         self._poller.register(self._wake_r, zmq.POLLIN)
+        #: A device's own call endpoint (see ``_direct``), once opened.
+        self.direct: DirectEndpoint | None = None
+        #: Where the parent's word on direct routes goes (see ``WorkerPort``).
+        self.on_route: Callable[[p.Route | p.RouteEnded], None] | None = None
+        #: Other sockets of this context (direct routes to devices): closed before it ends.
+        self._kept: list[zmq.Socket[bytes]] = []
+
+    def keep_socket(self, sock: zmq.Socket[bytes]) -> None:
+        """Close ``sock`` with the channel (it belongs to the channel's context)."""
+        self._kept.append(sock)
+
+    def forget_socket(self, sock: zmq.Socket[bytes] | None) -> None:
+        """``sock`` is closed by its owner now."""
+        if sock in self._kept:
+            self._kept.remove(sock)
+
+    def poll_with(self, extra: zmq.Socket[bytes], timeout: float) -> bool:
+        """:meth:`pump`, also waiting for ``extra`` to be readable (returned); the main thread only."""
+        with self._io:
+            self._flush(block=True)
+            self._poller.register(extra, zmq.POLLIN)
+            try:
+                events = dict(self._poller.poll(_poll_ms(timeout)))
+            finally:
+                self._poller.unregister(extra)
+            if self._wake_r in events:
+                self._drain_wake()
+                self._flush(block=True)
+            if self.sock in events:
+                self._read_available()
+            if self.direct is not None:
+                self.direct.service(events)
+                self.direct.send_posted()
+            return extra in events
+
+    def open_direct(self) -> str:
+        """Bind this device's call endpoint; return its address, or "" if it cannot (calls then go by the parent)."""
+        try:
+            direct = DirectEndpoint(self.zctx, self.spec)
+        except (OSError, zmq.ZMQError):
+            return ""  # e.g. a worker running as another user may not bind in the run directory
+        with self._io:
+            self.direct = direct
+            self._poller.register(direct.sock, zmq.POLLIN)
+            self._poller.register(direct.zap, zmq.POLLIN)
+        return direct.endpoint
+
+    def send_direct(self, peer: bytes, reply: p.Reply) -> None:
+        """Answer a direct call (main thread), after everything queued before it."""
+        data = p.encode(reply)
+        with self._io:
+            sent = self._seq
+            if self._pending or self._foreign or self._foreign_controls:
+                self._flush(block=True)
+            if self.direct is not None:
+                self.direct.send(peer, data, sent)
+
+    def post_direct(self, peer: bytes, reply: p.Reply) -> None:
+        """Answer a direct call from a call thread: the socket's holder sends it after the items queued before it."""
+        data = p.encode(reply)
+        if self.direct is None:
+            return
+        with self._lock:
+            self.direct.posted.append((peer, data, self._seq))
+        self._wake()
 
     # ---- outgoing --------------------------------------------------------------
 
@@ -280,12 +346,15 @@ class Channel:
         """Send what is queued and read what arrives for up to ``timeout`` seconds (a caller waiting on a reply)."""
         with self._io:
             self._flush(block=True)
-            events = dict(self._poller.poll(max(0, int(timeout * 1000))))
+            events = dict(self._poller.poll(_poll_ms(timeout)))
             if self._wake_r in events:
                 self._drain_wake()
                 self._flush(block=True)
             if self.sock in events:
                 self._read_available()
+            if self.direct is not None:
+                self.direct.service(events)
+                self.direct.send_posted()
 
     def try_pump(self, timeout: float) -> bool:
         """:meth:`pump` if no other thread holds the socket; return whether it did."""
@@ -371,6 +440,8 @@ class Channel:
                 frame = p.decode(data, p.PARENT_FRAMES)
                 if isinstance(frame, p.Reply) and self.on_reply is not None:
                     self.on_reply(frame)
+                elif isinstance(frame, p.Route | p.RouteEnded) and self.on_route is not None:
+                    self.on_route(frame)
                 else:
                     self._inbox.append(frame)
             except ProtocolError as exc:
@@ -380,20 +451,26 @@ class Channel:
     def wait(self, timeout: float | None) -> list[p.ParentFrame]:
         """Flush, then wait up to ``timeout`` seconds for frames from the parent."""
         with self._io:
-            if self._inbox:
+            if self._inbox or (self.direct is not None and self.direct.calls):
                 timeout = 0
             stop_at = None if self._stop_given else self._stop_at
             if stop_at is not None:
                 left = max(0.0, stop_at - time.monotonic())
                 timeout = left if timeout is None else min(timeout, left)
-            self._flush(block=True)
-            ms = None if timeout is None else max(0, int(timeout * 1000))
+            if self._pending or self._foreign or self._foreign_controls:
+                self._flush(block=True)
+            ms = None if timeout is None else _poll_ms(timeout)
             events = dict(self._poller.poll(ms))
             if self._wake_r in events:
                 self._drain_wake()
                 self._flush(block=True)
             if self.sock in events:
                 self._read_available()
+            if self.direct is not None:
+                self.direct.service(events)
+                self.direct.send_posted()
+            if not self._inbox and stop_at is None:
+                return []  # the common case of a device between calls
             frames = list(self._inbox)
             self._inbox.clear()
             if not self._stop_given:
@@ -420,7 +497,21 @@ class Channel:
         with self._io:
             self._closed = True
             self._held_event.set()  # the linger thread sees _closed and ends
+            if self.direct is not None:
+                self.direct.close()
+            for sock in self._kept:
+                sock.close(0)
             self.sock.close(linger=linger_ms)
             self.zctx.term()
             os.close(self._wake_r)
             os.close(self._wake_w)
+
+
+#: The longest single poll (ms): zmq_poll takes a C int. A longer wait returns early; callers loop.
+_MAX_POLL_MS = 2**31 - 1
+
+
+def _poll_ms(timeout: float) -> int:
+    """``timeout`` seconds as a poll timeout in ms (a month-long Service ``interval`` overflowed a C int)."""
+    ms = timeout * 1000
+    return max(0, int(ms)) if ms < _MAX_POLL_MS else _MAX_POLL_MS  # inf too

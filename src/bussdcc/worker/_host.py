@@ -68,6 +68,7 @@ def run_service(svc: Service, ctx: Context, channel: Channel, dog: Watchdog) -> 
     except Exception as exc:
         return _start_failed(channel, exc)
     channel.send_control(p.Ready())
+    dog.ready()
     health = HealthCheck(svc, channel)
     health.start()
     wants_events = handles_events(svc)
@@ -107,7 +108,7 @@ def run_service(svc: Service, ctx: Context, channel: Channel, dog: Watchdog) -> 
                 case p.Stop():
                     stopping = True
                     stop_arrived()
-                case p.ByeAck() | p.Reply():
+                case p.ByeAck() | p.Reply() | p.Route() | p.RouteEnded():
                     pass
                 case p.Call():  # the parent routes calls to devices only
                     channel.send_control(fail(frame.call_id, UnknownDevice(f"{svc.name!r} is a service")))
@@ -137,10 +138,12 @@ def run_device(dev: Device, ctx: Context, channel: Channel, dog: Watchdog) -> in
         server = CallServer(dev, channel)
     except Exception as exc:
         return _start_failed(channel, exc)
-    channel.send_control(p.Ready())
+    channel.send_control(p.Ready(channel.open_direct()))
+    dog.ready()
     health = HealthCheck(dev, channel)
     health.start()
     stopping = False
+    direct = channel.direct.calls if channel.direct is not None else None
     while not stopping:
         for frame in channel.wait(None):
             match frame:
@@ -149,10 +152,13 @@ def run_device(dev: Device, ctx: Context, channel: Channel, dog: Watchdog) -> in
                 case p.Stop():
                     stopping = True
                     stop_arrived()
-                case p.Deliver() | p.ByeAck() | p.Reply():
+                case p.Deliver() | p.ByeAck() | p.Reply() | p.Route() | p.RouteEnded():
                     pass
                 case _:
                     assert_never(frame)
+        while direct and not stopping:  # calls the parent's threads sent straight here (see ``_direct``)
+            peer, call = direct.popleft()
+            server.submit(call, peer)
     health.stop()
     server.stop(dev.stop_timeout)
     try:

@@ -39,6 +39,8 @@ def forward_logging() -> None:
     if os.environ.get(STANDALONE_ENV):
         return
     root = logging.getLogger()
+    if len(root.handlers) == 1 and type(root.handlers[0]) is ForwardHandler:
+        return  # set up already, in the fork server this process was forked from
     for handler in list(root.handlers):
         root.removeHandler(handler)
     root.addHandler(ForwardHandler())

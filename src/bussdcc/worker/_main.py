@@ -39,6 +39,11 @@ def _reset_process(spec: WorkerSpec, component: object) -> DeferredTerm:
     return term
 
 
+def prepare() -> None:
+    """Once, in the fork server before it forks any worker: what every worker would otherwise redo."""
+    forward_logging()
+
+
 def run(spec: WorkerSpec, component: object, on_term: Callable[[], None] | None = None) -> NoReturn:
     """Host ``component`` until it stops, then exit the process (never returns).
 

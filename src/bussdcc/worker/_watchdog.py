@@ -27,9 +27,13 @@ class Watchdog:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        """Start the heartbeat thread (unless heartbeats are off)."""
+        """Beat once: the parent judges heartbeats only once the worker is ready (see :meth:`ready`)."""
         self._slots.pulse(self._slot, time.monotonic())
-        if self._interval > 0:
+
+    def ready(self) -> None:
+        """Start the heartbeat thread (unless heartbeats are off), once Ready is sent: not on the way to it."""
+        self._slots.pulse(self._slot, time.monotonic())
+        if self._interval > 0 and self._thread is None:
             self._thread = threading.Thread(target=self._beat, name="bussdcc-heartbeat", daemon=True)
             self._thread.start()
 
