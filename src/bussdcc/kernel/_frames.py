@@ -41,17 +41,25 @@ def dec_hook(kind: type, obj: Any) -> Any:
 
 
 _T = TypeVar("_T")
-_encoder: Final = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
+ENCODER: Final = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
 VALUES: Final = msgspec.msgpack.Decoder()
 _LEN: Final = struct.Struct("!I")
+# ValueError: text with a lone surrogate (UnicodeEncodeError); OverflowError: an int over 64 bits.
+ENCODE_ERRORS: Final = (
+    TypeError,
+    ValueError,
+    OverflowError,
+    RecursionError,
+    NotImplementedError,
+    msgspec.EncodeError,
+)
 
 
 def encode(obj: Any) -> bytes:
     """Encode a frame, an item, a message or a plain value."""
     try:
-        return _encoder.encode(obj)
-    # ValueError: text with a lone surrogate (UnicodeEncodeError); OverflowError: an int over 64 bits.
-    except (TypeError, ValueError, OverflowError, RecursionError, NotImplementedError, msgspec.EncodeError) as exc:
+        return ENCODER.encode(obj)
+    except ENCODE_ERRORS as exc:
         raise MalformedFrame(f"cannot encode {type(obj).__name__}: {exc}") from exc
 
 

@@ -29,7 +29,7 @@ from ..kernel import protocol as p
 from ..kernel._layout import control_endpoint, write_identity
 from ..kernel.protocol import RECENT
 from . import _control_ops as ops
-from ._flow import SUBSCRIBER_BYTES, weigh
+from ._flow import ITEM_OVERHEAD, SUBSCRIBER_BYTES, weigh
 from ._managed import ManagedRuntime
 from ._wake import WakePipe
 from ._zap import close_router, open_router, zap_replies
@@ -148,15 +148,17 @@ class ControlServer:
         listener = self.listener
         if listener is not None:
             listener(severity, item)
-        weight = weigh(1, len(item))
+        weight = len(item) + ITEM_OVERHEAD  # weigh(1, len(item)), inline: this runs for every message
         entry = (severity, item, origin)
+        recent = self._recent
         with self._tap_lock:
-            if len(self._recent) == RECENT:
-                self._recent_bytes -= weigh(1, len(self._recent[0][1]))
-            self._recent.append(entry)
-            self._recent_bytes += weight
-            while self._recent_bytes > SUBSCRIBER_BYTES and len(self._recent) > 1:
-                self._recent_bytes -= weigh(1, len(self._recent.popleft()[1]))
+            size = self._recent_bytes + weight
+            if len(recent) == RECENT:
+                size -= len(recent[0][1]) + ITEM_OVERHEAD
+            recent.append(entry)
+            while size > SUBSCRIBER_BYTES and len(recent) > 1:
+                size -= weigh(1, len(recent.popleft()[1]))
+            self._recent_bytes = size
             if not self._subscribers:
                 return
             if len(self._events) >= _MAX_QUEUED or self._events_bytes + weight > SUBSCRIBER_BYTES:

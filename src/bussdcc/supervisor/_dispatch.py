@@ -11,14 +11,23 @@ from __future__ import annotations
 import threading
 import time
 import traceback
+from time import time as _now
 from typing import TYPE_CHECKING
+
+import msgspec
 
 from ..kernel import ClockProtocol, Context, Event, EventBus, Interface, Message, Process, Severity
 from ..kernel import _builtin as m
 from ..kernel import protocol as p
-from ..kernel._event import RUNTIME_SOURCE
+from ..kernel._clock import SystemClock
+from ..kernel._event import RUNTIME_SOURCE, event_at, event_ts
+from ..kernel._frames import ENCODE_ERRORS, ENCODER
 from ..kernel._recording import Recorder
 from ..kernel._text import emit_report
+
+_encode = ENCODER.encode
+_body_decoders = p.BODY_DECODERS
+_time_ns = time.time_ns
 
 if TYPE_CHECKING:
     from ._assembly import Assembly
@@ -61,11 +70,15 @@ class Dispatch:
         #: Records every dispatched message and worker output line (set while recording).
         self.recorder: Recorder | None = None
         self._lock = threading.RLock()
-        self._local = threading.local()
 
     def emit(self, message: Message, source: str = RUNTIME_SOURCE) -> None:
         """Dispatch ``message`` now, on this thread."""
-        self.dispatch(Event(message, self.clock.now_utc(), source))
+        clock = self.clock
+        if type(clock) is SystemClock:
+            # The real clock's now_utc() is this instant: its datetime is built only if a handler reads it.
+            self.dispatch(event_at(message, _now(), source))
+        else:
+            self.dispatch(Event(message, clock.now_utc(), source))
 
     def dispatch(
         self, evt: Event[Message], item: bytes | None = None, incarnation: int = 0, seq: int = 0, ts: float = 0.0
@@ -79,13 +92,30 @@ class Dispatch:
         if item is None:
             # Encode first, always: an unencodable or oversized message is refused
             # before anyone sees it, whether or not a worker wants it today.
-            item = p.encode_envelope(evt.payload, evt.time.timestamp(), evt.source)
-        local = self._local
-        local.depth = getattr(local, "depth", 0) + 1
-        try:
-            self._dispatch_locked(evt, item, parts, incarnation, seq, ts)
-        finally:
-            local.depth -= 1
+            payload = evt.payload
+            try:
+                item = _encode(("m", payload.name, payload, event_ts(evt), evt.source))  # an Envelope's array
+            except ENCODE_ERRORS:
+                item = None
+            if item is None or len(item) > p.MAX_ITEM:
+                item = p.encode_envelope(payload, event_ts(evt), evt.source)  # raises the typed error
+        with self._lock:
+            self.dispatched += 1
+            now = _time_ns()
+            recorder = self.recorder
+            if recorder is not None:
+                recorder.message(evt, evt.source if incarnation else "", incarnation, seq, now, ts)
+            if self.events._subs:
+                self.events.publish(evt)
+            for rec in self.receivers:
+                try:
+                    rec.component.handle_event(rec.ctx, evt)
+                except Exception as exc:
+                    self._handler_failed(rec, evt, exc)
+            if parts is not None:
+                if parts.supervisor.targets:
+                    parts.supervisor.post(item)
+                parts.control.tap(evt.payload.severity, item, (now, incarnation, seq))
         if parts is not None and parts.supervisor.outbox and not parts.hub.in_hub:
             parts.hub.wake()
             # Every emitter waits for room, handlers and the dispatch thread too: the hub
@@ -94,40 +124,23 @@ class Dispatch:
 
     def in_handler(self) -> bool:
         """Whether this thread is inside a dispatch, or is a runtime thread (so must not wait on the hub)."""
-        if getattr(self._local, "depth", 0) > 0:
+        if self._lock._is_owned():  # type: ignore[attr-defined]
             return True
         parts = self.parts
         return parts is not None and (parts.hub.in_hub or parts.dispatcher.on_thread)
 
-    def _dispatch_locked(  # noqa: PLR0917
-        self, evt: Event[Message], item: bytes, parts: Assembly | None, incarnation: int, seq: int, ts: float
-    ) -> None:
-        with self._lock:
-            self.dispatched += 1
-            now = time.time_ns()
-            recorder = self.recorder
-            if recorder is not None:
-                recorder.message(evt, evt.source if incarnation else "", incarnation, seq, now, ts)
-            self.events.publish(evt)
-            for rec in self.receivers:
-                try:
-                    rec.component.handle_event(rec.ctx, evt)
-                except Exception as exc:
-                    if evt.payload.severity >= Severity.ERROR:
-                        continue
-                    tb = traceback.format_exc()
-                    err: Message
-                    if rec.interface:
-                        err = m.InterfaceError(interface=rec.name, error=repr(exc), evt=evt, traceback=tb)
-                    else:
-                        err = m.ProcessError(process=rec.name, error=repr(exc), evt=evt, traceback=tb)
-                    # Whatever the handler's exception says, its report must not stop the loop:
-                    # the receivers after it still get this event.
-                    emit_report(self.emit, err)
-            if parts is not None:
-                if parts.supervisor.targets:
-                    parts.supervisor.post(item)
-                parts.control.tap(evt.payload.severity, item, (now, incarnation, seq))
+    def _handler_failed(self, rec: Receiver, evt: Event[Message], exc: Exception) -> None:
+        if evt.payload.severity >= Severity.ERROR:
+            return
+        tb = traceback.format_exc()
+        err: Message
+        if rec.interface:
+            err = m.InterfaceError(interface=rec.name, error=repr(exc), evt=evt, traceback=tb)
+        else:
+            err = m.ProcessError(process=rec.name, error=repr(exc), evt=evt, traceback=tb)
+        # Whatever the handler's exception says, its report must not stop the loop:
+        # the receivers after it still get this event.
+        emit_report(self.emit, err)
 
     def tap(self, severity: int, item: bytes) -> None:
         """Hand a line of worker output to the recorder and the control stream, in dispatch order."""
@@ -143,7 +156,15 @@ class Dispatch:
 
     def dispatch_item(self, env: p.Envelope, item: bytes, worker: str, incarnation: int = 0, seq: int = 0) -> None:
         """Dispatch what ``worker`` sent (dispatch thread): the ``seq``-th item of its ``incarnation``."""
-        evt = p.envelope_event(env, worker)
+        decoder = _body_decoders.get(env.name)
+        if decoder is None:
+            payload = p.decode_message(env.name, env.body)  # finds (and keeps) the decoder, or raises
+        else:
+            try:
+                payload = decoder.decode(env.body)
+            except (msgspec.DecodeError, ValueError):
+                payload = p.decode_message(env.name, env.body)  # raises the typed error
+        evt = event_at(payload, env.ts, worker)
         if env.source != worker:  # the routing id, not the frame, says who sent it
             item = p.encode_envelope(evt.payload, env.ts, worker)
         self.dispatch(evt, item, incarnation, seq, env.ts)

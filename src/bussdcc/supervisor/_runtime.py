@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import functools
 import os
 import threading
 from collections.abc import Sequence
@@ -140,9 +141,8 @@ class Runtime(PoolManagement, LiveChanges):
     # ---- the context ------------------------------------------------------------
 
     def _context(self, source: str) -> Context:
-        def emit(message: Message) -> None:
-            self._dispatch.emit(message, source)
-
+        # The dispatch's own method, bound to the source: no Python frame in between.
+        emit = functools.partial(self._dispatch.emit, source=source)
         return Context(
             clock=self.clock, events=self.events, state=self.state, runtime=self, emit=emit, calls=self._calls
         )
@@ -241,7 +241,9 @@ class Runtime(PoolManagement, LiveChanges):
 
     def emit(self, message: Message) -> None:
         """Dispatch ``message`` (source ``"runtime"``)."""
-        self.ctx.emit(message)
+        if not isinstance(message, Message):
+            self.ctx.emit(message)  # raises the context's TypeError
+        self._dispatch.emit(message)
 
     def _in_handler(self) -> bool:
         return self._dispatch.in_handler()

@@ -8,15 +8,17 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from threading import get_ident
+from time import monotonic
 from typing import Any, cast
 
-import msgspec
 import zmq
 
 from ..errors import ProtocolError
 from ..kernel import Message
 from ..kernel import protocol as p
 from ..kernel._boundary import ACTIVITIES, WorkerSpec
+from ..kernel._frames import ENCODE_ERRORS, ENCODER
 from ._direct import DirectEndpoint
 
 # Small high-water marks make a flooding worker block early (bounded memory on
@@ -26,6 +28,11 @@ _MAX_PENDING = 1024
 #: Items other threads may queue before they must wait for them to be sent.
 _MAX_FOREIGN = 4096
 _FOREIGN_RETRY = 0.05
+#: An item pushed within this many seconds of the last frame sent waits (at most this long) for
+#: more to share its frame: a flood leaves in large batches, while a lone message leaves at once.
+_LINGER = 0.001
+_now = time.time
+_encode = ENCODER.encode
 
 
 class Channel:
@@ -51,6 +58,9 @@ class Channel:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(spec.endpoint)
         self._owner = threading.get_ident()
+        self._name = spec.name
+        self._count = spec.slots.write
+        self._slot = spec.slot
         self._io = threading.RLock()  # held while the socket is in use
         self._lock = threading.Lock()  # guards numbering and the foreign queue
         self._drained = threading.Condition(self._lock)
@@ -64,6 +74,11 @@ class Channel:
         #: Where replies to this worker's own device calls go (they bypass the inbox).
         self.on_reply: Callable[[p.Reply], None] | None = None
         self._congested = False
+        #: When the last batch left; the thread that sends held items (started on the first hold).
+        self._last_send = 0.0
+        self._held = False
+        self._held_event = threading.Event()
+        self._sender: threading.Thread | None = None
         self._inbox: deque[p.ParentFrame] = deque()
         #: The parent confirmed it has everything (set by :meth:`bye`).
         self.acknowledged = False
@@ -145,7 +160,13 @@ class Channel:
 
     def emit(self, message: Message) -> None:
         """Queue ``message`` for the parent."""
-        self.push(p.encode_envelope(message, time.time(), self.spec.name))
+        try:
+            item: bytes | None = _encode(("m", message.name, message, _now(), self._name))  # an Envelope's array
+        except ENCODE_ERRORS:
+            item = None
+        if item is None or len(item) > p.MAX_ITEM:
+            item = p.encode_envelope(message, _now(), self._name)  # raises the typed error
+        self.push(item)
 
     def set_state(self, path: str, value: Any) -> None:
         """Queue a state write for the parent."""
@@ -156,22 +177,68 @@ class Channel:
         self.push(p.encode(p.StateDelete(path)))
 
     def push(self, item: bytes) -> None:
-        """Number and queue one encoded item; send it now if the pipe has room."""
-        if threading.get_ident() != self._owner:
+        """Number and queue one encoded item; send it now if the pipe has room and no batch is filling."""
+        if get_ident() != self._owner:
             self._push_foreign(item)
             return
         with self._io:
             with self._lock:
                 if self._foreign:
                     self._take_foreign()
-                self._seq += 1
-                self.spec.slots.write(self.spec.slot, self._seq, self._controls)
-            self._pending.append(item)
+                self._seq = seq = self._seq + 1
+                self._count(self._slot, seq, self._controls)
+            pending = self._pending
+            pending.append(item)
             self._pending_bytes += len(item)
-            if len(self._pending) >= _MAX_PENDING or self._pending_bytes >= p.BATCH_BYTES:
+            if len(pending) >= _MAX_PENDING or self._pending_bytes >= p.BATCH_BYTES:
                 self._flush(block=True)
-            elif not self._congested:
+            elif not self._congested and monotonic() - self._last_send >= _LINGER:
                 self._flush(block=False)
+            elif not self._held:
+                self._hold()
+
+    def _hold(self) -> None:  # with _io held
+        """Have the items pending now sent within about :data:`_LINGER` even if this thread goes off into user code."""
+        self._held = True
+        if self._sender is None:
+            self._sender = threading.Thread(target=self._send_held, name="bussdcc-linger", daemon=True)
+            self._sender.start()
+        else:
+            self._held_event.set()
+
+    def _send_held(self) -> None:
+        """The linger thread: send what is held once no frame has left for :data:`_LINGER` (the emitter went quiet).
+
+        It looks without taking the socket, and takes it only if free: an emitter that is
+        busy in the channel sends by itself, so the two never contend while a flood lasts.
+        """
+        wait = _LINGER
+        while True:
+            time.sleep(wait)
+            wait = _LINGER
+            if self._closed:
+                return
+            if self._pending or self._foreign:
+                idle = monotonic() - self._last_send
+                if idle < _LINGER and not self._congested:
+                    wait = _LINGER - idle  # a frame left just now: the emitter is sending by itself
+                    continue
+                if not self._io.acquire(blocking=False):
+                    continue  # the emitter is in the channel, which sends or holds again
+                try:
+                    if self._closed:
+                        return
+                    self._flush(block=False)
+                finally:
+                    self._io.release()
+                if self._pending:
+                    continue  # the parent is behind: try again after another linger
+            with self._io:
+                if self._pending or self._foreign:
+                    continue  # pushed meanwhile
+                self._held = False
+                self._held_event.clear()
+            self._held_event.wait()
 
     def _push_foreign(self, item: bytes) -> None:
         with self._lock:
@@ -254,10 +321,11 @@ class Channel:
                 count += 1
                 size += len(item)
             chunk = self._pending[:count]
-            frame = p.encode(p.Batch(self._first_pending, [msgspec.Raw(i) for i in chunk]))
+            frame = p.encode_batch(self._first_pending, chunk)
             if not self._send(frame, block):
                 self._congested = True
                 return False
+            self._last_send = monotonic()
             self._first_pending += count
             del self._pending[:count]
             self._pending_bytes -= size
@@ -428,6 +496,7 @@ class Channel:
         """Close the socket (waiting up to ``linger_ms`` to send what is queued) and its context."""
         with self._io:
             self._closed = True
+            self._held_event.set()  # the linger thread sees _closed and ends
             if self.direct is not None:
                 self.direct.close()
             for sock in self._kept:
