@@ -22,6 +22,7 @@ import dataclasses
 import datetime as _dt
 import importlib.util
 import json
+import math
 import os
 import re
 import struct
@@ -422,6 +423,7 @@ class Recorder:
         _encode: Callable[[Any], bytes] = _encoder.encode,
         _pack: Callable[..., bytes] = _MSG_HEAD.pack,
         _now: Callable[[], int] = time.time_ns,
+        _modf: Callable[[float], tuple[float, float]] = math.modf,
     ) -> None:
         """Record ``evt``, dispatched now (or at ``dispatched``, ns); from a worker: its name, incarnation, sequence.
 
@@ -446,9 +448,14 @@ class Recorder:
             if queued - self._written_bytes > self._limit:
                 self.dropped += 1
                 return
-            # Exact to the microsecond, as the Event's own time: a float UNIX time would round
-            # differently from datetime's, and a replay would see another time than the live run.
-            publish = (evt.time - _EPOCH) // _MICROSECOND * 1000
+            # Exact to the microsecond, as the Event's own time: ``int(ts * 1e9)`` rounds otherwise
+            # than datetime does, and a replay would see another time than the live run.
+            stamp = evt._ts
+            if stamp is not None:  # not built yet: from the UNIX time, as datetime would round it
+                frac, whole = _modf(stamp)
+                publish = (int(whole) * 1_000_000 + round(frac * 1e6)) * 1000
+            else:
+                publish = (evt._time - _EPOCH) // _MICROSECOND * 1000  # type: ignore[operator]
             self._queue.append(
                 _pack(
                     _OP_MESSAGE, size - 9, chan, seq & 0xFFFFFFFF, dispatched or _now(), publish if publish > 0 else 0
