@@ -115,14 +115,7 @@ class Channel:
                 events = dict(self._poller.poll(_poll_ms(timeout)))
             finally:
                 self._poller.unregister(extra)
-            if self._wake_r in events:
-                self._drain_wake()
-                self._flush(block=True)
-            if self.sock in events:
-                self._read_available()
-            if self.direct is not None:
-                self.direct.service(events)
-                self.direct.send_posted()
+            self._serve(events)
             return extra in events
 
     def open_direct(self) -> str:
@@ -346,15 +339,18 @@ class Channel:
         """Send what is queued and read what arrives for up to ``timeout`` seconds (a caller waiting on a reply)."""
         with self._io:
             self._flush(block=True)
-            events = dict(self._poller.poll(_poll_ms(timeout)))
-            if self._wake_r in events:
-                self._drain_wake()
-                self._flush(block=True)
-            if self.sock in events:
-                self._read_available()
-            if self.direct is not None:
-                self.direct.service(events)
-                self.direct.send_posted()
+            self._serve(dict(self._poller.poll(_poll_ms(timeout))))
+
+    def _serve(self, events: dict[Any, int]) -> None:
+        """Act on what a poll found ready: the wake pipe, the parent's socket, the device's call endpoint."""
+        if self._wake_r in events:
+            self._drain_wake()
+            self._flush(block=True)
+        if self.sock in events:
+            self._read_available()
+        if self.direct is not None:
+            self.direct.service(events)
+            self.direct.send_posted()
 
     def try_pump(self, timeout: float) -> bool:
         """:meth:`pump` if no other thread holds the socket; return whether it did."""
