@@ -456,15 +456,7 @@ class Channel:
             if self._pending or self._foreign or self._foreign_controls:
                 self._flush(block=True)
             ms = None if timeout is None else _poll_ms(timeout)
-            events = dict(self._poller.poll(ms))
-            if self._wake_r in events:
-                self._drain_wake()
-                self._flush(block=True)
-            if self.sock in events:
-                self._read_available()
-            if self.direct is not None:
-                self.direct.service(events)
-                self.direct.send_posted()
+            self._serve(dict(self._poller.poll(ms)))
             if not self._inbox and stop_at is None:
                 return []  # the common case of a device between calls
             frames = list(self._inbox)
