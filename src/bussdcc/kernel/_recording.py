@@ -412,14 +412,13 @@ class Recorder:
 
     # ---- the tap (one thread at a time: the runtime's dispatch lock) ---------------------------
 
-    def message(  # noqa: PLR0917  (the hot path: positional arguments are the cheapest)
+    def message(
         self,
         evt: Event[Message],
         worker: str = "",
         incarnation: int = 0,
         seq: int = 0,
         dispatched: int = 0,
-        ts: float = 0.0,
         _encode: Callable[[Any], bytes] = _encoder.encode,
         _pack: Callable[..., bytes] = _MSG_HEAD.pack,
         _now: Callable[[], int] = time.time_ns,
@@ -427,7 +426,6 @@ class Recorder:
     ) -> None:
         """Record ``evt``, dispatched now (or at ``dispatched``, ns); from a worker: its name, incarnation, sequence.
 
-        ``ts``: ``evt.time`` as a UNIX time, if the caller has it (it saves converting it here).
         The hot path of recording, kept to one function: it runs once per dispatched message.
         """
         try:

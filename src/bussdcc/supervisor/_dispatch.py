@@ -80,13 +80,10 @@ class Dispatch:
         else:
             self.dispatch(Event(message, clock.now_utc(), source))
 
-    def dispatch(
-        self, evt: Event[Message], item: bytes | None = None, incarnation: int = 0, seq: int = 0, ts: float = 0.0
-    ) -> None:
+    def dispatch(self, evt: Event[Message], item: bytes | None = None, incarnation: int = 0, seq: int = 0) -> None:
         """Dispatch ``evt`` (``item``: its encoded envelope, if known); waits while the outbox is full.
 
-        From a worker: ``incarnation`` and ``seq`` are its incarnation and the message's sequence
-        number, and ``ts`` is ``evt.time`` as the worker sent it (a UNIX time).
+        From a worker: ``incarnation`` and ``seq`` are its incarnation and the message's sequence number.
         """
         parts = self.parts
         if item is None:
@@ -104,7 +101,7 @@ class Dispatch:
             now = _time_ns()
             recorder = self.recorder
             if recorder is not None:
-                recorder.message(evt, evt.source if incarnation else "", incarnation, seq, now, ts)
+                recorder.message(evt, evt.source if incarnation else "", incarnation, seq, now)
             if self.events._subs:
                 self.events.publish(evt)
             for rec in self.receivers:
@@ -167,7 +164,7 @@ class Dispatch:
         evt = event_at(payload, env.ts, worker)
         if env.source != worker:  # the routing id, not the frame, says who sent it
             item = p.encode_envelope(evt.payload, env.ts, worker)
-        self.dispatch(evt, item, incarnation, seq, env.ts)
+        self.dispatch(evt, item, incarnation, seq)
 
     # ---- receivers ---------------------------------------------------------------
 
