@@ -4,7 +4,7 @@ Each scenario runs under ``valgrind --tool=callgrind --dump-before=getppid``: it
 between its phases, so each phase gets its own counts. Scenarios: the seed's in-process ``ctx.emit`` and
 its steps (in ``bench/.seed-venv``); this project's per-message steps (``Dispatch`` with one Process, no
 runtime booted: valgrind 3.19 has no ``pidfd_open``, which a booted runtime needs, so the whole paths
-through workers are measured by time in ``steps.py`` and the other scripts); raw DEALER/ROUTER messages
+through workers are measured by time in ``dispatch_steps.py`` and the other scripts); raw DEALER/ROUTER messages
 and calls, parent side. Instructions are not time (a cache miss or a thread hand-off costs time, not
 instructions), but a ratio of instructions counted the same way holds on any machine.
 Usage: ``python bench/callgrind.py [--k K]`` (needs valgrind).
@@ -60,13 +60,13 @@ def scenario_steps(k: int) -> list[tuple[str, int]]:
     """The per-message steps of this project's dispatch, without a booted runtime (see the module's note)."""
     import datetime as dt
 
-    from steps import Count, Sample
+    from dispatch import Count, Sample
 
     from bussdcc import Context, Event, EventBus, SystemClock
     from bussdcc.kernel import protocol as p
 
     d: Any = __import__("bussdcc.supervisor._dispatch", fromlist=["Dispatch", "Receiver"])
-    count = Count()
+    count = Count(0)
     dispatch = d.Dispatch(EventBus(), SystemClock())
     runtime: Any = None
     ctx = Context(clock=dispatch.clock, events=dispatch.events, state=runtime, runtime=runtime, emit=dispatch.emit)

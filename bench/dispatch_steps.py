@@ -14,39 +14,18 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(__file__))
 
 from _common import table
+from dispatch import Count, Sample
 
-from bussdcc import Context, Event, Message, Process, Runtime
+from bussdcc import Runtime
 from bussdcc.kernel import protocol as p
 from bussdcc.kernel._event import event_at
 
 BATCH = 300
 REPEAT = 200
-
-
-@dataclass(slots=True, frozen=True)
-class Sample(Message):
-    """A typical small telemetry message."""
-
-    name = "bench.steps.sample"
-    i: int
-    value: float
-    unit: str
-
-
-class Count(Process):
-    name = "count"
-
-    def __init__(self) -> None:
-        self.n = 0
-
-    def handle_event(self, ctx: Context, evt: Event[Message]) -> None:
-        if isinstance(evt.payload, Sample):
-            self.n += 1
 
 
 def per_message(step: Callable[[], object], messages: int = BATCH, repeat: int = REPEAT) -> float:
@@ -64,7 +43,7 @@ def main() -> None:
     items = [p.encode_envelope(Sample(i, 21.5, "C"), time.time(), "flood") for i in range(BATCH)]
     frame = p.encode_batch(1, items)
     rt = Runtime(name="bench-steps")
-    count = Count()
+    count = Count(0)
     rt.register_process(count)
     steps: list[tuple[str, float]] = []
     with rt:

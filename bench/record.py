@@ -12,65 +12,24 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
-import time
-from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(__file__))
 
 from _common import table
+from dispatch import Count, Flood
 
-from bussdcc import Context, Event, Message, Process, Runtime, Service
-
-
-@dataclass(slots=True, frozen=True)
-class Sample(Message):
-    """A typical small telemetry message."""
-
-    name = "bench.sample"
-    i: int
-    value: float
-    unit: str
-
+from bussdcc import Runtime
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 200_000
 ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 3
 
 
-class Flood(Service):
-    name = "flood"
-    interval = 3600
-
-    def tick(self, ctx: Context) -> None:
-        for i in range(N):
-            ctx.emit(Sample(i=i, value=21.5, unit="C"))
-
-
-class Count(Process):
-    name = "count"
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.first = 0.0
-        self.last = 0.0
-        self.done = threading.Event()
-
-    def handle_event(self, ctx: Context, evt: Event[Message]) -> None:
-        if isinstance(evt.payload, Sample):
-            if self.n == 0:
-                self.first = time.perf_counter()
-            self.n += 1
-            if self.n == N:
-                self.last = time.perf_counter()
-                self.done.set()
-
-
 def throughput(record: str | None) -> float:
     """Messages per second from the worker through the parent's dispatch."""
-    count = Count()
+    count = Count(N)
     rt = Runtime(name="bench-rec", record=record)
     rt.register_process(count)
-    rt.register_service(Flood())
+    rt.register_service(Flood(N))
     with rt:
         assert count.done.wait(600)
     return (N - 1) / (count.last - count.first)

@@ -16,14 +16,13 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(__file__))
 
 from _common import median, report, table
-from dispatch import bussdcc_throughput
+from dispatch import Count, Sample, bussdcc_throughput
 
-from bussdcc import Context, Event, Message, Process, Runtime
+from bussdcc import Runtime
 
 SEED_VERSION = "0.42.0"
 VENV = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".seed-venv")
@@ -86,30 +85,9 @@ def seed_rate(python: str, n: int) -> float:
     return float(json.loads(out.stdout.strip().splitlines()[-1])["rate"])
 
 
-@dataclass(slots=True, frozen=True)
-class Sample(Message):
-    """The same small message as the seed's run."""
-
-    name = "bench.seed.sample"
-    i: int
-    value: float
-    unit: str
-
-
-class Count(Process):
-    name = "count"
-
-    def __init__(self) -> None:
-        self.n = 0
-
-    def handle_event(self, ctx: Context, evt: Event[Message]) -> None:
-        if isinstance(evt.payload, Sample):
-            self.n += 1
-
-
 def inprocess_rate(n: int) -> float:
     """This project's in-process ``rt.emit`` → Process rate (dispatched before ``emit`` returns)."""
-    count = Count()
+    count = Count(0)
     rt = Runtime(name="bench-seed")
     rt.register_process(count)
     with rt:
