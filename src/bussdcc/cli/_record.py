@@ -129,6 +129,6 @@ def streamed(recorder: Recorder, evt: _client.Streamed) -> None:
             fields = msgspec.msgpack.decode(env.body)
             recorder.foreign(env.name, evt.severity, fields, env.ts, env.source, worker, incarnation, seq, dispatched)
             return
-        recorder.message(event, worker, incarnation, seq, dispatched)
+        recorder.message(event, incarnation, seq, dispatched)
     except (ProtocolError, msgspec.DecodeError, BussdccError):
         recorder.lost_upstream(1)

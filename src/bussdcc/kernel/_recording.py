@@ -54,7 +54,10 @@ _OP_MESSAGE = 0x05
 _MSG_HEAD = struct.Struct("<BQHIQQ")  # opcode, record length, channel, sequence, log time, publish time
 _MSG_FIXED = 2 + 4 + 8 + 8  # a Message record's fields before its data
 _MSG_SIZE = 9 + _MSG_FIXED  # with the opcode and the length: 31 bytes and the data
-_FIRST_TIME = struct.Struct("<Q")  # a record's log time, 15 bytes into it
+_FIRST_TIME = struct.Struct("<Q")
+_FAST_STAMP: Final = (
+    2.0**51
+)  # µs: below it a float product is exact to 1/8 (see Recorder.message)  # a record's log time, 15 bytes into it
 _MAX_CHANNELS = 0xFFFF
 #: Write failures are reported at most once per this many seconds.
 _REPORT_PERIOD = 10.0
@@ -370,8 +373,9 @@ class Recorder:
         # Written by the tap alone: ----------------------------------------------------------
         self._queue: deque[bytes] = deque()  # framed Message records, for the writer
         self._queued_bytes = 0
+        self._wake_at = _WAKE_BYTES  # queued bytes at which the tap wakes the writer early
         self._defs: list[_Def] = []
-        self._channels: dict[tuple[type | str, str, str, int], int] = {}
+        self._channels: dict[tuple[type | str, str, int], int] = {}
         self._schema_ids: dict[type | str, int] = {}
         self._log_channels: dict[str, int] = {}
         self._log_schema = 0
@@ -404,7 +408,7 @@ class Recorder:
         self._wakeup = threading.Event()
         self._closing = False
         # The writer's own channel, made before the writer runs: only the tap makes channels.
-        self._drop_channel = self._channel(m.RecorderDropped, "recorder", "", 0)
+        self._drop_channel = self._channel((m.RecorderDropped, "recorder", 0))
         if options.path is not None:
             self._open()  # a path that cannot be written is a boot error, not a silent gap
         self._thread = threading.Thread(target=self._run, name="bussdcc-recorder", daemon=True)
@@ -415,45 +419,50 @@ class Recorder:
     def message(
         self,
         evt: Event[Message],
-        worker: str = "",
         incarnation: int = 0,
         seq: int = 0,
         dispatched: int = 0,
         _encode: Callable[[Any], bytes] = _encoder.encode,
         _pack: Callable[..., bytes] = _MSG_HEAD.pack,
+        _round: Callable[[float], int] = round,
         _now: Callable[[], int] = time.time_ns,
-        _modf: Callable[[float], tuple[float, float]] = math.modf,
     ) -> None:
-        """Record ``evt``, dispatched now (or at ``dispatched``, ns); from a worker: its name, incarnation, sequence.
+        """Record ``evt``, dispatched at ``dispatched`` (ns); from a worker (its source): its incarnation and sequence.
 
         The hot path of recording, kept to one function: it runs once per dispatched message.
         """
         try:
             payload = evt.payload
-            cls = type(payload)
             data = _encode(payload)
-            chan = self._channels.get((cls, evt.source, worker, incarnation))
+            key = (type(payload), evt.source, incarnation)
+            chan = self._channels.get(key)
             if chan is None:
-                chan = self._channel(cls, evt.source, worker, incarnation)
+                chan = self._channel(key)
                 if not chan:
                     self.dropped += 1
                     return
             if not incarnation:
                 self._own_seq += 1
                 seq = self._own_seq
+            # publish_time is the Event's own time, exact to the microsecond as datetime rounds
+            # it (a replay must see the very time the live run saw). Below 2**51 µs (until 2041)
+            # ``ts * 1e6`` is off by at most 1/8 µs, so where it lies 0.37 or less from a whole
+            # number that number is datetime's; nearer a half, or later, the exact rounding decides.
+            stamp = evt._ts
+            if stamp is None:
+                publish = (evt._time - _EPOCH) // _MICROSECOND * 1000  # type: ignore[operator]
+            else:
+                micro = stamp * 1e6
+                whole = _round(micro)
+                if -0.37 < micro - whole < 0.37 and -_FAST_STAMP < micro < _FAST_STAMP:
+                    publish = whole * 1000
+                else:
+                    publish = _exact_ns(stamp)
             size = _MSG_SIZE + len(data)
             queued = self._queued_bytes + size
             if queued - self._written_bytes > self._limit:
                 self.dropped += 1
                 return
-            # Exact to the microsecond, as the Event's own time: ``int(ts * 1e9)`` rounds otherwise
-            # than datetime does, and a replay would see another time than the live run.
-            stamp = evt._ts
-            if stamp is not None:  # not built yet: from the UNIX time, as datetime would round it
-                frac, whole = _modf(stamp)
-                publish = (int(whole) * 1_000_000 + round(frac * 1e6)) * 1000
-            else:
-                publish = (evt._time - _EPOCH) // _MICROSECOND * 1000  # type: ignore[operator]
             self._queue.append(
                 _pack(
                     _OP_MESSAGE, size - 9, chan, seq & 0xFFFFFFFF, dispatched or _now(), publish if publish > 0 else 0
@@ -461,12 +470,17 @@ class Recorder:
                 + data
             )
             self._queued_bytes = queued
-            if queued - self._written_bytes > _WAKE_BYTES and not self._wakeup.is_set():
-                self._wakeup.set()
+            if queued > self._wake_at:
+                self._wake_writer(queued)
             if self._snapshot and isinstance(payload, self._triggers):
                 self._trigger(payload)
         except Exception:  # the tap never fails a dispatch: what it cannot record, it counts
             self.dropped += 1
+
+    def _wake_writer(self, queued: int) -> None:
+        # Checked against one precomputed mark per message; the writer moves the mark on.
+        self._wake_at = queued + _WAKE_BYTES
+        self._wakeup.set()
 
     def foreign(  # noqa: PLR0917  (the fields of one streamed message)
         self,
@@ -483,7 +497,7 @@ class Recorder:
         """Record a message whose class this process does not know, from its name and decoded fields."""
         try:
             data = _encoder.encode(fields)
-            chan = self._channels.get((name, source, worker, incarnation))
+            chan = self._channels.get((name, source, incarnation))
             if chan is None:
                 chan = self._foreign_channel(name, severity, source, worker, incarnation)
                 if not chan:
@@ -538,8 +552,8 @@ class Recorder:
             return
         self._queue.append(_MSG_HEAD.pack(_OP_MESSAGE, size - 9, chan, seq & 0xFFFFFFFF, now, publish) + data)
         self._queued_bytes = queued
-        if queued - self._written_bytes > _WAKE_BYTES and not self._wakeup.is_set():
-            self._wakeup.set()
+        if queued > self._wake_at:
+            self._wake_writer(queued)
 
     def _schema(self, cls: type[Message]) -> int:
         sid = self._schema_ids.get(cls)
@@ -557,17 +571,18 @@ class Recorder:
         self._defs.append(_Def("channel", fields))
         return chan
 
-    def _channel(self, cls: type[Message], source: str, worker: str, incarnation: int) -> int:
+    def _channel(self, key: tuple[type[Message], str, int]) -> int:
+        cls, source, incarnation = key
         metadata = {
             "class": f"{cls.__module__}:{cls.__qualname__}",
             "severity": _severity_name(cls.severity),
             "source": source,
-            "worker": worker,
+            "worker": source if incarnation else "",
             "incarnation": str(incarnation) if incarnation else "",
         }
         chan = self._new_channel(cls.name, self._schema(cls), metadata)
         if chan:
-            self._channels[(cls, source, worker, incarnation)] = chan
+            self._channels[key] = chan
         return chan
 
     def _foreign_channel(self, name: str, severity: int, source: str, worker: str, incarnation: int) -> int:
@@ -585,7 +600,7 @@ class Recorder:
         }
         chan = self._new_channel(name, sid, metadata)
         if chan:
-            self._channels[(name, source, worker, incarnation)] = chan
+            self._channels[(name, source, incarnation)] = chan
         return chan
 
     def _log_channel(self, worker: str) -> int:
@@ -795,6 +810,12 @@ class Recorder:
                 oldest.unlink()
             except OSError:
                 pass
+
+
+def _exact_ns(stamp: float) -> int:
+    """UNIX time ``stamp`` in ns, rounded to the microsecond exactly as ``datetime.fromtimestamp`` rounds it."""
+    frac, whole = math.modf(stamp)
+    return (int(whole) * 1_000_000 + round(frac * 1e6)) * 1000
 
 
 def _severity_name(severity: int) -> str:
