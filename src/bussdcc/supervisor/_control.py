@@ -79,6 +79,8 @@ class ControlServer:
         self._overflow = 0
         self._subscribers: dict[bytes, int] = {}  # identity -> messages it missed, not yet told
         self._skip: dict[bytes, int] = {}  # identity -> queued messages that predate its subscription
+        #: identity -> messages dropped for the others before it subscribed, since the last send (not its loss).
+        self._dropped_before: dict[bytes, int] = {}
         #: Messages dropped for slow subscribers since boot.
         self.dropped = 0
         self._watched: dict[int, int] = {}  # pidfd -> pid of a standalone worker
@@ -285,6 +287,7 @@ class ControlServer:
                 raise
             self._subscribers.pop(identity, None)  # the client is gone
             self._skip.pop(identity, None)
+            self._dropped_before.pop(identity, None)
             return False
 
     def _publish(self, sock: zmq.Socket[bytes]) -> None:
@@ -296,8 +299,10 @@ class ControlServer:
             self._events_bytes = 0
             overflow, self._overflow = self._overflow, 0
         for identity in list(self._subscribers):
-            missed = self._subscribers[identity] + overflow
-            self.dropped += overflow
+            # Dropped for want of room, they came after all of this batch: the next message sent says so.
+            lost = overflow - self._dropped_before.pop(identity, 0)
+            self.dropped += lost
+            missed = self._subscribers[identity]
             skip = self._skip.pop(identity, 0)  # queued before it subscribed: in its backlog already
             if skip > len(batch):
                 self._skip[identity] = skip - len(batch)
@@ -310,7 +315,7 @@ class ControlServer:
                     missed += len(chunk)
                     self.dropped += len(chunk)
             if identity in self._subscribers:
-                self._subscribers[identity] = missed
+                self._subscribers[identity] = missed + lost
 
     # ---- requests -----------------------------------------------------------------
 
@@ -342,6 +347,8 @@ class ControlServer:
                     backlog = list(self._recent)[-req.backlog :] if req.backlog > 0 else []
                     self._subscribers[identity] = 0
                     queued = len(self._events)
+                    if self._overflow:
+                        self._dropped_before[identity] = self._overflow
                 # Messages queued before it subscribed were meant for the others.
                 for start in range(0, len(backlog), _CHUNK):
                     chunk = backlog[start : start + _CHUNK]
