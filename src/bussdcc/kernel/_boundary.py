@@ -19,10 +19,10 @@ from typing import Final
 
 __all__ = ["ACTIVITIES", "SlotTable", "WorkerSpec"]
 
-# items sent, control frames sent, event progress, heartbeat, busy since, busy limit, busy kind
-_SLOT: Final = struct.Struct("<QQddddQ")
-#: A slot's first two fields, the counts written once per item (compiled once: the hot path).
-_COUNTS: Final = struct.Struct("<QQ")
+# items sent, control frames sent, event progress, heartbeat, busy since, busy limit, busy kind.
+# Native byte order: the item count is also written through a memoryview (see ``item_counter``).
+_SLOT: Final = struct.Struct("=QQddddQ")
+_COUNTS: Final = struct.Struct("=QQ")
 _PROGRESS: Final = 16
 _ALIVE: Final = 24
 _BUSY: Final = 32
@@ -45,6 +45,7 @@ class SlotTable:
 
     def __init__(self, slots: int = WORKER_SLOTS, path: Path | None = None) -> None:
         self.size = slots
+        self._views: list[memoryview] = []
         if path is None:
             self._map = mmap.mmap(-1, slots * _STRIDE, flags=mmap.MAP_SHARED)
             return
@@ -64,27 +65,33 @@ class SlotTable:
         """Record how many items and control frames a worker has sent."""
         _COUNTS.pack_into(self._map, slot * _STRIDE, items, controls)
 
+    def item_counter(self, slot: int) -> memoryview:
+        """The item count of ``slot`` alone, as a one-element view: one store per item sent (the hot path)."""
+        view = memoryview(self._map)[slot * _STRIDE : slot * _STRIDE + 8].cast("Q")
+        self._views.append(view)
+        return view
+
     def read(self, slot: int) -> tuple[int, int]:
         """Return ``(items, controls)`` sent by the worker in ``slot``."""
-        items, controls = struct.unpack_from("<QQ", self._map, slot * _STRIDE)
+        items, controls = _COUNTS.unpack_from(self._map, slot * _STRIDE)
         return items, controls
 
     def beat(self, slot: int, when: float) -> None:
         """Record that the worker in ``slot`` took an event at ``when``."""
-        struct.pack_into("<d", self._map, slot * _STRIDE + _PROGRESS, when)
+        struct.pack_into("=d", self._map, slot * _STRIDE + _PROGRESS, when)
 
     def progress(self, slot: int) -> float:
         """When the worker in ``slot`` last took an event (0 if never)."""
-        value: float = struct.unpack_from("<d", self._map, slot * _STRIDE + _PROGRESS)[0]
+        value: float = struct.unpack_from("=d", self._map, slot * _STRIDE + _PROGRESS)[0]
         return value
 
     def pulse(self, slot: int, when: float) -> None:
         """Record a heartbeat of the worker in ``slot``."""
-        struct.pack_into("<d", self._map, slot * _STRIDE + _ALIVE, when)
+        struct.pack_into("=d", self._map, slot * _STRIDE + _ALIVE, when)
 
     def heartbeat(self, slot: int) -> float:
         """When the worker in ``slot`` last sent a heartbeat (0 if never)."""
-        value: float = struct.unpack_from("<d", self._map, slot * _STRIDE + _ALIVE)[0]
+        value: float = struct.unpack_from("=d", self._map, slot * _STRIDE + _ALIVE)[0]
         return value
 
     def busy(self, slot: int, activity: int, since: float, limit: float) -> None:
@@ -94,18 +101,20 @@ class SlotTable:
         """
         # The limit and kind go first, the start time last: a reader that sees the
         # new start time also sees its limit.
-        struct.pack_into("<dQ", self._map, slot * _STRIDE + _BUSY + 8, limit, activity)
-        struct.pack_into("<d", self._map, slot * _STRIDE + _BUSY, since if activity else 0.0)
+        struct.pack_into("=dQ", self._map, slot * _STRIDE + _BUSY + 8, limit, activity)
+        struct.pack_into("=d", self._map, slot * _STRIDE + _BUSY, since if activity else 0.0)
 
     def activity(self, slot: int) -> tuple[str, float, float]:
         """``(activity, since, limit)`` of the worker in ``slot`` (since is 0 when idle)."""
-        since, limit, kind = struct.unpack_from("<ddQ", self._map, slot * _STRIDE + _BUSY)
+        since, limit, kind = struct.unpack_from("=ddQ", self._map, slot * _STRIDE + _BUSY)
         if not since or kind >= len(ACTIVITIES):
             return "idle", 0.0, 0.0
         return ACTIVITIES[kind], since, limit
 
     def close(self) -> None:
         """Unmap the table."""
+        for view in self._views:
+            view.release()  # a view still exported would keep the map from closing
         self._map.close()
 
 

@@ -59,8 +59,8 @@ class Channel:
         self.sock.connect(spec.endpoint)
         self._owner = threading.get_ident()
         self._name = spec.name
-        self._count = spec.slots.write
         self._slot = spec.slot
+        self._items = spec.slots.item_counter(spec.slot)  # [0]: items numbered so far, for the parent
         self._io = threading.RLock()  # held while the socket is in use
         self._lock = threading.Lock()  # guards numbering and the foreign queue
         self._drained = threading.Condition(self._lock)
@@ -183,8 +183,7 @@ class Channel:
             try:
                 if self._foreign:
                     self._take_foreign()
-                self._seq = seq = self._seq + 1
-                self._count(self._slot, seq, self._controls)
+                self._seq = self._items[0] = self._seq + 1
             finally:
                 lock.release()
             pending = self._pending
