@@ -61,20 +61,12 @@ class Health:
         #: Ends an incarnation for a verdict (gracefully, escalating); its exit says the verdict's cause.
         self._end = end
         #: (worker, message name) -> monotonic time it was last dispatched, for the expected pairs only.
-        #: Written on the dispatch thread (existing keys only), read and extended on the hub thread.
+        #: Written by the Ingest on the dispatch thread (existing keys only), read and extended on the hub thread.
         self.seen: dict[tuple[str, str], float] = {}
         self._watches: dict[str, _Watch] = {}
         self._job: Periodic | None = None
 
     # ---- what arrives ------------------------------------------------------------------
-
-    def saw(self, worker: str, name: str) -> None:
-        """``worker`` sent a message named ``name`` (dispatch thread): O(1), nothing if nobody expects it."""
-        seen = self.seen
-        if seen:
-            key = (worker, name)
-            if key in seen:
-                seen[key] = time.monotonic()
 
     def on_ready(self, worker: Worker, inc: Incarnation) -> None:
         """An incarnation is ready: its checks start now."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Callable
 from functools import partial
+from time import monotonic
 
 import msgspec
 
@@ -35,12 +36,13 @@ class Ingest:
         send_stop: Callable[[Worker, Incarnation], None],
         maybe_finalize: Callable[[Worker, Incarnation], None],
         health: Callable[[Worker, Incarnation, p.Health], None] = lambda worker, inc, frame: None,
-        saw: Callable[[str, str], None] = lambda worker, name: None,
+        seen: dict[tuple[str, str], float] | None = None,
     ) -> None:
         self.books = books
-        #: A worker's ``health()`` result, and every message a worker sent (its name), for the health watch.
+        #: A worker's ``health()`` result, and when a watched (worker, message name) was last sent,
+        #: for the health watch (the watch's own dict: written here, O(1), only for what is watched).
         self._health = health
-        self._saw = saw
+        self._seen: dict[tuple[str, str], float] = {} if seen is None else seen
         self._ready = ready
         self._send_stop = send_stop
         #: An incarnation whose process is gone may be finalized once its last frame is in.
@@ -210,13 +212,14 @@ class Ingest:
             self.apply(worker, raws, incarnation, first_seq)
             return
         b = self.books
-        saw = self._saw
+        seen = self._seen
         dispatch_item = b.dispatch_item
         seq = first_seq
         for item, raw in zip(items, raws, strict=True):
             try:
                 if type(item) is p.Envelope:
-                    saw(worker, item.name)
+                    if seen and (worker, item.name) in seen:
+                        seen[(worker, item.name)] = monotonic()
                     dispatch_item(item, bytes(raw), worker, incarnation, seq)
                 elif type(item) is p.StateSet:
                     b.state.set(item.path, p.decode_value(item.value))
@@ -238,7 +241,9 @@ class Ingest:
                 item = p.decode(raw, p.ITEMS)
                 match item:
                     case p.Envelope():
-                        self._saw(worker, item.name)
+                        seen = self._seen
+                        if seen and (worker, item.name) in seen:
+                            seen[(worker, item.name)] = monotonic()
                         b.dispatch_item(item, bytes(raw), worker, incarnation, seq)
                     case p.StateSet():
                         b.state.set(item.path, p.decode_value(item.value))

@@ -52,7 +52,7 @@ class Supervisor(Books):
             send_stop=self._stopping.send_stop,
             maybe_finalize=self._exits.maybe_finalize,
             health=self._health.on_report,
-            saw=self._health.saw,
+            seen=self._health.seen,
         )
 
     def _on_ready(self, worker: Worker, inc: Incarnation) -> None:
