@@ -27,6 +27,7 @@ from ..kernel._text import emit_report
 
 _encode = ENCODER.encode
 _body_decoders = p.BODY_DECODERS
+_MAX_ITEM = p.MAX_ITEM
 _time_ns = time.time_ns
 
 if TYPE_CHECKING:
@@ -73,12 +74,19 @@ class Dispatch:
 
     def emit(self, message: Message, source: str = RUNTIME_SOURCE) -> None:
         """Dispatch ``message`` now, on this thread."""
-        clock = self.clock
-        if type(clock) is SystemClock:
-            # The real clock's now_utc() is this instant: its datetime is built only if a handler reads it.
-            self.dispatch(event_at(message, _now(), source))
-        else:
-            self.dispatch(Event(message, clock.now_utc(), source))
+        if type(self.clock) is not SystemClock:
+            self.dispatch(Event(message, self.clock.now_utc(), source))
+            return
+        # The real clock's now_utc() is this instant: its datetime is built only if a handler reads it,
+        # and the envelope is encoded with the very timestamp the Event holds.
+        ts = _now()
+        try:
+            item = _encode(("m", message.name, message, ts, source))  # an Envelope's array
+            if len(item) > _MAX_ITEM:
+                raise ValueError("over the item limit")
+        except ENCODE_ERRORS:
+            item = p.encode_envelope(message, ts, source)  # raises the typed error
+        self.dispatch(event_at(message, ts, source), item)
 
     def dispatch(self, evt: Event[Message], item: bytes | None = None, incarnation: int = 0, seq: int = 0) -> None:
         """Dispatch ``evt`` (``item``: its encoded envelope, if known); waits while the outbox is full.
@@ -92,9 +100,9 @@ class Dispatch:
             payload = evt.payload
             try:
                 item = _encode(("m", payload.name, payload, event_ts(evt), evt.source))  # an Envelope's array
+                if len(item) > _MAX_ITEM:
+                    raise ValueError("over the item limit")
             except ENCODE_ERRORS:
-                item = None
-            if item is None or len(item) > p.MAX_ITEM:
                 item = p.encode_envelope(payload, event_ts(evt), evt.source)  # raises the typed error
         lock = self._lock
         lock.acquire()  # not ``with``: this runs for every message, and ``with`` costs twice as much
