@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -163,6 +164,59 @@ def bare_fork_starts() -> list[float]:
     return out
 
 
+def _victim(ready: int, threads: bool) -> None:
+    """A child to kill: with ``threads``, holding what a worker holds (a ZeroMQ context, helper threads)."""
+    if threads:
+        import zmq
+
+        ctx = zmq.Context(io_threads=1)
+        sock = ctx.socket(zmq.DEALER)
+        sock.connect("ipc:///nonexistent/bench-respawn")
+        for _ in range(3):
+            threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()
+        _keep.append((ctx, sock, bytearray(3 << 20)))  # and a few MiB written, like a worker's heap
+    os.write(ready, b"r")
+    time.sleep(3600)
+    os._exit(0)
+
+
+_keep: list[object] = []
+
+
+def bare_respawns(threads: bool) -> tuple[list[float], list[float]]:
+    """What a supervisor that does nothing else pays: SIGKILL a child → its pidfd readable → a new fork's first byte.
+
+    Returns (kill → death seen, kill → the replacement's byte). ``threads``: the killed child holds
+    what a worker holds, so its teardown costs what a worker's does.
+    """
+    seen, again = [], []
+    for _ in range(KILLS):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            _victim(w, threads)
+        os.read(r, 1)
+        fd = os.pidfd_open(pid)
+        t0 = time.perf_counter()
+        os.kill(pid, signal.SIGKILL)
+        select.select([fd], [], [])
+        t1 = time.perf_counter()
+        new = os.fork()
+        if new == 0:
+            os.write(w, b"r")
+            os._exit(0)
+        os.read(r, 1)
+        t2 = time.perf_counter()
+        seen.append(t1 - t0)
+        again.append(t2 - t0)
+        os.waitpid(pid, 0)
+        os.waitpid(new, 0)
+        for f in (fd, r, w):
+            os.close(f)
+    return seen, again
+
+
 def mp_fork_starts() -> list[float]:
     ctx = multiprocessing.get_context("fork")
     out = []
@@ -192,6 +246,8 @@ def fresh_interpreter_starts() -> list[float]:
 def main() -> None:
     # Baselines first: multiprocessing forks this process, best done before any runtime threads exist.
     bare = bare_fork_starts()
+    _, bare_again = bare_respawns(threads=False)
+    worker_like_seen, worker_like_again = bare_respawns(threads=True)
     mp = mp_fork_starts()
     fresh = fresh_interpreter_starts()
     detect, ready = bussdcc_respawns()
@@ -206,7 +262,10 @@ def main() -> None:
         ("respawn p50 (kill → ready)", ms(r50), "bare os.fork → a byte on a pipe", ms(median(bare)), f"{r50 / median(bare):.2f}"),
         ("", "", "multiprocessing fork → READY", ms(median(mp)), f"{r50 / median(mp):.2f}"),
         ("", "", "fresh interpreter, import bussdcc", ms(median(fresh)), f"{r50 / median(fresh):.2f}"),
+        ("", "", "bare respawn: kill → pidfd → fork → byte", ms(median(bare_again)), f"{r50 / median(bare_again):.2f}"),
+        ("", "", "the same, the killed child worker-like", ms(median(worker_like_again)), f"{r50 / median(worker_like_again):.2f}"),
         ("respawn p90", ms(r90), "multiprocessing fork → READY", ms(percentile(mp, 90)), f"{r90 / percentile(mp, 90):.2f}"),
+        ("kill → death seen (its pidfd)", "", "a worker-like child", ms(median(worker_like_seen)), ""),
     ]  # fmt: skip
     table(f"respawn: {KILLS} SIGKILLs", rows)
     print(f"\ntarget: respawn p50 < 20 ms -> {r50 * 1e3:.2f} ms ({'met' if r50 < 0.020 else 'NOT met'})")
