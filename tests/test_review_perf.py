@@ -62,7 +62,7 @@ def _dispatch_locks_leaked(rt: Runtime) -> tuple[bool, bool]:
     strict=True,
     reason="lock.acquire() then try: an exception from a signal handler (Ctrl-C's KeyboardInterrupt) raised"
     " right after the acquire returns escapes with the lock held; ``with`` does not check for signals"
-    " between __enter__ and its try block (_dispatch.py:110, _control.py:157, _channel.py:179/182)",
+    " between __enter__ and its try block (_dispatch.py:108, _control.py:157, _channel.py:179/182)",
 )
 @pytest.mark.timeout(150)
 def test_an_exception_from_a_signal_handler_during_emit_leaves_no_lock_held() -> None:
