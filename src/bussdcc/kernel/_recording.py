@@ -54,10 +54,8 @@ _OP_MESSAGE = 0x05
 _MSG_HEAD = struct.Struct("<BQHIQQ")  # opcode, record length, channel, sequence, log time, publish time
 _MSG_FIXED = 2 + 4 + 8 + 8  # a Message record's fields before its data
 _MSG_SIZE = 9 + _MSG_FIXED  # with the opcode and the length: 31 bytes and the data
-_FIRST_TIME = struct.Struct("<Q")
-_FAST_STAMP: Final = (
-    2.0**51
-)  # µs: below it a float product is exact to 1/8 (see Recorder.message)  # a record's log time, 15 bytes into it
+_FIRST_TIME = struct.Struct("<Q")  # a record's log time, 15 bytes into it
+_FAST_STAMP: Final = 2.0**51  # µs: below it a float product is exact to 1/8 (see Recorder.message)
 _MAX_CHANNELS = 0xFFFF
 #: Write failures are reported at most once per this many seconds.
 _REPORT_PERIOD = 10.0

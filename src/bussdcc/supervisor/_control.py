@@ -165,7 +165,9 @@ class ControlServer:
             self._recent_bytes = size
             if not self._subscribers:
                 return
-            if len(self._events) >= _MAX_QUEUED or self._events_bytes + weight > SUBSCRIBER_BYTES:
+            # Once one is dropped, all are until the next send: a smaller one let in after it would
+            # arrive ahead of the count of what is missing before it.
+            if self._overflow or len(self._events) >= _MAX_QUEUED or self._events_bytes + weight > SUBSCRIBER_BYTES:
                 self._overflow += 1
                 return
             self._events.append(entry)
