@@ -174,18 +174,13 @@ class Channel:
         if get_ident() != self._owner:
             self._push_foreign(item)
             return
-        # Explicit acquire/release, not ``with``: this runs for every message, and ``with`` costs twice as much.
-        io = self._io
-        io.acquire()
-        try:
-            lock = self._lock
-            lock.acquire()
-            try:
+        # ``with``, not acquire() then try: an exception from a signal handler can land as a call
+        # returns, and would leave the lock held (the next push would deadlock).
+        with self._io:
+            with self._lock:
                 if self._foreign:
                     self._take_foreign()
                 self._seq = self._items[0] = self._seq + 1
-            finally:
-                lock.release()
             pending = self._pending
             pending.append(item)
             self._pending_bytes += len(item)
@@ -195,8 +190,6 @@ class Channel:
                 self._flush(block=False)
             elif not self._held:
                 self._hold()
-        finally:
-            io.release()
 
     def _hold(self) -> None:  # with _io held
         """Have the items pending now sent within about :data:`_LINGER` even if this thread goes off into user code."""
