@@ -50,6 +50,7 @@ class Supervisor(Books):
             self,
             ready=self._on_ready,
             send_stop=self._stopping.send_stop,
+            go=self._spawning.go,
             maybe_finalize=self._exits.maybe_finalize,
             health=self._health.on_report,
             seen=self._health.seen,
@@ -106,9 +107,13 @@ class Supervisor(Books):
 
     # ---- the runtime's commands (hub thread) -----------------------------------------
 
-    def start(self, name: str) -> Incarnation:
-        """Start a new incarnation of ``name``."""
-        return self._spawning.start(name)
+    def start(self, name: str, *, gated: bool = False) -> Incarnation:
+        """Start a new incarnation of ``name`` (``gated``: its component runs only once :meth:`release` says so)."""
+        return self._spawning.start(name, gated=gated)
+
+    def release(self, name: str) -> Incarnation | None:
+        """Boot has come to ``name``, started gated: let it run its component (its current incarnation)."""
+        return self._spawning.release(name)
 
     def join(self, name: str, pid: int) -> Incarnation:
         """Adopt process ``pid``, started outside the fork server, as the next incarnation of ``name``."""
@@ -116,6 +121,15 @@ class Supervisor(Books):
 
     def stop(self, name: str) -> Worker:
         """Stop ``name`` gracefully, escalating to SIGTERM then SIGKILL."""
+        worker = self.workers[name]
+        inc = worker.current
+        if inc is not None and inc.gated:
+            # Stopped before boot came to it: nothing of it ran, so nothing is said of its end,
+            # as of a worker boot never started.
+            inc.quiet = True
+            if inc.exited:  # its end was held back for its turn, which never comes
+                worker.intent = "stop"
+                self._exits.finalize(worker, inc)
         return self._stopping.stop(name)
 
     def close(self) -> None:

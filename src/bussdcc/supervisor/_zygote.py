@@ -324,6 +324,7 @@ class Zygote:  # pragma: no cover - runs in the child
                 self.parent,
                 req.identity,
                 req.token,
+                req.gated,
             )
         me = os.getpid()
         opened: list[int] = []

@@ -477,6 +477,24 @@ class Channel:
                     frames.append(p.Stop())
             return frames
 
+    def await_go(self) -> bool:
+        """A gated worker's wait for the parent's Go (True), or for a Stop, the parent's or a SIGTERM's (False).
+
+        Frames other than Go that arrive meanwhile stay in the inbox, in order, for the host.
+        """
+        held: list[p.ParentFrame] = []
+        go = False
+        while not go:
+            for frame in self.wait(None):
+                if isinstance(frame, p.Stop):
+                    return False
+                if isinstance(frame, p.Go):
+                    go = True
+                else:
+                    held.append(frame)
+        self._inbox.extendleft(reversed(held))
+        return True
+
     def bye(self, error: str | None = None, traceback: str | None = None, timeout: float = 30.0) -> bool:
         """Say goodbye after everything queued; wait until the parent has dispatched it all."""
         self.send_control(p.Bye(self.sent, error, traceback))
