@@ -120,6 +120,8 @@ class Channel:
 
     def open_direct(self) -> str:
         """Bind this device's call endpoint; return its address, or "" if it cannot (calls then go by the parent)."""
+        if self.direct is not None:
+            return self.direct.endpoint  # opened already, while the device waited at its gate
         try:
             direct = DirectEndpoint(self.zctx, self.spec)
         except (OSError, zmq.ZMQError):

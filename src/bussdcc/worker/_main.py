@@ -65,6 +65,9 @@ def run(spec: WorkerSpec, component: object, on_term: Callable[[], None] | None 
             channel.send_control(Hello(os.getpid(), spec.token))
             ctx = make_context(spec, channel)
             # Gated (forked ahead of its turn at boot): no code of the component runs before the parent's Go.
+            # A device's call endpoint is no code of its own: it is bound meanwhile, off boot's path.
+            if spec.gated and isinstance(component, Device):
+                channel.open_direct()
             if spec.gated and isinstance(component, Service | Device) and not channel.await_go():
                 code = stop_at_gate(component, channel)
             else:
