@@ -209,3 +209,28 @@ def test_shutdown_while_workers_wait_at_their_gates_ends_them_all(tmp_path: Path
     names = [e.name for e in rec.events if _about(e) & set(others)]
     assert names == [], "nothing is said of workers that never ran"
     assert rec.events[-1].name == "runtime.shutdown"
+
+
+@pytest.mark.timeout(180)
+def test_a_group_member_that_dies_at_its_gate_restarts_its_group_without_holding_boot_up(
+    make_runtime: MakeRuntime, tmp_path: Path
+) -> None:
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    members: list[Device] = [Chatty(id=f"g{k}") for k in range(3)]
+    members[1].cwd = str(gone)  # removed below: it dies before its Hello, each time
+    members[1].backoff_initial = 0.05
+    members[1].max_restarts = 2
+    rt, rec = make_runtime("gated-group", boot=False)
+    rt.register_group("grp", members, strategy="one_for_all")
+    for k in range(5):
+        rt.attach_device(Chatty(id=f"d{k}"))
+    shutil.rmtree(gone)
+    rt.boot()
+    rec.wait_for("worker.gave_up", lambda e: e.payload.to_dict()["worker"] == "g0", timeout=60)
+    events = list(rec.events)
+    assert [d for d in _firsts(events, "device.attached", "device") if d.startswith("d")] == [f"d{k}" for k in range(5)]
+    # g1 is said to have failed at its turn: after g0 attached, before the next in order.
+    failed = _first(events, "device.failed", "g1")
+    assert _first(events, "device.attached", "g0") < failed < _first(events, "device.attached", "d0")
+    assert {w.name: w.state for w in rt.workers()}["g1"] == "failed"

@@ -26,6 +26,7 @@ from ._deps import dependents
 from ._groups import Group, Plan
 from ._policy import GiveUp, History, Policy, Respawn, Stop, decide, exit_kind
 from ._stacks import Stacks
+from ._states import Intent
 from ._stopping import Stopping
 from ._timers import Timer
 from ._watchdog import Verdict
@@ -164,7 +165,7 @@ class Exits:
         """Close the books of an ended incarnation, say how it ended, and decide what follows."""
         if inc.finalized:
             return
-        if inc.gated and not inc.quiet:
+        if inc.gated and not inc.go_wanted and not inc.quiet:
             return  # ended at its gate, before boot came to it: said at its turn (``Spawning.release``)
         b = self.books
         inc.finalized = True
@@ -356,7 +357,22 @@ class Exits:
 
     def hold(self, worker: Worker) -> None:
         """Stop a group member for its group's restart (its exit is not a failure)."""
+        self.quiet_at_gate(worker, "hold")
         self._stopping.hold(worker)
+
+    def quiet_at_gate(self, worker: Worker, intent: Intent) -> None:
+        """``worker`` is stopped or held: if it waits at its gate, nothing is said of its end.
+
+        It never ran, as a worker boot has not come to yet never started; an end held back
+        for its turn (which now never comes) is closed now.
+        """
+        inc = worker.current
+        if inc is None or not inc.gated:
+            return
+        inc.quiet = True
+        if inc.exited:
+            worker.intent = intent
+            self.finalize(worker, inc)
 
     def fail_held(self, worker: Worker, reason: str) -> None:
         """A member stopped because its group gave up."""

@@ -121,15 +121,7 @@ class Supervisor(Books):
 
     def stop(self, name: str) -> Worker:
         """Stop ``name`` gracefully, escalating to SIGTERM then SIGKILL."""
-        worker = self.workers[name]
-        inc = worker.current
-        if inc is not None and inc.gated:
-            # Stopped before boot came to it: nothing of it ran, so nothing is said of its end,
-            # as of a worker boot never started.
-            inc.quiet = True
-            if inc.exited:  # its end was held back for its turn, which never comes
-                worker.intent = "stop"
-                self._exits.finalize(worker, inc)
+        self._exits.quiet_at_gate(self.workers[name], "stop")
         return self._stopping.stop(name)
 
     def close(self) -> None:
@@ -138,7 +130,7 @@ class Supervisor(Books):
 
     def hold(self, worker: Worker) -> None:
         """Stop a group member for its group's restart (its exit is not a failure)."""
-        self._stopping.hold(worker)
+        self._exits.hold(worker)
 
     def respawn(self, worker: Worker) -> None:
         """Start the next incarnation of a worker that is waiting to come back."""
