@@ -133,3 +133,5 @@ class WorkerSpec:
     identity: bytes
     #: The incarnation's secret, proved in its ``Hello``: only the process the parent made knows it.
     token: bytes = field(repr=False)
+    #: Wait after the Hello for the parent's Go before running the component (forked ahead at boot).
+    gated: bool = False

@@ -25,6 +25,8 @@ class Spawn(Frame, tag="spawn", frozen=True):
     #: The incarnation's routing id and secret (never on argv: an exec'd worker reads them from a pipe).
     identity: bytes = b""
     token: bytes = b""
+    #: Set up, say hello, then wait for the parent's Go before running the component (boot).
+    gated: bool = False
 
 
 class Quit(Frame, tag="quit", frozen=True):

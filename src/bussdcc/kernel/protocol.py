@@ -229,7 +229,11 @@ class RouteEnded(Frame, tag="route_ended", frozen=True):
         safe_fields(self, "reason")
 
 
-ParentFrame: TypeAlias = Deliver | Stop | ByeAck | Call | Reply | Route | RouteEnded
+class Go(Frame, tag="go", frozen=True):
+    """Parent → a gated worker (forked ahead of its turn at boot): run the component now."""
+
+
+ParentFrame: TypeAlias = Deliver | Stop | ByeAck | Call | Reply | Route | RouteEnded | Go
 
 
 class Envelope(Frame, tag="m", frozen=True):
@@ -394,6 +398,7 @@ __all__ = [
     "ForkReport",
     "ForkRequest",
     "Frame",
+    "Go",
     "Health",
     "Hello",
     "Item",

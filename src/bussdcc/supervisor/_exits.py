@@ -26,6 +26,7 @@ from ._deps import dependents
 from ._groups import Group, Plan
 from ._policy import GiveUp, History, Policy, Respawn, Stop, decide, exit_kind
 from ._stacks import Stacks
+from ._states import Intent
 from ._stopping import Stopping
 from ._timers import Timer
 from ._watchdog import Verdict
@@ -164,6 +165,8 @@ class Exits:
         """Close the books of an ended incarnation, say how it ended, and decide what follows."""
         if inc.finalized:
             return
+        if inc.gated and not inc.go_wanted and not inc.quiet:
+            return  # ended at its gate, before boot came to it: said at its turn (``Spawning.release``)
         b = self.books
         inc.finalized = True
         self.stacks.forget(inc)  # a hang still being said is said first
@@ -173,28 +176,29 @@ class Exits:
         b.lost += lost
         b._retire(worker, inc)
         cause, reason, signame = classify(inc)
-        abnormal = cause not in ("stopped", "exited")
         last = b.postmortem.last(worker.name, inc.pid)
         b.calls.ended(inc, reason, crashed=inc.bye is None)
         if inc.pid is not None:
             b.postmortem.note(worker.name, inc.pid, f"exited: {reason}")
-        b.emit(
-            m.WorkerExited(
-                worker=worker.name,
-                role=worker.role,
-                pid=inc.pid or 0,
-                incarnation=inc.number,
-                reason=reason,
-                exit_code=inc.exit_code if inc.exit_code is not None and inc.exit_code >= 0 else None,
-                signal=signame,
-                abnormal=abnormal,
-                emitted=emitted,
-                dispatched=inc.received,
-                lost=lost,
-                cause=cause,
-                output=last if abnormal else (),
+        if not inc.quiet:  # stopped at its gate: it never ran, so its end is not said either
+            abnormal = cause not in ("stopped", "exited")
+            b.emit(
+                m.WorkerExited(
+                    worker=worker.name,
+                    role=worker.role,
+                    pid=inc.pid or 0,
+                    incarnation=inc.number,
+                    reason=reason,
+                    exit_code=inc.exit_code if inc.exit_code is not None and inc.exit_code >= 0 else None,
+                    signal=signame,
+                    abnormal=abnormal,
+                    emitted=emitted,
+                    dispatched=inc.received,
+                    lost=lost,
+                    cause=cause,
+                    output=last if abnormal else (),
+                )
             )
-        )
         worker.last_exit = reason
         if worker.current is inc:
             worker.current = None
@@ -211,7 +215,9 @@ class Exits:
         """What follows the end of a worker's current incarnation: ask the policy, then do as it says."""
         kind = exit_kind(cause, requested=worker.intent != "run", environmental=inc.spawn_errno is not None)
         error, tb = reason, None
-        match kind:
+        match "quiet" if inc.quiet else kind:
+            case "quiet":
+                pass  # stopped at its gate: it never started, so it did not stop or fail either
             case "requested" | "normal":
                 self._announce_stopped(worker)
             case "gave_up":  # a temporary service's tick raised: it gave up itself
@@ -351,7 +357,22 @@ class Exits:
 
     def hold(self, worker: Worker) -> None:
         """Stop a group member for its group's restart (its exit is not a failure)."""
+        self.quiet_at_gate(worker, "hold")
         self._stopping.hold(worker)
+
+    def quiet_at_gate(self, worker: Worker, intent: Intent) -> None:
+        """``worker`` is stopped or held: if it waits at its gate, nothing is said of its end.
+
+        It never ran, as a worker boot has not come to yet never started; an end held back
+        for its turn (which now never comes) is closed now.
+        """
+        inc = worker.current
+        if inc is None or not inc.gated:
+            return
+        inc.quiet = True
+        if inc.exited:
+            worker.intent = intent
+            self.finalize(worker, inc)
 
     def fail_held(self, worker: Worker, reason: str) -> None:
         """A member stopped because its group gave up."""

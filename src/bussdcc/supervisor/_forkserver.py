@@ -99,9 +99,13 @@ class ForkServer:
         *,
         identity: bytes,
         token: bytes,
+        gated: bool = False,
     ) -> None:
-        """Ask for a new worker process with this routing id and secret; the answer arrives as a report."""
-        self._send(p.Spawn(worker, incarnation, slot, pickled, argv, identity, token))
+        """Ask for a new worker process with this routing id and secret; the answer arrives as a report.
+
+        ``gated``: it sets up and says hello, then waits for the parent's Go to run its component.
+        """
+        self._send(p.Spawn(worker, incarnation, slot, pickled, argv, identity, token, gated))
 
     def _send(self, frame: p.Spawn | p.Quit) -> None:
         data = p.pack_stream(frame)

@@ -34,6 +34,7 @@ class Ingest:
         *,
         ready: Callable[[Worker, Incarnation], None],
         send_stop: Callable[[Worker, Incarnation], None],
+        go: Callable[[Worker, Incarnation], None],
         maybe_finalize: Callable[[Worker, Incarnation], None],
         health: Callable[[Worker, Incarnation, p.Health], None] = lambda worker, inc, frame: None,
         seen: dict[tuple[str, str], float] | None = None,
@@ -45,6 +46,7 @@ class Ingest:
         self._seen: dict[tuple[str, str], float] = {} if seen is None else seen
         self._ready = ready
         self._send_stop = send_stop
+        self._go = go
         #: An incarnation whose process is gone may be finalized once its last frame is in.
         self._maybe_finalize = maybe_finalize
         self._refusals_held = 0
@@ -86,10 +88,12 @@ class Ingest:
                     inc.pid = frame.pid
                     b._by_pid[frame.pid] = (worker, inc)
                     inc.oom = oom_counter(frame.pid)
-                if worker.wants_events and not inc.stop_sent:
+                if worker.wants_events and not inc.stop_sent and not inc.gated:
                     b.targets[identity] = worker
                 if inc.stop_sent:
                     self._send_stop(worker, inc)
+                elif inc.gated and inc.go_wanted:
+                    self._go(worker, inc)  # boot came to its turn before its Hello
             case p.Ready():
                 inc.controls += 1
                 inc.direct = frame.calls

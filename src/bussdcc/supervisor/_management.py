@@ -180,9 +180,13 @@ class WorkerManagement:
         self._wait_started(sup.workers[name])
         return inc
 
-    def _wait_started(self, worker: Worker) -> None:
-        inc = worker.current
-        if inc is not None and not inc.outcome.wait(worker.component.start_timeout + _BOOT_GRACE):
+    def _wait_started(self, worker: Worker, inc: Incarnation | None = None, *, gated: bool = False) -> None:
+        if inc is None:
+            inc = worker.current
+        limit = worker.component.start_timeout
+        # A gated one may take its start_timeout to say hello, then as long again from its Go.
+        limit = 2 * limit if gated else limit
+        if inc is not None and not inc.outcome.wait(limit + _BOOT_GRACE):
             raise BootError(f"worker {worker.name!r} neither became ready nor failed in time")
         # What was said about its start is dispatched before boot goes on; what the worker
         # sends afterwards need not be (a handler may well wait for boot to return).

@@ -18,7 +18,8 @@ from ._assembly import Assembly
 from ._deps import POOL_ATTR, DependencyError, dependents, pool_of, start_order
 from ._management import WorkerManagement
 from ._procenv import drops, names, open_run_dir
-from ._workers import WorkerState, WorkerStatus
+from ._supervisor import SpawnRefused, Supervisor
+from ._workers import Incarnation, WorkerState, WorkerStatus
 
 Maker = Callable[[str], Service | Device]
 _UP = (WorkerState.STARTING, WorkerState.RUNNING, WorkerState.BACKOFF)
@@ -164,9 +165,26 @@ class PoolManagement(WorkerManagement):
 
             hub.after_bind = reopen
 
-    def _boot_start(self, parts: Assembly, name: str) -> None:
-        """Start ``name`` at boot, unless a worker it requires is not up (it stays stopped)."""
-        workers = parts.supervisor.workers
+    def _boot_start(self, parts: Assembly, name: str, ahead: Ahead | None = None) -> None:
+        """Start ``name`` at boot, unless a worker it requires is not up (it stays stopped).
+
+        With ``ahead``: the workers after it are forked, gated, up to :data:`AHEAD` in advance.
+        """
+        sup = parts.supervisor
+        workers = sup.workers
+        if ahead is not None and ahead.gated(name):
+            # Its turn: Go (the workers before it are ready and announced), and fork the next.
+            def turn() -> Incarnation | None:
+                inc = sup.release(name)
+                ahead.fork(sup, name)
+                return inc
+
+            inc = parts.hub.call(turn)
+            self._notify()
+            self._wait_started(workers[name], inc, gated=True)
+            return
+        if ahead is not None:
+            parts.hub.call(lambda: ahead.fork(sup, name))
         component = workers[name].component
         pools = {n: p.members() for n, p in self._pools.items()}
         for dep in names(component, "requires"):
@@ -209,6 +227,45 @@ class PoolManagement(WorkerManagement):
             for dep in bound:
                 self._start(dep)
             return status
+
+
+#: Workers boot forks ahead of their turn: enough to keep the fork server busy while one starts,
+#: few enough that those waiting do not crowd the machine.
+AHEAD = 24
+
+
+class Ahead:
+    """Boot's workers forked ahead of their turn, gated: each sets up in parallel, then waits for its Go.
+
+    Only a worker without ``requires`` is: whether one with them starts at all is known only at
+    its turn. Its methods run on the hub thread.
+    """
+
+    def __init__(self, order: list[str], workers: dict[str, Service | Device]) -> None:
+        self.order = order
+        self.eligible = {n for n in order if not names(workers[n], "requires")}
+        self.position = {n: k for k, n in enumerate(order)}
+        self.next = 0
+        self.forked: set[str] = set()
+
+    def gated(self, name: str) -> bool:
+        """Whether ``name`` was forked ahead, gated (hub thread or after a hub call)."""
+        return name in self.forked
+
+    def fork(self, sup: Supervisor, current: str | None = None) -> None:
+        """Fork the eligible workers up to :data:`AHEAD` past ``current`` (None: from the first) not forked yet."""
+        first = 0 if current is None else self.position[current] + 1
+        end = min(len(self.order), first + AHEAD)
+        self.next = max(self.next, first)
+        while self.next < end:
+            name = self.order[self.next]
+            if name in self.eligible:
+                try:
+                    sup.start(name, gated=True)
+                except SpawnRefused:
+                    return  # its turn tries again, as boot always has (and fails as it always has)
+                self.forked.add(name)
+            self.next += 1
 
 
 def instances_error(instances: object) -> str | None:

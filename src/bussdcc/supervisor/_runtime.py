@@ -47,7 +47,7 @@ from ._forksafety import threads_fault
 from ._lifecycle import Lifecycle, Phase
 from ._live import LiveChanges
 from ._managed import RuntimeStats
-from ._pools import PoolManagement
+from ._pools import Ahead, PoolManagement
 from ._postmortem import LOG_BACKUPS, LOG_MAX_BYTES, log_options
 from ._registry import Registry
 from ._replay import Replay, ReplayClock, ReplayReport, validate_speed
@@ -363,15 +363,19 @@ class Runtime(PoolManagement, LiveChanges):
         if parts.fork.threads:
             error = threads_fault(parts.fork.threads)
             self.emit(m.RuntimeFault(part="threads", kind="threads_at_boot", error=error))
-        for device in self._registry.devices.values():
-            self._boot_start(parts, device.name)
+        devices = list(self._registry.devices)
+        services = [service.name for service in self._registry.services.values() if service.enabled]
+        ahead = Ahead([*devices, *services], self._registry.workers())
+        sup = parts.supervisor
+        parts.hub.call(lambda: ahead.fork(sup))
+        for device in devices:
+            self._boot_start(parts, device, ahead)
         for rec in self._dispatch.receivers:
             self._dispatch.start_receiver(rec)
         self._lc.announced = True
         self.emit(m.RuntimeBooted(version=self.version))
-        for service in self._registry.services.values():
-            if service.enabled:
-                self._boot_start(parts, service.name)
+        for service in services:
+            self._boot_start(parts, service, ahead)
         pending = self._lc.end_boot()
         if pending is not None:
             raise BootError(f"boot interrupted: {pending}")

@@ -37,19 +37,50 @@ class Spawning:
         #: Makes sure the watchdog looks at live workers.
         self._watch = watch
 
-    def start(self, name: str) -> Incarnation:
-        """Start a new incarnation of ``name``."""
+    def start(self, name: str, *, gated: bool = False) -> Incarnation:
+        """Start a new incarnation of ``name`` (``gated``: it waits for :meth:`release` to run its component)."""
         worker = self.books.workers[name]
         worker.intent = "run"
         worker.died_at = None  # started by request: not a respawn
         worker.done.clear()
         try:
-            return self.spawn(worker)
+            return self.spawn(worker, gated=gated and worker.argv is None)
         except BaseException:
             worker.done.set()  # refused: it stays as it was, stopped or failed
             raise
 
-    def spawn(self, worker: Worker) -> Incarnation:
+    # A gated incarnation keeps boot's order by construction: it does everything up to its
+    # Hello ahead of its turn, but its component runs only once boot comes to it (Go), after
+    # every worker before it is ready and announced. Whatever ends it before Go is said at its
+    # turn too (``Exits.finalize`` holds it back), so nothing about it comes out of order.
+
+    def release(self, name: str) -> Incarnation | None:
+        """Boot has come to the gated ``name``: Go now, or once it says hello; an end held back is said now."""
+        worker = self.books.workers[name]
+        inc = worker.current
+        if inc is None or not inc.gated:
+            return inc
+        inc.go_wanted = True
+        if inc.exited:
+            inc.gated = False
+            self._ended(worker, inc, inc.exit_code)  # its end, held back until now
+        elif inc.hello:
+            self.go(worker, inc)
+        return inc
+
+    def go(self, worker: Worker, inc: Incarnation) -> None:
+        """Let a gated incarnation that said hello run its component; its start time counts from now."""
+        b = self.books
+        inc.gated = False
+        if inc.stop_sent:
+            return  # stopped meanwhile: it ends at its gate
+        inc.cancel_timers()  # the wait for its Hello, its only timer yet
+        if worker.wants_events:
+            b.targets[inc.identity] = worker  # events from now on, as for one that starts at once
+        b._hub().send(inc.identity, p.encode(p.Go()))
+        self._time_start(worker, inc)
+
+    def spawn(self, worker: Worker, *, gated: bool = False) -> Incarnation:
         """Ask the fork server for the next incarnation of ``worker`` (``SpawnRefused`` if none can be made)."""
         b = self.books
         assert b.hub is not None
@@ -64,7 +95,14 @@ class Spawning:
         b._forking[worker.name, inc.number] = (worker, inc)
         try:
             b.fork.spawn(
-                worker.name, inc.number, inc.slot, worker.pickled, worker.argv, identity=inc.identity, token=inc.token
+                worker.name,
+                inc.number,
+                inc.slot,
+                worker.pickled,
+                worker.argv,
+                identity=inc.identity,
+                token=inc.token,
+                gated=gated,
             )
         except BaseException as exc:
             # Nothing was started: no identity or slot stays taken for it, whatever went wrong,
@@ -76,8 +114,9 @@ class Spawning:
             if isinstance(exc, OSError):
                 raise NoForkServer(f"cannot reach the fork server: {exc}") from exc
             raise
+        inc.gated = gated
         worker.move(WorkerState.STARTING)
-        self._time_start(worker, inc)
+        self._time_start(worker, inc)  # gated: only until its Hello (see _start_timed_out)
         return inc
 
     def join(self, name: str, pid: int) -> Incarnation:
@@ -178,8 +217,8 @@ class Spawning:
         b._advance_group(worker)
 
     def _start_timed_out(self, worker: Worker, inc: Incarnation) -> None:
-        if inc.ready or inc.exited:
-            return
+        if inc.ready or inc.exited or (inc.gated and inc.hello):
+            return  # a gated one that said hello waits for its turn: its start time counts from Go
         b = self.books
         limit = worker.component.start_timeout
         if inc.pid is None:

@@ -50,6 +50,7 @@ class Supervisor(Books):
             self,
             ready=self._on_ready,
             send_stop=self._stopping.send_stop,
+            go=self._spawning.go,
             maybe_finalize=self._exits.maybe_finalize,
             health=self._health.on_report,
             seen=self._health.seen,
@@ -106,9 +107,13 @@ class Supervisor(Books):
 
     # ---- the runtime's commands (hub thread) -----------------------------------------
 
-    def start(self, name: str) -> Incarnation:
-        """Start a new incarnation of ``name``."""
-        return self._spawning.start(name)
+    def start(self, name: str, *, gated: bool = False) -> Incarnation:
+        """Start a new incarnation of ``name`` (``gated``: its component runs only once :meth:`release` says so)."""
+        return self._spawning.start(name, gated=gated)
+
+    def release(self, name: str) -> Incarnation | None:
+        """Boot has come to ``name``, started gated: let it run its component (its current incarnation)."""
+        return self._spawning.release(name)
 
     def join(self, name: str, pid: int) -> Incarnation:
         """Adopt process ``pid``, started outside the fork server, as the next incarnation of ``name``."""
@@ -116,6 +121,7 @@ class Supervisor(Books):
 
     def stop(self, name: str) -> Worker:
         """Stop ``name`` gracefully, escalating to SIGTERM then SIGKILL."""
+        self._exits.quiet_at_gate(self.workers[name], "stop")
         return self._stopping.stop(name)
 
     def close(self) -> None:
@@ -124,7 +130,7 @@ class Supervisor(Books):
 
     def hold(self, worker: Worker) -> None:
         """Stop a group member for its group's restart (its exit is not a failure)."""
-        self._stopping.hold(worker)
+        self._exits.hold(worker)
 
     def respawn(self, worker: Worker) -> None:
         """Start the next incarnation of a worker that is waiting to come back."""

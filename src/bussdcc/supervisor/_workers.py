@@ -65,6 +65,13 @@ class Incarnation:
         self.controls = 0
         self.hello = False
         self.ready = False
+        #: Forked ahead of its turn at boot: set up, it waits for Go before running its component.
+        #: Until Go its start time does not run, and an end is said only at its turn (see ``_spawning``).
+        self.gated = False
+        #: Boot has come to its turn: Go goes out as soon as its Hello is in.
+        self.go_wanted = False
+        #: Stopped before its Go: nothing of it ran, so nothing is said of its end.
+        self.quiet = False
         #: A device's own call endpoint (from its Ready), which the parent's threads call directly.
         self.direct = ""
         self.draining = False

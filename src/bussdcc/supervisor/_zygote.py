@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import gc
 import os
 import pickle
 import select
@@ -41,9 +42,14 @@ Entry = Callable[[WorkerSpec, object], NoReturn]
 _PARENTS_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
 
+_libc: ctypes.CDLL | None = None
+
+
 def _prctl(option: int, value: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(option, value, 0, 0, 0)
+    global _libc  # noqa: PLW0603 - loaded once in the fork server, not again in every worker
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    _libc.prctl(option, value, 0, 0, 0)
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -212,6 +218,9 @@ class Zygote:  # pragma: no cover - runs in the child
     def run(self) -> None:
         # What a dead worker's helpers leave behind is adopted here, to be killed and reaped.
         _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+        # Every object made so far is shared with each worker: out of the collector's sight, its
+        # pages are not copied into a worker by the first collection there (faster starts, less USS).
+        gc.freeze()
         # A signal to the whole process group (systemd's KillMode=control-group, a shell,
         # `timeout`) is the parent's to handle: this process ends with the parent anyway.
         # Workers inherit these until they install their own handlers, so none dies early.
@@ -324,6 +333,7 @@ class Zygote:  # pragma: no cover - runs in the child
                 self.parent,
                 req.identity,
                 req.token,
+                req.gated,
             )
         me = os.getpid()
         opened: list[int] = []

@@ -120,6 +120,8 @@ class Channel:
 
     def open_direct(self) -> str:
         """Bind this device's call endpoint; return its address, or "" if it cannot (calls then go by the parent)."""
+        if self.direct is not None:
+            return self.direct.endpoint  # opened already, while the device waited at its gate
         try:
             direct = DirectEndpoint(self.zctx, self.spec)
         except (OSError, zmq.ZMQError):
@@ -469,6 +471,24 @@ class Channel:
                     self._stop_given = True
                     frames.append(p.Stop())
             return frames
+
+    def await_go(self) -> bool:
+        """A gated worker's wait for the parent's Go (True), or for a Stop, the parent's or a SIGTERM's (False).
+
+        Frames other than Go that arrive meanwhile stay in the inbox, in order, for the host.
+        """
+        held: list[p.ParentFrame] = []
+        go = False
+        while not go:
+            for frame in self.wait(None):
+                if isinstance(frame, p.Stop):
+                    return False
+                if isinstance(frame, p.Go):
+                    go = True
+                else:
+                    held.append(frame)
+        self._inbox.extendleft(reversed(held))
+        return True
 
     def bye(self, error: str | None = None, traceback: str | None = None, timeout: float = 30.0) -> bool:
         """Say goodbye after everything queued; wait until the parent has dispatched it all."""

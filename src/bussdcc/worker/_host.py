@@ -108,7 +108,7 @@ def run_service(svc: Service, ctx: Context, channel: Channel, dog: Watchdog) -> 
                 case p.Stop():
                     stopping = True
                     stop_arrived()
-                case p.ByeAck() | p.Reply() | p.Route() | p.RouteEnded():
+                case p.ByeAck() | p.Reply() | p.Route() | p.RouteEnded() | p.Go():
                     pass
                 case p.Call():  # the parent routes calls to devices only
                     channel.send_control(fail(frame.call_id, UnknownDevice(f"{svc.name!r} is a service")))
@@ -152,7 +152,7 @@ def run_device(dev: Device, ctx: Context, channel: Channel, dog: Watchdog) -> in
                 case p.Stop():
                     stopping = True
                     stop_arrived()
-                case p.Deliver() | p.ByeAck() | p.Reply() | p.Route() | p.RouteEnded():
+                case p.Deliver() | p.ByeAck() | p.Reply() | p.Route() | p.RouteEnded() | p.Go():
                     pass
                 case _:
                     assert_never(frame)
@@ -167,6 +167,13 @@ def run_device(dev: Device, ctx: Context, channel: Channel, dog: Watchdog) -> in
     except Exception as exc:
         ctx.emit(m.DeviceFailed(device=dev.id, kind=dev.kind, error=repr(exc), traceback=traceback.format_exc()))
     channel.bye(timeout=dev.stop_timeout + dev.kill_timeout)
+    return 0
+
+
+def stop_at_gate(component: Service | Device, channel: Channel) -> int:
+    """Stopped before its Go: nothing of the component ran, so there is nothing to stop but the channel."""
+    stop_arrived()
+    channel.bye(timeout=component.stop_timeout + component.kill_timeout)
     return 0
 
 

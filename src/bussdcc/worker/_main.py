@@ -12,11 +12,12 @@ import traceback
 from collections.abc import Callable
 from typing import NoReturn
 
+from ..kernel import Device, Service
 from ..kernel._boundary import WorkerSpec
 from ..kernel.protocol import Hello
 from ._channel import Channel
 from ._context import make_context
-from ._host import run_component
+from ._host import run_component, stop_at_gate
 from ._logs import forward_logging
 from ._signals import DeferredTerm, take_signals
 from ._stacks import dump_stacks_on_request
@@ -62,7 +63,15 @@ def run(spec: WorkerSpec, component: object, on_term: Callable[[], None] | None 
         term.attach(channel)
         try:
             channel.send_control(Hello(os.getpid(), spec.token))
-            code = run_component(component, make_context(spec, channel), channel)
+            ctx = make_context(spec, channel)
+            # Gated (forked ahead of its turn at boot): no code of the component runs before the parent's Go.
+            # A device's call endpoint is no code of its own: it is bound meanwhile, off boot's path.
+            if spec.gated and isinstance(component, Device):
+                channel.open_direct()
+            if spec.gated and isinstance(component, Service | Device) and not channel.await_go():
+                code = stop_at_gate(component, channel)
+            else:
+                code = run_component(component, ctx, channel)
         finally:
             # After an acknowledged goodbye nothing is left to send.
             channel.close(0 if channel.acknowledged else _LINGER_MS)
