@@ -24,7 +24,7 @@ from ._books import Books, SpawnRefused
 from ._cgroup import oom_kills
 from ._deps import dependents
 from ._groups import Group, Plan
-from ._policy import GiveUp, History, Policy, Respawn, Stop, decide, exit_kind
+from ._policy import ExitKind, GiveUp, History, Policy, Respawn, Stop, decide, exit_kind
 from ._stacks import Stacks
 from ._states import Intent
 from ._stopping import Stopping
@@ -214,30 +214,8 @@ class Exits:
     def conclude(self, worker: Worker, inc: Incarnation, cause: ExitCause, reason: str, lost: int) -> None:
         """What follows the end of a worker's current incarnation: ask the policy, then do as it says."""
         kind = exit_kind(cause, requested=worker.intent != "run", environmental=inc.spawn_errno is not None)
-        error, tb = reason, None
-        match "quiet" if inc.quiet else kind:
-            case "quiet":
-                pass  # stopped at its gate: it never started, so it did not stop or fail either
-            case "requested" | "normal":
-                self._announce_stopped(worker)
-            case "gave_up":  # a temporary service's tick raised: it gave up itself
-                self._announce_stopped(worker)
-                assert inc.bye is not None
-                error, tb = inc.bye.error or reason, inc.bye.traceback
-            case "unloadable":  # no retry makes it loadable
-                error = (
-                    f"the fork server could not create {worker.name!r}: {inc.spawn_error} "
-                    "(a component registered after boot must be picklable and its class importable)"
-                )
-                self._announce_failure(worker, error, None)
-            case "refused" | "abnormal" | "unhealthy":
-                if inc.start_failed is not None:
-                    error, tb = inc.start_failed.error, inc.start_failed.traceback
-                elif kind != "refused" and inc.pid is not None:
-                    error = f"worker process {inc.pid} {reason}"
-                if lost:
-                    error += f" ({lost} messages lost)"
-                self._announce_failure(worker, error, tb)
+        # Stopped at its gate, it never started: it neither stopped nor failed, and nothing is said.
+        error, tb = (reason, None) if inc.quiet else self._say_end(worker, inc, kind, reason, lost)
         history = History(tuple(worker.restart_times), worker.streak)
         jitter = random.uniform(0.75, 1.25)  # workers that failed together do not come back in lock step
         b = self.books
@@ -273,6 +251,35 @@ class Exits:
                     self._respawn_after_backoff(worker)  # at once: not a turn of the hub loop later
                     return
                 worker.backoff_timer = b._hub().call_later(delay, lambda: self._respawn_after_backoff(worker))
+
+    def _say_end(
+        self, worker: Worker, inc: Incarnation, kind: ExitKind, reason: str, lost: int
+    ) -> tuple[str, str | None]:
+        """Announce how the incarnation ended (stopped, or failed and why); the error and traceback the policy sees."""
+        error: str = reason
+        tb: str | None = None
+        match kind:
+            case "requested" | "normal":
+                self._announce_stopped(worker)
+            case "gave_up":  # a temporary service's tick raised: it gave up itself
+                self._announce_stopped(worker)
+                assert inc.bye is not None
+                error, tb = inc.bye.error or reason, inc.bye.traceback
+            case "unloadable":  # no retry makes it loadable
+                error = (
+                    f"the fork server could not create {worker.name!r}: {inc.spawn_error} "
+                    "(a component registered after boot must be picklable and its class importable)"
+                )
+                self._announce_failure(worker, error, None)
+            case "refused" | "abnormal" | "unhealthy":
+                if inc.start_failed is not None:
+                    error, tb = inc.start_failed.error, inc.start_failed.traceback
+                elif kind != "refused" and inc.pid is not None:
+                    error = f"worker process {inc.pid} {reason}"
+                if lost:
+                    error += f" ({lost} messages lost)"
+                self._announce_failure(worker, error, tb)
+        return error, tb
 
     def _announce_failure(self, worker: Worker, error: str, tb: str | None) -> None:
         if isinstance(worker.component, Service):
