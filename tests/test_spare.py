@@ -301,3 +301,39 @@ def test_a_system_file_with_a_spare_that_is_no_bool_is_refused(tmp_path: Path) -
     path.write_text('[[services]]\nname = "hot"\nclass = "tests.decl_parts:Reporter"\nspare = "yes"\n')
     with pytest.raises((ConfigError, RegistrationError), match="spare"):
         load_system(path)
+
+
+@pytest.mark.timeout(90)
+def test_a_group_restart_releases_the_failed_members_spare_and_ends_the_held_ones(tmp_path: Path) -> None:
+    rec, rt = Recorder(), Runtime(name="spare-group")
+    rt.register_process(rec)
+    rt.register_group("pair", [Counted("a", tmp_path / "a"), Counted("b", tmp_path / "b")], strategy="one_for_all")
+    with rt:
+        a_pid, b_pid = _started_as(rec, "a", 1), _started_as(rec, "b", 1)
+        a_spare, b_spare = _waiting(rt, "a", 2), _waiting(rt, "b", 2)
+        assert b_spare.pid is not None
+        os.kill(a_pid, signal.SIGKILL)
+        assert _started_as(rec, "a", 2) == a_spare.pid
+        b_again = _started_as(rec, "b", 2)
+        assert b_again != b_spare.pid, "held by its group, b stopped: its spare was ended, not released"
+        wait_until(lambda: b_spare.pid is not None and _gone(b_pid) and _gone(b_spare.pid), 30, "b's processes gone")
+        _waiting(rt, "a", 3)
+        _waiting(rt, "b", 3)
+        assert _started(tmp_path / "a") == [a_pid, a_spare.pid]
+        assert _started(tmp_path / "b") == [b_pid, b_again]
+        assert not [e for e in rec.events if e.payload.to_dict().get("pid") == b_spare.pid]
+
+
+@pytest.mark.timeout(90)
+def test_a_reload_that_replaces_the_worker_ends_its_spare(system: Callable[[str], System]) -> None:
+    entry = '[[services]]\nname = "hot"\nclass = "tests.decl_parts:Reporter"\nspare = true\n'
+    rt, rec, path = system(entry)
+    old = _waiting(rt, "hot", 2)
+    assert old.pid is not None
+    path.write_text(entry + "start_timeout = 9.0\n")
+    rt.reload()
+    assert rt.component("hot").start_timeout == 9.0
+    new = wait_until(lambda: (s := _sup(rt).workers["hot"].spare) is not None and s.hello and s, 30, "a new spare")
+    assert new is not old
+    wait_until(lambda: old.pid is not None and _gone(old.pid), 30, "the old spare gone")
+    assert not [e for e in rec.events if e.payload.to_dict().get("pid") == old.pid]

@@ -14,6 +14,8 @@ Every rule about spares is kept here; the rest of the supervisor only says when:
   runtime shuts down. It never ran, so nothing is said of its end (``Incarnation.quiet``).
 - **lost**: a spare that dies while it waits is closed quietly; a ready incarnation may fork
   :data:`SPARES_PER_READY` spares at most, so a spare that cannot live is no crash loop.
+
+A spare never takes one of the last :data:`SLOTS_KEPT` of the worker slots while they are free.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from ._workers import Incarnation, Worker, WorkerState
 
 #: Spares forked for one ready incarnation: its own, and one to replace it if it dies waiting.
 SPARES_PER_READY = 2
+#: The share of the worker slots a spare never takes while free: they stay for workers that run.
+SLOTS_KEPT = 1 / 8
 
 
 class Spares:
@@ -51,6 +55,7 @@ class Spares:
             or worker.spares_left <= 0
             or worker.argv is not None  # started by exec: it cannot wait at a gate
             or b.closing
+            or len(b._free_slots) <= b.slots.size * SLOTS_KEPT
             or worker.intent != "run"
             or inc is None
             or inc.external
