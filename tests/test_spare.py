@@ -6,7 +6,6 @@ respawned incarnation; in every other case it ends without a word and without a 
 
 from __future__ import annotations
 
-import functools
 import os
 import signal
 from collections.abc import Callable
@@ -58,13 +57,15 @@ def _sup(rt: Runtime) -> Supervisor:
     return parts.supervisor
 
 
-def _waiting(rt: Runtime, name: str, number: int) -> Incarnation:
-    """The spare of ``name`` numbered ``number``, once it said hello (it waits at its gate)."""
+def _waiting(rt: Runtime, name: str, number: int, *, not_: Incarnation | None = None) -> Incarnation:
+    """The spare of ``name`` numbered ``number`` (other than ``not_``), once it said hello (it waits at its gate)."""
     sup = _sup(rt)
 
     def spare() -> Incarnation | None:
         inc = sup.workers[name].spare
-        return inc if inc is not None and inc.number == number and inc.hello and inc.pid is not None else None
+        if inc is None or inc is not_ or inc.number != number or not inc.hello or inc.pid is None:
+            return None
+        return inc
 
     found = wait_until(spare, 30, f"the spare {number} of {name} at its gate")
     assert found is not None
@@ -251,8 +252,7 @@ def test_a_spare_killed_while_waiting_is_replaced_and_the_worker_still_respawns_
     lost = _waiting(rt, "hot", 2)
     assert lost.pid is not None
     os.kill(lost.pid, signal.SIGKILL)
-    wait_until(lambda: lost.finalized, 30, "the lost spare's books closed")
-    again = _waiting(rt, "hot", 2)
+    again = _waiting(rt, "hot", 2, not_=lost)
     assert again.pid != lost.pid
     assert _story(rec, "hot") == [("worker.started", 1), ("service.started", None)], "a spare's end is not said"
     os.kill(first, signal.SIGKILL)
@@ -268,13 +268,14 @@ def test_a_spare_that_cannot_live_is_replaced_once_per_ready_incarnation(
     rt, rec = make_runtime("spare-loop", Counted("hot", tmp_path / "starts"))
     _started_as(rec, "hot", 1)
     sup = _sup(rt)
-    for _ in range(2):
-        spare = _waiting(rt, "hot", 2)
-        assert spare.pid is not None
-        os.kill(spare.pid, signal.SIGKILL)
-        wait_until(functools.partial(getattr, spare, "finalized"), 30, "the spare's books closed")
     worker = sup.workers["hot"]
-    assert worker.spare is None and worker.spares_left == 0
+    lost: Incarnation | None = None
+    for _ in range(2):
+        lost = _waiting(rt, "hot", 2, not_=lost)
+        assert lost.pid is not None
+        os.kill(lost.pid, signal.SIGKILL)
+    wait_until(lambda: worker.spare is None, 30, "the second lost spare let go, and no third")
+    assert worker.spares_left == 0
     assert rt.worker("hot").state == "running"
 
 
