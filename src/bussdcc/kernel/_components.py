@@ -96,6 +96,9 @@ class Supervised:
     backoff_max: float = 2.0
     #: An incarnation that stays up this long counts as healthy: the backoff starts over.
     backoff_reset: float = 10.0
+    #: Keep a hot spare: a next incarnation forked and set up ahead, gated, which a respawn
+    #: releases instead of forking (one more idle process per worker, for a faster respawn).
+    spare: bool = False
     #: What the worker promises to emit once ready: message name -> seconds, e.g.
     #: ``{"plant.reading": 2.0}``: at least one ``plant.reading`` from it every 2 s.
     expect: Mapping[str, float] = MappingProxyType({})  # read-only: set a dict of your own

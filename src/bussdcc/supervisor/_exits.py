@@ -25,6 +25,7 @@ from ._cgroup import oom_kills
 from ._deps import dependents
 from ._groups import Group, Plan
 from ._policy import ExitKind, GiveUp, History, Policy, Respawn, Stop, decide, exit_kind
+from ._spares import Spares
 from ._stacks import Stacks
 from ._states import Intent
 from ._stopping import Stopping
@@ -73,11 +74,14 @@ def classify(inc: Incarnation) -> tuple[ExitCause, str, str | None]:
 class Exits:
     """Where every exit is reported and every restart decision applied; drives group plans."""
 
-    def __init__(self, books: Books, stopping: Stopping, spawn: Callable[[Worker], Incarnation]) -> None:
+    def __init__(
+        self, books: Books, stopping: Stopping, spawn: Callable[[Worker], Incarnation], spares: Spares
+    ) -> None:
         self.books = books
         self.workers = books.workers  # for the group plans (``_groups.Driver``)
         self._stopping = stopping
         self._spawn = spawn
+        self._spares = spares
         #: A hung worker's stacks, asked for before it is killed.
         self.stacks = Stacks(books.fork.run_dir, lambda delay, fn: books._hub().call_later(delay, fn))
 
@@ -205,6 +209,8 @@ class Exits:
             if inc.ready_at is not None and time.monotonic() - inc.ready_at >= worker.component.backoff_reset:
                 worker.streak = 0  # it ran long enough to count as healthy
             self.conclude(worker, inc, cause, reason, lost)
+        elif worker.spare is inc:
+            self._spares.lost(worker, inc)  # it died waiting
         # Last: whoever waits on the outcome (boot) sees the decision made, too.
         inc.ticket = b.dispatcher.posted
         inc.outcome.set()
@@ -224,6 +230,7 @@ class Exits:
         )
         if not isinstance(verdict, Respawn):
             worker.died_at = None  # not coming back by itself: no respawn to time
+            self._spares.discard(worker)  # nor from its spare
         match verdict:
             case Stop() if kind == "requested":
                 worker.move(WorkerState.BACKOFF if worker.held else WorkerState.STOPPED)
@@ -313,7 +320,8 @@ class Exits:
         if isinstance(worker.component, Service):
             b.emit(m.ServiceRestart(service=worker.name))
         try:
-            self._spawn(worker)
+            if self._spares.release(worker) is None:  # the spare, if it has one, else a fork
+                self._spawn(worker)
         except SpawnRefused as exc:  # no fork server, or no slot: nothing to wait for
             worker.current = None
             self._give_up(worker, None, str(exc), None)
@@ -326,6 +334,7 @@ class Exits:
 
     def _give_up(self, worker: Worker, inc: Incarnation | None, error: str, tb: str | None) -> None:
         b = self.books
+        self._spares.discard(worker)
         worker.move(WorkerState.FAILED)
         worker.current = None
         worker.died_at = None
@@ -365,6 +374,7 @@ class Exits:
     def hold(self, worker: Worker) -> None:
         """Stop a group member for its group's restart (its exit is not a failure)."""
         self.quiet_at_gate(worker, "hold")
+        self._spares.discard(worker)  # the group's plan starts it afresh
         self._stopping.hold(worker)
 
     def quiet_at_gate(self, worker: Worker, intent: Intent) -> None:

@@ -82,6 +82,23 @@ class Spawning:
 
     def spawn(self, worker: Worker, *, gated: bool = False) -> Incarnation:
         """Ask the fork server for the next incarnation of ``worker`` (``SpawnRefused`` if none can be made)."""
+        inc = self._fork(worker, gated=gated, spare=False)
+        worker.move(WorkerState.STARTING)
+        self._time_start(worker, inc)  # gated: only until its Hello (see _start_timed_out)
+        return inc
+
+    def spawn_spare(self, worker: Worker) -> Incarnation:
+        """Fork the next incarnation of ``worker`` ahead, gated, as its spare (see ``_spares``).
+
+        It is not the worker's current incarnation and its number is not counted yet: until a
+        respawn releases it nothing of it is said (``quiet``), and nothing else changes.
+        """
+        inc = self._fork(worker, gated=True, spare=True)
+        inc.quiet = True
+        self._time_start(worker, inc)  # until its Hello, as for any gated incarnation
+        return inc
+
+    def _fork(self, worker: Worker, *, gated: bool, spare: bool) -> Incarnation:
         b = self.books
         assert b.hub is not None
         if b.fatal is not None:
@@ -91,7 +108,7 @@ class Spawning:
         if worker.argv is not None:
             self._check_slots_file()
         prior = worker.current
-        inc = self._new_incarnation(worker)
+        inc = self._new_incarnation(worker, spare=spare)
         b._forking[worker.name, inc.number] = (worker, inc)
         try:
             b.fork.spawn(
@@ -110,13 +127,14 @@ class Spawning:
             del b._by_identity[inc.identity]
             del b._forking[worker.name, inc.number]
             b._free_slots.append(inc.slot)
-            worker.current = prior
+            if spare:
+                worker.spare = None
+            else:
+                worker.current = prior
             if isinstance(exc, OSError):
                 raise NoForkServer(f"cannot reach the fork server: {exc}") from exc
             raise
         inc.gated = gated
-        worker.move(WorkerState.STARTING)
-        self._time_start(worker, inc)  # gated: only until its Hello (see _start_timed_out)
         return inc
 
     def join(self, name: str, pid: int) -> Incarnation:
@@ -138,19 +156,22 @@ class Spawning:
         self._time_start(worker, inc)
         return inc
 
-    def _new_incarnation(self, worker: Worker) -> Incarnation:
-        """The next incarnation of ``worker``, with a fresh slot, routing id and secret."""
+    def _new_incarnation(self, worker: Worker, *, spare: bool = False) -> Incarnation:
+        """The next incarnation of ``worker``, with a fresh slot, routing id and secret (``spare``: as its spare)."""
         b = self.books
         slot = b._free_slots.pop()
         b.slots.reset(slot)
-        worker.incarnations += 1
         # Random, so that nobody can claim an incarnation's routing id before it connects
         # (a ROUTER ignores a second peer with a taken id), and the secret proves the Hello.
-        inc = Incarnation(worker.incarnations, secrets.token_hex(16).encode(), slot)
+        inc = Incarnation(worker.incarnations + 1, secrets.token_hex(16).encode(), slot)
         inc.token = secrets.token_bytes(32)
         inc.refused_at = b.refused
         inc.denied_at = b.denied
-        worker.current = inc
+        if spare:
+            worker.spare = inc  # numbered as the next, counted only once released (``_spares``)
+        else:
+            worker.incarnations = inc.number
+            worker.current = inc
         b._by_identity[inc.identity] = (worker, inc)
         return inc
 

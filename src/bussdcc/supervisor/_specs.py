@@ -73,6 +73,8 @@ def check_supervised(component: Service | Device) -> None:
     rss = component.max_rss
     if rss is not None and (not isinstance(rss, int) or isinstance(rss, bool) or rss <= 0):
         raise bad("max_rss", "None or a positive int (bytes)")
+    if not isinstance(component.spare, bool):
+        raise bad("spare", "true or false")
     restarts = component.max_restarts
     if not isinstance(restarts, int) or isinstance(restarts, bool) or restarts < 0:
         raise bad("max_restarts", "an int >= 0")

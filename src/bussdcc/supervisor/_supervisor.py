@@ -9,6 +9,7 @@ part per job, each in its own module, all sharing the books (``_books``):
 - ``_health``: what workers promised to emit (``expect``) and their own ``health()``;
 - ``_stopping``: the graceful stop and its escalation, holds for group restarts;
 - ``_exits``: every exit, classified and decided by the pure policy (``_policy``), then applied;
+- ``_spares``: hot spares, forked ahead for workers that keep one, released by a respawn;
 - ``_states``: the worker state machine every state change goes through.
 """
 
@@ -28,6 +29,7 @@ from ._exits import DRAIN_GRACE, Exits
 from ._groups import Group
 from ._health import Health
 from ._ingest import REFUSAL_PERIOD, Ingest
+from ._spares import Spares
 from ._spawning import Spawning
 from ._stopping import Stopping
 from ._watchdog import Verdict, Watchdog
@@ -44,7 +46,8 @@ class Supervisor(Books):
         self._stopping = Stopping(self)
         self._watchdog = Watchdog(self, self._kill)
         self._spawning = Spawning(self, kill=self._kill, ended=self._ended, watch=self._watchdog.soon)
-        self._exits = Exits(self, self._stopping, self._spawning.spawn)
+        self._spares = Spares(self, self._spawning)
+        self._exits = Exits(self, self._stopping, self._spawning.spawn, self._spares)
         self._health = Health(self, self._exits.stop_for)  # graceful: a responsive worker cleans up
         self._ingest = Ingest(
             self,
@@ -59,6 +62,7 @@ class Supervisor(Books):
     def _on_ready(self, worker: Worker, inc: Incarnation) -> None:
         self._spawning.on_ready(worker, inc)
         self._health.on_ready(worker, inc)  # its expectations and health() count from now
+        self._spares.on_ready(worker, inc)  # last: what was said of its start goes first
 
     # Every report of an exit, from whichever part, goes to the exits.
     def _kill(self, worker: Worker, inc: Incarnation, verdict: Verdict) -> None:
@@ -122,11 +126,13 @@ class Supervisor(Books):
     def stop(self, name: str) -> Worker:
         """Stop ``name`` gracefully, escalating to SIGTERM then SIGKILL."""
         self._exits.quiet_at_gate(self.workers[name], "stop")
+        self._spares.discard(self.workers[name])
         return self._stopping.stop(name)
 
     def close(self) -> None:
         """Shutdown has begun: respawn nothing more, and let waiting workers count as stopped."""
         self._stopping.close()
+        self._spares.close()
 
     def hold(self, worker: Worker) -> None:
         """Stop a group member for its group's restart (its exit is not a failure)."""

@@ -150,6 +150,10 @@ class Worker:
         #: What the supervisor wants of it (see ``_states.Intent``).
         self.intent: Intent = "run"
         self.current: Incarnation | None = None
+        #: Its hot spare (``spare = True``): the next incarnation, forked ahead and waiting at its gate.
+        self.spare: Incarnation | None = None
+        #: Spares it may still fork for its current incarnation (see ``_spares``).
+        self.spares_left = 0
         self.incarnations = 0
         self.restarts = 0
         self.restart_times: deque[float] = deque()
