@@ -59,6 +59,7 @@ FIGURES = [
     Figure("calls/s, 1 caller", "calls_1", "ratio ≥ 0.7", ratio_at_least(0.7)),
     Figure("calls/s, 8 callers", "calls_8", "ratio ≥ 0.5", ratio_at_least(0.5)),
     Figure("respawn p50 (SIGKILL → ready)", "respawn", "ratio ≤ 2", ratio_at_most(2)),
+    Figure("respawn p50, worker with a hot spare", "respawn_spare", "ratio ≤ 2", ratio_at_most(2)),
     Figure("boot, 256 workers", "boot_256", "≤ 1 s", value_at_most(1.0)),
     Figure("shutdown, 256 workers", "shutdown_256", "≤ 1 s", value_at_most(1.0)),
     Figure("parent CPU, 64 workers idle", "idle_cpu_64", "-", None),
