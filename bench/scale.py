@@ -144,7 +144,42 @@ def bare_forks(n: int) -> dict[str, float]:
     stop = time.perf_counter() - t0
     for fd in (ready_r, ready_w, stop_r):
         os.close(fd)
-    return {"bare_boot": boot, "bare_stop": stop, "bare_uss": child_uss}
+    return {"bare_boot": boot, "bare_stop": stop, "bare_uss": child_uss, "zmq_uss": zmq_fork_uss()}
+
+
+def zmq_fork_uss(n: int = 4) -> float:
+    """Median USS of forks that do what any ZeroMQ worker does: a context, a connected socket, one thread."""
+    ready_r, ready_w = os.pipe()
+    stop_r, stop_w = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pids = []
+    for _ in range(n):
+        pid = os.fork()
+        if pid == 0:
+            os.close(stop_w)
+            os.close(ready_r)
+            import zmq
+
+            ctx = zmq.Context(io_threads=1)
+            sock = ctx.socket(zmq.DEALER)
+            sock.connect("ipc:///nonexistent/bench-scale")
+            threading.Thread(target=os.read, args=(stop_r, 1), daemon=True).start()
+            os.write(ready_w, b"r")
+            os.read(stop_r, 1)  # EOF once the parent closes its end
+            os._exit(0)
+        pids.append(pid)
+    got = 0
+    while got < n:
+        got += len(os.read(ready_r, n - got))
+    time.sleep(0.2)  # let the threads settle
+    value = uss(pids)
+    os.close(stop_w)
+    for pid in pids:
+        os.waitpid(pid, 0)
+    for fd in (ready_r, ready_w, stop_r):
+        os.close(fd)
+    return value
 
 
 def one_size(n: int, idle: float, total: int) -> dict[str, Any]:
@@ -285,10 +320,11 @@ def main() -> None:
         "fds",
         "USS/worker",
         "bare fork USS",
+        "fork+ZeroMQ USS",
         "throughput",
     )
     rows = [
-        (f"{r['n']:,}", s(r["boot"]), s(r["bare_boot"]), f"{r['boot'] / r['bare_boot']:.1f}", s(r["shutdown"]), s(r["bare_stop"]), f"{r['shutdown'] / r['bare_stop']:.1f}", f"{r['idle_cpu']:.2%}", mib(r["rss"]), str(r["fds"]), mib(r["uss"]), mib(r["bare_uss"]), f"{r['throughput']:,.0f} msg/s")
+        (f"{r['n']:,}", s(r["boot"]), s(r["bare_boot"]), f"{r['boot'] / r['bare_boot']:.1f}", s(r["shutdown"]), s(r["bare_stop"]), f"{r['shutdown'] / r['bare_stop']:.1f}", f"{r['idle_cpu']:.2%}", mib(r["rss"]), str(r["fds"]), mib(r["uss"]), mib(r["bare_uss"]), mib(r["zmq_uss"]), f"{r['throughput']:,.0f} msg/s")
         for r in results
     ]  # fmt: skip
     grid(
