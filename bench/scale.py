@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,8 +116,9 @@ def uss(pids: list[int]) -> float:
     return median(values) if values else float("nan")
 
 
-def bare_forks(n: int) -> dict[str, float]:
-    """N bare forks: until all are ready; their USS; until all have exited once told to."""
+def _forks(n: int, hold: Callable[[int], object] | None = None) -> dict[str, float]:
+    """N forks (each running ``hold(stop fd)`` first, if given): until all are ready; their USS;
+    until all have exited once told to."""
     ready_r, ready_w = os.pipe()
     stop_r, stop_w = os.pipe()
     sys.stdout.flush()
@@ -128,14 +130,18 @@ def bare_forks(n: int) -> dict[str, float]:
         if pid == 0:
             os.close(stop_w)
             os.close(ready_r)
+            kept = hold(stop_r) if hold is not None else None  # alive until the child exits
             os.write(ready_w, b"r")
             os.read(stop_r, 1)  # EOF once the parent closes its end
+            del kept
             os._exit(0)
         pids.append(pid)
     got = 0
     while got < n:
         got += len(os.read(ready_r, n - got))
-    boot = time.perf_counter() - t0
+    ready = time.perf_counter() - t0
+    if hold is not None:
+        time.sleep(0.2)  # let their threads settle
     child_uss = uss(pids)
     t0 = time.perf_counter()
     os.close(stop_w)
@@ -144,42 +150,25 @@ def bare_forks(n: int) -> dict[str, float]:
     stop = time.perf_counter() - t0
     for fd in (ready_r, ready_w, stop_r):
         os.close(fd)
-    return {"bare_boot": boot, "bare_stop": stop, "bare_uss": child_uss, "zmq_uss": zmq_fork_uss()}
+    return {"ready": ready, "stop": stop, "uss": child_uss}
 
 
-def zmq_fork_uss(n: int = 4) -> float:
-    """Median USS of forks that do what any ZeroMQ worker does: a context, a connected socket, one thread."""
-    ready_r, ready_w = os.pipe()
-    stop_r, stop_w = os.pipe()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pids = []
-    for _ in range(n):
-        pid = os.fork()
-        if pid == 0:
-            os.close(stop_w)
-            os.close(ready_r)
-            import zmq
+def _with_zmq(stop_r: int) -> object:
+    """What any ZeroMQ worker holds: a context, a connected socket, one thread of its own."""
+    import zmq
 
-            ctx = zmq.Context(io_threads=1)
-            sock = ctx.socket(zmq.DEALER)
-            sock.connect("ipc:///nonexistent/bench-scale")
-            threading.Thread(target=os.read, args=(stop_r, 1), daemon=True).start()
-            os.write(ready_w, b"r")
-            os.read(stop_r, 1)  # EOF once the parent closes its end
-            os._exit(0)
-        pids.append(pid)
-    got = 0
-    while got < n:
-        got += len(os.read(ready_r, n - got))
-    time.sleep(0.2)  # let the threads settle
-    value = uss(pids)
-    os.close(stop_w)
-    for pid in pids:
-        os.waitpid(pid, 0)
-    for fd in (ready_r, ready_w, stop_r):
-        os.close(fd)
-    return value
+    ctx = zmq.Context(io_threads=1)
+    sock = ctx.socket(zmq.DEALER)
+    sock.connect("ipc:///nonexistent/bench-scale")
+    threading.Thread(target=os.read, args=(stop_r, 1), daemon=True).start()
+    return ctx, sock
+
+
+def bare_forks(n: int) -> dict[str, float]:
+    """N bare forks (boot, exit, USS), and the USS of a few that hold a ZeroMQ context and socket."""
+    bare = _forks(n)
+    with_zmq = _forks(4, _with_zmq)
+    return {"bare_boot": bare["ready"], "bare_stop": bare["stop"], "bare_uss": bare["uss"], "zmq_uss": with_zmq["uss"]}
 
 
 def one_size(n: int, idle: float, total: int) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
 import os
@@ -9,6 +10,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -122,6 +124,24 @@ def _numbered(entry: Streamed) -> int | None:
     return k
 
 
+@contextlib.contextmanager
+def _control_held(control: Any) -> Iterator[None]:
+    """Hold the control thread (as a slow send would) while the body taps messages."""
+    entered, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        entered.set()
+        release.wait(60)
+
+    control._calls.append(hold)
+    control._wake()
+    assert entered.wait(30)
+    try:
+        yield
+    finally:
+        release.set()
+
+
 def test_a_gap_behind_a_large_message_is_reported_where_it_is() -> None:
     # A message too big for the room left in the subscriber queue is dropped; a smaller one
     # after it would still fit. Were it queued, the gap (told with the message after the
@@ -157,21 +177,10 @@ def test_a_gap_behind_a_large_message_is_reported_where_it_is() -> None:
         thread.start()
         wait_until(lambda: control._subscribers, timeout=30, what="the subscription")
         # Hold the control thread (as a slow send would) while the burst is tapped.
-        entered, release = threading.Event(), threading.Event()
-
-        def hold() -> None:
-            entered.set()
-            release.wait(60)
-
-        control._calls.append(hold)
-        control._wake()
-        assert entered.wait(30)
-        try:
+        with _control_held(control):
             for k in range(1, 10):  # 1..8 are queued, 9 is dropped for want of room
                 rt.emit(Sized(k, big))
             rt.emit(Sized(10))  # small: it still fits, after the gap
-        finally:
-            release.set()
         wait_until(lambda: any(k == 8 for k, _ in got), timeout=30, what="the burst to arrive")
         rt.emit(Sized(11))
         assert done.wait(30)
@@ -214,20 +223,9 @@ def test_a_new_subscriber_is_not_told_of_drops_before_it() -> None:
         a = threading.Thread(target=follow, args=(first, 12, one))
         a.start()
         assert one.wait(30)
-        entered, release = threading.Event(), threading.Event()
-
-        def hold() -> None:
-            entered.set()
-            release.wait(60)
-
-        control._calls.append(hold)
-        control._wake()
-        assert entered.wait(30)
-        try:
+        with _control_held(control):
             for k in range(1, 11):  # 9 and 10 are dropped for the first subscriber
                 rt.emit(Sized(k, big))
-        finally:
-            release.set()
         wait_until(lambda: len(first) >= 8, timeout=30, what="the burst to arrive")
         two = threading.Event()
         b = threading.Thread(target=follow, args=(second, 12, two))
