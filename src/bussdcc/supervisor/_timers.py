@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import time
 import traceback
 from collections.abc import Callable
@@ -62,7 +63,10 @@ class Timers:
 
     def call_later(self, delay: float, fn: Callable[[], None]) -> Timer:
         """Run ``fn`` on the hub thread after ``delay`` seconds (hub thread only)."""
-        timer = Timer(time.monotonic() + delay, fn)
+        return self._call_at(time.monotonic() + delay, fn)
+
+    def _call_at(self, when: float, fn: Callable[[], None]) -> Timer:
+        timer = Timer(when, fn)
         heapq.heappush(self._heap, (timer.when, next(self._counter), timer))
         return timer
 
@@ -85,11 +89,11 @@ class Timers:
                 self.fault(part, type(exc).__name__, exc)
             finally:
                 if keep and not job.cancelled:
-                    job.timer = self.call_later(period, run)
+                    job.timer = self._call_at(_next_tick(period), run)
                 else:
                     job.done = True
 
-        job.timer = self.call_later(period, run)
+        job.timer = self._call_at(_next_tick(period), run)
         return job
 
     def fault(self, part: str, kind: str, error: BaseException | str) -> None:
@@ -131,3 +135,12 @@ class Timers:
                 # One timer's fault must not hold up the others due now, nor go unsaid.
                 name = getattr(timer.fn, "__qualname__", "a timer")
                 self.fault("timers", type(exc).__name__, f"{name}: {type(exc).__name__}: {exc}")
+
+
+def _next_tick(period: float) -> float:
+    """The next multiple of ``period`` on the monotonic clock.
+
+    Periodic jobs run on one grid, not each from when it began: jobs of the same period (or of
+    multiples of it) are due at the very same instant and run in one wake-up of the hub.
+    """
+    return (math.floor(time.monotonic() / period) + 1) * period
