@@ -29,6 +29,7 @@ class Spawning:
         kill: Callable[[Worker, Incarnation, Verdict], None],
         ended: Callable[[Worker, Incarnation, int | None], None],
         watch: Callable[[], None],
+        watch_ready: Callable[[Worker, Incarnation], None],
     ) -> None:
         self.books = books
         #: Where a start timeout is reported: an incarnation to kill, or one that never had a process.
@@ -36,6 +37,8 @@ class Spawning:
         self._ended = ended
         #: Makes sure the watchdog looks at live workers.
         self._watch = watch
+        #: Hands a ready incarnation to the watchdog.
+        self._watch_ready = watch_ready
 
     def start(self, name: str, *, gated: bool = False) -> Incarnation:
         """Start a new incarnation of ``name`` (``gated``: it waits for :meth:`release` to run its component)."""
@@ -218,6 +221,7 @@ class Spawning:
         b = self.books
         inc.ready = True
         inc.ready_at = time.monotonic()
+        self._watch_ready(worker, inc)
         if worker.current is not inc or inc.cause is not None:
             return  # judged already (a hung one is killed once its stacks are in): its end is what comes next
         if worker.state is WorkerState.STARTING:

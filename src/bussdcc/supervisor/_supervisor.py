@@ -45,7 +45,9 @@ class Supervisor(Books):
         """Make the parts that work on these books (called once, by the books' constructor)."""
         self._stopping = Stopping(self)
         self._watchdog = Watchdog(self, self._kill)
-        self._spawning = Spawning(self, kill=self._kill, ended=self._ended, watch=self._watchdog.soon)
+        self._spawning = Spawning(
+            self, kill=self._kill, ended=self._ended, watch=self._watchdog.soon, watch_ready=self._watchdog.ready
+        )
         self._spares = Spares(self, self._spawning)
         self._exits = Exits(self, self._stopping, self._spawning.spawn, self._spares)
         self._health = Health(self, self._exits.stop_for)  # graceful: a responsive worker cleans up

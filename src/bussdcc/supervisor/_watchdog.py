@@ -5,16 +5,19 @@ periodically and reports each incarnation that must die to the exits (``_exits``
 and, once it is gone, decide what follows.
 
 Idle cost stays near O(1) per period however many workers there are: each incarnation is looked
-at only when something about it may be due. A hang is judged at its known deadline (the start of
-the running activity plus its limit, the last heartbeat plus ``heartbeat_timeout``) and, for an
-activity that may begin meanwhile, at least every tenth of the worker's smallest limit. A worker
-with ``max_rss`` or ``max_cpu`` is sampled every ``SAMPLE_PERIOD`` (its limits are enforced as
-before); the others, whose figures only feed the status and metrics, share a budget of
-``SAMPLE_RATE`` samples a second. A sample is one read of ``/proc/PID/stat``.
+at only when something about it is due, taken from a heap of due times (not found by walking every
+worker). A hang is judged at its known deadline (the start of the running activity plus its limit,
+the last heartbeat plus ``heartbeat_timeout``) and, for an activity that may begin meanwhile, at
+least every tenth of the worker's smallest limit. A worker with ``max_rss`` or ``max_cpu`` is
+sampled every ``SAMPLE_PERIOD`` (its limits are enforced as before); the others, whose figures only
+feed the status and metrics, share a budget of ``SAMPLE_RATE`` samples a second. A sample is one
+read of ``/proc/PID/stat``.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import os
 import time
 from collections.abc import Callable
@@ -34,8 +37,8 @@ WATCH_PERIOD = 0.1
 SAMPLE_PERIOD = 0.5
 #: Samples a second shared by the workers without a limit (each at most every ``SAMPLE_PERIOD``).
 SAMPLE_RATE = 32.0
-#: A hang check of a worker is at most this fraction of its smallest limit late (and at most ``WATCH_PERIOD``
-#: late for an activity already running or heartbeats already stopped: those deadlines are known).
+#: A hang check of a worker is at most this fraction of its smallest activity limit late (and at most
+#: ``WATCH_PERIOD`` late for an activity already running or heartbeats that stopped: those deadlines are known).
 CHECK_FRACTION = 0.1
 
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -57,47 +60,35 @@ class Verdict:
     maximum: float = 0.0
 
 
-def hang(comp: Service | Device, inc: Incarnation, slots: SlotTable, now: float) -> Verdict | None:
-    """A tick past its deadline, an event taking too long, or heartbeats that stopped."""
+def judge(comp: Service | Device, inc: Incarnation, slots: SlotTable, now: float) -> tuple[Verdict | None, float]:
+    """Whether ``inc`` hangs (a tick past its deadline, an event taking too long, heartbeats that
+    stopped), and when it next may: a known deadline, or a tenth of its smallest limit from now."""
+    due = now + max(WATCH_PERIOD, smallest_limit(comp) * CHECK_FRACTION)
     activity, since, limit = slots.activity(inc.slot)
     # Starting and stopping have their own timers (start_timeout, the stop escalation).
     if activity in ("tick", "handle_event"):
         if activity == "handle_event":
             since = max(since, slots.progress(inc.slot))
         if now - since > limit:
-            return Verdict("hung", f"hung: {activity} ran longer than {limit:g}s")
-    if comp.heartbeat_interval > 0:
-        last = slots.heartbeat(inc.slot)
-        if last and now - last > comp.heartbeat_timeout:
-            return Verdict(
-                "hung", f"hung: no heartbeat for {now - last:.1f}s (heartbeat_timeout {comp.heartbeat_timeout:g}s)"
-            )
-    return None
-
-
-def next_check(comp: Service | Device, inc: Incarnation, slots: SlotTable, now: float) -> float:
-    """When ``inc`` may next be hung: a known deadline, or a tenth of its smallest limit from now."""
-    due = now + max(WATCH_PERIOD, smallest_limit(comp) * CHECK_FRACTION)
-    activity, since, limit = slots.activity(inc.slot)
-    if activity in ("tick", "handle_event"):
-        if activity == "handle_event":
-            since = max(since, slots.progress(inc.slot))
+            return Verdict("hung", f"hung: {activity} ran longer than {limit:g}s"), due
         due = min(due, since + limit)
     if comp.heartbeat_interval > 0:
+        # Known from the start: a worker beats once before it says Ready, and a beat only moves it later.
         last = slots.heartbeat(inc.slot)
         if last:
+            if now - last > comp.heartbeat_timeout:
+                return Verdict(
+                    "hung", f"hung: no heartbeat for {now - last:.1f}s (heartbeat_timeout {comp.heartbeat_timeout:g}s)"
+                ), due
             due = min(due, last + comp.heartbeat_timeout)
-    return due
+    return None, due
 
 
 def smallest_limit(comp: Service | Device) -> float:
-    """The smallest time limit a new activity of ``comp`` may run under (its heartbeat's included)."""
-    limits = [comp.event_timeout]
-    if comp.heartbeat_interval > 0:
-        limits.append(comp.heartbeat_timeout)
+    """The smallest time limit a new activity of ``comp`` may run under (a heartbeat's deadline is always known)."""
     if isinstance(comp, Service):
-        limits.append(tick_deadline(comp))
-    return min(limits)
+        return min(comp.event_timeout, tick_deadline(comp))
+    return comp.event_timeout
 
 
 def read_stat(pid: int) -> tuple[int, float] | None:
@@ -166,38 +157,45 @@ class Watchdog:
         #: Where a verdict is reported (the exits).
         self._kill = kill
         self._watching: Periodic | None = None
+        # (when, n, worker, incarnation): when each watched incarnation is next due (a hang check or a
+        # sample). Every ready incarnation that is not ending has one entry, pushed by ready() and
+        # pushed again each time it is looked at; an entry whose incarnation has ended, is ending or
+        # has left the books is dropped when it comes due. So a period costs what is due, not O(workers).
+        self._due: list[tuple[float, int, Worker, Incarnation]] = []
+        self._order = itertools.count()
 
     def soon(self) -> None:
         """Make sure the watch runs (a spawn calls this: the watch stops once no worker is live)."""
         if self._watching is None or self._watching.done:
             self._watching = self.books._hub().every(WATCH_PERIOD, self._watch, "watchdog")
 
+    def ready(self, worker: Worker, inc: Incarnation) -> None:
+        """``inc`` is ready: watch it from the next period on (hub thread)."""
+        heapq.heappush(self._due, (0.0, next(self._order), worker, inc))
+        self.soon()
+
     def _watch(self) -> bool:
-        """Look at every live worker that something may be due for; False once there is none."""
+        """Look at every watched incarnation something is due for; False once no worker is left."""
         b = self.books
         now = time.monotonic()
-        live = False
+        due = self._due
         failed: Exception | None = None
-        entries = list(b._by_identity.values())
         # The workers without a limit share SAMPLE_RATE samples a second between them.
-        spread = max(SAMPLE_PERIOD, len(entries) / SAMPLE_RATE)
-        for worker, inc in entries:
-            if inc.exited or inc.pid is None:
-                continue
-            live = True
-            if inc.cause is not None or not inc.ready or inc.stop_sent:
+        spread = max(SAMPLE_PERIOD, len(b._by_identity) / SAMPLE_RATE)
+        while due and due[0][0] <= now:
+            _, _, worker, inc = heapq.heappop(due)
+            if inc.exited or inc.pid is None or inc.cause is not None or inc.stop_sent:
+                continue  # it is ending: its exit, not the watch, says what follows
+            if b._by_identity.get(inc.identity, (None, None))[1] is not inc:
                 continue
             usage = inc.usage
             comp = worker.component
             limited = comp.max_rss is not None or comp.max_cpu is not None
-            sample_due = now - usage.sampled_at >= (SAMPLE_PERIOD if limited else spread)
-            if now < inc.watch_at and not sample_due:
-                continue
+            every = SAMPLE_PERIOD if limited else spread
             verdict = None
             if now >= inc.watch_at:
-                verdict = hang(comp, inc, b.slots, now)
-                inc.watch_at = next_check(comp, inc, b.slots, now)
-            if verdict is None and sample_due:
+                verdict, inc.watch_at = judge(comp, inc, b.slots, now)
+            if verdict is None and now - usage.sampled_at >= every:
                 try:
                     sample(usage, inc.pid, now, comp.cpu_window)
                 except Exception as exc:  # e.g. EMFILE at the fd limit: hangs of the others are still judged
@@ -206,6 +204,13 @@ class Watchdog:
                     verdict = over_limit(comp, usage, now) if limited else None
             if verdict is not None:
                 self._kill(worker, inc, verdict)
+                continue
+            # Past due (a sample that failed or found no process) means the next period, not this loop again.
+            when = max(min(inc.watch_at, usage.sampled_at + every), now + 1e-6)
+            heapq.heappush(due, (when, next(self._order), worker, inc))
         if failed is not None:
             raise failed  # reported once by the hub; the watch goes on next period
-        return live or bool(b._by_identity)
+        if not b._by_identity:
+            due.clear()  # nobody left: the watch ends (and what it held goes)
+            return False
+        return True
