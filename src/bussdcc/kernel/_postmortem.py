@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import signal
 from pathlib import Path
@@ -40,13 +41,17 @@ def log_file(log_dir: Path, worker: str) -> Path:
     return log_dir / f"{safe}{LOG_SUFFIX}"
 
 
-def stacks_path(run_dir: Path, pid: int, incarnation: int) -> Path:
+# These two run in every worker just after fork: plain strings, not pathlib, whose code and
+# objects a worker would otherwise copy into its own memory (about 120 kB of its USS).
+
+
+def stacks_path(run_dir: str | os.PathLike[str], pid: int, incarnation: int) -> str:
     """Where the worker process ``pid`` (its ``incarnation``-th) dumps its Python stacks."""
-    return run_dir / f"stacks.{pid}.{incarnation}"
+    return f"{os.fspath(run_dir)}/stacks.{pid}.{incarnation}"
 
 
-def run_dir_of(endpoint: str) -> Path | None:
+def run_dir_of(endpoint: str) -> str | None:
     """The run directory of a workers' endpoint (``ipc://<run dir>/workers.sock``), if it is one."""
     if not endpoint.startswith("ipc://"):
         return None
-    return Path(endpoint[len("ipc://") :]).parent
+    return endpoint[len("ipc://") :].rpartition("/")[0]

@@ -29,7 +29,7 @@ WAIT: Final = 2.0
 _READ: Final = 4 * MAX_TEXT
 
 
-def read_stacks(path: Path) -> str:
+def read_stacks(path: str) -> str:
     """What ``path`` holds (bounded), or "" if nothing can be read."""
     try:
         with open(path, "rb") as f:
@@ -42,7 +42,7 @@ def read_stacks(path: Path) -> str:
 class _Grab:
     __slots__ = ("deadline", "done", "path", "size", "timer")
 
-    def __init__(self, path: Path, done: Callable[[str], None], deadline: float) -> None:
+    def __init__(self, path: str, done: Callable[[str], None], deadline: float) -> None:
         self.path = path
         self.done = done
         self.deadline = deadline
@@ -58,7 +58,7 @@ class Stacks:
         self._later = later
         self._grabs: dict[Incarnation, _Grab] = {}  # the grabs under way
 
-    def path(self, inc: Incarnation) -> Path | None:
+    def path(self, inc: Incarnation) -> str | None:
         """Where the process of ``inc`` dumps its stacks (None without a run directory or a pid)."""
         if self.run_dir is None or inc.pid is None:
             return None

@@ -23,7 +23,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
 import psutil
 
@@ -183,6 +183,20 @@ def _describe_os(step: str, exc: OSError) -> str:
     return f"{step}: {exc} ({name})" if name else f"{step}: {exc}"
 
 
+def _std_streams() -> tuple[TextIO, TextIO]:
+    """A worker's sys.stdout and sys.stderr: line-buffered text on fds 1 and 2, whatever those are then.
+
+    The host may have pointed its own sys.stdout elsewhere than fd 1 (a test runner's capture).
+    The fork server makes these once and never writes to them: each worker inherits them, empty,
+    with fds 1 and 2 made its output pipes, instead of building its own, whose code and objects
+    would be copied into its memory (about 60 kB of each worker's USS). Made here they only take
+    fd 1's seekability as it is in the fork server, which matters to tell() and seek() alone.
+    """
+    out = open(1, "w", buffering=1, closefd=False, errors="backslashreplace")  # noqa: SIM115
+    err = open(2, "w", buffering=1, closefd=False, errors="backslashreplace")  # noqa: SIM115
+    return out, err
+
+
 def _split(line: str) -> list[str]:  # pragma: no cover - runs in the fork server
     return [line[i : i + p.MAX_LINE] for i in range(0, len(line), p.MAX_LINE)] or [""]
 
@@ -214,6 +228,12 @@ class Zygote:  # pragma: no cover - runs in the child
         self.gate: tuple[int, int] | None = None
         #: Reports held while a burst is forked (see ``_report``).
         self.reports: list[bytes] = []
+        #: Each worker's sys.stdout and sys.stderr, made here once rather than in every worker.
+        self.streams: tuple[TextIO, TextIO] | None = None
+        try:
+            self.streams = _std_streams()
+        except OSError:
+            pass  # fd 1 or 2 closed here: each worker opens its own on its pipes
 
     def run(self) -> None:
         # What a dead worker's helpers leave behind is adopted here, to be killed and reaped.
@@ -364,8 +384,7 @@ class Zygote:  # pragma: no cover - runs in the child
                 os.close(out_w)
                 os.close(err_w)
                 # The host may have pointed sys.stdout elsewhere than fd 1 (a test runner's capture).
-                sys.stdout = open(1, "w", buffering=1, closefd=False, errors="backslashreplace")  # noqa: SIM115
-                sys.stderr = open(2, "w", buffering=1, closefd=False, errors="backslashreplace")  # noqa: SIM115
+                sys.stdout, sys.stderr = self.streams or _std_streams()
                 if spec is None:
                     assert req.argv is not None
                     _exec_worker(req, self.parent)

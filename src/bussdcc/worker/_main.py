@@ -31,18 +31,31 @@ _LINGER_MS = 2000
 def _reset_process(spec: WorkerSpec, component: object) -> DeferredTerm:
     stop_timeout = getattr(component, "stop_timeout", 5.0)
     term = take_signals(float(stop_timeout) if isinstance(stop_timeout, int | float) else 5.0)
-    faulthandler.enable()
+    if not _prepared:  # a worker the fork server did not fork (the command line's)
+        prepare()
     dump_stacks_on_request(spec)
-    forward_logging()
     for stream in (sys.stdout, sys.stderr):
-        if isinstance(stream, io.TextIOWrapper):
+        if isinstance(stream, io.TextIOWrapper) and not stream.line_buffering:  # the fork server's are already
             stream.reconfigure(line_buffering=True)
     return term
 
 
+#: Whether :func:`prepare` ran in this process (or in the fork server it was forked from).
+_prepared = False
+
+
 def prepare() -> None:
-    """Once, in the fork server before it forks any worker: what every worker would otherwise redo."""
+    """Once, in the fork server before it forks any worker: what every worker would otherwise redo.
+
+    Done once there, it is inherited by each fork instead of being redone in it, where the
+    code it runs and the objects it makes would be copied into every worker's memory.
+    """
+    global _prepared  # noqa: PLW0603 - set once, before any fork
     forward_logging()
+    # fd 2, not sys.stderr: a forked worker's fd 2 becomes its own stderr pipe after this, and the
+    # handlers, their alternate stack and this fd are all inherited through fork.
+    faulthandler.enable(file=2)
+    _prepared = True
 
 
 def run(spec: WorkerSpec, component: object, on_term: Callable[[], None] | None = None) -> NoReturn:
