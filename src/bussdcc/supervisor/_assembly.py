@@ -210,7 +210,7 @@ def _assemble(  # noqa: PLR0917  (one call site, in the order things are made)
     )
     guard = sup.run_dir_guard = RunDirGuard(
         run_dir,
-        schedule=hub.call_later,
+        schedule=hub.timers.call_on_tick,  # on the periodic jobs' grid: no wake-up of its own
         rebind=hub.rebind,
         restore=lambda: control.restore(
             lambda error: hooks.emit(m.RuntimeFault(part="control", kind="rebind_failed", error=error))

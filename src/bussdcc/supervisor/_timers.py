@@ -65,6 +65,10 @@ class Timers:
         """Run ``fn`` on the hub thread after ``delay`` seconds (hub thread only)."""
         return self._call_at(time.monotonic() + delay, fn)
 
+    def call_on_tick(self, period: float, fn: Callable[[], None]) -> Timer:
+        """Run ``fn`` at the next multiple of ``period`` on the monotonic clock, with the periodic jobs due then."""
+        return self._call_at(_next_tick(period), fn)
+
     def _call_at(self, when: float, fn: Callable[[], None]) -> Timer:
         timer = Timer(when, fn)
         heapq.heappush(self._heap, (timer.when, next(self._counter), timer))
