@@ -45,6 +45,7 @@ bench-more: $(STAMP)
 	$(BIN)/python bench/control.py
 	$(BIN)/python bench/scrape.py
 	$(BIN)/python bench/record.py
+	$(BIN)/python bench/callers.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
