@@ -179,12 +179,15 @@ class Channel:
         # ``with``, not acquire() then try: an exception from a signal handler can land as a call
         # returns, and would leave the lock held (the next push would deadlock).
         with self._io:
+            pending = self._pending
             with self._lock:
                 if self._foreign:
                     self._take_foreign()
+                # Counted and queued with no call between them: a signal handler's exception lands
+                # only as a call returns, so never between the two (a count without its item would
+                # tell the parent of an item that never arrived).
                 self._seq = self._items[0] = self._seq + 1
-            pending = self._pending
-            pending.append(item)
+                pending.append(item)
             self._pending_bytes += len(item)
             if len(pending) >= _MAX_PENDING or self._pending_bytes >= p.BATCH_BYTES:
                 self._flush(block=True)
