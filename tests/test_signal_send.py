@@ -33,23 +33,28 @@ class Refused(Message):
     raised: list[int]
 
 
-#: pyzmq runs pending signal handlers once the C send has returned, sent or not: raised there,
-#: the exception leaves ``send`` with the frame already on its way to the parent.
-_SEND_CODE = zmq.Socket.send.__code__
+#: Where a test's handler raises. pyzmq runs pending signal handlers once the C send has returned,
+#: sent or not: raised there, the exception leaves ``send`` with the frame already on its way to the
+#: parent. In the channel's push, an item is counted and queued.
+_CODE = {"send": zmq.Socket.send.__code__, "push": Channel.push.__code__}
 
 
 class EmitUnderAlarms(Service):
-    """Emits for a while under a fast interval timer whose handler raises inside the channel's sends."""
+    """Emits for a while under a fast interval timer whose handler raises inside ``where`` (see _CODE)."""
 
-    name = "alarmed"
     interval = 3600
     restart = False
 
+    def __init__(self, name: str, where: str) -> None:
+        self.name = name
+        self.where = where
+
     def tick(self, ctx: Context) -> None:
         armed = False
+        code = _CODE[self.where]
 
         def interrupt(signum: int, frame: FrameType | None) -> None:
-            if armed and frame is not None and frame.f_code is _SEND_CODE:
+            if armed and frame is not None and frame.f_code is code:
                 raise _Timeout
 
         raised: list[int] = []
@@ -75,7 +80,7 @@ class EmitUnderAlarms(Service):
 
 
 def test_an_exception_raised_inside_a_workers_send_loses_and_repeats_nothing(make_runtime: MakeRuntime) -> None:
-    _rt, rec = make_runtime("signal-send", EmitUnderAlarms())
+    _rt, rec = make_runtime("signal-send", EmitUnderAlarms("alarmed", "send"))
     (done,) = rec.wait_for(Refused.name, timeout=30)
     refused = done.payload
     assert isinstance(refused, Refused)
@@ -88,48 +93,8 @@ def test_an_exception_raised_inside_a_workers_send_loses_and_repeats_nothing(mak
     assert not rec.of("worker.frame_rejected"), [e.payload for e in rec.of("worker.frame_rejected")]
 
 
-#: Where the second test's handler raises: the channel's push, where an item is counted and queued.
-_PUSH_CODE = Channel.push.__code__
-
-
-class PushUnderAlarms(Service):
-    """Emits for a while under a fast interval timer whose handler raises inside the channel's push."""
-
-    name = "alarmed-push"
-    interval = 3600
-    restart = False
-
-    def tick(self, ctx: Context) -> None:
-        armed = False
-
-        def interrupt(signum: int, frame: FrameType | None) -> None:
-            if armed and frame is not None and frame.f_code is _PUSH_CODE:
-                raise _Timeout
-
-        raised: list[int] = []
-        previous = signal.signal(signal.SIGALRM, interrupt)
-        i = 0
-        try:
-            signal.setitimer(signal.ITIMER_REAL, 0.0001, 0.000137)
-            deadline = time.monotonic() + _SECONDS
-            while time.monotonic() < deadline:
-                i += 1
-                try:
-                    armed = True
-                    ctx.emit(Seq(i=i))
-                    armed = False
-                except _Timeout:
-                    armed = False
-                    raised.append(i)
-        finally:
-            armed = False
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
-        ctx.emit(Refused(emitted=i, raised=raised))
-
-
 def test_an_exception_raised_inside_a_workers_push_counts_no_item_it_did_not_queue(make_runtime: MakeRuntime) -> None:
-    rt, rec = make_runtime("signal-push", PushUnderAlarms())
+    rt, rec = make_runtime("signal-push", EmitUnderAlarms("alarmed-push", "push"))
     (done,) = rec.wait_for(Refused.name, timeout=30)
     refused = done.payload
     assert isinstance(refused, Refused)
