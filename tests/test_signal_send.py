@@ -1,4 +1,4 @@
-"""A signal handler's exception inside the worker's send: every acknowledged message arrives, once."""
+"""A signal handler's exception in a worker's send or push: every acknowledged message arrives and is counted once."""
 
 from __future__ import annotations
 
