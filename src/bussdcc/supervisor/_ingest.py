@@ -96,8 +96,13 @@ class Ingest:
                     self._go(worker, inc)  # boot came to its turn before its Hello
             case p.Ready():
                 inc.controls += 1
-                inc.direct = frame.calls
-                self._ready(worker, inc)
+                if inc.ready:
+                    # Once per incarnation: each Ready hands it to the watchdog (one more entry in its
+                    # heap, looked at every period for the incarnation's life) and announces it again.
+                    self._reject(worker, ProtocolError("Ready was said already"))
+                else:
+                    inc.direct = frame.calls
+                    self._ready(worker, inc)
             case p.StartFailed():
                 inc.controls += 1
                 inc.start_failed = frame
