@@ -67,6 +67,9 @@ def run_service(svc: Service, ctx: Context, channel: Channel, dog: Watchdog) -> 
             svc.start(ctx)
     except Exception as exc:
         return _start_failed(channel, exc)
+    # A start longer than heartbeat_timeout must not look like stopped heartbeats to a parent
+    # that looks before dog.ready() has beaten again.
+    dog.beat()
     channel.send_control(p.Ready())
     dog.ready()
     health = HealthCheck(svc, channel)
@@ -138,6 +141,7 @@ def run_device(dev: Device, ctx: Context, channel: Channel, dog: Watchdog) -> in
         server = CallServer(dev, channel)
     except Exception as exc:
         return _start_failed(channel, exc)
+    dog.beat()  # see run_service
     channel.send_control(p.Ready(channel.open_direct()))
     dog.ready()
     health = HealthCheck(dev, channel)

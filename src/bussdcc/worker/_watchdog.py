@@ -28,6 +28,10 @@ class Watchdog:
 
     def start(self) -> None:
         """Beat once: the parent judges heartbeats only once the worker is ready (see :meth:`ready`)."""
+        self.beat()
+
+    def beat(self) -> None:
+        """Beat once, now (just before Ready: the parent may judge the heartbeat as soon as Ready arrives)."""
         self._slots.pulse(self._slot, time.monotonic())
 
     def ready(self) -> None:
