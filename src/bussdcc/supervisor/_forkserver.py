@@ -58,7 +58,12 @@ class ForkServer:
         prepare = _preparation(entry)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         for stream in (sys.stdout, sys.stderr):
-            stream.flush()  # or the children would print the parent's buffered output again
+            if stream is None:  # a daemon started with fd 1 or 2 closed has none
+                continue
+            try:
+                stream.flush()  # or the children would print the parent's buffered output again
+            except (OSError, ValueError):
+                pass  # closed or broken: nothing of it can be printed twice
         #: The threads (other than the runtime's) alive at the fork: what they held stays held in every worker.
         self.threads: list[str] = []
         #: Where the workers' sockets live.
