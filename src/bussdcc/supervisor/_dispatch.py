@@ -78,7 +78,8 @@ class Dispatch:
             self.dispatch(Event(message, self.clock.now_utc(), source))
             return
         # The real clock's now_utc() is this instant: its datetime is built only if a handler reads it,
-        # and the envelope is encoded with the very timestamp the Event holds.
+        # and the envelope is encoded with the very timestamp the Event holds. The encode is written
+        # out as in dispatch(), not shared through a call: this is the in-process path, per message.
         ts = _now()
         try:
             item = _encode(("m", message.name, message, ts, source))  # an Envelope's array

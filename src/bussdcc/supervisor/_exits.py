@@ -369,15 +369,22 @@ class Exits:
         b.bindings[worker.name] = binding
         return binding
 
-    # ---- group plans (``_groups.Driver``) ----------------------------------------------
+    # ---- stops that are no failure: a request, a group's plan ----------------------------
+
+    def stop(self, name: str) -> Worker:
+        """Stop ``name`` gracefully, as requested, escalating to SIGTERM then SIGKILL."""
+        worker = self.workers[name]
+        self._quiet_at_gate(worker, "stop")
+        self._spares.discard(worker)  # a stopped worker is not respawned
+        return self._stopping.stop(name)
 
     def hold(self, worker: Worker) -> None:
         """Stop a group member for its group's restart (its exit is not a failure)."""
-        self.quiet_at_gate(worker, "hold")
+        self._quiet_at_gate(worker, "hold")
         self._spares.discard(worker)  # the group's plan starts it afresh
         self._stopping.hold(worker)
 
-    def quiet_at_gate(self, worker: Worker, intent: Intent) -> None:
+    def _quiet_at_gate(self, worker: Worker, intent: Intent) -> None:
         """``worker`` is stopped or held: if it waits at its gate, nothing is said of its end.
 
         It never ran, as a worker boot has not come to yet never started; an end held back

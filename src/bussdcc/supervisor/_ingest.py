@@ -196,31 +196,26 @@ class Ingest:
         self._refusal_timer = b._hub().call_later(REFUSAL_PERIOD, self._report_refusals)
 
     def _on_batch(self, worker: Worker, inc: Incarnation, frame: p.Batch, data: bytes) -> None:
-        if frame.first_seq < inc.next_seq:
-            self._on_repeat(worker, inc, frame, data)
-            return
-        self._skip_to(worker, inc, frame.first_seq)
         items = frame.items
+        first_seq = frame.first_seq
+        if first_seq < inc.next_seq:
+            # A worker's send can raise after its frame has left: pyzmq runs the signal handlers once
+            # the C send returns, and an application's handler may raise (an alarm-based timeout,
+            # Ctrl-C). The worker cannot tell, so it keeps those items and sends them again, with
+            # those queued since. They are numbered: the ones received already are dropped here, and
+            # only those, so every item is dispatched exactly once.
+            items = items[inc.next_seq - first_seq :]
+            if not items:
+                return
+            first_seq = inc.next_seq
+            # Not the whole frame any more: the items are decoded one by one (this is rare).
+            job = partial(self.apply, worker.name, items, inc.number, first_seq)
+        else:
+            self._skip_to(worker, inc, first_seq)
+            # One job per batch, however many items: the hand-off is paid per frame, never per message.
+            job = partial(self.apply_batch, worker.name, data, items, inc.number, first_seq)
         inc.next_seq += len(items)
         inc.received += len(items)
-        # One job per batch, however many items: the hand-off is paid per frame, never per message.
-        job = partial(self.apply_batch, worker.name, data, items, inc.number, frame.first_seq)
-        self.books.dispatcher.post(job, len(items), len(data))
-
-    def _on_repeat(self, worker: Worker, inc: Incarnation, frame: p.Batch, data: bytes) -> None:
-        # A worker's send can raise after its frame has left: pyzmq runs the signal handlers once
-        # the C send returns, and an application's handler may raise (an alarm-based timeout,
-        # Ctrl-C). The worker cannot tell, so it keeps those items and sends them again, with
-        # those queued since. They are numbered: the ones received already are dropped here, and
-        # only those, so every item is dispatched exactly once.
-        repeated = inc.next_seq - frame.first_seq
-        if repeated >= len(frame.items):
-            return
-        items = frame.items[repeated:]
-        first_seq = inc.next_seq
-        inc.next_seq += len(items)
-        inc.received += len(items)
-        job = partial(self.apply, worker.name, items, inc.number, first_seq)
         self.books.dispatcher.post(job, len(items), len(data))
 
     def apply_batch(

@@ -127,9 +127,7 @@ class Supervisor(Books):
 
     def stop(self, name: str) -> Worker:
         """Stop ``name`` gracefully, escalating to SIGTERM then SIGKILL."""
-        self._exits.quiet_at_gate(self.workers[name], "stop")
-        self._spares.discard(self.workers[name])
-        return self._stopping.stop(name)
+        return self._exits.stop(name)
 
     def close(self) -> None:
         """Shutdown has begun: respawn nothing more, and let waiting workers count as stopped."""
