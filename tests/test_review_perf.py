@@ -10,9 +10,9 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from types import FrameType
+from types import CodeType, FrameType
 from typing import Any
 
 import msgspec
@@ -57,6 +57,46 @@ _DISPATCH_CODE = (Dispatch.emit.__code__, Dispatch.dispatch.__code__, ControlSer
 _PUSH_CODE = (Channel.push.__code__,)
 
 
+def _bomb(where: tuple[CodeType, ...], emit: Callable[[Message], None], burst: int, leaked: Callable[[], bool]) -> int:
+    """Emit numbered messages under SIGALRM every 137 µs, whose handler raises in ``where`` or in this loop.
+
+    Between bursts (the timer off) ``leaked()`` looks at the locks; this goes on for 4 s, or until
+    it says True (acquire-then-try leaked within a second here). Returns how many were emitted.
+    """
+    loop = sys._getframe().f_code  # this function's own frame: it drives the code under test
+    armed = False
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        # Only in the code under test or the loop that drives it: raised anywhere else (a destructor,
+        # a library's cleanup) the exception is unraisable, which is not what these tests are about.
+        if armed and frame is not None and (frame.f_code is loop or frame.f_code in where):
+            raise _Interrupted
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    k = 0
+    try:
+        deadline = time.monotonic() + 4.0
+        found = False
+        signal.setitimer(signal.ITIMER_REAL, 0.0001, 0.000137)
+        while time.monotonic() < deadline and not found:
+            try:
+                armed = True
+                for _ in range(burst):
+                    k += 1
+                    emit(Sized(k))
+                armed = False
+            except _Interrupted:
+                armed = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            found = leaked()
+            signal.setitimer(signal.ITIMER_REAL, 0.0001, 0.000137)
+    finally:
+        armed = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    return k
+
+
 # ---- 1. explicit acquire/release on the dispatch path --------------------------------------------
 
 
@@ -78,39 +118,18 @@ def test_an_exception_from_a_signal_handler_during_emit_leaves_no_lock_held() ->
     # any two bytecodes. Afterwards no lock of the dispatch path may stay taken: a leaked
     # dispatch lock hangs every other thread that dispatches, a leaked tap lock the control
     # plane (status, subscriptions). The kernel's interval timer lands the signal anywhere.
-    loop = sys._getframe().f_code  # this test's own frame: it drives the code under test
-    armed = False
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        # Only in the dispatch path or the loop that drives it: raised anywhere else (a destructor,
-        # a library's cleanup) the exception is unraisable, which is not what this test is about.
-        if armed and frame is not None and (frame.f_code is loop or frame.f_code in _DISPATCH_CODE):
-            raise _Interrupted
-
-    previous = signal.signal(signal.SIGALRM, interrupt)
     rt = Runtime(name="review-sigwin")
     rt.boot()
     leaked: tuple[bool, bool] = (False, False)
+
+    def look() -> bool:
+        nonlocal leaked
+        leaked = _dispatch_locks_leaked(rt)
+        return any(leaked)
+
     try:
-        deadline = time.monotonic() + 4.0  # acquire-then-try leaked within a second here
-        k = 0
-        signal.setitimer(signal.ITIMER_REAL, 0.0001, 0.000137)
-        while time.monotonic() < deadline and not any(leaked):
-            try:
-                armed = True
-                for _ in range(1000):
-                    k += 1
-                    rt.emit(Sized(k))
-                armed = False
-            except _Interrupted:
-                armed = False
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            leaked = _dispatch_locks_leaked(rt)
-            signal.setitimer(signal.ITIMER_REAL, 0.0001, 0.000137)
+        _bomb(_DISPATCH_CODE, rt.emit, 1000, look)
     finally:
-        armed = False
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
         held, stuck = leaked
         while rt._dispatch._lock._is_owned():  # type: ignore[attr-defined]
             rt._dispatch._lock.release()
@@ -486,38 +505,19 @@ def test_an_exception_from_a_signal_handler_during_a_workers_push_leaves_no_lock
     while channel._sender is None:  # its linger thread started before any signal: Thread.start is not for that
         k += 1
         channel.emit(Sized(k))
-    loop = sys._getframe().f_code  # this test's own frame: it drives the code under test
-    armed = False
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        # Only in the channel or the loop that drives it (see the emit test above).
-        if armed and frame is not None and (frame.f_code is loop or frame.f_code in _PUSH_CODE):
-            raise _Interrupted
-
-    previous = signal.signal(signal.SIGALRM, interrupt)
     io_held = lock_stuck = False
+
+    def look() -> bool:
+        nonlocal io_held, lock_stuck
+        io_held = channel._io._is_owned()  # type: ignore[attr-defined]
+        lock_stuck = not channel._lock.acquire(timeout=5.0)  # the linger thread holds it for microseconds
+        if not lock_stuck:
+            channel._lock.release()
+        return io_held or lock_stuck
+
     try:
-        deadline = time.monotonic() + 4.0  # acquire-then-try leaked within a second here
-        signal.setitimer(signal.ITIMER_REAL, 0.0001, 0.000137)
-        while time.monotonic() < deadline and not (io_held or lock_stuck):
-            try:
-                armed = True
-                for _ in range(200):
-                    k += 1
-                    channel.emit(Sized(k))
-                armed = False
-            except _Interrupted:
-                armed = False
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            io_held = channel._io._is_owned()  # type: ignore[attr-defined]
-            lock_stuck = not channel._lock.acquire(timeout=5.0)  # the linger thread holds it for microseconds
-            if not lock_stuck:
-                channel._lock.release()
-            signal.setitimer(signal.ITIMER_REAL, 0.0001, 0.000137)
+        _bomb(_PUSH_CODE, channel.emit, 200, look)
     finally:
-        armed = False
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
         while channel._io._is_owned():  # type: ignore[attr-defined]
             channel._io.release()
         if lock_stuck:
@@ -529,6 +529,6 @@ def test_an_exception_from_a_signal_handler_during_a_workers_push_leaves_no_lock
         reader.join(10)
         close_router((zctx, zap, router))
         slots.close()
-    assert received[0] > 0, "nothing reached the router: the test did not exercise the send path"
     assert not io_held, "the channel's socket lock stayed held by a thread that left push()"
     assert not lock_stuck, "the channel's numbering lock stayed held after push() was interrupted"
+    assert received[0] > 0, "nothing reached the router: the test did not exercise the send path"
